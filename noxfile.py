@@ -1,0 +1,56 @@
+"""Developer sessions. `nox` runs tests, lint and typecheck; `nox -s gpu` is opt-in.
+
+Pass pytest arguments after `--`, e.g. `nox -s tests -- -k recipe -x`.
+"""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+
+# Install torch before anything that depends on it: an unpinned `torch` from the package
+# index is the CUDA build with several GB of extra packages. On the project's CPU machines
+# `torch==2.13.0` resolves to the CPU wheel in the local wheelhouse. Override with e.g.
+# SFTKIT_TORCH_SPEC="torch>=2.6" on a machine that has the build you want.
+TORCH_SPEC = os.environ.get("SFTKIT_TORCH_SPEC", "torch==2.13.0")
+SOURCES = ["sftkit", "tests", "plugins", "benchmarks", "noxfile.py"]
+
+
+def _install_sftkit(session: nox.Session, extras: str = "dev") -> None:
+    session.install(TORCH_SPEC)
+    session.install("-e", f".[{extras}]")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The CPU test suite (GPU tests are skipped without CUDA)."""
+    _install_sftkit(session)
+    session.run("pytest", "-m", "not gpu", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint and formatting."""
+    session.install("ruff>=0.6")
+    paths = [p for p in SOURCES if os.path.exists(p)]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy on the library."""
+    session.install("mypy>=1.11", "types-PyYAML", "-e", ".")
+    session.run("mypy", "sftkit")
+
+
+@nox.session(default=False)
+def gpu(session: nox.Session) -> None:
+    """Tests marked `gpu` (needs CUDA; run on a GPU machine)."""
+    session.install(os.environ.get("SFTKIT_TORCH_SPEC", "torch"))
+    session.install("-e", ".[dev]")
+    session.run("pytest", "-m", "gpu", *session.posargs)

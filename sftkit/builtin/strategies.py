@@ -1,0 +1,107 @@
+"""Built-in strategies: full-sft, lora (bf16 base), qlora-nf4 (4-bit base), lora-8bit."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from sftkit.hookspecs import Register, hookimpl
+from sftkit.specs import NoOptions, Options, Quantization, StrategySpec
+
+
+class LoraOptions(Options):
+    """LoRA adapter settings (PEFT's LoraConfig)."""
+
+    rank: int = Field(default=16, ge=1, le=4096, description="Adapter rank r.")
+    alpha: float = Field(default=32.0, gt=0, description="Scaling numerator: scale = alpha / rank.")
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    target_modules: Literal["all-linear"] | list[str] = Field(
+        default="all-linear", description="'all-linear' or module names such as [q_proj, v_proj]."
+    )
+    use_rslora: bool = Field(default=False, description="Scale by alpha/sqrt(rank) (rsLoRA).")
+    use_dora: bool = Field(default=False, description="Weight-decomposed LoRA (DoRA).")
+
+    @model_validator(mode="after")
+    def _non_empty_targets(self) -> LoraOptions:
+        if isinstance(self.target_modules, list) and not self.target_modules:
+            raise ValueError("target_modules must name at least one module, or be 'all-linear'")
+        return self
+
+
+class QLoraOptions(LoraOptions):
+    """LoRA over a bitsandbytes 4-bit base."""
+
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = Field(default=True, description="Quantize the quantization constants too.")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+
+class Lora8bitOptions(LoraOptions):
+    """LoRA over a bitsandbytes LLM.int8 base."""
+
+    llm_int8_threshold: float = Field(default=6.0, ge=0, description="Outlier threshold.")
+
+
+def _qlora_quantization(options: QLoraOptions) -> Quantization:
+    return Quantization(
+        method="bnb-4bit",
+        quant_type=options.quant_type,
+        double_quant=options.double_quant,
+        compute_dtype=options.compute_dtype,
+    )
+
+
+def _int8_quantization(options: Lora8bitOptions) -> Quantization:
+    return Quantization(method="bnb-8bit")
+
+
+STRATEGIES = (
+    StrategySpec(
+        name="full-sft",
+        summary="Train every weight of a bf16/fp32 model.",
+        factory="sftkit.strategies.full_sft:build",
+        options_model=NoOptions,
+        base_storage="dense",
+        trains="all",
+        tags=frozenset({"full"}),
+    ),
+    StrategySpec(
+        name="lora",
+        summary="LoRA adapters over a frozen base kept in the model dtype (bf16).",
+        factory="sftkit.strategies.lora:build_lora",
+        options_model=LoraOptions,
+        base_storage="dense",
+        trains="adapters",
+        adapter="lora",
+        tags=frozenset({"lora"}),
+    ),
+    StrategySpec(
+        name="qlora-nf4",
+        summary="QLoRA: LoRA over a 4-bit NF4 base with double quantization and bf16 compute.",
+        factory="sftkit.strategies.lora:build_qlora",
+        options_model=QLoraOptions,
+        base_storage="4bit",
+        trains="adapters",
+        quantization=_qlora_quantization,
+        adapter="lora",
+        tags=frozenset({"lora", "quantized", "4bit"}),
+    ),
+    StrategySpec(
+        name="lora-8bit",
+        summary="LoRA over an 8-bit LLM.int8 base.",
+        factory="sftkit.strategies.lora:build_lora_8bit",
+        options_model=Lora8bitOptions,
+        base_storage="int8",
+        trains="adapters",
+        quantization=_int8_quantization,
+        adapter="lora",
+        tags=frozenset({"lora", "quantized", "8bit"}),
+    ),
+)
+
+
+@hookimpl(trylast=True)
+def register_strategies(register: Register) -> None:
+    for spec in STRATEGIES:
+        register(spec)

@@ -1,0 +1,81 @@
+"""The click group, its global options, and the context commands share."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import click
+
+from sftkit import __version__
+from sftkit.plugins import SftkitPluginManager
+from sftkit.registry import Registry
+
+
+@dataclass
+class AppContext:
+    """What every command can reach: the plugin manager and (lazily) the registry."""
+
+    manager: SftkitPluginManager
+    commands_by_plugin: dict[str, list[str]] = field(default_factory=dict)
+    _registry: Registry | None = None
+
+    @property
+    def registry(self) -> Registry:
+        if self._registry is None:
+            self._registry = Registry.from_manager(self.manager)
+        return self._registry
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="sftkit")
+@click.option(
+    "--disable-plugin",
+    "disable_plugin",
+    multiple=True,
+    metavar="NAME",
+    help="Do not load plugin NAME (repeatable; also SFTKIT_DISABLE_PLUGINS=a,b).",
+)
+@click.option(
+    "--no-plugin-autoload",
+    is_flag=True,
+    help="Load only built-in plugins (also SFTKIT_DISABLE_PLUGIN_AUTOLOAD=1).",
+)
+@click.option("--trace-plugins", is_flag=True, help="Print every hook call to stderr.")
+def cli(disable_plugin: tuple[str, ...], no_plugin_autoload: bool, trace_plugins: bool) -> None:
+    """sftkit: supervised fine-tuning that checks the run fits before it loads a weight.
+
+    \b
+    Typical use:
+      sftkit validate recipes/r1_gsm8k_qlora.yaml
+      sftkit estimate-memory recipes/r1_gsm8k_qlora.yaml
+      sftkit run recipes/quickstart.yaml
+    Recipes take overrides after the path: key.path=value, or ~key.path to delete.
+    """
+    # The plugin options were applied before the group was built (see sftkit.cli._plugin_options).
+
+
+def build_cli(app: AppContext) -> click.Group:
+    """A fresh command group with the core commands and every plugin's commands."""
+    from sftkit.cli import core
+
+    group = click.Group(
+        name=cli.name,
+        commands={},
+        params=list(cli.params),
+        help=cli.help,
+        callback=cli.callback,
+        context_settings=cli.context_settings,
+    )
+    for command in core.COMMANDS:
+        group.add_command(command)
+    caller = app.manager.hook.register_commands
+    for impl in reversed(caller.get_hookimpls()):
+        before = set(group.commands)
+        impl.function(cli=group)
+        added = sorted(set(group.commands) - before)
+        if added:
+            app.commands_by_plugin[impl.plugin_name] = added
+    return group

@@ -1,0 +1,126 @@
+"""Core commands: validate, plugins, list, recipes. None of them imports torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from sftkit.cli.app import AppContext, pass_app
+from sftkit.recipe.load import bundled_recipes_dir, load_recipe
+from sftkit.registry import KINDS
+
+
+def recipe_arguments(func: Any) -> Any:
+    """RECIPE plus trailing overrides, shared by every command that reads a recipe."""
+    func = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE | ~KEY]...")(func)
+    return click.argument("recipe", metavar="RECIPE")(func)
+
+
+@click.command()
+@recipe_arguments
+@pass_app
+def validate(app: AppContext, recipe: str, overrides: tuple[str, ...]) -> None:
+    """Check a recipe and its overrides: schema, components, options, compatibility."""
+    resolved = load_recipe(recipe, overrides, registry=app.registry)
+    r = resolved.recipe
+    click.echo(f"{resolved.source}: OK")
+    click.echo(
+        f"  model      {r.model.name_or_path} ({r.model.dtype}, {r.model.attn_implementation})"
+    )
+    click.echo(f"  strategy   {r.strategy.name}  [{resolved.strategy.plugin}]")
+    click.echo(f"  optimizer  {r.optimizer.name}  [{resolved.optimizer.plugin}]")
+    click.echo(f"  data       {r.data.format.name} with template {r.data.template.name}")
+    t = r.training
+    click.echo(
+        f"  training   micro-batch {t.micro_batch_size} x accumulation {t.gradient_accumulation_steps}, "
+        f"sequence {t.max_seq_length}, {t.precision}, checkpointing {'on' if t.gradient_checkpointing else 'off'}"
+    )
+    click.echo(f"  hardware   {r.hardware.num_gpus} x {r.hardware.gpu}")
+
+
+@click.command(name="plugins")
+@click.option("--all", "show_all", is_flag=True, help="Include the built-in plugins.")
+@pass_app
+def plugins_command(app: AppContext, show_all: bool) -> None:
+    """Installed plugins, their versions, and what each registers."""
+    registry = app.registry
+    provided: dict[str, list[str]] = {}
+    for kind in KINDS:
+        for entry in registry.catalog(kind):
+            provided.setdefault(entry.plugin, []).append(
+                f"{kind[:-1] if kind != 'strategies' else 'strategy'} {entry.spec.name}"
+            )
+    for plugin, commands in app.commands_by_plugin.items():
+        provided.setdefault(plugin, []).extend(f"command {c}" for c in commands)
+    table = Table(title="sftkit plugins", show_lines=False)
+    for column in ("plugin", "distribution", "version", "registers"):
+        table.add_column(column)
+    shown = 0
+    for info in sorted(app.manager.infos.values(), key=lambda i: (i.builtin, i.name)):
+        if info.builtin and not show_all:
+            continue
+        shown += 1
+        table.add_row(
+            info.name,
+            info.distribution or ("sftkit (built-in)" if info.builtin else "-"),
+            info.version or "-",
+            ", ".join(provided.get(info.name, [])) or "(hooks only)",
+        )
+    console = Console()
+    if shown:
+        console.print(table)
+    else:
+        console.print("No third-party plugins installed (use --all to include the built-ins).")
+    for failure in app.manager.failures:
+        console.print(f"[red]broken[/red] {failure.describe()}", highlight=False)
+    if app.manager.failures:
+        console.print("Disable a broken plugin with `sftkit --disable-plugin NAME ...`.")
+
+
+@click.command(name="list")
+@click.argument("kind", type=click.Choice(sorted(KINDS)))
+@pass_app
+def list_command(app: AppContext, kind: str) -> None:
+    """Registered components of one KIND, with the plugin that provides each."""
+    table = Table(title=f"{kind}")
+    table.add_column("name", style="bold")
+    table.add_column("plugin")
+    table.add_column("summary")
+    for entry in app.registry.catalog(kind):
+        table.add_row(entry.spec.name, entry.plugin, entry.spec.summary)
+    Console().print(table)
+
+
+@click.command(name="recipes")
+def recipes_command() -> None:
+    """Recipes bundled with sftkit, one line each."""
+    table = Table(title=f"bundled recipes ({bundled_recipes_dir()})")
+    table.add_column("recipe", style="bold")
+    table.add_column("what it does")
+    for path in sorted(bundled_recipes_dir().glob("*.yaml")):
+        table.add_row(path.stem, recipe_summary(path))
+    Console().print(table)
+
+
+def recipe_summary(path: Path) -> str:
+    """The recipe's `description:` value, without parsing the whole recipe."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return "(unreadable)"
+    if isinstance(data, dict):
+        return (
+            str(data.get("description", "")).strip().splitlines()[0]
+            if data.get("description")
+            else ""
+        )
+    return ""
+
+
+COMMANDS = (validate, plugins_command, list_command, recipes_command)

@@ -1,0 +1,108 @@
+"""The one family of errors the library raises.
+
+Library code raises these; only the CLI turns them into messages and exit codes. Each class
+carries the exit code the CLI uses, so mapping an error to a code is never a string switch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class SftkitError(Exception):
+    """Base of every error sftkit raises on purpose. Exit code 2: the input was wrong."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return f"{self.message}\n{self.hint}" if self.hint else self.message
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a recipe: where, what was expected, what was found."""
+
+    path: str  # dotted key path, e.g. "strategy.options.rank"; "" for the whole document
+    message: str
+    suggestion: str | None = None  # "did you mean ..." text, already phrased
+
+    def render(self, source: str | None = None) -> str:
+        where = self.path or "(top level)"
+        head = f"{source}: {where}: " if source else f"{where}: "
+        tail = f" {self.suggestion}" if self.suggestion else ""
+        return f"{head}{self.message}{tail}"
+
+
+class RecipeError(SftkitError):
+    """A recipe (or its overrides) is invalid. Holds every problem found, not only the first."""
+
+    def __init__(self, problems: list[Problem], *, source: str | None = None) -> None:
+        self.problems = list(problems)
+        self.source = source
+        count = len(self.problems)
+        header = f"{source or 'recipe'}: {count} problem{'s' if count != 1 else ''} found"
+        lines = [header, *("  " + p.render(source) for p in self.problems)]
+        super().__init__("\n".join(lines))
+
+
+class OverrideError(SftkitError):
+    """A command-line override such as `training.lr=` cannot be parsed."""
+
+
+class UnknownComponentError(SftkitError):
+    """A recipe or command named a strategy, optimizer, ... that no plugin registered."""
+
+    def __init__(self, kind: str, name: str, known: list[str], suggestion: str | None) -> None:
+        self.kind, self.name, self.known = kind, name, list(known)
+        msg = f"unknown {kind} {name!r}."
+        if suggestion:
+            msg += f" Did you mean {suggestion!r}?"
+        msg += f" Known {kind}s: {', '.join(sorted(known)) or '(none)'}."
+        super().__init__(
+            msg, hint=f"Run `sftkit list {kind.replace(' ', '-')}s` to see them with a summary."
+        )
+
+
+class PluginError(SftkitError):
+    """A plugin is broken: it fails to import, has a bad hook, or clashes with another."""
+
+
+class DuplicateComponentError(PluginError):
+    """Two plugins registered a component under the same name."""
+
+
+class SpecError(PluginError):
+    """A component spec is inconsistent (e.g. full training over a quantized base)."""
+
+
+class ModelShapeError(SftkitError):
+    """The model's architecture cannot be read or is not one the estimator knows."""
+
+
+class DataError(SftkitError):
+    """A dataset file is missing or a row is malformed. The message names file and line."""
+
+
+class RunDirectoryError(SftkitError):
+    """A run directory exists and would be overwritten."""
+
+
+class DoesNotFitError(SftkitError):
+    """The memory estimate exceeds the budget. Exit code 3."""
+
+    exit_code = 3
+
+
+class MissingDependencyError(SftkitError):
+    """An optional heavy dependency (torch, peft, ...) is needed for this command."""
+
+    def __init__(self, package: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the Python package {package!r}, which is not installed.",
+            hint="Install the training stack with `pip install 'sftkit[train]'`.",
+        )

@@ -1,0 +1,186 @@
+"""Building the plugin manager: hook specs, built-in plugins, entry points, blocking, tracing.
+
+Nothing happens at import time: `make_plugin_manager()` does all of it, so a test (or a
+plugin author's test suite) can build as many isolated managers as it likes.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import inspect
+import os
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from sftkit import hookspecs
+from sftkit.suggest import closest
+
+ENTRY_POINT_GROUP = "sftkit"
+ENV_DISABLE = "SFTKIT_DISABLE_PLUGINS"  # comma-separated plugin names
+ENV_NO_AUTOLOAD = "SFTKIT_DISABLE_PLUGIN_AUTOLOAD"  # any non-empty value
+
+# Built-in plugins, registered exactly like third-party ones (by module, under these names).
+DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
+    ("builtin.strategies", "sftkit.builtin.strategies"),
+    ("builtin.optimizers", "sftkit.builtin.optimizers"),
+    ("builtin.formats", "sftkit.builtin.formats"),
+    ("builtin.templates", "sftkit.builtin.templates"),
+    ("builtin.evaluators", "sftkit.builtin.evaluators"),
+    ("builtin.commands", "sftkit.builtin.commands"),
+)
+
+
+@dataclass(frozen=True)
+class PluginFailure:
+    """A plugin that could not be loaded or registered, kept so commands can report it."""
+
+    name: str
+    distribution: str | None
+    error: str
+
+    def describe(self) -> str:
+        dist = f" (from distribution {self.distribution})" if self.distribution else ""
+        return f"plugin {self.name!r}{dist} failed: {self.error}"
+
+
+@dataclass
+class PluginInfo:
+    name: str
+    module: str
+    distribution: str | None
+    version: str | None
+    builtin: bool
+
+
+@dataclass
+class SftkitPluginManager:
+    """A pluggy manager plus what sftkit remembers about how each plugin got there."""
+
+    pm: pluggy.PluginManager
+    infos: dict[str, PluginInfo] = field(default_factory=dict)
+    failures: list[PluginFailure] = field(default_factory=list)
+    blocked: frozenset[str] = frozenset()
+
+    @property
+    def hook(self) -> Any:
+        return self.pm.hook
+
+    def register(
+        self,
+        plugin: object,
+        name: str,
+        *,
+        builtin: bool = False,
+        distribution: str | None = None,
+        version: str | None = None,
+    ) -> bool:
+        """Register `plugin` under `name`; on a bad hook, record a failure and return False."""
+        if name in self.blocked or self.pm.is_blocked(name):
+            return False
+        try:
+            self.pm.register(plugin, name=name)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            self.failures.append(PluginFailure(name, distribution, _clean(str(exc))))
+            return False
+        unknown = _unknown_hooks(self.pm, plugin)
+        if unknown:
+            self.pm.unregister(plugin)
+            self.failures.append(PluginFailure(name, distribution, unknown))
+            return False
+        module = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__
+        self.infos[name] = PluginInfo(name, module, distribution, version, builtin)
+        return True
+
+    def unregister(self, name: str) -> None:
+        plugin = self.pm.get_plugin(name)
+        if plugin is not None:
+            self.pm.unregister(plugin)
+        self.infos.pop(name, None)
+
+
+def make_plugin_manager(
+    *,
+    autoload: bool | None = None,
+    disabled: Iterable[str] = (),
+    builtins: bool = True,
+    trace: bool = False,
+) -> SftkitPluginManager:
+    """Create a plugin manager with the hook specs, the built-ins and (unless turned off) the
+    plugins installed under the ``sftkit`` entry-point group.
+
+    `disabled` names plugins never to load (built-in ones too); the environment variable
+    ``SFTKIT_DISABLE_PLUGINS`` adds more. ``SFTKIT_DISABLE_PLUGIN_AUTOLOAD`` turns entry-point
+    loading off unless `autoload` says otherwise.
+    """
+    pm = pluggy.PluginManager("sftkit")
+    pm.add_hookspecs(hookspecs)
+    blocked = frozenset(_split(os.environ.get(ENV_DISABLE, ""))) | frozenset(disabled)
+    for name in blocked:
+        pm.set_blocked(name)
+    manager = SftkitPluginManager(pm=pm, blocked=blocked)
+    if builtins:
+        for name, module_name in DEFAULT_PLUGINS:
+            manager.register(importlib.import_module(module_name), name, builtin=True)
+    if autoload is None:
+        autoload = not os.environ.get(ENV_NO_AUTOLOAD)
+    if autoload:
+        _load_entry_points(manager)
+    if trace:
+        pm.trace.root.setwriter(lambda msg: sys.stderr.write(msg))
+        pm.enable_tracing()
+    manager.hook.configure.call_historic(
+        kwargs={"settings": {"autoload": autoload, "disabled": sorted(blocked)}}
+    )
+    return manager
+
+
+def _load_entry_points(manager: SftkitPluginManager) -> None:
+    for ep in md.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist is not None else None
+        version = ep.dist.version if ep.dist is not None else None
+        if ep.name in manager.blocked or manager.pm.get_plugin(ep.name) is not None:
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:  # a broken plugin must not take down the CLI
+            manager.failures.append(
+                PluginFailure(
+                    ep.name, dist, f"import of {ep.value!r} raised {type(exc).__name__}: {exc}"
+                )
+            )
+            continue
+        manager.register(plugin, ep.name, distribution=dist, version=version)
+
+
+def _unknown_hooks(pm: pluggy.PluginManager, plugin: object) -> str | None:
+    """Per-plugin `check_pending()`: a hookimpl whose name is no sftkit hook is an error."""
+    known = {
+        name
+        for name in dir(hookspecs)
+        if not name.startswith("_")
+        and inspect.isfunction(getattr(hookspecs, name))
+        and hasattr(getattr(hookspecs, name), "sftkit_spec")
+    }
+    bad = []
+    for attr in dir(plugin):
+        value = getattr(plugin, attr, None)
+        if callable(value) and hasattr(value, "sftkit_impl") and attr not in known:
+            hint = closest(attr, known)
+            bad.append(f"{attr!r}" + (f" (did you mean {hint!r}?)" if hint else ""))
+    if bad:
+        return f"implements unknown hook{'s' if len(bad) > 1 else ''} {', '.join(bad)}"
+    return None
+
+
+def _split(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _clean(message: str) -> str:
+    return " ".join(message.split())

@@ -1,0 +1,372 @@
+"""Loading a recipe: YAML -> overrides -> schema -> components -> plugin checks.
+
+Every problem is collected and reported at once as a `RecipeError`, each with its key path,
+what was expected, what was found, and a "did you mean" where one is close.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from sftkit.errors import DataError, Problem, RecipeError, UnknownComponentError
+from sftkit.recipe.overrides import Override, apply_overrides, parse_override
+from sftkit.recipe.schema import ComponentRef, Recipe
+from sftkit.recipe.yamlio import read_yaml
+from sftkit.registry import Catalog, Registry
+from sftkit.specs import (
+    DatasetFormatSpec,
+    EvaluatorSpec,
+    OptimizerSpec,
+    Options,
+    PromptTemplateSpec,
+    StrategySpec,
+)
+from sftkit.suggest import closest
+
+S = TypeVar("S")
+
+# Recipe key path of each component -> registry kind.
+COMPONENT_PATHS: dict[tuple[str, ...], str] = {
+    ("strategy",): "strategies",
+    ("optimizer",): "optimizers",
+    ("data", "format"): "formats",
+    ("data", "template"): "templates",
+}
+
+
+@dataclass(frozen=True)
+class Component(Generic[S]):
+    """A resolved component: its spec, its validated options and the plugin that gave it."""
+
+    spec: S
+    options: Any  # an instance of spec.options_model
+    plugin: str
+
+
+@dataclass(frozen=True)
+class ResolvedRecipe:
+    """A valid recipe with every named component looked up and its options validated."""
+
+    recipe: Recipe
+    source: str
+    strategy: Component[StrategySpec]
+    optimizer: Component[OptimizerSpec]
+    data_format: Component[DatasetFormatSpec]
+    template: Component[PromptTemplateSpec]
+    evaluators: list[Component[EvaluatorSpec]]
+    registry: Registry = field(repr=False, compare=False)
+    overrides: tuple[str, ...] = ()
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+
+def bundled_recipes_dir() -> Path:
+    """The recipes shipped with sftkit (inside the wheel, or the repo's recipes/ in a checkout)."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "_recipes", here.parent / "recipes"):
+        if candidate.is_dir():
+            return candidate
+    return here / "_recipes"
+
+
+def find_recipe(name_or_path: str) -> Path:
+    """A path as given, else a bundled recipe by name (``quickstart`` or ``quickstart.yaml``)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    bundled = bundled_recipes_dir()
+    for candidate in (bundled / name_or_path, bundled / f"{name_or_path}.yaml"):
+        if candidate.is_file():
+            return candidate
+    known = sorted(p.stem for p in bundled.glob("*.yaml"))
+    hint = closest(path.stem, known)
+    raise DataError(
+        f"recipe file {name_or_path!r} does not exist"
+        + (f"; did you mean the bundled recipe {hint!r}?" if hint else ".")
+        + f" Bundled recipes: {', '.join(known) or '(none)'}.",
+        hint="Pass a path to a YAML recipe, or a bundled name from `sftkit recipes`.",
+    )
+
+
+def load_recipe(
+    name_or_path: str | Path,
+    overrides: Sequence[str | Override] = (),
+    *,
+    registry: Registry,
+) -> ResolvedRecipe:
+    path = find_recipe(str(name_or_path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read recipe {str(path)!r}: {exc}.") from exc
+    return load_recipe_text(text, overrides, registry=registry, source=str(path))
+
+
+def load_recipe_text(
+    text: str,
+    overrides: Sequence[str | Override] = (),
+    *,
+    registry: Registry,
+    source: str = "<recipe>",
+) -> ResolvedRecipe:
+    data, problems = read_yaml(text)
+    if problems:
+        raise RecipeError(problems, source=source)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(
+            [
+                Problem(
+                    "",
+                    f"expected a mapping of sections (model, strategy, ...), found {type(data).__name__}.",
+                )
+            ],
+            source=source,
+        )
+    parsed = [o if isinstance(o, Override) else parse_override(o) for o in overrides]
+    data = apply_overrides(data, parsed, is_string=lambda p: _is_string_field(data, p, registry))
+    return validate_recipe_data(
+        data, registry=registry, source=source, overrides=tuple(map(str, parsed))
+    )
+
+
+def validate_recipe_data(
+    data: dict[str, Any],
+    *,
+    registry: Registry,
+    source: str = "<recipe>",
+    overrides: tuple[str, ...] = (),
+) -> ResolvedRecipe:
+    problems: list[Problem] = []
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        problems.extend(_problems_from_validation(exc, Recipe))
+        # Components can still be checked from the raw data, so report those problems too.
+        problems.extend(_component_problems_raw(data, registry))
+        raise RecipeError(_unique(problems), source=source) from None
+
+    strategy = _resolve(recipe.strategy, ("strategy",), registry.strategies, problems)
+    optimizer = _resolve(recipe.optimizer, ("optimizer",), registry.optimizers, problems)
+    data_format = _resolve(recipe.data.format, ("data", "format"), registry.formats, problems)
+    template = _resolve(recipe.data.template, ("data", "template"), registry.templates, problems)
+    evaluators = [
+        _resolve(ref, ("evaluation", "evaluators", str(i)), registry.evaluators, problems)
+        for i, ref in enumerate(recipe.evaluation.evaluators)
+    ]
+    if strategy and optimizer:
+        reason = optimizer.spec.incompatibility(strategy.spec)
+        if reason:
+            problems.append(
+                Problem(
+                    "optimizer.name",
+                    f"optimizer {optimizer.spec.name!r} cannot train strategy {strategy.spec.name!r}: {reason}",
+                )
+            )
+    if problems:
+        raise RecipeError(_unique(problems), source=source)
+    assert strategy and optimizer and data_format and template
+    resolved = ResolvedRecipe(
+        recipe=recipe,
+        source=source,
+        strategy=strategy,
+        optimizer=optimizer,
+        data_format=data_format,
+        template=template,
+        evaluators=[e for e in evaluators if e is not None],
+        registry=registry,
+        overrides=overrides,
+        raw=data,
+    )
+    if registry.manager is not None:
+        for result in registry.manager.hook.validate_recipe(recipe=resolved):
+            problems.extend(result or [])
+    if problems:
+        raise RecipeError(_unique(problems), source=source)
+    return resolved
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _resolve(
+    ref: ComponentRef, path: tuple[str, ...], catalog: Catalog[S], problems: list[Problem]
+) -> Component[S] | None:
+    dotted = ".".join(path)
+    try:
+        entry = catalog.entry(ref.name)
+    except UnknownComponentError as exc:
+        suggestion = closest(ref.name, exc.known)
+        problems.append(
+            Problem(
+                f"{dotted}.name",
+                f"unknown {catalog.spec_type.kind} {ref.name!r}; known: {', '.join(exc.known) or '(none)'}.",  # type: ignore[attr-defined]
+                f"Did you mean {suggestion!r}?" if suggestion else None,
+            )
+        )
+        return None
+    options_model: type[Options] = entry.spec.options_model  # type: ignore[attr-defined]
+    try:
+        options = options_model.model_validate(ref.options)
+    except ValidationError as exc:
+        owner = (
+            "" if entry.plugin.startswith("builtin.") else f" (options of plugin {entry.plugin!r})"
+        )
+        for problem in _problems_from_validation(exc, options_model, prefix=f"{dotted}.options"):
+            problems.append(Problem(problem.path, problem.message + owner, problem.suggestion))
+        return None
+    return Component(entry.spec, options, entry.plugin)
+
+
+def _component_problems_raw(data: dict[str, Any], registry: Registry) -> list[Problem]:
+    """Check component names and options in data that failed the schema elsewhere."""
+    problems: list[Problem] = []
+    for path, kind in COMPONENT_PATHS.items():
+        node: Any = data
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or not isinstance(node.get("name"), str):
+            continue
+        try:
+            ref = ComponentRef.model_validate(node)
+        except ValidationError:
+            continue
+        _resolve(ref, path, registry.catalog(kind), problems)
+    return problems
+
+
+def _problems_from_validation(
+    exc: ValidationError, model: type[BaseModel], prefix: str = ""
+) -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"]]
+        path = ".".join([prefix, *loc] if prefix else loc)
+        kind = err["type"]
+        found = err.get("input")
+        if kind == "extra_forbidden":
+            allowed = _fields_at(model, loc[:-1])
+            hint = closest(loc[-1], allowed) if allowed else None
+            problems.append(
+                Problem(
+                    path,
+                    f"unknown key; expected one of: {', '.join(allowed)}.",
+                    f"Did you mean {hint!r}?" if hint else None,
+                )
+            )
+        elif kind == "missing":
+            problems.append(Problem(path, "required key is missing."))
+        else:
+            msg = err["msg"]
+            if msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+            problems.append(Problem(path, f"{msg}; found {_show(found)}."))
+    return problems
+
+
+def _fields_at(model: type[BaseModel], loc: Iterable[str]) -> list[str]:
+    current: Any = model
+    for part in loc:
+        sub = _submodel(current, part)
+        if sub is None:
+            return []
+        current = sub
+    return list(current.model_fields) if _is_model(current) else []
+
+
+def _submodel(model: Any, part: str) -> Any:
+    if not _is_model(model):
+        return None
+    if part.isdigit():
+        return model
+    info = model.model_fields.get(part)
+    if info is None:
+        return None
+    return _unwrap(info.annotation)
+
+
+def _unwrap(annotation: Any) -> Any:
+    """The pydantic model inside `X`, `X | None` or `list[X]`, else the annotation itself."""
+    if _is_model(annotation):
+        return annotation
+    for arg in typing.get_args(annotation):
+        inner = _unwrap(arg)
+        if _is_model(inner):
+            return inner
+    return annotation
+
+
+def _is_model(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, BaseModel)
+
+
+def _is_string_field(data: dict[str, Any], path: tuple[str, ...], registry: Registry) -> bool:
+    """Does the schema (or the named component's options model) say `path` holds text?"""
+    model: Any = Recipe
+    for i, part in enumerate(path):
+        if not _is_model(model):
+            return False
+        if part == "options" and model is ComponentRef:
+            model = _options_model(data, path[:i], registry)
+            continue
+        if part.isdigit():
+            continue
+        info = model.model_fields.get(part)
+        if info is None:
+            return False
+        if i == len(path) - 1:
+            return _annotation_is_str(info.annotation)
+        model = _unwrap(info.annotation)
+    return False
+
+
+def _options_model(data: dict[str, Any], path: tuple[str, ...], registry: Registry) -> Any:
+    kind = COMPONENT_PATHS.get(path) or (
+        "evaluators" if path[:2] == ("evaluation", "evaluators") else None
+    )
+    node: Any = data
+    for part in path:
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return None
+    name = node.get("name") if isinstance(node, dict) else None
+    if kind is None or not isinstance(name, str) or name not in registry.catalog(kind):
+        return None
+    return registry.catalog(kind).get(name).options_model
+
+
+def _annotation_is_str(annotation: Any) -> bool:
+    if annotation is str:
+        return True
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return bool(args) and all(_annotation_is_str(a) for a in args)
+    if origin is typing.Literal:
+        return all(isinstance(a, str) for a in typing.get_args(annotation))
+    return False
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _unique(problems: list[Problem]) -> list[Problem]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for p in problems:
+        if (p.path, p.message) not in seen:
+            seen.add((p.path, p.message))
+            out.append(p)
+    return out

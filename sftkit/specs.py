@@ -1,0 +1,258 @@
+"""Component specs: plain, frozen data a plugin registers.
+
+A spec holds what sftkit must know *before* building anything (name, options model, how it
+prices memory, what it is compatible with) plus a lazy ``"package.module:attr"`` factory. The
+factory is imported only when a run builds the component, so registration never imports torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from sftkit.errors import PluginError, SpecError
+
+
+class Options(BaseModel):
+    """Base class for a component's options model: strict, unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoOptions(Options):
+    """For components that take no options."""
+
+
+def load_factory(ref: str) -> Any:
+    """Import ``"package.module:attr"`` and return the attribute."""
+    module_name, _, attr = ref.partition(":")
+    if not module_name or not attr:
+        raise PluginError(f"factory reference {ref!r} is not of the form 'package.module:attr'.")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise PluginError(
+            f"cannot import {module_name!r} for factory {ref!r}: {exc}",
+            hint="Is the plugin's package (and the training stack, `pip install 'sftkit[train]'`) installed?",
+        ) from exc
+    obj: Any = module
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError as exc:
+            raise PluginError(
+                f"{module_name!r} has no attribute {attr!r} (factory {ref!r})."
+            ) from exc
+    return obj
+
+
+# --------------------------------------------------------------------------- optimizer state
+
+
+class OptimizerState(Protocol):
+    """How much persistent state an optimizer keeps for one trainable tensor."""
+
+    def state_bytes(self, numel: int, param_bytes: int) -> int: ...
+
+    def step_temporary_bytes(self, numel: int, param_bytes: int) -> int: ...
+
+
+@dataclass(frozen=True)
+class DenseMomentState:
+    """Adam-style: `moments` full-size tensors per parameter (torch AdamW keeps exp_avg and
+    exp_avg_sq in the parameter's dtype). `foreach` implementations materialise temporaries the
+    size of the largest group of tensors during the step; fused ones do not."""
+
+    moments: int = 2
+    dtype_bytes: int | None = None  # None: same dtype as the parameter
+    temporaries: int = 0  # full-size temporaries per parameter during step() (foreach)
+
+    def state_bytes(self, numel: int, param_bytes: int) -> int:
+        return self.moments * numel * (self.dtype_bytes or param_bytes)
+
+    def step_temporary_bytes(self, numel: int, param_bytes: int) -> int:
+        return self.temporaries * numel * (self.dtype_bytes or param_bytes)
+
+
+@dataclass(frozen=True)
+class Blockwise8bitState:
+    """bitsandbytes 8-bit optimizers: each moment is uint8 with one fp32 absmax per block of
+    256 values. Tensors with fewer than `min_8bit_size` elements keep fp32 moments
+    (bitsandbytes' `min_8bit_size`, default 4096)."""
+
+    moments: int = 2
+    block_size: int = 256
+    min_8bit_size: int = 4096
+
+    def state_bytes(self, numel: int, param_bytes: int) -> int:
+        if numel < self.min_8bit_size:
+            return self.moments * numel * 4
+        blocks = math.ceil(numel / self.block_size)
+        return self.moments * (numel + 4 * blocks)
+
+    def step_temporary_bytes(self, numel: int, param_bytes: int) -> int:
+        return 0
+
+
+@dataclass(frozen=True)
+class FactoredState:
+    """Adafactor (transformers' implementation, beta1=None): a 2-D tensor keeps a row and a
+    column second-moment vector in fp32; other tensors keep a full fp32 second moment. The
+    spec prices a tensor by element count only, so a matrix is priced as if square (the
+    estimator passes exact shapes through `factored_bytes` where it knows them)."""
+
+    def state_bytes(self, numel: int, param_bytes: int) -> int:
+        side = math.isqrt(numel)
+        return 4 * 2 * side if side * side == numel and numel > 1 else 4 * numel
+
+    def factored_bytes(self, shape: tuple[int, ...]) -> int:
+        if len(shape) >= 2:
+            rows = math.prod(shape[:-1])
+            return 4 * (rows + shape[-1])
+        return 4 * math.prod(shape)
+
+    def step_temporary_bytes(self, numel: int, param_bytes: int) -> int:
+        return 4 * numel  # the fp32 update tensor built during step()
+
+
+# --------------------------------------------------------------------------- specs
+
+
+BaseStorage = Literal["dense", "int8", "4bit"]
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """How the frozen base weights of linear layers are stored."""
+
+    method: Literal["none", "bnb-4bit", "bnb-8bit"] = "none"
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    double_quant: bool = False
+    blocksize: int = 64
+    compute_dtype: str = "bfloat16"
+
+
+def _no_quantization(options: Any) -> Quantization:
+    return Quantization()
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A fine-tuning strategy: which weights train and how the frozen base is stored."""
+
+    kind: ClassVar[str] = "strategy"
+
+    name: str
+    summary: str
+    factory: str  # "pkg.module:build" -> build(model_config, options, recipe) -> model
+    options_model: type[Options] = NoOptions
+    base_storage: BaseStorage = "dense"
+    trains: Literal["all", "adapters"] = "all"
+    # Pure functions of the validated options; the estimator calls them, never the factory.
+    quantization: Callable[[Any], Quantization] = _no_quantization
+    adapter: Literal["lora"] | None = None
+    tags: frozenset[str] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        _check_name(self)
+        # The compatibility rule lives here, not in the runner: every parameter of a
+        # quantized base is frozen integer storage, so nothing can train it directly.
+        if self.trains == "all" and self.base_storage != "dense":
+            raise SpecError(
+                f"strategy {self.name!r} trains all weights but stores the base as "
+                f"{self.base_storage}: quantized weights cannot be trained directly. "
+                "Use trains='adapters' (LoRA over the quantized base)."
+            )
+        if self.trains == "adapters" and self.adapter is None:
+            raise SpecError(f"strategy {self.name!r} trains adapters but names no adapter kind.")
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """An optimizer and what the estimator needs to price it."""
+
+    kind: ClassVar[str] = "optimizer"
+
+    name: str
+    summary: str
+    factory: str  # "pkg.module:build" -> build(params, options) -> torch.optim.Optimizer
+    options_model: type[Options] = NoOptions
+    # Pure function of the validated options -> how much state the optimizer keeps.
+    state_for: Callable[[Any], OptimizerState] = lambda options: DenseMomentState()
+    paged: bool = False  # state lives in CUDA unified memory and can spill to host RAM
+    implementation: str = "torch"
+    # Strategy tags this optimizer cannot train, with the reason shown to the user.
+    incompatible_tags: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_name(self)
+
+    def incompatibility(self, strategy: StrategySpec) -> str | None:
+        for tag in sorted(strategy.tags & set(self.incompatible_tags)):
+            return self.incompatible_tags[tag]
+        return None
+
+
+@dataclass(frozen=True)
+class DatasetFormatSpec:
+    """A dataset format: how rows are read, validated and turned into prompt/completion."""
+
+    kind: ClassVar[str] = "dataset format"
+
+    name: str
+    summary: str
+    factory: str
+    options_model: type[Options] = NoOptions
+
+    def __post_init__(self) -> None:
+        _check_name(self)
+
+
+@dataclass(frozen=True)
+class PromptTemplateSpec:
+    """A prompt template: how a prompt/completion pair becomes model text."""
+
+    kind: ClassVar[str] = "prompt template"
+
+    name: str
+    summary: str
+    factory: str
+    options_model: type[Options] = NoOptions
+
+    def __post_init__(self) -> None:
+        _check_name(self)
+
+
+@dataclass(frozen=True)
+class EvaluatorSpec:
+    """An evaluator: scores a model on a held-out split."""
+
+    kind: ClassVar[str] = "evaluator"
+
+    name: str
+    summary: str
+    factory: str
+    options_model: type[Options] = NoOptions
+
+    def __post_init__(self) -> None:
+        _check_name(self)
+
+
+AnySpec = StrategySpec | OptimizerSpec | DatasetFormatSpec | PromptTemplateSpec | EvaluatorSpec
+
+
+def _check_name(spec: Any) -> None:
+    name = spec.name
+    if not name or name != name.strip().lower() or " " in name:
+        raise SpecError(
+            f"{spec.kind} name {name!r} is not valid: use lowercase words joined by '-'."
+        )
+    if ":" not in spec.factory:
+        raise SpecError(
+            f"{spec.kind} {name!r}: factory {spec.factory!r} must be 'package.module:attr'."
+        )
