@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from sftkit.errors import DuplicateComponentError, PluginError, SpecError, UnknownComponentError
-from sftkit.plugins import SftkitPluginManager, make_plugin_manager
+from sftkit.errors import DuplicateComponentError, PluginError, UnknownComponentError
+from sftkit.plugins import PluginFailure, SftkitPluginManager, make_plugin_manager
 from sftkit.specs import (
     DatasetFormatSpec,
     EvaluatorSpec,
@@ -115,14 +115,19 @@ class Registry:
         return catalog
 
     @classmethod
-    def from_manager(cls, manager: SftkitPluginManager) -> Registry:
+    def from_manager(cls, manager: SftkitPluginManager, *, strict: bool = True) -> Registry:
+        """Collect every plugin's specs. A plugin that fails (raises, registers a duplicate or
+        an invalid spec) raises a PluginError naming it; with ``strict=False`` the failure is
+        recorded in ``manager.failures`` instead, so `sftkit plugins` can still list the rest."""
         registry = cls(manager)
         for kind, (hook_name, _) in KINDS.items():
             catalog = registry.catalog(kind)
             caller = getattr(manager.hook, hook_name)
-            # Call each implementation with a `register` bound to its plugin's name, so the
+            # Built-ins are `trylast`, so they come first here: a third-party plugin that
+            # reuses a built-in name is the one reported as the duplicate.
+            # Each implementation gets a `register` bound to its plugin's name, so the
             # registry knows who registered what (pluggy's plain call would lose that).
-            for impl in reversed(caller.get_hookimpls()):
+            for impl in caller.get_hookimpls():
 
                 def register(
                     spec: Any,
@@ -133,17 +138,34 @@ class Registry:
 
                 try:
                     impl.function(register=register)
-                except (DuplicateComponentError, SpecError):
-                    raise
-                except PluginError:
-                    raise
                 except Exception as exc:
-                    raise PluginError(
-                        f"plugin {impl.plugin_name!r} raised {type(exc).__name__} in "
-                        f"{hook_name}: {exc}",
-                        hint=f"Disable it with `sftkit --disable-plugin {impl.plugin_name} ...`.",
-                    ) from exc
+                    error = _plugin_error(exc, impl.plugin_name, hook_name, manager)
+                    if strict:
+                        raise error from exc
+                    manager.failures.append(
+                        PluginFailure(impl.plugin_name, _distribution(manager, impl), str(error))
+                    )
         return registry
+
+
+def _distribution(manager: SftkitPluginManager, impl: Any) -> str | None:
+    info = manager.infos.get(impl.plugin_name)
+    return info.distribution if info else None
+
+
+def _plugin_error(
+    exc: Exception, plugin: str, hook_name: str, manager: SftkitPluginManager
+) -> PluginError:
+    info = manager.infos.get(plugin)
+    dist = f" (distribution {info.distribution})" if info and info.distribution else ""
+    if isinstance(exc, DuplicateComponentError):
+        return exc
+    if isinstance(exc, PluginError):
+        return type(exc)(f"plugin {plugin!r}{dist}: {exc.args[0]}", hint=exc.hint)
+    return PluginError(
+        f"plugin {plugin!r}{dist} raised {type(exc).__name__} in {hook_name}: {exc}",
+        hint=f"Disable it with `sftkit --disable-plugin {plugin} ...`.",
+    )
 
 
 def default_registry(**manager_options: Any) -> Registry:

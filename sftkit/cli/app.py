@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import click
 
 from sftkit import __version__
-from sftkit.plugins import SftkitPluginManager
+from sftkit.plugins import PluginFailure, SftkitPluginManager
 from sftkit.registry import Registry
 
 
@@ -24,6 +24,10 @@ class AppContext:
         if self._registry is None:
             self._registry = Registry.from_manager(self.manager)
         return self._registry
+
+    def lenient_registry(self) -> Registry:
+        """What loaded, with broken plugins recorded in `manager.failures` (for reports)."""
+        return Registry.from_manager(self.manager, strict=False)
 
 
 pass_app = click.make_pass_decorator(AppContext)
@@ -74,7 +78,18 @@ def build_cli(app: AppContext) -> click.Group:
     caller = app.manager.hook.register_commands
     for impl in reversed(caller.get_hookimpls()):
         before = set(group.commands)
-        impl.function(cli=group)
+        try:
+            impl.function(cli=group)
+        except Exception as exc:  # a broken plugin must not take down every command
+            info = app.manager.infos.get(impl.plugin_name)
+            app.manager.failures.append(
+                PluginFailure(
+                    impl.plugin_name,
+                    info.distribution if info else None,
+                    f"register_commands raised {type(exc).__name__}: {exc}",
+                )
+            )
+            continue
         added = sorted(set(group.commands) - before)
         if added:
             app.commands_by_plugin[impl.plugin_name] = added

@@ -47,7 +47,7 @@ def validate(app: AppContext, recipe: str, overrides: tuple[str, ...]) -> None:
 @pass_app
 def plugins_command(app: AppContext, show_all: bool) -> None:
     """Installed plugins, their versions, and what each registers."""
-    registry = app.registry
+    registry = app.lenient_registry()
     provided: dict[str, list[str]] = {}
     for kind in KINDS:
         for entry in registry.catalog(kind):

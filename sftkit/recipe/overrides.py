@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from sftkit.errors import OverrideError
+from sftkit.recipe.yamlio import load_scalar
 
 _KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]*(\.[A-Za-z0-9_\-]+)*$")
 
@@ -60,7 +61,7 @@ def parse_value(raw: str, *, as_string: bool = False) -> Any:
     if as_string:
         return raw
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = load_scalar(raw) if raw.strip() else ""
     except yaml.YAMLError:
         return raw
     return value

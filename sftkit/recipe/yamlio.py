@@ -1,16 +1,33 @@
-"""Safe YAML reading that rejects duplicate keys (PyYAML silently keeps the last one)."""
+"""Safe YAML reading that rejects duplicate keys (PyYAML silently keeps the last one) and
+reads floats the YAML 1.2 way (PyYAML's 1.1 rules make ``2e-4`` a string)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import yaml
 
 from sftkit.errors import Problem
 
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*|[0-9][0-9_]*(?=[eE]))(?:[eE][-+]?[0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+
 
 class _StrictLoader(yaml.SafeLoader):
     pass
+
+
+# Replace the YAML 1.1 float resolver with one that accepts `1e-5` and `2e-4` (YAML 1.2).
+_StrictLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:float"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
 
 
 def _mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -27,6 +44,11 @@ def _mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) 
 
 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def load_scalar(text: str) -> Any:
+    """One YAML value (a command-line override), read with the same rules as recipes."""
+    return yaml.load(text, Loader=_StrictLoader)
 
 
 def read_yaml(text: str) -> tuple[Any, list[Problem]]:
