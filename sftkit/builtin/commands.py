@@ -10,7 +10,11 @@ import click
 from sftkit.hookspecs import hookimpl
 
 # "module:attribute" of each click command; imported when the CLI is built (cheap modules).
-COMMAND_REFS: tuple[str, ...] = ()
+COMMAND_REFS: tuple[str, ...] = (
+    "sftkit.cli.evaluate:eval_command",
+    "sftkit.cli.report:report_command",
+    "sftkit.cli.report:compare_command",
+)
 
 
 @hookimpl(trylast=True)

@@ -17,7 +17,18 @@ class EvalOptions(Options):
 
 
 class Gsm8kEvalOptions(EvalOptions):
-    max_new_tokens: int = Field(default=512, ge=1)
+    max_new_tokens: int = Field(default=512, ge=1, description="Generation budget per problem.")
+    stop_at_answer: bool = Field(
+        default=True,
+        description="Stop a sequence once its first '#### N' line is complete (it alone is scored).",
+    )
+    confidence: float = Field(default=0.95, gt=0, lt=1, description="Confidence of the Wilson CI.")
+
+
+class EvalLossOptions(EvalOptions):
+    max_length: int | None = Field(
+        default=None, ge=8, description="Truncate sequences; default: training.max_seq_length."
+    )
 
 
 EVALUATORS = (
@@ -31,7 +42,7 @@ EVALUATORS = (
         name="eval-loss",
         summary="Mean completion-token loss and perplexity on a held-out split.",
         factory="sftkit.evaluation.loss:EvalLossEvaluator",
-        options_model=EvalOptions,
+        options_model=EvalLossOptions,
     ),
 )
 

@@ -1,0 +1,183 @@
+"""`sftkit eval`: score a run's fine-tuned model (or its base), or a recipe's base model."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from sftkit.cli.app import AppContext, pass_app
+from sftkit.errors import RunDirectoryError
+
+
+def is_run_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "recipe.yaml").is_file()
+
+
+@click.command(name="eval")
+@click.argument("target", metavar="RUN_DIR_OR_RECIPE")
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE | ~KEY]...")
+@click.option(
+    "--split",
+    type=click.Choice(["dev", "test"]),
+    help="Split to score (default: each evaluator's).",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="Score only the first N examples.")
+@click.option("--base", is_flag=True, help="On a run directory: score the untrained base model.")
+@click.option(
+    "--evaluator",
+    "-e",
+    "evaluators",
+    multiple=True,
+    metavar="NAME",
+    help="Evaluator to run (repeatable; default: the recipe's, else gsm8k).",
+)
+@click.option(
+    "--output-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Where results go (default: RUN_DIR/eval, or ./eval-<recipe name> for a recipe).",
+)
+@pass_app
+def eval_command(
+    app: AppContext,
+    target: str,
+    overrides: tuple[str, ...],
+    split: str | None,
+    limit: int | None,
+    base: bool,
+    evaluators: tuple[str, ...],
+    output_dir: Path | None,
+) -> None:
+    """Score a model: a run's fine-tuned one (or its base with --base), or a recipe's base.
+
+    \b
+    Prints accuracy with its 95% confidence interval and n, and writes metrics.json and
+    predictions.jsonl (question, gold, extracted answer, raw output, correct) under
+    RUN_DIR/eval/<stage>-<evaluator>/ (stage: manual for the fine-tuned model, base for
+    --base or a recipe). Examples:
+      sftkit eval runs/quickstart --limit 50
+      sftkit eval runs/quickstart --base --limit 50
+      sftkit eval recipes/quickstart.yaml --split dev
+    """
+    from sftkit.recipe.load import load_recipe
+
+    path = Path(target)
+    run_dir = path if is_run_dir(path) else None
+    if run_dir is None and path.is_dir():
+        raise RunDirectoryError(
+            f"{path} is a directory but not a run directory (it has no recipe.yaml).",
+            hint="Pass a run directory written by `sftkit run`, or a recipe file.",
+        )
+    recipe_path = run_dir / "recipe.yaml" if run_dir else target
+    resolved = load_recipe(recipe_path, overrides, registry=app.registry)
+
+    from sftkit.evaluation.runner import select_evaluators
+
+    components = select_evaluators(resolved, evaluators, split=split, limit=limit)
+
+    from sftkit.training.model import load_base, load_trained
+
+    if run_dir is not None and not base:
+        stage, label = "manual", "fine-tuned"
+        click.echo(f"Loading the fine-tuned model of {run_dir} ...", err=True)
+        model, tokenizer = load_trained(run_dir)
+    else:
+        stage, label = "base", "base"
+        click.echo(f"Loading the base model {resolved.recipe.model.name_or_path} ...", err=True)
+        model, tokenizer = load_base(run_dir if run_dir is not None else resolved)
+    if output_dir is None:
+        output_dir = run_dir / "eval" if run_dir is not None else Path(f"eval-{Path(target).stem}")
+    results = evaluate_and_show(
+        resolved,
+        model,
+        tokenizer,
+        stage=stage,
+        label=label,
+        out_root=output_dir,
+        components=components,
+    )
+    for stored in results:
+        click.echo(f"wrote {stored.path / 'predictions.jsonl'}")
+    if run_dir is not None and output_dir == run_dir / "eval":
+        from sftkit.reporting import write_report
+
+        report = write_report(run_dir)
+        click.echo(f"updated {report.markdown}")
+
+
+def evaluate_and_show(
+    resolved: Any,
+    model: Any,
+    tokenizer: Any,
+    *,
+    stage: str,
+    label: str,
+    out_root: Path,
+    components: Sequence[Any],
+) -> list[Any]:
+    """Run the evaluators with a progress bar, then print the results table."""
+    from rich.console import Console
+
+    from sftkit.evaluation.runner import run_evaluations
+
+    console = Console(stderr=True)
+    with _progress(console) as progress:
+        results = run_evaluations(
+            resolved,
+            model,
+            tokenizer,
+            stage=stage,
+            model_label=label,
+            out_root=out_root,
+            components=components,
+            progress=progress,
+        )
+    Console().print(results_table([(s.stage, label, s.result) for s in results]))
+    return results
+
+
+def results_table(rows: Sequence[tuple[str, str, Any]]) -> Any:
+    """A rich table of (stage, model label, EvalResult-or-StoredEval) rows."""
+    from rich.table import Table
+
+    from sftkit.evaluation.display import details, headline, interval
+
+    table = Table(title="evaluation")
+    for column in ("stage", "model", "evaluator", "split", "n", "metric", "value", "95% CI", ""):
+        table.add_column(column, justify="right" if column in ("n", "value") else "left")
+    for stage, label, result in rows:
+        table.add_row(
+            stage,
+            label,
+            result.evaluator,
+            result.split,
+            str(result.n),
+            result.primary,
+            headline(result.primary, result.metrics),
+            interval(result.metrics),
+            details(result.primary, result.metrics),
+        )
+    return table
+
+
+@contextmanager
+def _progress(console: Any) -> Iterator[Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as bar:
+
+        def start(label: str, total: int) -> Any:
+            task = bar.add_task(label, total=total)
+            return lambda done, _total: bar.update(task, completed=done)
+
+        yield start

@@ -1,0 +1,167 @@
+"""What an evaluator receives and returns, and how results are stored (no torch).
+
+An evaluator plugin registers an `EvaluatorSpec` whose factory is called with the validated
+options and returns an object with ``evaluate(task) -> EvalResult``. sftkit loads the model,
+the split and the prompt template; the evaluator only scores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from sftkit.data.example import Example
+
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+class PromptTemplate(Protocol):
+    def prompt_text(self, example: Example, tokenizer: Any) -> str: ...
+
+    def completion_text(self, example: Example, tokenizer: Any) -> str: ...
+
+
+@dataclass
+class EvalTask:
+    """Everything an evaluator needs: a model in eval mode, its tokenizer, the examples of one
+    split (already limited), and the run's prompt template."""
+
+    model: Any
+    tokenizer: Any
+    examples: Sequence[Example]
+    template: PromptTemplate
+    split: str
+    max_seq_length: int = 1024
+    progress: Progress | None = None
+
+
+class Evaluator(Protocol):
+    def evaluate(self, task: EvalTask) -> EvalResult: ...
+
+
+@dataclass
+class EvalResult:
+    """Scores of one evaluator on one split.
+
+    `metrics` holds numbers only; `primary` names the headline metric and `higher_is_better`
+    says which way is good (for deltas in reports). `predictions` are one JSON-able dict per
+    example, written to predictions.jsonl.
+    """
+
+    evaluator: str
+    split: str
+    n: int
+    metrics: dict[str, float]
+    primary: str
+    higher_is_better: bool = True
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    @property
+    def value(self) -> float:
+        return self.metrics[self.primary]
+
+
+@dataclass(frozen=True)
+class StoredEval:
+    """An evaluation read back from ``<dir>/metrics.json``."""
+
+    path: Path
+    stage: str
+    evaluator: str
+    model: str  # "base" or "fine-tuned"
+    split: str
+    n: int
+    primary: str
+    higher_is_better: bool
+    metrics: dict[str, float]
+    options: dict[str, Any]
+    elapsed_s: float
+
+    @property
+    def value(self) -> float:
+        return self.metrics[self.primary]
+
+
+def write_result(
+    result: EvalResult,
+    out_dir: Path,
+    *,
+    stage: str,
+    model: str,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write metrics.json and predictions.jsonl into `out_dir` (created; files replaced)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / PREDICTIONS_FILE).open("w", encoding="utf-8") as handle:
+        for row in result.predictions:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    document = {
+        "stage": stage,
+        "evaluator": result.evaluator,
+        "model": model,
+        "split": result.split,
+        "n": result.n,
+        "primary": result.primary,
+        "higher_is_better": result.higher_is_better,
+        "metrics": {k: _finite(v) for k, v in result.metrics.items()},
+        "options": result.options,
+        "elapsed_s": round(result.elapsed_s, 3),
+        **(extra or {}),
+    }
+    (out_dir / METRICS_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    return out_dir
+
+
+def read_result(out_dir: Path) -> StoredEval | None:
+    """The evaluation stored in `out_dir`, or None if it has no readable metrics.json."""
+    try:
+        doc = json.loads((out_dir / METRICS_FILE).read_text(encoding="utf-8"))
+        return StoredEval(
+            path=out_dir,
+            stage=str(doc["stage"]),
+            evaluator=str(doc["evaluator"]),
+            model=str(doc.get("model", "")),
+            split=str(doc.get("split", "")),
+            n=int(doc["n"]),
+            primary=str(doc["primary"]),
+            higher_is_better=bool(doc.get("higher_is_better", True)),
+            metrics={k: float(v) for k, v in doc["metrics"].items() if v is not None},
+            options=dict(doc.get("options", {})),
+            elapsed_s=float(doc.get("elapsed_s", 0.0)),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def read_run_evals(run_dir: Path) -> list[StoredEval]:
+    """Every evaluation stored under ``<run>/eval/``, ordered by stage then evaluator."""
+    order = {"before": 0, "after": 1, "base": 2, "manual": 3}
+    found = [
+        stored
+        for sub in sorted((run_dir / "eval").glob("*/"))
+        if (stored := read_result(sub)) is not None
+    ]
+    return sorted(found, key=lambda e: (e.evaluator, order.get(e.stage, 9), e.stage))
+
+
+def question_text(example: Example) -> str:
+    """The question as a person would read it (the last user turn of a chat prompt)."""
+    if isinstance(example.prompt, str):
+        return example.prompt
+    users = [m["content"] for m in example.prompt if m.get("role") == "user"]
+    return users[-1] if users else example.prompt[-1]["content"]
+
+
+def _finite(value: float) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None

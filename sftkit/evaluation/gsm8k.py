@@ -1,0 +1,93 @@
+"""The ``gsm8k`` evaluator: greedy generation, answer extraction, exact-match accuracy."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sftkit.errors import DataError
+from sftkit.evaluation.base import EvalResult, EvalTask, question_text
+from sftkit.evaluation.extract import extract_answer, gold_answer, prompt_opens_think
+from sftkit.evaluation.generate import greedy_generate
+from sftkit.evaluation.stats import accuracy
+
+
+class Gsm8kEvaluator:
+    """Exact match of the extracted final number against the reference answer.
+
+    Options (`sftkit.builtin.evaluators.Gsm8kEvalOptions`): split, limit, batch_size,
+    max_new_tokens, stop_at_answer, confidence.
+    """
+
+    name = "gsm8k"
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+
+    def evaluate(self, task: EvalTask) -> EvalResult:
+        if not task.examples:
+            raise DataError(f"the {task.split} split has no examples to evaluate.")
+        started = time.perf_counter()
+        golds = [_gold(example) for example in task.examples]
+        prompts = [task.template.prompt_text(e, task.tokenizer) for e in task.examples]
+        # R1-distill chat templates open <think> in the prompt; the output starts inside it.
+        in_think = bool(prompts) and all(prompt_opens_think(p) for p in prompts)
+        generations = greedy_generate(
+            task.model,
+            task.tokenizer,
+            prompts,
+            max_new_tokens=self.options.max_new_tokens,
+            batch_size=self.options.batch_size,
+            stop_at_answer=self.options.stop_at_answer,
+            starts_in_think=in_think,
+            progress=task.progress,
+        )
+        predictions: list[dict[str, Any]] = []
+        correct = 0
+        for example, gold, generation in zip(task.examples, golds, generations, strict=True):
+            found = extract_answer(generation.text, starts_in_think=in_think)
+            hit = found.answer is not None and found.answer == gold
+            correct += hit
+            predictions.append(
+                {
+                    "id": example.id,
+                    "question": question_text(example),
+                    "gold": gold,
+                    "extracted": found.answer,
+                    "method": found.method,
+                    "correct": hit,
+                    "output": generation.text,
+                    "new_tokens": generation.new_tokens,
+                    "finished": generation.finished,
+                }
+            )
+        score = accuracy(correct, len(predictions), self.options.confidence)
+        unfinished = sum(not p["finished"] for p in predictions)
+        metrics: dict[str, float] = {
+            **score.to_dict(),
+            "no_answer": sum(p["extracted"] is None for p in predictions),
+            "hit_token_limit": unfinished,
+            "mean_new_tokens": sum(p["new_tokens"] for p in predictions) / len(predictions),
+        }
+        return EvalResult(
+            evaluator=self.name,
+            split=task.split,
+            n=len(predictions),
+            metrics=metrics,
+            primary="accuracy",
+            predictions=predictions,
+            options=self.options.model_dump(),
+            elapsed_s=time.perf_counter() - started,
+        )
+
+
+def _gold(example: Any) -> str:
+    reference = example.reference_answer
+    answer = gold_answer(reference) if reference else gold_answer(example.completion)
+    if answer is None:
+        raise DataError(
+            f"example {example.id!r} has no numeric reference answer "
+            f"(reference_answer={reference!r}); the gsm8k evaluator needs one.",
+            hint="Use a dataset format that sets reference_answer, or completions ending '#### N'.",
+        )
+    return answer

@@ -1,0 +1,147 @@
+"""Running evaluators on a loaded model: pick them, load their split, score, store.
+
+Used by `sftkit eval` and by `sftkit run` (before/after training). Imports no torch itself;
+the evaluators do when they run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from sftkit.errors import RecipeError, SftkitError
+from sftkit.evaluation.base import EvalResult, EvalTask, Progress, write_result
+from sftkit.recipe.load import Component, ResolvedRecipe, _problems_from_validation
+from sftkit.specs import EvaluatorSpec, load_factory
+
+DEFAULT_EVALUATOR = "gsm8k"
+MODEL_LABELS = {"base": "base", "fine-tuned": "fine-tuned"}
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    result: EvalResult
+    stage: str
+    path: Path
+
+
+def select_evaluators(
+    resolved: ResolvedRecipe,
+    names: Sequence[str] = (),
+    *,
+    split: str | None = None,
+    limit: int | None = None,
+) -> list[Component[EvaluatorSpec]]:
+    """The evaluators to run: `names` (with the recipe's options for any the recipe also
+    configures), else the recipe's `evaluation.evaluators`, else gsm8k. `split`/`limit`
+    override every evaluator's options."""
+    configured = {c.spec.name: c for c in resolved.evaluators}
+    if names:
+        chosen = []
+        for name in names:
+            if name in configured:
+                chosen.append(configured[name])
+            else:
+                entry = resolved.registry.evaluators.entry(name)  # unknown -> did-you-mean error
+                chosen.append(Component(entry.spec, entry.spec.options_model(), entry.plugin))
+    elif resolved.evaluators:
+        chosen = list(resolved.evaluators)
+    else:
+        entry = resolved.registry.evaluators.entry(DEFAULT_EVALUATOR)
+        chosen = [Component(entry.spec, entry.spec.options_model(), entry.plugin)]
+    updates: dict[str, Any] = {}
+    if split is not None:
+        updates["split"] = split
+    if limit is not None:
+        updates["limit"] = limit
+    return [_with_options(c, updates) for c in chosen] if updates else chosen
+
+
+def _with_options(component: Component[EvaluatorSpec], updates: dict[str, Any]) -> Component[Any]:
+    model = component.spec.options_model
+    data = {**component.options.model_dump(), **updates}
+    # A third-party evaluator without split/limit options simply keeps its own.
+    data = {k: v for k, v in data.items() if k in model.model_fields}
+    try:
+        options = model.model_validate(data)
+    except ValidationError as exc:
+        raise RecipeError(
+            _problems_from_validation(exc, model, prefix=f"evaluator {component.spec.name}"),
+            source="command-line options",
+        ) from None
+    return replace(component, options=options)
+
+
+def build_evaluator(component: Component[EvaluatorSpec]) -> Any:
+    evaluator = load_factory(component.spec.factory)(component.options)
+    if not callable(getattr(evaluator, "evaluate", None)):
+        raise SftkitError(
+            f"evaluator {component.spec.name!r} (plugin {component.plugin!r}): its factory "
+            f"{component.spec.factory!r} returned {type(evaluator).__name__}, which has no "
+            "evaluate(task) method."
+        )
+    return evaluator
+
+
+def build_template(resolved: ResolvedRecipe) -> Any:
+    """The recipe's prompt template object (``.prompt_text`` / ``.completion_text``)."""
+    component = resolved.template
+    return load_factory(component.spec.factory)(component.options)
+
+
+def load_examples(resolved: ResolvedRecipe, split: str, limit: int | None) -> list[Any]:
+    from sftkit.data import load_split
+
+    examples = list(load_split(resolved, split))  # type: ignore[arg-type]
+    return examples[:limit] if limit is not None else examples
+
+
+def run_evaluations(
+    resolved: ResolvedRecipe,
+    model: Any,
+    tokenizer: Any,
+    *,
+    stage: str,
+    model_label: str,
+    out_root: Path,
+    components: Sequence[Component[EvaluatorSpec]],
+    progress: Callable[[str, int], Progress | None] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> list[StoredResult]:
+    """Run each evaluator on its split and write ``<out_root>/<stage>-<evaluator>/``.
+
+    `progress(label, total)` may return a per-evaluator progress callback.
+    """
+    template = build_template(resolved)
+    stored: list[StoredResult] = []
+    for component in components:
+        options = component.options
+        split = getattr(options, "split", "test")
+        examples = load_examples(resolved, split, getattr(options, "limit", None))
+        evaluator = build_evaluator(component)
+        label = f"{stage} {component.spec.name} ({split}, {len(examples)} examples)"
+        task = EvalTask(
+            model=model,
+            tokenizer=tokenizer,
+            examples=examples,
+            template=template,
+            split=split,
+            max_seq_length=resolved.recipe.training.max_seq_length,
+            progress=progress(label, len(examples)) if progress else None,
+        )
+        result: EvalResult = evaluator.evaluate(task)
+        if not result.options:
+            result.options = options.model_dump()
+        path = write_result(
+            result,
+            out_root / f"{stage}-{component.spec.name}",
+            stage=stage,
+            model=model_label,
+            extra={"recipe": resolved.source, "plugin": component.plugin, **(extra or {})},
+        )
+        stored.append(StoredResult(result, stage, path))
+    return stored

@@ -1,0 +1,82 @@
+"""Training curves as PNG files, drawn with matplotlib's Agg backend.
+
+A `Figure` with an Agg canvas is used directly instead of `pyplot`, so plotting never picks
+an interactive backend, never touches global state, and works on a headless machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+LOSS_PNG = "loss.png"
+LR_PNG = "lr.png"
+
+
+def _figure() -> tuple[Any, Any]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(7, 3.6), dpi=110, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, figure.add_subplot()
+
+
+def _series(events: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
+    xs, ys = [], []
+    for event in events:
+        value, step = event.get(key), event.get("step")
+        if isinstance(value, int | float) and isinstance(step, int | float):
+            xs.append(float(step))
+            ys.append(float(value))
+    return xs, ys
+
+
+def plot_loss(
+    series: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: Path, *, title: str
+) -> Path | None:
+    """Training loss (and eval/loss points) per step for one or more runs; None if no data."""
+    figure, axes = _figure()
+    drawn = False
+    for label, events in series:
+        xs, ys = _series([e for e in events if not any(k.startswith("eval/") for k in e)], "loss")
+        if xs:
+            axes.plot(xs, ys, linewidth=1.4, label=f"{label} train" if label else "train")
+            drawn = True
+        exs, eys = _series(events, "eval/loss")
+        if exs:
+            axes.plot(exs, eys, "o--", markersize=4, label=f"{label} eval" if label else "eval")
+            drawn = True
+    if not drawn:
+        return None
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("loss")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.savefig(path)
+    return path
+
+
+def plot_learning_rate(
+    series: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: Path, *, title: str
+) -> Path | None:
+    figure, axes = _figure()
+    drawn = False
+    for label, events in series:
+        xs, ys = _series(events, "learning_rate")
+        if xs:
+            axes.plot(xs, ys, linewidth=1.4, label=label or None)
+            drawn = True
+    if not drawn:
+        return None
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("learning rate")
+    axes.set_title(title)
+    axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    axes.grid(alpha=0.3)
+    if any(label for label, _ in series):
+        axes.legend()
+    figure.savefig(path)
+    return path

@@ -1,0 +1,108 @@
+"""``<run>/report.md`` and ``report.html``: what a person wants to see about a run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sftkit.reporting.document import Code, Document, Heading, Image, Paragraph, Table
+from sftkit.reporting.plots import LOSS_PNG, LR_PNG, plot_learning_rate, plot_loss
+from sftkit.reporting.rundir import RECIPE_FILE, RunRecord, load_run
+from sftkit.reporting.summary import (
+    EVAL_HEADERS,
+    before_after,
+    eval_rows,
+    memory_rows,
+    recipe_rows,
+    training_rows,
+)
+
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
+ENVIRONMENT_KEYS = (
+    "python",
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "bitsandbytes",
+    "accelerate",
+    "datasets",
+    "sftkit",
+    "device",
+)
+
+
+@dataclass
+class ReportFiles:
+    markdown: Path
+    html: Path
+    plots: list[Path] = field(default_factory=list)
+
+
+def write_report(run_dir: Path) -> ReportFiles:
+    """(Re)build the run's report and plots from what is in the run directory."""
+    record = load_run(run_dir)
+    plots = [
+        p
+        for p in (
+            plot_loss([("", record.events)], run_dir / LOSS_PNG, title="training loss"),
+            plot_learning_rate([("", record.events)], run_dir / LR_PNG, title="learning rate"),
+        )
+        if p is not None
+    ]
+    document = build_document(record, plots)
+    files = ReportFiles(run_dir / REPORT_MD, run_dir / REPORT_HTML, plots)
+    files.markdown.write_text(document.to_markdown(), encoding="utf-8")
+    files.html.write_text(document.to_html(), encoding="utf-8")
+    return files
+
+
+def build_document(record: RunRecord, plots: list[Path]) -> Document:
+    doc = Document(f"Run report: {record.name}")
+    description = record.section("description")
+    if description:
+        doc.add(Paragraph(str(description)))
+    doc.add(
+        Heading("Recipe"),
+        _table(recipe_rows(record)),
+        Paragraph(f"The resolved recipe, every default filled in, is `{RECIPE_FILE}`."),
+    )
+    memory = memory_rows(record)
+    if memory:
+        doc.add(Heading("Memory"), _table(memory))
+    doc.add(Heading("Training"), _table(training_rows(record)))
+    if plots:
+        doc.add(*(Image(p, p.stem) for p in plots))
+    elif not record.train_events:
+        doc.add(Paragraph("No training steps were logged (metrics.jsonl is missing or empty)."))
+    doc.add(Heading("Evaluation"))
+    if record.evals:
+        for line in before_after(record.evals):
+            doc.add(Paragraph(line))
+        doc.add(Table(EVAL_HEADERS, tuple(eval_rows(record.evals))))
+        doc.add(
+            Paragraph(
+                "Predictions (question, gold, extracted answer, raw output, correct) are in "
+                "`eval/<stage>-<evaluator>/predictions.jsonl`. Stages: before/after = the base "
+                "and fine-tuned model scored by `sftkit run`; base/manual = by `sftkit eval`."
+            )
+        )
+    else:
+        doc.add(
+            Paragraph(
+                "No evaluation yet. Run `sftkit eval RUN_DIR` (and `--base` for the base model)."
+            )
+        )
+    env = record.environment or {}
+    shown = [(k, str(env[k])) for k in ENVIRONMENT_KEYS if env.get(k) is not None]
+    if shown:
+        doc.add(Heading("Environment"), _table(shown))
+    if record.warnings:
+        doc.add(Heading("Warnings"), Code("\n".join(record.warnings)))
+    doc.add(Paragraph(f"Rebuild this report with `sftkit report {record.path}`."))
+    return doc
+
+
+def _table(rows: list[tuple[str, str]]) -> Table:
+    return Table(("", ""), tuple(rows))

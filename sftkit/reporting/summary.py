@@ -1,0 +1,172 @@
+"""Short human summaries of a run's recipe, memory and training (shared by the report, the
+comparison and the model card)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sftkit.evaluation.base import StoredEval
+from sftkit.evaluation.display import delta, details, headline, interval
+from sftkit.reporting.rundir import RunRecord
+
+GiB = 1024**3
+
+
+def gib(value: Any) -> str:
+    return f"{float(value) / GiB:.2f} GiB" if isinstance(value, int | float) else "-"
+
+
+def duration(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    seconds = float(seconds)
+    if seconds < 90:
+        return f"{seconds:.1f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def number(value: Any, digits: int = 4) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-" if value is None else str(value)
+    return f"{value:,}" if isinstance(value, int) else f"{value:.{digits}g}"
+
+
+def component(ref: Any) -> str:
+    """``qlora-nf4 (rank=16, alpha=32)`` from a recipe's {name, options}."""
+    if not isinstance(ref, dict):
+        return "-"
+    options = ref.get("options") or {}
+    shown = ", ".join(f"{k}={_short(v)}" for k, v in options.items())
+    return f"{ref.get('name', '?')}" + (f" ({shown})" if shown else "")
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def recipe_rows(record: RunRecord) -> list[tuple[str, str]]:
+    r = record.section
+    model = r("model") or {}
+    training = r("training") or {}
+    hardware = r("hardware") or {}
+    data = r("data") or {}
+    micro = training.get("micro_batch_size", 1)
+    accum = training.get("gradient_accumulation_steps", 1)
+    gpus = hardware.get("num_gpus", 1)
+    length = f"{training.get('max_steps')} steps" if training.get("max_steps") else None
+    rows = [
+        (
+            "model",
+            f"{model.get('name_or_path', '?')} ({model.get('dtype', '?')}, "
+            f"{model.get('attn_implementation', '?')})",
+        ),
+        ("strategy", component(r("strategy"))),
+        ("optimizer", component(r("optimizer"))),
+        (
+            "data",
+            f"{component(data.get('format'))}, template {component(data.get('template'))}, "
+            f"{'completion-only' if data.get('completion_only_loss', True) else 'full-sequence'} loss",
+        ),
+        (
+            "batch",
+            f"{micro} x {accum} accumulation x {gpus} GPU = {micro * accum * gpus} sequences per "
+            f"step, max length {training.get('max_seq_length', '?')}",
+        ),
+        (
+            "schedule",
+            f"{length or str(training.get('epochs', '?')) + ' epoch(s)'}, "
+            f"{training.get('lr_scheduler', '?')}, warmup {training.get('warmup_ratio', '?')}, "
+            f"seed {training.get('seed', '?')}",
+        ),
+        (
+            "precision",
+            f"{training.get('precision', '?')}, gradient checkpointing "
+            f"{'on' if training.get('gradient_checkpointing') else 'off'}",
+        ),
+        ("hardware", f"{gpus} x {hardware.get('gpu', '?')}"),
+    ]
+    return rows
+
+
+def memory_rows(record: RunRecord) -> list[tuple[str, str]]:
+    rows: list[tuple[str, str]] = []
+    memory = record.memory or {}
+    estimated = memory.get("peak_bytes")
+    if memory:
+        phase = memory.get("peak_phase")
+        rows.append(("estimated peak", gib(estimated) + (f" ({phase})" if phase else "")))
+        if memory.get("budget_bytes") is not None:
+            fits = memory.get("fits")
+            verdict = "" if fits is None else ("fits" if fits else "does not fit")
+            rows.append(("budget", f"{gib(memory.get('budget_bytes'))} {verdict}".strip()))
+    measured = record.run.get("peak_memory_bytes")
+    if isinstance(measured, int | float) and measured > 0:
+        text = gib(measured)
+        if isinstance(estimated, int | float) and estimated > 0:
+            text += f" (estimate {100 * (estimated - measured) / measured:+.1f}% off)"
+        rows.append(("measured peak (CUDA)", text))
+    elif record.run:
+        rows.append(("measured peak", "not measured (no CUDA device)"))
+    return rows
+
+
+def training_rows(record: RunRecord) -> list[tuple[str, str]]:
+    run = record.run
+    events = record.train_events
+    rows = [
+        ("status", str(run.get("status", "unknown"))),
+        ("steps", number(run.get("steps", events[-1]["step"] if events else None))),
+        ("runtime", duration(run.get("train_runtime_s"))),
+        ("throughput", f"{number(run.get('tokens_per_second'), 5)} tokens/s"),
+        ("final loss", number(run.get("final_loss", events[-1]["loss"] if events else None))),
+    ]
+    if events:
+        best = min(events, key=lambda e: float(e["loss"]))
+        rows.append(("lowest logged loss", f"{number(best['loss'])} at step {best['step']}"))
+    for key in ("started", "finished"):
+        if run.get(key):
+            rows.append((key, str(run[key])))
+    if run.get("error"):
+        rows.append(("error", str(run["error"])))
+    return rows
+
+
+EVAL_HEADERS = ("stage", "model", "evaluator", "split", "n", "metric", "value", "95% CI", "details")
+
+
+def eval_rows(evals: list[StoredEval]) -> list[tuple[str, ...]]:
+    return [
+        (
+            e.stage,
+            e.model,
+            e.evaluator,
+            e.split,
+            str(e.n),
+            e.primary,
+            headline(e.primary, e.metrics),
+            interval(e.metrics),
+            details(e.primary, e.metrics),
+        )
+        for e in evals
+    ]
+
+
+def before_after(evals: list[StoredEval]) -> list[str]:
+    """One line per evaluator scored both before and after training on the same split."""
+    lines = []
+    by_key = {(e.stage, e.evaluator, e.split): e for e in evals}
+    for (stage, name, split), after in by_key.items():
+        if stage != "after":
+            continue
+        before = by_key.get(("before", name, split))
+        if before is None:
+            continue
+        lines.append(
+            f"{name} on {split}: {headline(before.primary, before.metrics)} before, "
+            f"{headline(after.primary, after.metrics)} after "
+            f"({delta(after.primary, before.value, after.value)})"
+        )
+    return lines
