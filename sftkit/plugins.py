@@ -33,6 +33,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("builtin.templates", "sftkit.builtin.templates"),
     ("builtin.evaluators", "sftkit.builtin.evaluators"),
     ("builtin.commands", "sftkit.builtin.commands"),
+    ("builtin.modelshape", "sftkit.builtin.modelshape"),
 )
 
 
