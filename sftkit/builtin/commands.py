@@ -14,6 +14,7 @@ COMMAND_REFS: tuple[str, ...] = (
     "sftkit.cli.evaluate:eval_command",
     "sftkit.cli.report:report_command",
     "sftkit.cli.report:compare_command",
+    "sftkit.cli.export:export_command",
 )
 
 

@@ -1,0 +1,139 @@
+"""`sftkit export`: a run's result as something others can load.
+
+Without merging, the adapter alone in PEFT's format (or, for a full fine-tune, the model as
+trained); with ``merge=True``, a standalone ``transformers`` model with the adapters folded
+into the base (see `sftkit.export.merge` for quantized bases). Either way the tokenizer and a
+generated model card come along. Nothing is ever written over an existing directory: the
+export is assembled in a hidden sibling directory and renamed into place when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sftkit.errors import RunDirectoryError, SftkitError
+from sftkit.export.card import model_card
+from sftkit.reporting.rundir import load_run
+
+# Left behind: the trainer's pickled arguments, and PEFT's own stub card (we write ours).
+SKIPPED_FILES = frozenset({"training_args.bin", "README.md"})
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+@dataclass
+class ExportResult:
+    output_dir: Path
+    merged: bool
+    adapter: bool
+    dtype: str | None
+    quantized_base: str | None
+    files: list[str] = field(default_factory=list)
+    pushed_to: str | None = None
+
+
+def default_output_dir(run_dir: Path, merge: bool) -> Path:
+    return run_dir / "export" / ("merged" if merge else "adapter")
+
+
+def export_run(
+    run_dir: Path,
+    *,
+    merge: bool = False,
+    output_dir: Path | None = None,
+    dtype: str | None = None,
+    max_shard_size: str = "5GB",
+    push_to_hub: str | None = None,
+    private: bool = True,
+) -> ExportResult:
+    record = load_run(run_dir)
+    final = run_dir / "final"
+    if not final.is_dir():
+        raise RunDirectoryError(
+            f"{run_dir} has no final/ model to export: the run did not complete "
+            f"(status: {record.run.get('status', 'unknown')}).",
+            hint="Export a completed run, or finish this one with `sftkit run`.",
+        )
+    if dtype is not None and dtype not in DTYPES:
+        raise SftkitError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}.")
+    out = output_dir or default_output_dir(run_dir, merge)
+    if out.exists():
+        raise RunDirectoryError(
+            f"{out} already exists; sftkit never writes over an existing export.",
+            hint="Remove it, or pass another --output-dir.",
+        )
+    adapter = (final / "adapter_config.json").is_file()
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    try:
+        if merge:
+            recipe_dtype = str((record.section("model") or {}).get("dtype", "bfloat16"))
+            dtype, quantized = _write_merged(
+                run_dir, partial, dtype, max_shard_size, recipe_dtype=recipe_dtype
+            )
+        else:
+            _copy_final(final, partial)
+            quantized = None
+            if not adapter:
+                dtype = dtype or str((record.section("model") or {}).get("dtype", ""))
+        card = model_card(
+            record,
+            merged=merge,
+            adapter=adapter,
+            quantized_base=quantized,
+            dtype=dtype,
+            repo_id=push_to_hub,
+        )
+        (partial / "README.md").write_text(card, encoding="utf-8")
+        if out.exists():  # appeared while we worked
+            raise RunDirectoryError(f"{out} appeared during the export; not replacing it.")
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    result = ExportResult(
+        output_dir=out,
+        merged=merge,
+        adapter=adapter,
+        dtype=dtype or None,
+        quantized_base=quantized,
+        files=sorted(p.name for p in out.iterdir()),
+    )
+    if push_to_hub:
+        from sftkit.export.hub import push_folder
+
+        result.pushed_to = push_folder(out, push_to_hub, private=private)
+    return result
+
+
+def _copy_final(final: Path, out: Path) -> None:
+    """The adapter (or full model) and tokenizer files exactly as the run saved them."""
+    for path in sorted(final.iterdir()):
+        if path.is_file() and path.name not in SKIPPED_FILES:
+            shutil.copy2(path, out / path.name)
+
+
+def _write_merged(
+    run_dir: Path, out: Path, dtype: str | None, max_shard_size: str, *, recipe_dtype: str
+) -> tuple[str, str | None]:
+    import torch
+
+    from sftkit.export.merge import describe_quantization, merge_adapters
+    from sftkit.training.model import load_trained
+
+    model, tokenizer = load_trained(run_dir)
+    quantized = describe_quantization(model)
+    if dtype is None:
+        # A quantized base has no dtype of its own: it is dequantized to bf16. A dense base
+        # keeps the dtype the recipe loads it in.
+        dtype = (
+            "bfloat16" if quantized else (recipe_dtype if recipe_dtype in DTYPES else "bfloat16")
+        )
+    merged = merge_adapters(model, getattr(torch, dtype))
+    merged.save_pretrained(out, max_shard_size=max_shard_size)
+    tokenizer.save_pretrained(out)
+    return dtype, quantized
