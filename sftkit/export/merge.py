@@ -64,9 +64,19 @@ def merge_adapters(model: Any, dtype: torch.dtype) -> Any:
         merged = _merge_over_quantized(model, dtype)
     else:
         merged = model.merge_and_unload()
-    merged = merged.to(dtype)
+    _cast_parameters(merged, dtype)
     merged.config.use_cache = True  # training turns the KV cache off; inference wants it
     return merged.eval()
+
+
+def _cast_parameters(model: Any, dtype: torch.dtype) -> None:
+    """Cast weights only. `model.to(dtype)` would also cast fp32 buffers such as RoPE's
+    inv_freq, which `from_pretrained` keeps in fp32: the saved model, reloaded, would then
+    compute slightly differently from the one in memory."""
+    for param in model.parameters():
+        if param.is_floating_point() and param.dtype != dtype:
+            param.data = param.data.to(dtype)
+    model.config.dtype = dtype
 
 
 def _merge_over_quantized(model: Any, dtype: torch.dtype) -> Any:
