@@ -3,6 +3,8 @@ synthetic arithmetic set the offline quickstart trains on."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from sftkit.hookspecs import Register, hookimpl
@@ -23,6 +25,10 @@ class Gsm8kOptions(SplitOptions):
         description="Hub dataset id, or a directory with train/test .jsonl or .parquet files.",
     )
     config: str = Field(default="main", description="Hub dataset config.")
+    keep_calculator_annotations: bool = Field(
+        default=False,
+        description="Keep GSM8K's '<<48/2=24>>' calculator annotations in the reasoning.",
+    )
 
 
 class PromptCompletionOptions(SplitOptions):
@@ -44,7 +50,12 @@ class SyntheticArithmeticOptions(SplitOptions):
     train_size: int = Field(default=2000, ge=1)
     test_size: int = Field(default=200, ge=1)
     max_operand: int = Field(default=20, ge=2, description="Largest number in a problem.")
-    seed: int = 0
+    operations: list[Literal["add", "sub", "mul"]] = Field(
+        default_factory=lambda: list[Literal["add", "sub", "mul"]](["add", "sub"]),
+        min_length=1,
+        description="Kinds of problem to generate (mul uses factors up to 10).",
+    )
+    seed: int = Field(default=0, description="Seed of the generator (test uses a derived seed).")
 
 
 FORMATS = (

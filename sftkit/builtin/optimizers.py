@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sftkit.hookspecs import Register, hookimpl
 from sftkit.specs import (
@@ -35,11 +35,25 @@ class Bnb8bitOptions(AdamWOptions):
 
 
 class AdafactorOptions(Options):
-    lr: float | None = Field(default=None, gt=0, description="None: relative step size.")
-    scale_parameter: bool = True
-    relative_step: bool | None = Field(default=None, description="Default: True when lr is None.")
+    # Defaults as transformers' Trainer uses Adafactor: a fixed lr that the recipe's
+    # scheduler drives. lr: null switches to Adafactor's own relative step size (the
+    # scheduler then has no effect).
+    lr: float | None = Field(default=1e-3, gt=0, description="null: relative step size.")
+    scale_parameter: bool = False
+    relative_step: bool | None = Field(default=None, description="Default: True when lr is null.")
     warmup_init: bool = False
     weight_decay: float = Field(default=0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _lr_xor_relative_step(self) -> AdafactorOptions:
+        relative = self.lr is None if self.relative_step is None else self.relative_step
+        if relative and self.lr is not None:
+            raise ValueError("relative_step=true computes its own step size: set lr to null")
+        if not relative and self.lr is None:
+            raise ValueError("lr is required unless relative_step=true")
+        if self.warmup_init and not relative:
+            raise ValueError("warmup_init needs relative_step=true")
+        return self
 
 
 class SgdOptions(Options):
@@ -51,7 +65,8 @@ class SgdOptions(Options):
 
 def _torch_adamw_state(options: TorchAdamWOptions) -> DenseMomentState:
     # foreach AdamW builds one full-size temporary (sqrt of exp_avg_sq) during step().
-    return DenseMomentState(moments=2, temporaries=0 if options.fused else 1)
+    # state["step"] is a 0-d fp32 tensor per parameter (on the host unless fused/capturable).
+    return DenseMomentState(moments=2, temporaries=0 if options.fused else 1, step_bytes=4)
 
 
 def _bnb8_state(options: Bnb8bitOptions) -> Blockwise8bitState:

@@ -1,0 +1,52 @@
+"""The one row type every dataset format produces and every template consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+Message = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Example:
+    """A training or evaluation example.
+
+    `prompt` is the question (plain text) or a chat history (a list of ``{role, content}``
+    messages ending before the assistant's answer); `completion` is the answer the model is
+    trained to produce; `reference_answer` is the final answer an evaluator compares against
+    (for GSM8K the number after ``####``), or None.
+    """
+
+    id: str
+    prompt: str | list[Message]
+    completion: str
+    reference_answer: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "prompt": self.prompt,
+            "completion": self.completion,
+            "reference_answer": self.reference_answer,
+        }
+
+    @classmethod
+    def from_dict(cls, row: dict[str, Any]) -> Example:
+        prompt = row["prompt"]
+        if isinstance(prompt, list):
+            prompt = [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
+        return cls(
+            id=str(row["id"]),
+            prompt=prompt,
+            completion=str(row["completion"]),
+            reference_answer=row.get("reference_answer"),
+        )
+
+    def prompt_key(self) -> str:
+        """Normalised prompt text, to find the same question in two splits."""
+        if isinstance(self.prompt, str):
+            text = self.prompt
+        else:
+            text = "\n".join(m["content"] for m in self.prompt if m["role"] == "user")
+        return " ".join(text.lower().split())

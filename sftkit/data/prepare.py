@@ -1,0 +1,215 @@
+"""Preparing a recipe's data: read the format's source, split off dev, check for test/train
+leaks, write train/dev/test JSONL and a manifest; and loading those splits back.
+
+The prepared directory is ``data.prepared_dir`` or ``<output_dir>/data``. Its manifest holds a
+fingerprint of the format and options, so a run never silently trains on data prepared with
+other options.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from sftkit import __version__
+from sftkit.data.example import Example
+from sftkit.data.readers import sha256_file
+from sftkit.errors import DataError
+from sftkit.specs import load_factory
+
+if TYPE_CHECKING:
+    from sftkit.recipe.load import ResolvedRecipe
+
+log = logging.getLogger("sftkit.data")
+
+Split = Literal["train", "dev", "test"]
+SPLITS: tuple[Split, ...] = ("train", "dev", "test")
+MANIFEST = "manifest.json"
+SHOWN_SKIPPED = 20
+# Options that change how rows are read but not which rows a clean source yields.
+NOT_FINGERPRINTED = frozenset({"skip_bad_rows"})
+
+
+@dataclass
+class PreparedData:
+    directory: Path
+    manifest: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+    reused: bool = False
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return dict(self.manifest["counts"])
+
+
+def prepared_dir(resolved: ResolvedRecipe) -> Path:
+    data = resolved.recipe.data
+    return (
+        Path(data.prepared_dir) if data.prepared_dir else Path(resolved.recipe.output_dir) / "data"
+    )
+
+
+def fingerprint(resolved: ResolvedRecipe) -> str:
+    options = resolved.data_format.options.model_dump(mode="json")
+    payload = {
+        "format": resolved.data_format.spec.name,
+        "options": {k: v for k, v in options.items() if k not in NOT_FINGERPRINTED},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_data(
+    resolved: ResolvedRecipe,
+    *,
+    directory: Path | None = None,
+    force: bool = False,
+    skip_bad_rows: bool | None = None,
+) -> PreparedData:
+    """Prepare train/dev/test for `resolved` into `directory` (default: `prepared_dir`).
+
+    Reuses an existing preparation with the same fingerprint unless `force`; refuses to
+    replace one made with other options unless `force`.
+    """
+    directory = directory or prepared_dir(resolved)
+    expected = fingerprint(resolved)
+    existing = read_manifest(directory)
+    if existing is not None and not force:
+        if existing.get("fingerprint") == expected:
+            return PreparedData(directory, existing, reused=True)
+        raise DataError(
+            f"{directory} holds data prepared with other format options "
+            f"(fingerprint {existing.get('fingerprint')}, this recipe's is {expected}).",
+            hint="Re-prepare it with `sftkit prepare-data RECIPE --force`, or set "
+            "data.prepared_dir to another directory.",
+        )
+    options = resolved.data_format.options
+    skip = options.skip_bad_rows if skip_bad_rows is None else skip_bad_rows
+    fmt = load_factory(resolved.data_format.spec.factory)(options)
+    raw = fmt.read(skip_bad_rows=skip)
+    warnings: list[str] = []
+    train, dev = split_dev(raw.train, dev_size=options.dev_size, seed=options.split_seed)
+    test = raw.test or []
+    if not test:
+        warnings.append("the source has no test split: evaluators on 'test' will have no rows.")
+    leaks = find_leaks(test, train + dev)
+    if leaks:
+        sample = ", ".join(f"{t} = {s}" for t, s in leaks[:3])
+        warnings.append(
+            f"{len(leaks)} test question{'s' if len(leaks) != 1 else ''} also appear"
+            f"{'s' if len(leaks) == 1 else ''} in train/dev (e.g. {sample}): test scores "
+            "will overstate generalisation."
+        )
+    if raw.report.skipped:
+        warnings.append(
+            f"skipped {len(raw.report.skipped)} malformed row(s); first: {raw.report.skipped[0]}"
+        )
+    directory.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Any] = {}
+    for name, rows in (("train", train), ("dev", dev), ("test", test)):
+        path = directory / f"{name}.jsonl"
+        _write_jsonl(path, rows)
+        files[path.name] = {"rows": len(rows), "sha256": sha256_file(path)}
+    manifest = {
+        "format": resolved.data_format.spec.name,
+        "options": options.model_dump(mode="json"),
+        "fingerprint": expected,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "sftkit_version": __version__,
+        "sources": [vars(s) for s in raw.report.sources],
+        "counts": {"train": len(train), "dev": len(dev), "test": len(test)},
+        "split": {"dev_size": len(dev), "split_seed": options.split_seed},
+        "skipped_rows": len(raw.report.skipped),
+        "skipped": raw.report.skipped[:SHOWN_SKIPPED],
+        "test_in_train": len(leaks),
+        "test_in_train_examples": [list(pair) for pair in leaks[:SHOWN_SKIPPED]],
+        "files": files,
+        "warnings": warnings,
+    }
+    _write_json(directory / MANIFEST, manifest)
+    for warning in warnings:
+        log.warning(warning)
+    return PreparedData(directory, manifest, warnings)
+
+
+def split_dev(
+    train: list[Example], *, dev_size: int, seed: int
+) -> tuple[list[Example], list[Example]]:
+    """A seeded, reproducible dev split: `dev_size` rows drawn from train, the rest in order."""
+    if dev_size > len(train) - 1 and dev_size > 0:
+        raise DataError(
+            f"dev_size={dev_size} leaves no training rows: the source has {len(train)}.",
+            hint="Lower data.format.options.dev_size.",
+        )
+    picked = set(random.Random(seed).sample(range(len(train)), dev_size))
+    dev = [ex for i, ex in enumerate(train) if i in picked]
+    rest = [ex for i, ex in enumerate(train) if i not in picked]
+    return rest, dev
+
+
+def find_leaks(test: list[Example], train: list[Example]) -> list[tuple[str, str]]:
+    """(test id, train id) for every test question whose normalised text is in train."""
+    seen = {ex.prompt_key(): ex.id for ex in train}
+    return [(ex.id, seen[ex.prompt_key()]) for ex in test if ex.prompt_key() in seen]
+
+
+def read_manifest(directory: Path) -> dict[str, Any] | None:
+    path = directory / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}.", hint="Re-prepare with --force.") from exc
+    return manifest
+
+
+def ensure_prepared(resolved: ResolvedRecipe) -> PreparedData:
+    """The recipe's prepared data, preparing it first if the directory has none."""
+    return prepare_data(resolved)
+
+
+def load_split(resolved: ResolvedRecipe, split: Split) -> list[Example]:
+    """The examples of one split, preparing the data first if needed."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}.")
+    prepared = ensure_prepared(resolved)
+    return read_examples(prepared.directory / f"{split}.jsonl")
+
+
+def read_examples(path: Path) -> list[Example]:
+    examples = []
+    try:
+        with path.open(encoding="utf-8") as handle:
+            for line_no, line in enumerate(handle, start=1):
+                if line.strip():
+                    try:
+                        examples.append(Example.from_dict(json.loads(line)))
+                    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                        raise DataError(
+                            f"{path}:{line_no}: not a prepared example ({exc}).",
+                            hint="Re-prepare with `sftkit prepare-data RECIPE --force`.",
+                        ) from exc
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}.") from exc
+    return examples
+
+
+def _write_jsonl(path: Path, rows: list[Example]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with tmp.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

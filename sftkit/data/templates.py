@@ -1,0 +1,129 @@
+"""Prompt templates: how an `Example` becomes the text the model reads and the text it is
+trained to write.
+
+Each class is the factory of one prompt-template plugin (see `sftkit.builtin.templates`):
+
+* ``prompt_text(example, tokenizer)``: everything before the answer, generation prompt
+  included, special tokens (BOS, chat markers) written out as text.
+* ``completion_text(example, tokenizer)``: the answer, ending with the end-of-turn/EOS text.
+
+Encode both with ``add_special_tokens=False`` (the text already carries them): see
+`sftkit.data.tokenize`, which every consumer (training, preview, evaluation) goes through.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sftkit.data.example import Example, Message
+from sftkit.errors import DataError
+
+PROBE = "\u2063SFTKIT-PROBE\u2063"  # text no real answer contains
+
+
+def split_final_answer(completion: str) -> tuple[str, str]:
+    """(reasoning, final line) where the final line is a trailing '#### N' line, if any."""
+    lines = completion.rstrip().splitlines()
+    if lines and lines[-1].lstrip().startswith("####"):
+        return "\n".join(lines[:-1]).rstrip(), lines[-1].strip()
+    return completion.rstrip(), ""
+
+
+def _eos(tokenizer: Any) -> str:
+    eos = getattr(tokenizer, "eos_token", None)
+    if not eos:
+        raise DataError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no EOS token: the "
+            "model could not learn to stop.",
+            hint="Use a tokenizer with an eos_token (model.tokenizer in the recipe).",
+        )
+    return str(eos)
+
+
+class TutorTemplate:
+    """The seed's plain tutor prompt: instruction, question, then the worked answer + EOS."""
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+
+    def prompt_text(self, example: Example, tokenizer: Any) -> str:
+        bos = getattr(tokenizer, "bos_token", None) or ""
+        head = f"{self.options.instruction}\n\n" if self.options.instruction else ""
+        if isinstance(example.prompt, str):
+            body = f"Question: {example.prompt}\n"
+        else:
+            body = "".join(f"{m['role'].capitalize()}: {m['content']}\n" for m in example.prompt)
+        return f"{bos}{head}{body}Answer:\n"
+
+    def completion_text(self, example: Example, tokenizer: Any) -> str:
+        return example.completion.rstrip() + _eos(tokenizer)
+
+
+class ChatTemplate:
+    """The tokenizer's own chat template.
+
+    The user turn is the question (plus the instruction); the assistant turn is the answer,
+    followed by exactly what the template writes after an assistant message (end-of-turn,
+    EOS). For reasoning models whose generation prompt opens ``<think>`` (DeepSeek-R1
+    distills), the completion is the reasoning, ``</think>``, then the ``#### N`` line, so the
+    model keeps reasoning and ends with the answer.
+    """
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+
+    def messages(self, example: Example) -> list[Message]:
+        o = self.options
+        if isinstance(example.prompt, str):
+            user = example.prompt
+            if o.instruction:
+                user = f"{user}\n\n{o.instruction}"
+            messages: list[Message] = [{"role": "user", "content": user}]
+        else:
+            messages = [dict(m) for m in example.prompt]
+        if o.system and not any(m["role"] == "system" for m in messages):
+            messages.insert(0, {"role": "system", "content": o.system})
+        return messages
+
+    def prompt_text(self, example: Example, tokenizer: Any) -> str:
+        return self._render(tokenizer, self.messages(example), add_generation_prompt=True)
+
+    def completion_text(self, example: Example, tokenizer: Any) -> str:
+        prompt = self.prompt_text(example, tokenizer)
+        reasoning, final = split_final_answer(example.completion)
+        if prompt.rstrip().endswith("<think>"):
+            # The template opened a reasoning block: close it before the answer.
+            kept = f"{reasoning}\n" if (self.options.keep_reasoning and reasoning) else ""
+            body = f"{kept}</think>\n\n{final or reasoning}"
+        elif self.options.keep_reasoning or not final:
+            body = example.completion.rstrip()
+        else:
+            body = final
+        return body + self.end_of_turn(example, tokenizer)
+
+    def end_of_turn(self, example: Example, tokenizer: Any) -> str:
+        """What the template writes after an assistant message; always ends with EOS."""
+        eos = _eos(tokenizer)
+        rendered = self._render(
+            tokenizer,
+            [*self.messages(example), {"role": "assistant", "content": PROBE}],
+            add_generation_prompt=False,
+        )
+        at = rendered.rfind(PROBE)
+        suffix = rendered[at + len(PROBE) :] if at >= 0 else ""
+        if eos in suffix:
+            return suffix[: suffix.index(eos) + len(eos)]
+        # Templates that end a turn without EOS (or drop the probe): train EOS explicitly.
+        return suffix.rstrip("\n") + eos if suffix.strip() else eos
+
+    @staticmethod
+    def _render(tokenizer: Any, messages: list[Message], *, add_generation_prompt: bool) -> str:
+        if not getattr(tokenizer, "chat_template", None):
+            raise DataError(
+                f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template.",
+                hint="Use data.template.name=tutor, or a tokenizer that ships a chat template.",
+            )
+        text = tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+        return str(text)

@@ -1,0 +1,1 @@
+"""Optimizer factories behind the built-in optimizer plugins (`sftkit.builtin.optimizers`)."""

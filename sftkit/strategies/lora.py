@@ -1,0 +1,111 @@
+"""LoRA strategies: adapters over a frozen base kept dense (lora), in 4-bit NF4 (qlora-nf4) or
+in LLM.int8 (lora-8bit). Adapters come from PEFT; quantization from bitsandbytes through
+transformers' `BitsAndBytesConfig`."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sftkit.strategies.base import Strategy
+
+if TYPE_CHECKING:
+    import torch
+
+    from sftkit.recipe.schema import Recipe
+
+
+def _dtype(name: str) -> Any:
+    import torch
+
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+
+
+class Lora(Strategy):
+    """LoRA over a dense base."""
+
+    trains_adapters = True
+
+    def lora_config(self) -> Any:
+        from peft import LoraConfig
+
+        o = self.options
+        targets = o.target_modules if o.target_modules == "all-linear" else list(o.target_modules)
+        return LoraConfig(
+            r=o.rank,
+            lora_alpha=o.alpha,
+            lora_dropout=o.dropout,
+            target_modules=targets,
+            use_rslora=o.use_rslora,
+            use_dora=o.use_dora,
+            bias="none",
+            task_type="CAUSAL_LM",
+        )
+
+    def prepare_base(self, model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
+        for param in model.parameters():
+            param.requires_grad_(False)
+        return model
+
+    def apply(self, model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
+        from peft import get_peft_model
+
+        model = self.prepare_base(model, recipe)
+        peft_model: torch.nn.Module = get_peft_model(model, self.lora_config())
+        return peft_model
+
+
+class QuantizedLora(Lora):
+    """LoRA over a bitsandbytes-quantized base, prepared the way k-bit training needs."""
+
+    quantized = True
+
+    def prepare_base(self, model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
+        from peft import prepare_model_for_kbit_training
+
+        # Freezes the base, upcasts the remaining fp16/bf16 weights (norms, embeddings, LM
+        # head) to fp32 for stable training, and enables input gradients so gradient
+        # checkpointing works through the frozen embeddings.
+        prepared: torch.nn.Module = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=recipe.training.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+        return prepared
+
+
+class QLora(QuantizedLora):
+    def load_kwargs(self, recipe: Recipe) -> dict[str, Any]:
+        from transformers import BitsAndBytesConfig
+
+        o = self.options
+        return {
+            "quantization_config": BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type=o.quant_type,
+                bnb_4bit_use_double_quant=o.double_quant,
+                bnb_4bit_compute_dtype=_dtype(o.compute_dtype),
+            )
+        }
+
+
+class Lora8bit(QuantizedLora):
+    def load_kwargs(self, recipe: Recipe) -> dict[str, Any]:
+        from transformers import BitsAndBytesConfig
+
+        return {
+            "quantization_config": BitsAndBytesConfig(
+                load_in_8bit=True, llm_int8_threshold=self.options.llm_int8_threshold
+            )
+        }
+
+
+def build_lora(options: Any) -> Lora:
+    return Lora(options)
+
+
+def build_qlora(options: Any) -> QLora:
+    return QLora(options)
+
+
+def build_lora_8bit(options: Any) -> Lora8bit:
+    return Lora8bit(options)
