@@ -72,6 +72,9 @@ def eval_command(
             hint="Pass a run directory written by `sftkit run`, or a recipe file.",
         )
     recipe_path = run_dir / "recipe.yaml" if run_dir else target
+    if run_dir is not None:
+        # The run's prepared data lives in the run directory, wherever it has been moved.
+        overrides = (f"output_dir={run_dir}", *overrides)
     resolved = load_recipe(recipe_path, overrides, registry=app.registry)
 
     from sftkit.evaluation.runner import select_evaluators

@@ -145,3 +145,46 @@ def run_evaluations(
         )
         stored.append(StoredResult(result, stage, path))
     return stored
+
+
+def summary_line(stored: StoredResult) -> str:
+    """``before training: gsm8k accuracy 3.0% [1.0, 8.5] (n=100, test)``."""
+    from sftkit.evaluation.display import headline, interval
+
+    result = stored.result
+    ci = interval(result.metrics)
+    when = {"before": "before training", "after": "after training"}.get(stored.stage, stored.stage)
+    return (
+        f"{when}: {result.evaluator} {result.primary} {headline(result.primary, result.metrics)}"
+        + (f" {ci}" if ci != "-" else "")
+        + f" (n={result.n}, {result.split})"
+    )
+
+
+def evaluate_in_run(
+    resolved: ResolvedRecipe,
+    model: Any,
+    tokenizer: Any,
+    run_dir: Path,
+    *,
+    stage: str,
+    echo: Callable[[str], None] | None = None,
+) -> list[StoredResult]:
+    """The recipe's evaluators at one stage of `sftkit run` ("before" or "after" training),
+    stored under ``<run>/eval/<stage>-<evaluator>/``; one summary line each to `echo`."""
+    if not resolved.evaluators:
+        return []
+    label = "base" if stage == "before" else "fine-tuned"
+    stored = run_evaluations(
+        resolved,
+        model,
+        tokenizer,
+        stage=stage,
+        model_label=label,
+        out_root=run_dir / "eval",
+        components=resolved.evaluators,
+    )
+    if echo is not None:
+        for item in stored:
+            echo(summary_line(item))
+    return stored
