@@ -71,9 +71,10 @@ class DenseMomentState:
     moments: int = 2
     dtype_bytes: int | None = None  # None: same dtype as the parameter
     temporaries: int = 0  # full-size temporaries per parameter during step() (foreach)
+    step_bytes: int = 0  # per-tensor step counter tensor (torch Adam/AdamW: fp32 scalar, 4)
 
     def state_bytes(self, numel: int, param_bytes: int) -> int:
-        return self.moments * numel * (self.dtype_bytes or param_bytes)
+        return self.moments * numel * (self.dtype_bytes or param_bytes) + self.step_bytes
 
     def step_temporary_bytes(self, numel: int, param_bytes: int) -> int:
         return self.temporaries * numel * (self.dtype_bytes or param_bytes)
@@ -117,7 +118,10 @@ class FactoredState:
         return 4 * math.prod(shape)
 
     def step_temporary_bytes(self, numel: int, param_bytes: int) -> int:
-        return 4 * numel  # the fp32 update tensor built during step()
+        # Adafactor.step() works one tensor at a time: the update and its factored
+        # approximation are fp32 (2 x 4 bytes); a bf16/fp16 parameter adds fp32 copies of its
+        # gradient and of itself (2 x 4 more).
+        return 4 * numel * (2 if param_bytes >= 4 else 4)
 
 
 # --------------------------------------------------------------------------- specs

@@ -1,0 +1,235 @@
+"""Activation memory of a Llama-style decoder: the tensors autograd saves for backward.
+
+Counted op by op from what transformers' decoder layer, PEFT's LoRA layer, bitsandbytes'
+matmuls and torch's autograd formulas save (each checked against the saved tensors of a real
+model on CPU, see tests/test_memory_activations.py). Per token, with h hidden, i MLP width,
+q = heads x head_dim, kv = kv_heads x head_dim, r LoRA rank:
+
+- RMSNorm (x.float(), pow, rsqrt): its fp32 input (4h) and the fp32 rsqrt (4); the
+  normalized copy (h in the stream dtype) only when the norm weight trains.
+- A linear layer saves its input only when its weight trains (full fine-tuning), or always for
+  LLM.int8 (``MatMul8bitLt`` keeps ``A``); bitsandbytes 4-bit keeps only the weight. Under
+  autocast the saved input is the layer's private bf16 copy when the input is not bf16.
+- LoRA on a linear layer with input width F: ``x.to(fp32)``, dropout (its mask, 1 byte per
+  element on CUDA), the bf16 copy ``lora_A`` sees under autocast (2F), ``lora_A``'s output
+  (2r); with dropout 0 no mask.
+- Attention: SDPA/flash keep q, k, v, the output (2(2q + 2kv)) and the fp32 log-sum-exp
+  (4 x heads); with a padding mask SDPA repeats k/v to all heads and keeps a float mask of
+  s x s per sequence; eager keeps the fp32 softmax and its bf16 copy (6 x heads x s).
+- Gated MLP: gate output, activation output and up output (3 x i in the linear output dtype);
+  the product too when down_proj saves its input.
+- Gradient checkpointing keeps each layer's input (stream dtype x h) and recomputes one layer
+  at a time during backward.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from sftkit.memory.layout import LaidTensor, lora_targets
+from sftkit.memory.setup import Setup
+
+FP32 = 4
+INDEX = 8  # int64 token ids and labels
+
+
+@dataclass(frozen=True)
+class Dtypes:
+    stream: int  # residual stream (embedding output) dtype
+    linear_out: int  # dtype a decoder linear layer returns
+    compute: int  # matmul dtype (autocast)
+    adapter: int  # LoRA weights
+    mask: int  # dropout mask element
+
+
+def dtypes(setup: Setup) -> Dtypes:
+    model = setup.model_dtype_bytes
+    # prepare_model_for_kbit_training makes the embedding fp32, so the stream is fp32.
+    stream = FP32 if setup.quantized else model
+    compute = setup.compute_bytes if setup.autocast else model
+    # bitsandbytes casts the output back to the input dtype; dense layers return autocast's.
+    linear_out = stream if setup.quantized else compute
+    # CUDA native_dropout keeps a bool mask; the CPU kernel multiplies by a noise tensor.
+    mask = 1 if setup.on_gpu else FP32
+    return Dtypes(stream, linear_out, compute, FP32, mask)
+
+
+def _lora_by_module(setup: Setup) -> dict[str, int]:
+    if setup.strategy.adapter != "lora":
+        return {}
+    return {g.module: g.shape[1] for g in lora_targets(setup)}
+
+
+def _consumers(
+    setup: Setup, d: Dtypes, width: int, in_bytes: int, modules: list[str], lora: dict[str, int]
+) -> tuple[int, bool]:
+    """Bytes per token saved by the linear layers in `modules` that read one input tensor:
+    their private copies, and whether the input tensor itself is saved (counted once by the
+    caller, who knows whether something else saves it already)."""
+    rank = int(getattr(setup.strategy_options, "rank", 0))
+    dropout = float(getattr(setup.strategy_options, "dropout", 0.0))
+    trains_base = setup.strategy.trains == "all"
+    int8 = setup.strategy.base_storage == "int8"
+    shared_raw = False  # the input tensor itself is saved (once, however many keep it)
+    private = 0
+    for module in modules:
+        if int8 or (trains_base and not setup.autocast):
+            shared_raw = True
+        elif trains_base:  # autocast: a private bf16 copy unless the input already is bf16
+            if in_bytes == d.compute:
+                shared_raw = True
+            else:
+                private += d.compute * width
+        if module not in lora:
+            continue
+        if dropout > 0:
+            private += d.mask * width
+            private += (d.compute if setup.autocast else d.adapter) * width
+        elif setup.autocast:
+            private += d.compute * width
+        elif in_bytes == d.adapter:
+            shared_raw = True
+        else:
+            private += d.adapter * width
+        private += (d.compute if setup.autocast else d.adapter) * rank
+    return private, shared_raw
+
+
+def _consumer_bytes(
+    setup: Setup, d: Dtypes, width: int, in_bytes: int, modules: list[str], lora: dict[str, int]
+) -> int:
+    private, shared_raw = _consumers(setup, d, width, in_bytes, modules, lora)
+    return private + (in_bytes * width if shared_raw else 0)
+
+
+def layer_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
+    """Bytes one decoder layer saves for backward (no checkpointing)."""
+    s, d = setup.shape, dtypes(setup)
+    h, i = s.hidden_size, s.intermediate_size
+    q, kv = s.q_size, s.kv_size
+    lora = _lora_by_module(setup)
+    trains_base = setup.strategy.trains == "all"
+    n = batch * seq
+    per_token = 0
+    # norms: fp32 input + rsqrt (+ the normalized copy when the norm weight trains)
+    norm = FP32 * h + FP32 + (d.stream * h if trains_base else 0)
+    per_token += 2 * norm  # input_layernorm, post_attention_layernorm
+    per_token += (s.norms_per_layer - 2) * norm
+    if s.qk_norm:  # per-head RMSNorm on q and k
+        per_token += FP32 * (q + kv) + FP32 * (s.num_heads + s.num_kv_heads)
+    # projections reading the first norm's output
+    qkv_modules = ["qkv_proj"] if s.fused_qkv else ["q_proj", "k_proj", "v_proj"]
+    per_token += _consumer_bytes(setup, d, h, d.stream, qkv_modules, lora)
+    # attention
+    c = d.compute
+    impl = setup.attn_implementation
+    groups = s.num_heads // max(s.num_kv_heads, 1)
+    per_seq = 0
+    if impl == "eager":
+        kv_saved = q if groups > 1 else kv
+        per_token += c * (q + 2 * kv_saved) + (FP32 + c) * s.num_heads * seq
+        o_input_saved_by_attention = False
+    elif setup.padded and impl == "sdpa":
+        kv_saved = q if groups > 1 else kv
+        per_token += c * (q + 2 * kv_saved) + c * q + FP32 * s.num_heads
+        per_seq += c * seq * (16 * math.ceil(seq / 16))  # float mask, padded to 16 columns
+        o_input_saved_by_attention = True
+    else:  # sdpa without padding, flash_attention_2/3 (unpadded)
+        per_token += c * (q + 2 * kv) + c * q + FP32 * s.num_heads
+        o_input_saved_by_attention = True
+    o_private, o_raw = _consumers(setup, d, q, c, ["o_proj"], lora)
+    # SDPA already saves its output, which is o_proj's input: saving it again is free.
+    per_token += o_private + (c * q if o_raw and not o_input_saved_by_attention else 0)
+    # MLP
+    x = d.linear_out
+    if s.gated_mlp:
+        up_modules = ["gate_up_proj"] if s.fused_gate_up else ["gate_proj", "up_proj"]
+        per_token += _consumer_bytes(setup, d, h, d.stream, up_modules, lora)
+        per_token += 3 * x * i
+    else:
+        per_token += _consumer_bytes(setup, d, h, d.stream, ["up_proj"], lora)
+        per_token += x * i
+    per_token += _consumer_bytes(setup, d, i, x, ["down_proj"], lora)
+    return per_token * n + per_seq * batch
+
+
+def checkpointed_layer_bytes(setup: Setup, batch: int, seq: int) -> int:
+    """What gradient checkpointing keeps per layer: the layer's input hidden states."""
+    return dtypes(setup).stream * setup.shape.hidden_size * batch * seq
+
+
+def backward_transient_bytes(setup: Setup, batch: int, seq: int) -> int:
+    """Gradients in flight while one layer's backward runs (largest op: the MLP, or the
+    attention scores for eager): an approximation, not an exact count."""
+    s, d = setup.shape, dtypes(setup)
+    mlp = 3 * d.linear_out * s.intermediate_size
+    scores = (
+        (2 * FP32 + d.compute) * s.num_heads * seq if setup.attn_implementation == "eager" else 0
+    )
+    return (max(mlp, scores) + 2 * d.stream * s.hidden_size) * batch * seq
+
+
+def head_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
+    """Saved outside the decoder layers: token ids, rotary cos/sin, the final norm, the
+    lm_head input, the loss's fp32 log-probabilities and its labels."""
+    s, d = setup.shape, dtypes(setup)
+    h, n = s.hidden_size, batch * seq
+    trains_base = setup.strategy.trains == "all"
+    total = INDEX * n  # input_ids
+    total += 2 * seq * s.head_dim * d.stream  # cos, sin (shared by every layer)
+    total += (FP32 * h + FP32) * n  # final norm
+    if trains_base:
+        total += d.stream * h * n  # normalized copy (norm weight trains)
+        total += (d.compute if setup.autocast else d.stream) * h * n  # lm_head input
+    total += loss_saved_bytes(setup, batch, seq)
+    return total
+
+
+def loss_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
+    """ForCausalLMLoss: ``logits.float()`` then cross_entropy, which keeps the fp32
+    log_softmax output (4 x vocab per token) and the int64 labels."""
+    s, n = setup.shape, batch * seq
+    total = FP32 * s.vocab_size * n + INDEX * n + FP32
+    if s.final_logit_softcapping:
+        total += dtypes(setup).compute * s.vocab_size * n  # tanh keeps its output
+    return total
+
+
+def loss_transient_bytes(setup: Setup, batch: int, seq: int) -> int:
+    """Beyond the saved log-probabilities: in backward, the fp32 gradient of the
+    log-probabilities and the fp32 gradient of the logits (2 x 4 x vocab per token); in
+    forward, the logits and their fp32 copy (2 + 4). The larger counts."""
+    n, v = batch * seq, setup.shape.vocab_size
+    c = dtypes(setup).compute
+    return max(2 * FP32, c + FP32) * v * n
+
+
+def autocast_weight_copy_bytes(setup: Setup, tensors: list[LaidTensor]) -> int:
+    """Under autocast every fp32 weight a linear layer uses is cast to bf16 for the matmul and
+    the copy is saved for backward: LoRA adapters, the fp32 lm_head of a k-bit model, all
+    weights of an fp32 model trained in bf16."""
+    if not setup.autocast:
+        return 0
+    total = 0
+    for t in tensors:
+        if t.dtype_bytes != FP32 or t.kind == "buffer" or t.kind == "quant_constants":
+            continue
+        is_linear = t.kind == "adapter" or ".lora_" in t.name or _is_matmul_weight(t)
+        if is_linear and len(t.shape) == 2:
+            total += t.numel * setup.compute_bytes * t.count
+    return total
+
+
+def _is_matmul_weight(t: LaidTensor) -> bool:
+    name = t.name
+    return name.startswith("lm_head") or (name.endswith(".weight") and "_proj" in name)
+
+
+def dequantized_weight_bytes(setup: Setup) -> int:
+    """bitsandbytes dequantizes one quantized weight at a time to the compute dtype for the
+    matmul (forward and the input gradient in backward): the largest one is transient."""
+    if not setup.quantized:
+        return 0
+    largest = max((g.numel for g in setup.shape.census() if g.role == "linear"), default=0)
+    return largest * setup.compute_bytes

@@ -1,0 +1,103 @@
+"""One estimate of one recipe: shape, budget, setup, terms. No advice (see advice.py)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sftkit.memory.budget import resolve_budget
+from sftkit.memory.estimator import breakdown
+from sftkit.memory.result import Estimate, merge_terms, pool_totals
+from sftkit.memory.setup import Setup, setup_from_recipe
+from sftkit.memory.sharding import describe
+from sftkit.memory.terms import MemoryTerm
+from sftkit.memory.units import gib
+from sftkit.modelshape import ModelShape, resolve_model_shape
+
+if TYPE_CHECKING:
+    from sftkit.recipe.load import ResolvedRecipe
+
+
+def manager_of(resolved: ResolvedRecipe) -> Any:
+    return resolved.registry.manager if resolved.registry is not None else None
+
+
+def shape_for(resolved: ResolvedRecipe, model: str | None = None) -> ModelShape:
+    r = resolved.recipe
+    return resolve_model_shape(
+        model or r.model.name_or_path,
+        trust_remote_code=r.model.trust_remote_code,
+        manager=manager_of(resolved),
+    )
+
+
+def extra_terms(resolved: ResolvedRecipe, shape: ModelShape) -> list[MemoryTerm]:
+    manager = manager_of(resolved)
+    if manager is None:
+        return []
+    out: list[MemoryTerm] = []
+    for result in manager.hook.extra_memory_terms(recipe=resolved, shape=shape):
+        for term in result or []:
+            if not isinstance(term, MemoryTerm):
+                from sftkit.errors import PluginError
+
+                raise PluginError(
+                    f"an extra_memory_terms implementation returned {type(term).__name__}; "
+                    "expected sftkit.memory.terms.MemoryTerm."
+                )
+            out.append(term)
+    return out
+
+
+def setting_line(setup: Setup) -> str:
+    t = "on" if setup.checkpointing else "off"
+    return (
+        f"{setup.strategy.name} + {setup.optimizer.name}, micro-batch {setup.micro_batch_size} x "
+        f"{setup.seq_len} tokens (accumulation {setup.grad_accum}), checkpointing {t}, "
+        f"{setup.attn_implementation}, {describe(setup)}"
+    )
+
+
+def notes_for(setup: Setup, on_gpu: bool) -> list[str]:
+    notes = []
+    if not on_gpu:
+        notes.append("no GPU: compared with host RAM; CUDA context and workspaces left out.")
+    if setup.padded and setup.attn_implementation in ("sdpa", "eager"):
+        notes.append(
+            "assumes padded batches: SDPA repeats k/v per head and keeps an s x s mask per layer."
+        )
+    if setup.strategy.base_storage == "int8":
+        notes.append(
+            "LLM.int8 also keeps outlier columns of each input (data-dependent, not counted)."
+        )
+    if getattr(setup.strategy_options, "use_dora", False):
+        notes.append("DoRA's weight-norm computation adds activations that are not counted.")
+    return notes
+
+
+def compute(
+    resolved: ResolvedRecipe, *, gpu: str | None = None, model: str | None = None
+) -> Estimate:
+    shape = shape_for(resolved, model)
+    budget = resolve_budget(gpu or resolved.recipe.hardware.gpu, manager_of(resolved))
+    setup = setup_from_recipe(resolved, shape, on_gpu=budget.is_gpu)
+    b = breakdown(setup, extra_terms(resolved, shape))
+    result = Estimate(
+        model=shape.name,
+        model_source=shape.source,
+        architecture=shape.describe(),
+        parameters=b.parameters,
+        trainable_parameters=b.trainable_parameters,
+        terms=merge_terms(b),
+        phases=pool_totals(b, "device"),
+        paged=pool_totals(b, "paged"),
+        host=pool_totals(b, "host"),
+        budget=budget,
+        setting=setting_line(setup),
+        recipe_source=resolved.source,
+        notes=notes_for(setup, budget.is_gpu),
+    )
+    if result.paged_spill_bytes:
+        result.notes.append(
+            f"{gib(result.paged_spill_bytes)} of paged optimizer state spills to host RAM."
+        )
+    return result

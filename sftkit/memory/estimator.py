@@ -1,0 +1,464 @@
+"""Assembling the estimate: named terms per phase, the peak, the verdict. Pure arithmetic."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sftkit.memory import activations as act
+from sftkit.memory.layout import LaidTensor, layout
+from sftkit.memory.optimizer import OptimizerCost, optimizer_cost
+from sftkit.memory.overheads import (
+    ALLOCATOR_MARGIN,
+    CUDA_CONTEXT_BYTES,
+    NCCL_BYTES,
+    WORKSPACE_BYTES,
+    allocator_margin,
+)
+from sftkit.memory.setup import Setup
+from sftkit.memory.sharding import Sharding, sharding
+from sftkit.memory.terms import PHASES, Category, MemoryTerm, Pool
+
+DTYPE_NAMES = {1: "int8", 2: "bf16", 4: "fp32"}
+
+
+def count_words(n: int) -> str:
+    """8030261248 -> '8.0 B'; 41943040 -> '41.9 M'."""
+    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return str(n)
+
+
+@dataclass(frozen=True)
+class Part:
+    """One contribution to one phase, before parts are merged into terms."""
+
+    name: str
+    bytes: int
+    category: Category
+    formula: str = ""
+    pool: Pool = "device"
+
+
+@dataclass
+class Breakdown:
+    """Everything the estimator computed, phase by phase."""
+
+    parts: dict[str, list[Part]] = field(default_factory=dict)
+    parameters: int = 0
+    trainable_parameters: int = 0
+    tensors: list[LaidTensor] = field(default_factory=list)
+    optimizer: OptimizerCost | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _div(n: int, k: int) -> int:
+    return math.ceil(n / k) if k > 1 else n
+
+
+def _weight_parts(setup: Setup, tensors: list[LaidTensor], sh: Sharding) -> list[Part]:
+    s = setup.shape
+    by_kind: dict[str, int] = {}
+    for t in tensors:
+        by_kind[t.kind] = by_kind.get(t.kind, 0) + t.total_bytes
+    parts = []
+    dtype = DTYPE_NAMES.get(setup.model_dtype_bytes, "?")
+    linear_params = sum(g.total for g in s.census() if g.role == "linear")
+    quant = setup.quantization
+    if "base" in by_kind:
+        if setup.strategy.base_storage == "4bit":
+            name = f"{quant.quant_type.upper()} 4-bit weights of {count_words(linear_params)} linear-layer parameters"
+            formula = "ceil(n/2) bytes per tensor of n weights (two 4-bit codes per byte)"
+        elif setup.strategy.base_storage == "int8":
+            name = f"LLM.int8 weights of {count_words(linear_params)} linear-layer parameters"
+            formula = "1 byte per weight"
+        else:
+            name = f"{dtype} weights of {count_words(s.parameters)} parameters"
+            formula = f"{setup.model_dtype_bytes} bytes x parameters"
+        parts.append(Part(name, _div(by_kind["base"], sh.weights), "weights", formula))
+    if "quant_constants" in by_kind:
+        if setup.strategy.base_storage == "4bit":
+            dq = "double-quantized " if quant.double_quant else ""
+            name = f"{quant.quant_type.upper()} {dq}quantization constants (absmax per {quant.blocksize} weights, code tables)"
+            formula = (
+                "per tensor: ceil(n/64) uint8 absmax + 4*ceil(n/64/256) + 1024 + 4 + 64 bytes"
+                if quant.double_quant
+                else "per tensor: 4*ceil(n/64) fp32 absmax + 64 bytes code"
+            )
+        else:
+            name = "LLM.int8 row scales (SCB, fp32 per output row)"
+            formula = "4 bytes x output features per linear layer"
+        parts.append(Part(name, _div(by_kind["quant_constants"], sh.weights), "weights", formula))
+    if "unquantized" in by_kind:
+        parts.append(
+            Part(
+                "fp32 embeddings, norms and lm_head (upcast for k-bit training)",
+                _div(by_kind["unquantized"], sh.weights),
+                "weights",
+                "4 bytes x non-linear parameters (peft.prepare_model_for_kbit_training)",
+            )
+        )
+    if "adapter" in by_kind:
+        adapter_params = sum(t.numel * t.count for t in tensors if t.kind == "adapter")
+        rank = getattr(setup.strategy_options, "rank", "?")
+        parts.append(
+            Part(
+                f"LoRA adapters, rank {rank}, fp32 ({count_words(adapter_params)} trainable parameters)",
+                _div(by_kind["adapter"], sh.weights),
+                "trainable",
+                "4 bytes x r x (in + out) per adapted linear layer",
+            )
+        )
+    if "buffer" in by_kind:
+        parts.append(
+            Part(
+                "rotary frequency buffers", by_kind["buffer"], "weights", "2 x head_dim/2 x 4 bytes"
+            )
+        )
+    return parts
+
+
+def _optimizer_parts(
+    setup: Setup, opt: OptimizerCost, sh: Sharding
+) -> tuple[list[Part], list[Part], list[Part]]:
+    """(gradients, persistent optimizer parts, step temporaries)."""
+    name = setup.optimizer.name
+    trainable = count_words(opt.trainable_parameters)
+    grads = [
+        Part(
+            f"gradients of {trainable} trainable parameters",
+            _div(opt.gradient_bytes, sh.gradients),
+            "gradients",
+            "one gradient per trainable parameter, in its dtype",
+        )
+    ]
+    state_pool: Pool = "host" if sh.state_on_host else "device"
+    persistent = []
+    if opt.state_device_bytes:
+        persistent.append(
+            Part(
+                f"{name} state for {trainable} parameters",
+                _div(opt.state_device_bytes, sh.state),
+                "optimizer",
+                "OptimizerSpec.state_for(options).state_bytes(n, dtype) per trainable tensor",
+                state_pool,
+            )
+        )
+    if opt.state_paged_bytes:
+        persistent.append(
+            Part(
+                f"{name} paged state (unified memory, can spill to host)",
+                _div(opt.state_paged_bytes, sh.state),
+                "optimizer",
+                "moment buffers of tensors with >= 100,000 elements",
+                "host" if sh.state_on_host else "paged",
+            )
+        )
+    if sh.master_weights:
+        master = sum(t.numel * t.count * 4 for t in opt_trainables(setup))
+        persistent.append(
+            Part(
+                "fp32 master weights (DeepSpeed)",
+                _div(master, sh.state),
+                "optimizer",
+                "4 bytes x trainable parameters",
+                state_pool,
+            )
+        )
+    temps = []
+    if opt.step_temporary_bytes and not sh.state_on_host:
+        temps.append(
+            Part(
+                f"{name} step temporaries",
+                opt.step_temporary_bytes // max(sh.state, 1),
+                "optimizer",
+                "built inside optimizer.step()",
+            )
+        )
+    return grads, persistent, temps
+
+
+def opt_trainables(setup: Setup) -> list[LaidTensor]:
+    return [t for t in layout(setup) if t.trainable]
+
+
+def _grad_profile(tensors: list[LaidTensor], num_layers: int) -> tuple[int, int, int]:
+    """(per decoder layer, lm_head + final norm, embedding) gradient bytes."""
+    layer = head = emb = 0
+    for t in tensors:
+        if not t.trainable:
+            continue
+        b = t.numel * t.dtype_bytes
+        if t.count == num_layers and "layers.*" in t.name:
+            layer += b
+        elif "embed_tokens" in t.name:
+            emb += b * t.count
+        else:
+            head += b * t.count
+    return layer, head, emb
+
+
+def _activation_moments(
+    setup: Setup,
+    tensors: list[LaidTensor],
+    grads_total: int,
+    grad_name: str,
+    sh: Sharding,
+    accumulated: bool,
+) -> list[Part]:
+    """The largest moment of one forward/backward: its parts (gradients included)."""
+    b, s, L = setup.micro_batch_size, setup.seq_len, setup.shape.num_layers
+    layer = act.layer_saved_bytes(setup, b, s)
+    head = act.head_saved_bytes(setup, b, s) - act.loss_saved_bytes(setup, b, s)
+    loss = act.loss_saved_bytes(setup, b, s)
+    loss_tmp = act.loss_transient_bytes(setup, b, s)
+    bwd = act.backward_transient_bytes(setup, b, s)
+    copies = act.autocast_weight_copy_bytes(setup, tensors)
+    dequant = act.dequantized_weight_bytes(setup)
+    lg, hg, eg = _grad_profile(tensors, L)
+    lg, hg, eg = (_div(x, sh.gradients) for x in (lg, hg, eg))
+    tokens = f"{b} x {s} tokens"
+    vocab = f"{setup.shape.vocab_size:,}"
+
+    def saved_layers(j: int, recomputing: bool) -> list[Part]:
+        if setup.checkpointing:
+            parts = [
+                Part(
+                    f"checkpointed inputs of {j} layers ({tokens})",
+                    j * act.checkpointed_layer_bytes(setup, b, s),
+                    "activations",
+                    "stream dtype x hidden per token per layer",
+                )
+            ]
+            if recomputing:
+                parts.append(
+                    Part(
+                        "activations of the layer being recomputed",
+                        layer,
+                        "activations",
+                        "per-layer saved tensors (docs/memory.md)",
+                    )
+                )
+            return parts
+        return [
+            Part(
+                f"activations of {j} layers ({tokens}, {setup.attn_implementation})",
+                j * layer,
+                "activations",
+                "per-layer saved tensors (docs/memory.md)",
+            )
+        ]
+
+    common = []
+    if copies:
+        common.append(
+            Part(
+                "autocast bf16 copies of fp32 weights",
+                copies,
+                "activations",
+                "2 bytes x fp32 matmul weights",
+            )
+        )
+    if dequant:
+        common.append(
+            Part(
+                "dequantized weight (bitsandbytes, transient)",
+                dequant,
+                "activations",
+                "largest linear layer in the compute dtype",
+            )
+        )
+
+    def grads(n: int) -> list[Part]:
+        n = grads_total if accumulated else n
+        name = grad_name if n == grads_total else "gradients so far in backward"
+        return [Part(name, n, "gradients", "one gradient per trainable parameter")] if n else []
+
+    start = [
+        *saved_layers(L, recomputing=False),
+        Part("token ids, rotary tables, final norm", head, "activations", ""),
+        Part(
+            f"loss: fp32 log-probabilities over {vocab} tokens ({tokens})",
+            loss,
+            "logits",
+            "4 x vocab per token + labels",
+        ),
+        Part(
+            f"cross-entropy backward: fp32 gradients over {vocab} tokens",
+            loss_tmp,
+            "logits",
+            "2 x 4 x vocab per token",
+        ),
+        *common,
+        *grads(0),
+    ]
+    top = [
+        *saved_layers(L, recomputing=True),
+        Part("gradients in flight (one layer)", bwd, "activations", "approximation"),
+        *common,
+        *grads(hg + lg),
+    ]
+    bottom = [
+        *saved_layers(1, recomputing=True),
+        Part("gradients in flight (one layer)", bwd, "activations", "approximation"),
+        *common,
+        *grads(hg + L * lg),
+    ]
+    end = grads(grads_total) or [Part(grad_name, 0, "gradients")]
+    moments = [start, top, bottom, end]
+    return max(moments, key=lambda parts: sum(p.bytes for p in parts))
+
+
+def _eval_parts(setup: Setup) -> list[Part]:
+    s, d = setup.shape, act.dtypes(setup)
+    best: list[Part] = []
+    for ev in setup.evaluations:
+        if ev.kind == "generate":
+            ctx = ev.prompt_tokens + ev.new_tokens
+            cache = 2 * s.num_layers * ev.batch_size * ctx * s.kv_size * d.linear_out
+            prefill = (
+                ev.batch_size
+                * ev.prompt_tokens
+                * (3 * d.linear_out * s.intermediate_size + 2 * d.stream * s.hidden_size)
+            )
+            logits = ev.batch_size * s.vocab_size * (d.compute + 4)
+            parts = [
+                Part(
+                    f"{ev.name}: KV cache ({ev.batch_size} x {ctx} tokens)",
+                    cache,
+                    "activations",
+                    "2 x layers x batch x tokens x kv_heads x head_dim",
+                ),
+                Part(
+                    f"{ev.name}: prefill activations (no grad)",
+                    prefill,
+                    "activations",
+                    "largest layer intermediates",
+                ),
+                Part(f"{ev.name}: next-token logits", logits, "logits", ""),
+            ]
+        else:
+            n = ev.batch_size * ev.prompt_tokens
+            parts = [
+                Part(
+                    f"{ev.name}: forward activations (no grad)",
+                    n * (3 * d.linear_out * s.intermediate_size + 2 * d.stream * s.hidden_size),
+                    "activations",
+                    "",
+                ),
+                Part(
+                    f"{ev.name}: logits, fp32 copy and log-probabilities ({ev.batch_size} x {ev.prompt_tokens})",
+                    n * s.vocab_size * (d.compute + 8),
+                    "logits",
+                    "(2 + 4 + 4) x vocab per token",
+                ),
+            ]
+        if sum(p.bytes for p in parts) > sum(p.bytes for p in best):
+            best = parts
+    return best
+
+
+def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
+    tensors = layout(setup)
+    opt = optimizer_cost(setup, tensors)
+    sh = sharding(setup)
+    out = Breakdown(tensors=tensors, optimizer=opt)
+    out.parameters = setup.shape.parameters
+    out.trainable_parameters = opt.trainable_parameters
+    weights = _weight_parts(setup, tensors, sh)
+    grads, persistent, temps = _optimizer_parts(setup, opt, sh)
+    grads_total = grads[0].bytes
+
+    # sharding extras
+    extras: list[Part] = []
+    s = setup.shape
+    if sh.gathered_layers:
+        per_layer = sum(t.total_bytes for t in tensors if t.count == s.num_layers) // s.num_layers
+        extras.append(
+            Part(
+                f"unsharded parameters of {sh.gathered_layers} layers (all-gather)",
+                sh.gathered_layers * per_layer,
+                "communication",
+            )
+        )
+    if sh.gathered_root:
+        root = sum(t.total_bytes for t in tensors if t.count == 1 and t.kind != "buffer")
+        extras.append(
+            Part(
+                "unsharded embeddings and lm_head (FSDP root unit)",
+                root - _div(root, setup.num_gpus),
+                "communication",
+            )
+        )
+    if sh.ddp_buckets:
+        extras.append(
+            Part(
+                "DDP gradient buckets", grads_total, "communication", "a flat copy of the gradients"
+            )
+        )
+
+    load_stage = _load_staging(setup)
+    phases: dict[str, list[Part]] = {}
+    phases["load"] = [*weights, load_stage]
+    fb_first = _activation_moments(
+        setup, tensors, grads_total, grads[0].name, sh, accumulated=False
+    )
+    fb = fb_first
+    if setup.grad_accum > 1:
+        fb_acc = _activation_moments(
+            setup, tensors, grads_total, grads[0].name, sh, accumulated=True
+        )
+        fb = max((fb_first, fb_acc), key=lambda ps: sum(p.bytes for p in ps))
+    phases["forward_backward"] = [*weights, *fb, *extras]
+    phases["optimizer_step"] = [
+        *weights,
+        *grads,
+        *persistent,
+        *temps,
+        *[e for e in extras if e.name == "DDP gradient buckets"],
+    ]
+    phases["later_steps"] = [*weights, *persistent, *fb, *extras]
+    phases["evaluation"] = [*weights, *persistent, *_eval_parts(setup)]
+    for term in extra:
+        for phase in term.phases:
+            phases[phase].append(
+                Part(term.name, term.bytes, term.category, term.formula, term.pool)
+            )
+    if setup.on_gpu:
+        for phase, parts in phases.items():
+            allocated = sum(p.bytes for p in parts if p.pool == "device")
+            parts.append(
+                Part(
+                    f"allocator margin ({ALLOCATOR_MARGIN:.0%} of allocated)",
+                    allocator_margin(allocated),
+                    "overhead",
+                    "reserved above allocated",
+                )
+            )
+            parts.append(
+                Part(
+                    "CUDA context", CUDA_CONTEXT_BYTES, "overhead", "assumption, see docs/memory.md"
+                )
+            )
+            if phase != "load":
+                parts.append(
+                    Part("cuBLAS/cuBLASLt workspaces", WORKSPACE_BYTES, "overhead", "2 x 32 MiB")
+                )
+            if sh.communication:
+                parts.append(Part("NCCL buffers", NCCL_BYTES, "communication", "assumption"))
+    out.parts = {p: [x for x in phases[p] if x.bytes > 0] for p in PHASES}
+    return out
+
+
+def _load_staging(setup: Setup) -> Part:
+    """transformers loads one tensor at a time in the checkpoint dtype before quantizing or
+    casting it; peft's fp32 upcast replaces each bf16 parameter one by one."""
+    largest = max(g.numel for g in setup.shape.census())
+    return Part(
+        "one tensor staged while loading",
+        largest * setup.model_dtype_bytes,
+        "other",
+        "largest tensor in the load dtype",
+    )

@@ -1,0 +1,83 @@
+"""Trainable parameters, their gradients, and optimizer state, from the optimizer spec.
+
+State is allocated lazily by ``optimizer.step()`` the first time it runs: it is absent from the
+first forward/backward and present from the first optimizer step on. The spec's
+``state_for(options)`` prices each trainable tensor; this module adds what depends on the
+implementation rather than the algorithm:
+
+- foreach temporaries (``DenseMomentState.temporaries``): torch's multi-tensor kernels build
+  them for a whole dtype group at once, so they are summed over the largest group; other
+  optimizers step tensor by tensor, so only the largest tensor's temporaries count.
+- paged state (``OptimizerSpec.paged``): bitsandbytes allocates a state buffer in CUDA unified
+  memory only for tensors of at least 100,000 elements (``Optimizer8bit.get_state_buffer``);
+  smaller buffers and the fp32 block maxima (``absmax1/2``) are ordinary device tensors.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from sftkit.memory.layout import LaidTensor
+from sftkit.memory.setup import Setup
+from sftkit.specs import Blockwise8bitState, DenseMomentState
+
+PAGED_MIN_NUMEL = 100_000  # bitsandbytes: `if not self.is_paged or p.numel() < 1e5`
+
+
+@dataclass(frozen=True)
+class OptimizerCost:
+    trainable_parameters: int
+    trainable_bytes: int
+    gradient_bytes: int
+    state_device_bytes: int
+    state_paged_bytes: int
+    step_temporary_bytes: int
+
+    @property
+    def state_bytes(self) -> int:
+        return self.state_device_bytes + self.state_paged_bytes
+
+
+def _state_bytes(state: Any, t: LaidTensor) -> int:
+    factored = getattr(state, "factored_bytes", None)
+    if callable(factored):
+        return int(factored(t.shape))
+    return int(state.state_bytes(t.numel, t.dtype_bytes))
+
+
+def _paged_part(state: Any, t: LaidTensor) -> int:
+    """Bytes of one tensor's state that bitsandbytes puts in the paged pool."""
+    if t.numel < PAGED_MIN_NUMEL:
+        return 0
+    if isinstance(state, Blockwise8bitState):
+        item = 1 if t.numel >= state.min_8bit_size else 4
+        return state.moments * t.numel * item
+    if isinstance(state, DenseMomentState):
+        return state.moments * t.numel * (state.dtype_bytes or t.dtype_bytes)
+    return _state_bytes(state, t)
+
+
+def optimizer_cost(setup: Setup, tensors: list[LaidTensor]) -> OptimizerCost:
+    spec = setup.optimizer
+    state = spec.state_for(setup.optimizer_options)
+    trainable = [t for t in tensors if t.trainable]
+    params = sum(t.numel * t.count for t in trainable)
+    nbytes = sum(t.numel * t.dtype_bytes * t.count for t in trainable)
+    device = paged = 0
+    for t in trainable:
+        total = _state_bytes(state, t)
+        part = _paged_part(state, t) if spec.paged else 0
+        device += (total - part) * t.count
+        paged += part * t.count
+    if isinstance(state, DenseMomentState):
+        groups: dict[int, int] = defaultdict(int)
+        for t in trainable:
+            groups[t.dtype_bytes] += state.step_temporary_bytes(t.numel, t.dtype_bytes) * t.count
+        temporaries = max(groups.values(), default=0)
+    else:
+        temporaries = max(
+            (state.step_temporary_bytes(t.numel, t.dtype_bytes) for t in trainable), default=0
+        )
+    return OptimizerCost(params, nbytes, nbytes, device, paged, temporaries)

@@ -1,0 +1,106 @@
+"""What the estimator reads from a resolved recipe: plain numbers and specs, nothing else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sftkit.modelshape.shape import ModelShape
+from sftkit.specs import OptimizerSpec, Quantization, StrategySpec
+
+if TYPE_CHECKING:
+    from sftkit.recipe.load import ResolvedRecipe
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+
+
+@dataclass(frozen=True)
+class EvalWorkload:
+    """One evaluator's memory-relevant settings."""
+
+    name: str
+    kind: str  # "generate" or "loss"
+    batch_size: int
+    prompt_tokens: int
+    new_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Setup:
+    shape: ModelShape
+    strategy: StrategySpec
+    strategy_options: Any
+    optimizer: OptimizerSpec
+    optimizer_options: Any
+    model_dtype_bytes: int
+    compute_bytes: int  # autocast / compute dtype of matmuls (precision)
+    micro_batch_size: int
+    seq_len: int
+    grad_accum: int
+    checkpointing: bool
+    attn_implementation: str
+    padded: bool  # batches padded to a common length (attention mask materialized)
+    num_gpus: int
+    engine: str
+    zero_stage: int | None
+    cpu_offload: bool
+    on_gpu: bool
+    evaluations: tuple[EvalWorkload, ...] = ()
+
+    @property
+    def tokens(self) -> int:
+        return self.micro_batch_size * self.seq_len
+
+    @property
+    def quantization(self) -> Quantization:
+        return self.strategy.quantization(self.strategy_options)
+
+    @property
+    def quantized(self) -> bool:
+        return self.strategy.base_storage != "dense"
+
+    @property
+    def autocast(self) -> bool:
+        """HF Trainer (accelerate) runs the forward under autocast for bf16/fp16 precision."""
+        return self.compute_bytes < 4
+
+
+def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bool) -> Setup:
+    r = resolved.recipe
+    t = r.training
+    evaluations = []
+    for component in resolved.evaluators:
+        options = component.options
+        batch = int(getattr(options, "batch_size", t.micro_batch_size))
+        new_tokens = getattr(options, "max_new_tokens", None)
+        max_length = getattr(options, "max_length", None) or t.max_seq_length
+        if new_tokens is not None:
+            evaluations.append(
+                EvalWorkload(
+                    component.spec.name, "generate", batch, t.max_seq_length, int(new_tokens)
+                )
+            )
+        else:
+            evaluations.append(EvalWorkload(component.spec.name, "loss", batch, int(max_length)))
+    return Setup(
+        shape=shape,
+        strategy=resolved.strategy.spec,
+        strategy_options=resolved.strategy.options,
+        optimizer=resolved.optimizer.spec,
+        optimizer_options=resolved.optimizer.options,
+        model_dtype_bytes=DTYPE_BYTES[r.model.dtype],
+        compute_bytes=PRECISION_BYTES[t.precision],
+        micro_batch_size=t.micro_batch_size,
+        seq_len=t.max_seq_length,
+        grad_accum=t.gradient_accumulation_steps,
+        checkpointing=t.gradient_checkpointing,
+        attn_implementation=r.model.attn_implementation,
+        padded=not r.data.packing and not r.model.attn_implementation.startswith("flash"),
+        num_gpus=r.hardware.num_gpus,
+        engine=r.distributed.engine,
+        zero_stage=r.distributed.zero_stage,
+        cpu_offload=r.distributed.cpu_offload,
+        on_gpu=on_gpu,
+        evaluations=tuple(evaluations),
+    )
