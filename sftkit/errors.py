@@ -106,3 +106,7 @@ class MissingDependencyError(SftkitError):
             f"{purpose} needs the Python package {package!r}, which is not installed.",
             hint="Install the training stack with `pip install 'sftkit[train]'`.",
         )
+
+
+class LaunchError(SftkitError):
+    """A multi-process launch is misconfigured (world size, node rank, address) or failed."""

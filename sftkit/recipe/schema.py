@@ -84,17 +84,104 @@ class HardwareSection(Strict):
     num_gpus: int = Field(default=1, ge=1)
 
 
-class DistributedSection(Strict):
-    engine: Literal["none", "ddp", "fsdp", "deepspeed"] = "none"
-    zero_stage: Literal[2, 3] | None = Field(
-        default=None, description="DeepSpeed ZeRO stage (deepspeed engine only)."
+class FsdpSection(Strict):
+    """FSDP settings (engine: fsdp). Defaults are FSDP2 full sharding of every decoder layer."""
+
+    version: Literal[1, 2] = Field(
+        default=2, description="2: per-parameter sharding (fully_shard); 1: the deprecated wrapper."
     )
-    cpu_offload: bool = False
+    reshard_after_forward: bool = Field(
+        default=True,
+        description="Free each layer's gathered weights after its forward (full shard); false keeps "
+        "them until backward (ZeRO-2-like): faster, every layer's weights resident at once.",
+    )
+    activation_checkpointing: bool | None = Field(
+        default=None,
+        description="Checkpoint each decoder layer through FSDP; null: follow "
+        "training.gradient_checkpointing (FSDP's own replaces transformers' checkpointing).",
+    )
+    state_dict_type: Literal["sharded", "full"] = Field(
+        default="sharded",
+        description="How checkpoints are written: one shard per rank (fast, resumable at the same "
+        "world size) or gathered on rank 0. The final model is always gathered.",
+    )
+    wrap_layers: list[str] | None = Field(
+        default=None,
+        description="Module class names sharded as units; null: the model's decoder layer class.",
+    )
 
     @model_validator(mode="after")
-    def _stage_needs_deepspeed(self) -> DistributedSection:
+    def _non_empty_wrap(self) -> FsdpSection:
+        if self.wrap_layers is not None and not self.wrap_layers:
+            raise ValueError("wrap_layers must name at least one module class, or be null")
+        return self
+
+
+class DeepSpeedSection(Strict):
+    """DeepSpeed settings (engine: deepspeed); the ZeRO stage is distributed.zero_stage."""
+
+    offload_params: bool | None = Field(
+        default=None,
+        description="Stage 3 with cpu_offload: also offload the parameters (null: yes; false: "
+        "the optimizer state only).",
+    )
+    gather_weights_on_save: bool = Field(
+        default=True,
+        description="ZeRO-3: gather 16-bit weights on rank 0 when saving so the final model is "
+        "a normal checkpoint.",
+    )
+
+
+class DistributedSection(Strict):
+    """How a run is spread over processes. `sftkit launch --nproc N` sets the world size."""
+
+    engine: Literal["none", "ddp", "fsdp", "deepspeed"] = "none"
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        default="auto", description="Collective backend; auto: nccl with CUDA, gloo on CPU."
+    )
+    zero_stage: Literal[2, 3] | None = Field(
+        default=None, description="DeepSpeed ZeRO stage (deepspeed engine only; default 2)."
+    )
+    cpu_offload: bool = Field(
+        default=False,
+        description="fsdp: parameters, gradients and optimizer state live in host RAM and the "
+        "optimizer steps there; deepspeed: the optimizer state (and, at stage 3, the parameters).",
+    )
+    fsdp: FsdpSection = Field(default_factory=FsdpSection)
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_stage(cls, data: Any) -> Any:
+        # Written out so the resolved recipe (and the estimator) state the stage that runs.
+        if (
+            isinstance(data, dict)
+            and data.get("engine") == "deepspeed"
+            and data.get("zero_stage") is None
+        ):
+            return {**data, "zero_stage": 2}
+        return data
+
+    @model_validator(mode="after")
+    def _settings_match_engine(self) -> DistributedSection:
+        problems = []
         if self.zero_stage is not None and self.engine != "deepspeed":
-            raise ValueError("zero_stage is only meaningful with engine: deepspeed")
+            problems.append("zero_stage is only meaningful with engine: deepspeed")
+        if self.cpu_offload and self.engine not in ("fsdp", "deepspeed"):
+            problems.append(
+                "cpu_offload needs engine: fsdp or deepspeed (ddp keeps a full replica)"
+            )
+        # Defaults written out (a run's recipe.yaml) are fine; changed values are a mistake.
+        if self.fsdp != FsdpSection() and self.engine != "fsdp":
+            problems.append("the fsdp settings are only read with engine: fsdp")
+        if self.deepspeed != DeepSpeedSection() and self.engine != "deepspeed":
+            problems.append("the deepspeed settings are only read with engine: deepspeed")
+        if self.deepspeed.offload_params is not None and (
+            self.zero_stage != 3 or not self.cpu_offload
+        ):
+            problems.append("deepspeed.offload_params needs zero_stage: 3 and cpu_offload: true")
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
 

@@ -1,0 +1,215 @@
+"""The accelerate configuration and the DeepSpeed JSON, generated from a recipe (torch-free).
+
+One plan per engine is derived from the recipe's ``distributed`` section and written in the
+dialect each consumer reads: ``fsdp_*`` keys for an accelerate config file, the bare keys of
+``TrainingArguments.fsdp_config`` for the trainer, a ``zero_optimization`` block for DeepSpeed.
+Values the trainer owns (batch sizes, clipping, precision) are ``"auto"`` in the DeepSpeed JSON:
+transformers fills them from the same recipe, so the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from sftkit.distributed.topology import Topology
+from sftkit.recipe.schema import Recipe
+
+ACCELERATE_CONFIG = "accelerate_config.yaml"
+DEEPSPEED_CONFIG = "deepspeed_config.json"
+CONFIG_DIR = "distributed"  # inside the run directory
+
+MixedPrecision = Literal["no", "bf16", "fp16"]
+
+
+@dataclass(frozen=True)
+class FsdpPlan:
+    """The FSDP settings of a recipe with every "follow another key" default resolved."""
+
+    version: int
+    reshard_after_forward: bool
+    activation_checkpointing: bool
+    cpu_offload: bool
+    state_dict_type: Literal["SHARDED_STATE_DICT", "FULL_STATE_DICT"]
+    wrap_layers: tuple[str, ...] | None
+
+    def accelerate_keys(self) -> dict[str, Any]:
+        """`fsdp_config` of an accelerate config file (what `accelerate launch` reads)."""
+        keys: dict[str, Any] = {
+            "fsdp_version": self.version,
+            "fsdp_auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "fsdp_reshard_after_forward": self.reshard_after_forward,
+            "fsdp_offload_params": self.cpu_offload,
+            "fsdp_state_dict_type": self.state_dict_type,
+            "fsdp_activation_checkpointing": self.activation_checkpointing,
+            "fsdp_cpu_ram_efficient_loading": False,
+            "fsdp_sync_module_states": True,
+        }
+        if self.version == 1:
+            # FSDP1 names the sharding strategy; FSDP2 says it with reshard_after_forward.
+            keys["fsdp_sharding_strategy"] = (
+                "FULL_SHARD" if self.reshard_after_forward else "SHARD_GRAD_OP"
+            )
+            keys["fsdp_reshard_after_forward"] = keys["fsdp_sharding_strategy"]
+            keys["fsdp_use_orig_params"] = True
+            keys["fsdp_backward_prefetch"] = "BACKWARD_PRE"
+        if self.wrap_layers:
+            keys["fsdp_transformer_layer_cls_to_wrap"] = ",".join(self.wrap_layers)
+        return keys
+
+    def trainer_keys(self) -> dict[str, Any]:
+        """`TrainingArguments.fsdp_config` (transformers' spelling of the same settings)."""
+        keys: dict[str, Any] = {
+            "version": self.version,
+            "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+            "cpu_offload": self.cpu_offload,
+            "state_dict_type": self.state_dict_type,
+            "activation_checkpointing": self.activation_checkpointing,
+            "reshard_after_forward": (
+                self.reshard_after_forward
+                if self.version == 2
+                else ("full_shard" if self.reshard_after_forward else "shard_grad_op")
+            ),
+        }
+        if self.wrap_layers:
+            keys["transformer_layer_cls_to_wrap"] = list(self.wrap_layers)
+        return keys
+
+
+def fsdp_plan(recipe: Recipe) -> FsdpPlan:
+    d = recipe.distributed
+    ac = d.fsdp.activation_checkpointing
+    return FsdpPlan(
+        version=d.fsdp.version,
+        reshard_after_forward=d.fsdp.reshard_after_forward,
+        activation_checkpointing=recipe.training.gradient_checkpointing if ac is None else ac,
+        cpu_offload=d.cpu_offload,
+        state_dict_type="SHARDED_STATE_DICT"
+        if d.fsdp.state_dict_type == "sharded"
+        else "FULL_STATE_DICT",
+        wrap_layers=tuple(d.fsdp.wrap_layers) if d.fsdp.wrap_layers else None,
+    )
+
+
+def deepspeed_config(recipe: Recipe) -> dict[str, Any]:
+    """The DeepSpeed JSON for a recipe with ``engine: deepspeed``."""
+    d = recipe.distributed
+    stage = d.zero_stage or 2
+    zero: dict[str, Any] = {
+        "stage": stage,
+        "overlap_comm": True,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": "auto",
+    }
+    if stage == 2:
+        zero["allgather_partitions"] = True
+        zero["reduce_scatter"] = True
+        zero["allgather_bucket_size"] = 200_000_000
+    else:
+        zero["stage3_prefetch_bucket_size"] = "auto"
+        zero["stage3_param_persistence_threshold"] = "auto"
+        zero["stage3_max_live_parameters"] = 1_000_000_000
+        zero["stage3_max_reuse_distance"] = 1_000_000_000
+        zero["stage3_gather_16bit_weights_on_model_save"] = d.deepspeed.gather_weights_on_save
+    if d.cpu_offload:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": True}
+        if stage == 3 and d.deepspeed.offload_params is not False:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": True}
+    config: dict[str, Any] = {
+        # Filled by transformers from the recipe's training section (HfTrainerDeepSpeedConfig).
+        "train_batch_size": "auto",
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "gradient_clipping": "auto",
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "zero_optimization": zero,
+        "steps_per_print": 1_000_000_000,  # the trainer logs; DeepSpeed's own prints are noise
+        "wall_clock_breakdown": False,
+    }
+    if d.cpu_offload:
+        # sftkit builds the recipe's optimizer itself; DeepSpeed would otherwise insist on its
+        # own CPU Adam for offloaded state.
+        config["zero_force_ds_cpu_optimizer"] = False
+    return config
+
+
+def mixed_precision(recipe: Recipe) -> MixedPrecision:
+    return {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[recipe.training.precision]  # type: ignore[return-value]
+
+
+def distributed_type(recipe: Recipe, topology: Topology) -> str:
+    """accelerate's distributed_type. Multi-process DDP is MULTI_GPU even on a CPU machine:
+    that is the type for which `accelerate launch` starts one process per rank (torch elastic);
+    the workers then select CPU and gloo themselves (ACCELERATE_USE_CPU)."""
+    engine = recipe.distributed.engine
+    if engine == "fsdp":
+        return "FSDP"
+    if engine == "deepspeed":
+        return "DEEPSPEED"
+    return "MULTI_GPU" if topology.world_size > 1 else "NO"
+
+
+def accelerate_config(
+    recipe: Recipe, topology: Topology, *, deepspeed_config_file: str | None = None
+) -> dict[str, Any]:
+    """An accelerate config file's content (the format `accelerate config` writes)."""
+    config: dict[str, Any] = {
+        "compute_environment": "LOCAL_MACHINE",
+        "distributed_type": distributed_type(recipe, topology),
+        "mixed_precision": mixed_precision(recipe),
+        "num_processes": topology.world_size,
+        "num_machines": topology.nnodes,
+        "machine_rank": topology.node_rank,
+        "main_process_ip": topology.master_addr,
+        "main_process_port": topology.master_port,
+        "rdzv_backend": "static",
+        "same_network": True,
+        "main_training_function": "main",
+        "use_cpu": False,
+        "debug": False,
+        "downcast_bf16": "no",
+        "enable_cpu_affinity": False,
+        "tpu_env": [],
+        "tpu_use_cluster": False,
+        "tpu_use_sudo": False,
+    }
+    if recipe.distributed.engine == "fsdp":
+        config["fsdp_config"] = fsdp_plan(recipe).accelerate_keys()
+    if recipe.distributed.engine == "deepspeed":
+        if deepspeed_config_file is None:
+            raise ValueError("engine: deepspeed needs the path of the generated DeepSpeed JSON")
+        config["deepspeed_config"] = {
+            "deepspeed_config_file": deepspeed_config_file,
+            "zero3_init_flag": recipe.distributed.zero_stage == 3,
+        }
+    return config
+
+
+@dataclass(frozen=True)
+class GeneratedConfigs:
+    accelerate: Path
+    deepspeed: Path | None
+
+
+def write_configs(recipe: Recipe, topology: Topology, directory: Path) -> GeneratedConfigs:
+    """Write the accelerate config (and the DeepSpeed JSON) into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ds_path: Path | None = None
+    if recipe.distributed.engine == "deepspeed":
+        ds_path = directory / DEEPSPEED_CONFIG
+        ds_path.write_text(json.dumps(deepspeed_config(recipe), indent=2) + "\n", encoding="utf-8")
+    config = accelerate_config(
+        recipe, topology, deepspeed_config_file=str(ds_path.resolve()) if ds_path else None
+    )
+    acc_path = directory / ACCELERATE_CONFIG
+    header = (
+        "# Generated by `sftkit launch` from the recipe's `distributed` section; edit the recipe,\n"
+        "# not this file. Usable as `accelerate launch --config_file THIS -m sftkit.distributed.worker ...`.\n"
+    )
+    acc_path.write_text(header + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return GeneratedConfigs(acc_path, ds_path)
