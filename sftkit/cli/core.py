@@ -40,6 +40,10 @@ def validate(app: AppContext, recipe: str, overrides: tuple[str, ...]) -> None:
         f"sequence {t.max_seq_length}, {t.precision}, checkpointing {'on' if t.gradient_checkpointing else 'off'}"
     )
     click.echo(f"  hardware   {r.hardware.num_gpus} x {r.hardware.gpu}")
+    if r.distributed.engine != "none":
+        from sftkit.distributed.describe import describe_engine
+
+        click.echo(f"  engine     {describe_engine(r)}")
 
 
 @click.command(name="plugins")

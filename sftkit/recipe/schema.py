@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class Strict(BaseModel):
@@ -162,27 +162,42 @@ class DistributedSection(Strict):
             return {**data, "zero_stage": 2}
         return data
 
-    @model_validator(mode="after")
-    def _settings_match_engine(self) -> DistributedSection:
-        problems = []
-        if self.zero_stage is not None and self.engine != "deepspeed":
-            problems.append("zero_stage is only meaningful with engine: deepspeed")
-        if self.cpu_offload and self.engine not in ("fsdp", "deepspeed"):
-            problems.append(
+    # Field validators (not one model validator) so each problem names its own key.
+    @field_validator("zero_stage")
+    @classmethod
+    def _stage_needs_deepspeed(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and info.data.get("engine", "deepspeed") != "deepspeed":
+            raise ValueError("zero_stage is only meaningful with engine: deepspeed")
+        return value
+
+    @field_validator("cpu_offload")
+    @classmethod
+    def _offload_needs_sharding(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("engine", "fsdp") not in ("fsdp", "deepspeed"):
+            raise ValueError(
                 "cpu_offload needs engine: fsdp or deepspeed (ddp keeps a full replica)"
             )
-        # Defaults written out (a run's recipe.yaml) are fine; changed values are a mistake.
-        if self.fsdp != FsdpSection() and self.engine != "fsdp":
-            problems.append("the fsdp settings are only read with engine: fsdp")
-        if self.deepspeed != DeepSpeedSection() and self.engine != "deepspeed":
-            problems.append("the deepspeed settings are only read with engine: deepspeed")
-        if self.deepspeed.offload_params is not None and (
-            self.zero_stage != 3 or not self.cpu_offload
-        ):
-            problems.append("deepspeed.offload_params needs zero_stage: 3 and cpu_offload: true")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
+        return value
+
+    # Defaults written out (a run's recipe.yaml) are fine; changed values are a mistake.
+    @field_validator("fsdp")
+    @classmethod
+    def _fsdp_needs_fsdp(cls, value: FsdpSection, info: ValidationInfo) -> FsdpSection:
+        if value != FsdpSection() and info.data.get("engine", "fsdp") != "fsdp":
+            raise ValueError("the fsdp settings are only read with engine: fsdp")
+        return value
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _deepspeed_needs_deepspeed(
+        cls, value: DeepSpeedSection, info: ValidationInfo
+    ) -> DeepSpeedSection:
+        if value != DeepSpeedSection() and info.data.get("engine", "deepspeed") != "deepspeed":
+            raise ValueError("the deepspeed settings are only read with engine: deepspeed")
+        stage3_offload = info.data.get("zero_stage") == 3 and info.data.get("cpu_offload")
+        if value.offload_params is not None and not stage3_offload:
+            raise ValueError("deepspeed.offload_params needs zero_stage: 3 and cpu_offload: true")
+        return value
 
 
 class EvaluationSection(Strict):

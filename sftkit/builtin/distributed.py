@@ -1,0 +1,77 @@
+"""Built-in checks of the recipe's `distributed` section against the rest of the recipe:
+what the engine can shard, which backend the hardware has, which optimizers compose with
+offloading. Schema-level rules (a setting for another engine) live in the schema itself."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from sftkit.errors import Problem
+from sftkit.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from sftkit.recipe.load import ResolvedRecipe
+
+
+def distributed_problems(resolved: ResolvedRecipe) -> list[Problem]:
+    r = resolved.recipe
+    d = r.distributed
+    spec = resolved.strategy.spec
+    on_cpu = r.hardware.gpu.strip().lower() == "cpu"
+    shards_params = d.engine == "fsdp" or (d.engine == "deepspeed" and d.zero_stage == 3)
+    problems: list[Problem] = []
+    if shards_params and spec.base_storage == "int8":
+        problems.append(
+            Problem(
+                "distributed.engine",
+                f"strategy {spec.name!r} keeps an LLM.int8 base, whose int8 weights and row "
+                f"scales {d.engine} cannot shard.",
+                "Use strategy qlora-nf4 (its 4-bit weights are stored as bf16 and shard), or "
+                "engine: ddp, or deepspeed with zero_stage: 2.",
+            )
+        )
+    if shards_params and spec.base_storage == "4bit":
+        compute = spec.quantization(resolved.strategy.options).compute_dtype
+        if compute != r.model.dtype:
+            problems.append(
+                Problem(
+                    "strategy.options.compute_dtype",
+                    f"a sharded 4-bit base is stored in its compute dtype ({compute}), which must "
+                    f"equal model.dtype ({r.model.dtype}) so every parameter the engine flattens "
+                    "has one dtype.",
+                    f"Set strategy.options.compute_dtype={r.model.dtype}.",
+                )
+            )
+    if on_cpu and d.backend == "nccl":
+        problems.append(
+            Problem(
+                "distributed.backend",
+                "nccl needs CUDA GPUs and hardware.gpu is cpu.",
+                "Use backend: gloo (or auto).",
+            )
+        )
+    if on_cpu and d.engine == "deepspeed":
+        problems.append(
+            Problem(
+                "distributed.engine",
+                "DeepSpeed runs on GPUs and hardware.gpu is cpu.",
+                "Use engine: fsdp or ddp on CPU.",
+            )
+        )
+    if d.cpu_offload and resolved.optimizer.spec.paged:
+        problems.append(
+            Problem(
+                "optimizer.name",
+                f"optimizer {resolved.optimizer.spec.name!r} pages its state between GPU and host; "
+                "with distributed.cpu_offload the state already lives in host RAM.",
+                "Choose its non-paged variant, or turn cpu_offload off.",
+            )
+        )
+    return problems
+
+
+@hookimpl(trylast=True)
+def validate_recipe(recipe: ResolvedRecipe | None) -> list[Problem] | None:
+    if recipe is None:  # a bare hook call (tracing tests) carries no recipe
+        return None
+    return distributed_problems(recipe) or None
