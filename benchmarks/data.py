@@ -59,6 +59,23 @@ def synthetic_rows(count: int, *, seed: int = 0) -> list[dict[str, str]]:
     return rows
 
 
+def long_rows(count: int, *, min_words: int, seed: int = 0) -> list[dict[str, str]]:
+    """Rows whose answers run past `min_words` words (each word is at least one token), so
+    that truncation to the sequence length makes every example exactly that long: the grid
+    measures fixed shapes, the worst case the estimator prices."""
+    rng = random.Random(seed)
+    rows = []
+    for index in range(count):
+        words = [rng.choice(WORDS) for _ in range(min_words)]
+        rows.append(
+            {
+                "question": f"Problem {index}?",
+                "answer": " ".join(words) + "\n#### 1",
+            }
+        )
+    return rows
+
+
 def load_rows(gsm8k_dir: Path | None, count: int, *, seed: int = 0) -> tuple[list[dict], str]:
     """The first `count` train rows of GSM8K from `gsm8k_dir` (train.jsonl), or synthetic
     rows when the directory is None or lacks the file. Returns (rows, description)."""
