@@ -15,6 +15,10 @@ COMMAND_REFS: tuple[str, ...] = (
     "sftkit.cli.report:report_command",
     "sftkit.cli.report:compare_command",
     "sftkit.cli.export:export_command",
+    "sftkit.cli.estimate:estimate_memory",
+    "sftkit.cli.run:run_command",
+    "sftkit.cli.data:prepare_data_command",
+    "sftkit.cli.data:preview_command",
 )
 
 

@@ -48,8 +48,14 @@ def dtypes(setup: Setup) -> Dtypes:
     # prepare_model_for_kbit_training makes the embedding fp32, so the stream is fp32.
     stream = FP32 if setup.quantized else model
     compute = setup.compute_bytes if setup.autocast else model
-    # bitsandbytes casts the output back to the input dtype; dense layers return autocast's.
-    linear_out = stream if setup.quantized else compute
+    # bitsandbytes 4-bit casts the output back to the input dtype; LLM.int8 computes and
+    # returns fp16; dense layers return autocast's dtype.
+    if setup.strategy.base_storage == "int8":
+        linear_out = 2
+    elif setup.quantized:
+        linear_out = stream
+    else:
+        linear_out = compute
     # CUDA native_dropout keeps a bool mask; the CPU kernel multiplies by a noise tensor.
     mask = 1 if setup.on_gpu else FP32
     return Dtypes(stream, linear_out, compute, FP32, mask)
@@ -154,6 +160,37 @@ def layer_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
     return per_token * n + per_seq * batch
 
 
+def first_layer_input_grads(setup: Setup) -> bool:
+    """Does the first layer's input require grad? With a frozen embedding only when the
+    trainer enables input gradients, which TRL and PEFT do for gradient checkpointing."""
+    return setup.strategy.trains == "all" or setup.checkpointing
+
+
+def first_layer_reduction(setup: Setup, batch: int, seq: int) -> int:
+    """What the first layer does not save when its input needs no gradient: its first norm,
+    the dropout masks of the LoRA layers reading that norm, LLM.int8's copy of the input,
+    and (under autocast) those LoRA layers' bf16 weight copies."""
+    if first_layer_input_grads(setup):
+        return 0
+    s, d = setup.shape, dtypes(setup)
+    h = s.hidden_size
+    lora = _lora_by_module(setup)
+    modules = ["qkv_proj"] if s.fused_qkv else ["q_proj", "k_proj", "v_proj"]
+    rank = int(getattr(setup.strategy_options, "rank", 0))
+    dropout = float(getattr(setup.strategy_options, "dropout", 0.0))
+    per_token = FP32 * h + FP32
+    if setup.strategy.base_storage == "int8":
+        per_token += d.stream * h
+    weights = 0
+    for module in modules:
+        if module in lora:
+            if dropout > 0:
+                per_token += d.mask * h
+            if setup.autocast:
+                weights += rank * h * d.compute
+    return per_token * batch * seq + weights
+
+
 def checkpointed_layer_bytes(setup: Setup, batch: int, seq: int) -> int:
     """What gradient checkpointing keeps per layer: the layer's input hidden states."""
     return dtypes(setup).stream * setup.shape.hidden_size * batch * seq
@@ -176,7 +213,7 @@ def head_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
     s, d = setup.shape, dtypes(setup)
     h, n = s.hidden_size, batch * seq
     trains_base = setup.strategy.trains == "all"
-    total = INDEX * n  # input_ids
+    total = INDEX * n if trains_base else 0  # input_ids (the embedding's backward needs them)
     total += 2 * seq * s.head_dim * d.stream  # cos, sin (shared by every layer)
     total += (FP32 * h + FP32) * n  # final norm
     if trains_base:

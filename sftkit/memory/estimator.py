@@ -216,6 +216,7 @@ def _activation_moments(
     loss_tmp = act.loss_transient_bytes(setup, b, s)
     bwd = act.backward_transient_bytes(setup, b, s)
     copies = act.autocast_weight_copy_bytes(setup, tensors)
+    first = act.first_layer_reduction(setup, b, s)
     dequant = act.dequantized_weight_bytes(setup)
     lg, hg, eg = _grad_profile(tensors, L)
     lg, hg, eg = (_div(x, sh.gradients) for x in (lg, hg, eg))
@@ -245,7 +246,7 @@ def _activation_moments(
         return [
             Part(
                 f"activations of {j} layers ({tokens}, {setup.attn_implementation})",
-                j * layer,
+                j * layer - (first if j == L else 0),
                 "activations",
                 "per-layer saved tensors (docs/memory.md)",
             )

@@ -24,6 +24,9 @@ from sftkit.memory.setup import Setup
 from sftkit.specs import Blockwise8bitState, DenseMomentState
 
 PAGED_MIN_NUMEL = 100_000  # bitsandbytes: `if not self.is_paged or p.numel() < 1e5`
+# bitsandbytes 8-bit optimizers share two 256-entry fp32 quantization maps (qmap1 "dynamic",
+# qmap2 "udynamic") between all tensors kept in 8 bits.
+QMAP_BYTES = 2 * 256 * 4
 
 
 @dataclass(frozen=True)
@@ -71,10 +74,17 @@ def optimizer_cost(setup: Setup, tensors: list[LaidTensor]) -> OptimizerCost:
         part = _paged_part(state, t) if spec.paged else 0
         device += (total - part) * t.count
         paged += part * t.count
+    if isinstance(state, Blockwise8bitState) and any(
+        t.numel >= state.min_8bit_size for t in trainable
+    ):
+        device += QMAP_BYTES
     if isinstance(state, DenseMomentState):
-        groups: dict[int, int] = defaultdict(int)
+        # torch steps one param group at a time (sftkit puts 1-D tensors in a no-decay group)
+        # and, inside it, one dtype at a time: the largest such batch builds its temporaries.
+        groups: dict[tuple[bool, int], int] = defaultdict(int)
         for t in trainable:
-            groups[t.dtype_bytes] += state.step_temporary_bytes(t.numel, t.dtype_bytes) * t.count
+            key = (len(t.shape) < 2, t.dtype_bytes)
+            groups[key] += state.step_temporary_bytes(t.numel, t.dtype_bytes) * t.count
         temporaries = max(groups.values(), default=0)
     else:
         temporaries = max(

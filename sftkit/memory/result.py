@@ -20,6 +20,7 @@ class Suggestion:
     peak_bytes: int
     peak_phase: str
     budget_bytes: int
+    spill_bytes: int = 0  # paged optimizer state that would spill to host RAM
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -27,6 +28,7 @@ class Suggestion:
             "overrides": list(self.overrides),
             "peak_bytes": self.peak_bytes,
             "peak_phase": self.peak_phase,
+            "paged_spill_bytes": self.spill_bytes,
         }
 
 
@@ -117,9 +119,12 @@ class Estimate:
             lines.append("Cheapest changes that fit, each with its predicted peak:")
             width = max(len(s.change) for s in self.suggestions)
             for s in self.suggestions:
+                spill = (
+                    f", {gib(s.spill_bytes)} paged state spills to host" if s.spill_bytes else ""
+                )
                 lines.append(
                     f"  - {s.change.ljust(width)}  peak {gib(s.peak_bytes)} "
-                    f"({PHASE_LABELS[s.peak_phase]})  [{' '.join(s.overrides)}]"
+                    f"({PHASE_LABELS[s.peak_phase]}{spill})  [{' '.join(s.overrides)}]"
                 )
         else:
             lines.append("No single change from sftkit's list fits on this device; see the table.")
