@@ -103,19 +103,23 @@ class Blockwise8bitState:
 @dataclass(frozen=True)
 class FactoredState:
     """Adafactor (transformers' implementation, beta1=None): a 2-D tensor keeps a row and a
-    column second-moment vector in fp32; other tensors keep a full fp32 second moment. The
-    spec prices a tensor by element count only, so a matrix is priced as if square (the
-    estimator passes exact shapes through `factored_bytes` where it knows them)."""
+    column second-moment vector in fp32; other tensors keep a full fp32 second moment. Each
+    tensor also keeps its RMS as a 0-d fp32 tensor. The spec prices a tensor by element count
+    only, so a matrix is priced as if square (the estimator passes exact shapes through
+    `factored_bytes` where it knows them)."""
+
+    RMS_BYTES: ClassVar[int] = 4
 
     def state_bytes(self, numel: int, param_bytes: int) -> int:
         side = math.isqrt(numel)
-        return 4 * 2 * side if side * side == numel and numel > 1 else 4 * numel
+        moments = 4 * 2 * side if side * side == numel and numel > 1 else 4 * numel
+        return moments + self.RMS_BYTES
 
     def factored_bytes(self, shape: tuple[int, ...]) -> int:
         if len(shape) >= 2:
             rows = math.prod(shape[:-1])
-            return 4 * (rows + shape[-1])
-        return 4 * math.prod(shape)
+            return 4 * (rows + shape[-1]) + self.RMS_BYTES
+        return 4 * math.prod(shape) + self.RMS_BYTES
 
     def step_temporary_bytes(self, numel: int, param_bytes: int) -> int:
         # Adafactor.step() works one tensor at a time: the update and its factored

@@ -78,6 +78,23 @@ def lora_targets(setup: Setup) -> list[TensorGroup]:
     return chosen
 
 
+COMPUTE_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+
+def _quantized_bias_bytes(setup: Setup, g: TensorGroup, upcast: int) -> int:
+    """A quantized layer's bias follows its input at the first forward: bitsandbytes'
+    ``Linear4bit.forward`` casts it to the compute dtype, ``Linear8bitLt.forward`` to the
+    input's dtype (the fp32 stream after k-bit preparation, bf16 attention output for
+    o_proj, fp16 MLP product for down_proj)."""
+    if setup.strategy.base_storage == "4bit":
+        return COMPUTE_DTYPE_BYTES.get(setup.quantization.compute_dtype, upcast)
+    if g.module == "o_proj":
+        return setup.compute_bytes if setup.autocast else setup.model_dtype_bytes
+    if g.module == "down_proj":
+        return 2  # LLM.int8 layers return fp16
+    return upcast
+
+
 def _rotary_buffers(setup: Setup) -> LaidTensor:
     # LlamaRotaryEmbedding-style: inv_freq and original_inv_freq, head_dim/2 fp32 each.
     half = setup.shape.head_dim // 2
@@ -110,6 +127,8 @@ def layout(setup: Setup) -> list[LaidTensor]:
         elif setup.quantized:
             # prepare_model_for_kbit_training: bf16/fp16 parameters -> fp32
             item = FP32 if dtype < FP32 else dtype
+            if g.role == "bias":
+                item = _quantized_bias_bytes(setup, g, item)
             out.append(LaidTensor(g.name, "unquantized", g.shape, g.count, g.numel * item, item))
         else:
             out.append(

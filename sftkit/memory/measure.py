@@ -211,7 +211,7 @@ def predicted_saved_bytes(setup: Setup, tensors: list[Any]) -> int:
     )
 
 
-def _autocast(setup: Setup, device: str) -> Any:
+def autocast_context(setup: Setup, device: str) -> Any:
     import torch
 
     if not setup.autocast:
@@ -264,7 +264,7 @@ def measure_recipe(
         optimizer = build_optimizer(resolved, net)
         prepare_for_training(net, setup)
         batch = random_batch(setup, device)
-        ac = _autocast(setup, device)
+        ac = autocast_context(setup, device)
         if not setup.checkpointing and not on_gpu:
             saved, out = saved_activation_bytes(net, batch, ac)
             predicted_saved = predicted_saved_bytes(setup, net_layout(setup))
