@@ -1,0 +1,107 @@
+"""Activations on CPU: the bytes autograd saves for backward equal the estimator's per-layer
+model, for each strategy, attention kernel and dtype setting checked here.
+
+The CPU differs from CUDA in one known way the estimator models: a dropout mask is a tensor
+of the input's dtype on CPU (a bool mask on CUDA). Gradient checkpointing is not measured
+here (its own saved-tensor hooks hide what it keeps)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+pytest.importorskip("bitsandbytes")
+
+from sftkit.memory.compute import shape_for  # noqa: E402
+from sftkit.memory.layout import layout  # noqa: E402
+from sftkit.memory.measure import (  # noqa: E402
+    autocast_context,
+    predicted_saved_bytes,
+    prepare_for_training,
+    random_batch,
+    saved_activation_bytes,
+)
+from sftkit.memory.setup import setup_from_recipe  # noqa: E402
+from sftkit.recipe.load import load_recipe_text  # noqa: E402
+from sftkit.testing import fresh_registry  # noqa: E402
+
+LLAMA = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 64,
+    "intermediate_size": 176,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 256,
+    "tie_word_embeddings": False,
+    "max_position_embeddings": 256,
+}
+QWEN2 = {
+    **LLAMA,
+    "architectures": ["Qwen2ForCausalLM"],
+    "model_type": "qwen2",
+    "intermediate_size": 96,
+    "vocab_size": 320,
+    "tie_word_embeddings": True,
+}
+
+CASES = [
+    # (id, config, strategy, strategy options, model dtype, attention)
+    ("full-sft-sdpa", LLAMA, "full-sft", "{}", "bfloat16", "sdpa"),
+    ("full-sft-eager", LLAMA, "full-sft", "{}", "bfloat16", "eager"),
+    ("full-sft-fp32-weights-bf16-autocast", LLAMA, "full-sft", "{}", "float32", "sdpa"),
+    ("lora-sdpa", LLAMA, "lora", "{rank: 4, alpha: 8}", "bfloat16", "sdpa"),
+    ("lora-eager", LLAMA, "lora", "{rank: 4, alpha: 8}", "bfloat16", "eager"),
+    ("lora-no-dropout", LLAMA, "lora", "{rank: 4, alpha: 8, dropout: 0.0}", "bfloat16", "sdpa"),
+    (
+        "lora-q-v-only",
+        LLAMA,
+        "lora",
+        "{rank: 8, target_modules: [q_proj, v_proj]}",
+        "bfloat16",
+        "sdpa",
+    ),
+    ("qlora-sdpa", LLAMA, "qlora-nf4", "{rank: 4, alpha: 8}", "bfloat16", "sdpa"),
+    ("qlora-no-dropout", LLAMA, "qlora-nf4", "{rank: 4, dropout: 0.0}", "bfloat16", "sdpa"),
+    ("lora-8bit-sdpa", LLAMA, "lora-8bit", "{rank: 4, alpha: 8}", "bfloat16", "sdpa"),
+    ("qwen2-tied-lora", QWEN2, "lora", "{rank: 4}", "bfloat16", "sdpa"),
+    ("qwen2-tied-full-sft", QWEN2, "full-sft", "{}", "bfloat16", "sdpa"),
+]
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize(
+    ("config", "strategy", "options", "dtype", "attn"),
+    [c[1:] for c in CASES],
+    ids=[c[0] for c in CASES],
+)
+def test_saved_activations_equal_the_model(tmp_path, config, strategy, options, dtype, attn):
+    from sftkit.training.model import build_model
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    text = f"""
+model: {{name_or_path: {tmp_path}, dtype: {dtype}, random_init: true, attn_implementation: {attn}}}
+strategy: {{name: {strategy}, options: {options}}}
+optimizer: {{name: adamw}}
+training: {{micro_batch_size: 2, max_seq_length: 24, gradient_checkpointing: false, precision: bf16}}
+hardware: {{gpu: cpu}}
+"""
+    resolved = load_recipe_text(text, registry=fresh_registry())
+    # random tokens carry no padding: the unpadded attention path
+    setup = dataclasses.replace(
+        setup_from_recipe(resolved, shape_for(resolved), on_gpu=False), padded=False
+    )
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    model = build_model(resolved, None, base_dir=tmp_path / "base")
+    prepare_for_training(model, setup)
+    saved, _ = saved_activation_bytes(
+        model, random_batch(setup, "cpu"), autocast_context(setup, "cpu")
+    )
+    assert predicted_saved_bytes(setup, layout(setup)) == saved
