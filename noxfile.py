@@ -9,7 +9,7 @@ import os
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.sessions = ["tests", "plugins", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
 # Install torch before anything that depends on it: an unpinned `torch` from the package
@@ -30,6 +30,21 @@ def tests(session: nox.Session) -> None:
     """The CPU test suite (GPU tests are skipped without CUDA)."""
     _install_sftkit(session)
     session.run("pytest", "-m", "not gpu", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
+
+
+@nox.session
+def plugins(session: nox.Session) -> None:
+    """Install every example plugin under plugins/ and run its own tests."""
+    _install_sftkit(session)
+    packages = sorted(
+        p for p in os.listdir("plugins") if os.path.isfile(f"plugins/{p}/pyproject.toml")
+    )
+    for package in packages:
+        session.install("--no-deps", "-e", f"plugins/{package}")
+    for package in packages:
+        session.run(
+            "pytest", f"plugins/{package}/tests", *session.posargs, env={"HF_HUB_OFFLINE": "1"}
+        )
 
 
 @nox.session
