@@ -47,7 +47,7 @@ class FsdpPlan:
             "fsdp_state_dict_type": self.state_dict_type,
             "fsdp_activation_checkpointing": self.activation_checkpointing,
             "fsdp_cpu_ram_efficient_loading": False,
-            "fsdp_sync_module_states": True,
+            "fsdp_sync_module_states": False,  # weights are identical on every rank already
         }
         if self.version == 1:
             # FSDP1 names the sharding strategy; FSDP2 says it with reshard_after_forward.
@@ -75,9 +75,26 @@ class FsdpPlan:
                 else ("full_shard" if self.reshard_after_forward else "shard_grad_op")
             ),
         }
+        if self.version == 1:
+            keys["use_orig_params"] = True  # PEFT: frozen and trainable params share units
+            keys["sync_module_states"] = False
+            keys["backward_prefetch"] = "BACKWARD_PRE"
         if self.wrap_layers:
             keys["transformer_layer_cls_to_wrap"] = list(self.wrap_layers)
         return keys
+
+    def worker_environment(self) -> dict[str, str]:
+        """Environment a worker sets before the trainer builds its FSDP plugin. FSDP1 reads the
+        sharding strategy only from here (transformers' fsdp_config passes it as
+        reshard_after_forward, which accelerate's FSDP1 path ignores when the strategy is
+        unset); `accelerate launch` exports it too, torchrun does not."""
+        if self.version != 1:
+            return {}
+        return {
+            "FSDP_SHARDING_STRATEGY": "FULL_SHARD"
+            if self.reshard_after_forward
+            else "SHARD_GRAD_OP"
+        }
 
 
 def fsdp_plan(recipe: Recipe) -> FsdpPlan:
