@@ -15,17 +15,6 @@ from sftkit.testing import registered
 HERE = Path(__file__).resolve().parent.parent
 QUICK = HERE / "recipes" / "quickstart_embed.yaml"
 R1 = HERE / "recipes" / "r1_gsm8k_qlora_embed.yaml"
-FAST = [
-    "training.max_steps=3",
-    "training.micro_batch_size=4",
-    "training.logging_steps=1",
-    "~training.save_steps",
-    "evaluation.before_training=false",
-    "evaluation.after_training=false",
-    "data.format.options.train_size=64",
-    "data.format.options.dev_size=8",
-    "data.format.options.test_size=8",
-]
 
 
 def test_registers_both_strategies():
@@ -53,10 +42,9 @@ def test_r1_recipe_is_priced_with_the_copies():
     assert embed.peak_bytes > plain.peak_bytes
 
 
-def test_predicted_bytes_equal_the_real_tensors_after_one_step(tmp_path):
+def test_predicted_bytes_equal_the_real_tensors_after_one_step(tiny_model):
     torch = pytest.importorskip("torch")
     from sftkit.memory.compute import extra_terms, shape_for
-    from sftkit.training.model import build_model, load_tokenizer
     from sftkit.training.optimizer import build_optimizer
 
     with registered(plugin) as registry:
@@ -64,8 +52,7 @@ def test_predicted_bytes_equal_the_real_tensors_after_one_step(tmp_path):
             resolved = load_recipe(
                 QUICK, [f"strategy.name={strategy}", "model.dtype=bfloat16"], registry=registry
             )
-            tokenizer = load_tokenizer(resolved.recipe)
-            model = build_model(resolved, tokenizer, base_dir=tmp_path / "base")
+            model, _ = tiny_model(resolved)  # a fixture of sftkit's test kit
             optimizer = build_optimizer(resolved, model)
             ids = torch.randint(0, 50, (2, 16))
             model(input_ids=ids, labels=ids).loss.backward()
@@ -90,14 +77,9 @@ def test_predicted_bytes_equal_the_real_tensors_after_one_step(tmp_path):
             assert terms == {"trainable": weights, "gradients": grads, "optimizer": state}
 
 
-def test_runs_end_to_end_on_cpu(tmp_path):
-    pytest.importorskip("torch")
-    from sftkit.cli import run_cli
-
-    out = tmp_path / "run"
-    code = run_cli(["run", str(QUICK), *FAST, "--output-dir", str(out)])
-    assert code == 0
-    run = json.loads((out / "run.json").read_text())
+def test_runs_end_to_end_on_cpu(quick_run):
+    run_dir = quick_run(recipe=QUICK)
+    run = json.loads((run_dir / "run.json").read_text())
     assert run["status"] == "completed" and run["strategy"] == "lora-embed"
-    adapter = json.loads((out / "final" / "adapter_config.json").read_text())
+    adapter = json.loads((run_dir / "final" / "adapter_config.json").read_text())
     assert set(adapter["modules_to_save"]) == {"embed_tokens", "lm_head"}

@@ -18,17 +18,6 @@ from sftkit.testing import fresh_manager, registered
 
 HERE = Path(__file__).resolve().parent.parent
 RECIPE = HERE / "recipes" / "quickstart_lion.yaml"
-FAST = [
-    "training.max_steps=3",
-    "training.micro_batch_size=4",
-    "training.logging_steps=1",
-    "~training.save_steps",
-    "evaluation.before_training=false",
-    "evaluation.after_training=false",
-    "data.format.options.train_size=64",
-    "data.format.options.dev_size=8",
-    "data.format.options.test_size=8",
-]
 
 
 def test_registers_three_optimizers():
@@ -96,19 +85,13 @@ def test_lion_8bit_steps_on_cpu_and_state_matches_the_spec():
         assert real == spec_state.state_bytes(p.numel(), 4), (tuple(p.shape), real)
 
 
-def test_runs_end_to_end_on_cpu(tmp_path):
-    pytest.importorskip("torch")
-    from sftkit.cli import run_cli
-
-    out = tmp_path / "run"
-    assert run_cli(["run", str(RECIPE), *FAST, "--output-dir", str(out)]) == 0
-    run = json.loads((out / "run.json").read_text())
+def test_runs_end_to_end_on_cpu(quick_run):
+    # quick_run is a fixture from sftkit's test kit: a seconds-long `sftkit run`.
+    run_dir = quick_run(recipe=RECIPE)
+    run = json.loads((run_dir / "run.json").read_text())
     assert run["status"] == "completed" and run["optimizer"] == "lion-8bit"
-    losses = [
-        json.loads(line)["loss"]
-        for line in (out / "metrics.jsonl").read_text().splitlines()
-        if '"loss"' in line
-    ]
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["loss"] for m in metrics if "loss" in m]
     assert losses and all(math.isfinite(x) for x in losses)
 
 
