@@ -159,7 +159,9 @@ def _plugin_error(
     info = manager.infos.get(plugin)
     dist = f" (distribution {info.distribution})" if info and info.distribution else ""
     if isinstance(exc, DuplicateComponentError):
-        return exc
+        # Name the installed distribution too, so the user knows what to uninstall.
+        where = f" Plugin {plugin!r} comes from {info.distribution}." if dist and info else ""
+        return DuplicateComponentError(f"{exc.args[0]}{where}", hint=exc.hint)
     if isinstance(exc, PluginError):
         return type(exc)(f"plugin {plugin!r}{dist}: {exc.args[0]}", hint=exc.hint)
     return PluginError(
