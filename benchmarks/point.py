@@ -245,12 +245,20 @@ def point_overrides(spec: dict[str, Any], device: dict[str, Any], data_dir: Path
     settings = spec["settings"]
     total_steps = settings["warmup_steps"] + settings["steps"]
     run_dir = Path(settings["out"]) / "runs" / spec["name"]
+    # Grid points measure strategy, optimizer and shape with the speed switches off (one
+    # micro-batch is then exactly batch x sequence tokens); the seed-case points run their
+    # recipe as shipped.
+    switches = (
+        []
+        if spec["point"].get("cap_gib")
+        else ["data.packing=false", "training.liger_kernels=false"]
+    )
     return [
         *spec["overrides"],
+        *switches,
         f"model.name_or_path={settings['model_dir']}",
         f"data.format.options.source={data_dir}",
         "data.format.options.dev_size=2",
-        "data.packing=false",
         "training.gradient_accumulation_steps=1",
         f"training.max_steps={total_steps}",
         "training.logging_steps=1",

@@ -389,6 +389,7 @@ def test_speed_comparison_end_to_end_on_cpu(tiny_model, tmp_path):
         ["benchmarks.compare_speed", "--model-dir", str(model_dir), "--out", str(tmp_path),
          "--device", "cpu", "--steps", "1", "--warmup-steps", "1", "--rows", "40",
          "--variants", "none", "--override", "training.max_seq_length=256",
+         "--override", "training.liger_kernels=false",
          "--override", "training.gradient_accumulation_steps=1",
          "--override", "data.format.options.dev_size=4",
          "--baseline-override", "gradient_accumulation_steps=1",

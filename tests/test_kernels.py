@@ -1,0 +1,45 @@
+"""Liger kernels need a CUDA GPU: `sftkit run` refuses them on the CPU, before loading
+anything, with a message that names the key and the override that fixes it."""
+
+from __future__ import annotations
+
+import pytest
+
+from sftkit.errors import MissingDependencyError, SftkitError
+from sftkit.recipe.load import load_recipe
+from sftkit.training.kernels import check_kernels
+
+
+def _recipe(registry, *overrides):
+    return load_recipe("r1_gsm8k_qlora", list(overrides), registry=registry).recipe
+
+
+def test_liger_on_cpu_is_refused_with_the_fix(registry):
+    recipe = _recipe(registry, "training.liger_kernels=true", "hardware.gpu=cpu")
+    with pytest.raises(SftkitError) as info:
+        check_kernels(recipe, "cpu")
+    assert "training.liger_kernels" in str(info.value) and "CUDA" in str(info.value)
+    assert "training.liger_kernels=false" in (info.value.hint or "")
+    assert info.value.exit_code == 2
+
+
+def test_without_liger_any_device_passes(registry):
+    check_kernels(_recipe(registry, "training.liger_kernels=false"), "cpu")
+
+
+def test_liger_on_cuda_needs_the_package(registry, monkeypatch):
+    import importlib.util
+
+    recipe = _recipe(registry, "training.liger_kernels=true")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(MissingDependencyError, match="liger-kernel"):
+        check_kernels(recipe, "cuda")
+
+
+def test_the_recipe_still_validates_and_estimates_on_a_cpu_budget(registry):
+    """The refusal is the run's, not validation's: a GPU recipe can be checked anywhere."""
+    from sftkit.memory import estimate
+
+    resolved = load_recipe("r1_gsm8k_qlora", ["hardware.gpu=cpu"], registry=registry)
+    assert resolved.recipe.training.liger_kernels
+    assert estimate(resolved).peak_bytes > 0
