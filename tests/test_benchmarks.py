@@ -405,3 +405,81 @@ def test_speed_comparison_end_to_end_on_cpu(tiny_model, tmp_path):
         assert run["tokens_per_second"] > 0 and run["mean_tokens_per_example"] > 50
         assert run["peak_device_used"] is None and run["host_max_rss"] > 0
     assert runs["baseline"]["micro_batch_size"] == 4
+
+
+# --------------------------------------------------------------------------- on a GPU
+
+
+@pytest.mark.gpu
+def test_phase_meter_sees_cuda_allocations():
+    import torch
+
+    from benchmarks.phases import PhaseMeter
+
+    meter = PhaseMeter("cuda")
+    meter.start("alloc")
+    block = torch.empty(256 * 2**20, dtype=torch.uint8, device="cuda")
+    record = meter.end()
+    del block
+    meter.close()
+    assert record.peak_allocated >= 256 * 2**20
+    assert record.peak_reserved >= record.peak_allocated
+    # The driver's view adds the CUDA context to what the allocator reserved.
+    assert record.peak_device_used > record.peak_reserved
+
+
+@pytest.mark.gpu
+def test_grid_points_on_cuda_record_cuda_peaks(tiny_model, tmp_path):
+    from benchmarks.report import judge
+
+    model_dir, _ = tiny_model
+    names = "qlora-nf4+paged-adamw-8bit-s96-b1-gc,full-sft+adamw-s96-b4-nogc"
+    _run_module(
+        ["benchmarks.grid", "--model-dir", str(model_dir), "--out", str(tmp_path), "--device", "cuda",
+         "--seq-lens", "96,128", "--select", names, "--steps", "2", "--peak-tflops", "100"]
+    )  # fmt: skip
+    for name in names.split(","):
+        record = json.loads((tmp_path / f"{name}.json").read_text())
+        measured = record["measured"]
+        assert record["device"]["type"] == "cuda" and measured["completed"], measured.get("error")
+        for phase in measured["phases"].values():
+            assert 0 < phase["peak_allocated"] <= phase["peak_reserved"] < phase["peak_device_used"]
+        assert 0 < measured["mfu"] < 1
+        assert judge(record)["verdict"] == "right"  # a tiny model fits any card
+
+
+@pytest.mark.gpu
+def test_out_of_memory_is_recorded_with_its_phase(tiny_model, tmp_path):
+    """Under a cap smaller than the weights the point runs out of memory while loading, and
+    the estimator (asked about the same cap) says so."""
+    from benchmarks.grid import Point, Settings, run_point
+    from benchmarks.report import judge
+
+    model_dir, record = tiny_model
+    cap_gib = record["weight_bytes"] / 4 / 2**30
+    settings = Settings(
+        model_dir=str(model_dir), out=str(tmp_path), device="cuda", steps=1, warmup_steps=1,
+        data_dir=str(tmp_path / "data"), timeout_s=300,
+    )  # fmt: skip
+    result = run_point(Point("full-sft", "adamw", None, None, None, cap_gib=cap_gib), settings)
+    measured = result["measured"]
+    assert measured["oom"] and measured["oom_phase"] == "load", measured
+    verdict = judge(result)
+    assert verdict["verdict"] == "right" and verdict["phase_right"]
+
+
+@pytest.mark.gpu
+def test_speed_comparison_on_cuda_with_liger(tiny_model, tmp_path):
+    pytest.importorskip("liger_kernel")
+    model_dir, _ = tiny_model
+    _run_module(
+        ["benchmarks.compare_speed", "--model-dir", str(model_dir), "--out", str(tmp_path),
+         "--device", "cuda", "--steps", "2", "--warmup-steps", "1", "--rows", "200",
+         "--variants", "sftkit-no-liger", "--override", "training.max_seq_length=256",
+         "--override", "data.format.options.dev_size=4"]
+    )  # fmt: skip
+    runs = {r["name"]: r for r in json.loads((tmp_path / "speed.json").read_text())["runs"]}
+    assert set(runs) == {"baseline", "sftkit", "sftkit-no-liger"}
+    for run in runs.values():
+        assert run["measured"]["completed"], run
+        assert run["peak_device_used"] > run["peak_allocated"] > 0
