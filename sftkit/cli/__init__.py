@@ -30,8 +30,10 @@ def run_cli(argv: Sequence[str] | None = None) -> int:
         manager = make_plugin_manager(autoload=autoload, disabled=disabled, trace=trace)
         app = AppContext(manager)
         cli = build_cli(app)
-        cli.main(args=args, prog_name="sftkit", standalone_mode=False, obj=app)
-        return EXIT_OK
+        result = cli.main(args=args, prog_name="sftkit", standalone_mode=False, obj=app)
+        # Outside standalone mode click returns (not raises) the code of a
+        # `click.exceptions.Exit` a command raised, e.g. estimate-memory's 3.
+        return result if isinstance(result, int) and not isinstance(result, bool) else EXIT_OK
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except click.ClickException as exc:

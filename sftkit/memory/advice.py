@@ -127,8 +127,13 @@ def _shorter_sequence(
 
 def _more_gpus(resolved: ResolvedRecipe, gpu: str | None, model: str | None) -> list[Suggestion]:
     out = []
+    distributed = resolved.raw.get("distributed")
+    has_stage = isinstance(distributed, dict) and "zero_stage" in distributed
+    fsdp: dict[str, Any] = {"distributed.engine": "fsdp"}
+    if has_stage:  # an override may only delete a key the recipe has
+        fsdp["distributed.zero_stage"] = DELETE
     engines = (
-        ("FSDP full shard", {"distributed.engine": "fsdp", "distributed.zero_stage": DELETE}),
+        ("FSDP full shard", fsdp),
         ("DeepSpeed ZeRO-3", {"distributed.engine": "deepspeed", "distributed.zero_stage": 3}),
     )
     for label, changes in engines:

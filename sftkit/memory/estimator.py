@@ -200,15 +200,17 @@ def _grad_profile(tensors: list[LaidTensor], num_layers: int) -> tuple[int, int,
     return layer, head, emb
 
 
-def _activation_moments(
+def _moments(
     setup: Setup,
     tensors: list[LaidTensor],
     grads_total: int,
     grad_name: str,
     sh: Sharding,
     accumulated: bool,
-) -> list[Part]:
-    """The largest moment of one forward/backward: its parts (gradients included)."""
+) -> list[list[Part]]:
+    """Every candidate peak moment of one forward/backward: the start of backward (every
+    layer's saved tensors plus the loss gradients), the top and bottom layers' backward,
+    and the end (all gradients)."""
     b, s, L = setup.micro_batch_size, setup.seq_len, setup.shape.num_layers
     layer = act.layer_saved_bytes(setup, b, s)
     head = act.head_saved_bytes(setup, b, s) - act.loss_saved_bytes(setup, b, s)
@@ -308,8 +310,33 @@ def _activation_moments(
         *grads(hg + L * lg),
     ]
     end = grads(grads_total) or [Part(grad_name, 0, "gradients")]
-    moments = [start, top, bottom, end]
-    return max(moments, key=lambda parts: sum(p.bytes for p in parts))
+    return [start, top, bottom, end]
+
+
+def _total(parts: list[Part]) -> int:
+    return sum(p.bytes for p in parts)
+
+
+def _activation_moments(
+    setup: Setup,
+    tensors: list[LaidTensor],
+    grads_total: int,
+    grad_name: str,
+    sh: Sharding,
+    accumulated: bool,
+) -> list[Part]:
+    """The largest moment of one forward/backward: its parts (gradients included)."""
+    return max(_moments(setup, tensors, grads_total, grad_name, sh, accumulated), key=_total)
+
+
+def activation_peak_bytes(setup: Setup) -> int:
+    """The most activation memory (saved tensors, loss block, transients) live at any moment
+    of one forward/backward, gradients left out."""
+    tensors = layout(setup)
+    moments = _moments(setup, tensors, 0, "", sharding(setup), accumulated=False)
+    return max(
+        sum(p.bytes for p in parts if p.category in ("activations", "logits")) for parts in moments
+    )
 
 
 def _eval_parts(setup: Setup) -> list[Part]:
