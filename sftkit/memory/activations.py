@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sftkit.memory.layout import LaidTensor, lora_targets
+from sftkit.memory.layout import LaidTensor, adapter_bytes, lora_targets
 from sftkit.memory.setup import Setup
 
 FP32 = 4
@@ -56,9 +56,11 @@ def dtypes(setup: Setup) -> Dtypes:
         linear_out = stream
     else:
         linear_out = compute
-    # CUDA native_dropout keeps a bool mask; the CPU kernel multiplies by a noise tensor.
-    mask = 1 if setup.on_gpu else FP32
-    return Dtypes(stream, linear_out, compute, FP32, mask)
+    adapter = adapter_bytes(setup)
+    # CUDA native_dropout keeps a bool mask; the CPU kernel multiplies by a noise tensor of
+    # the input's dtype (the adapter dtype: PEFT casts the input to it first).
+    mask = 1 if setup.on_gpu else adapter
+    return Dtypes(stream, linear_out, compute, adapter, mask)
 
 
 def _lora_by_module(setup: Setup) -> dict[str, int]:
@@ -92,12 +94,10 @@ def _consumers(
         if dropout > 0:
             private += d.mask * width
             private += (d.compute if setup.autocast else d.adapter) * width
-        elif setup.autocast:
-            private += d.compute * width
-        elif in_bytes == d.adapter:
-            shared_raw = True
-        else:
-            private += d.adapter * width
+        elif in_bytes == d.adapter and (not setup.autocast or d.adapter == d.compute):
+            shared_raw = True  # lora_A keeps the input itself
+        else:  # a private copy: PEFT's cast to the adapter dtype, or autocast's
+            private += (d.compute if setup.autocast else d.adapter) * width
         private += (d.compute if setup.autocast else d.adapter) * rank
     return private, shared_raw
 
@@ -186,7 +186,7 @@ def first_layer_reduction(setup: Setup, batch: int, seq: int) -> int:
         if module in lora:
             if dropout > 0:
                 per_token += d.mask * h
-            if setup.autocast:
+            if setup.autocast and d.adapter != d.compute:
                 weights += rank * h * d.compute
     return per_token * batch * seq + weights
 

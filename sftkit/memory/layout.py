@@ -9,7 +9,9 @@ This is where strategy rules live (read from the strategy spec, never from its n
   from bf16/fp16 to fp32.
 - ``trains: adapters`` with ``adapter: lora``: PEFT adds ``lora_A`` (rank x in) and ``lora_B``
   (out x rank) per targeted linear layer, in fp32 (``get_peft_model(autocast_adapter_dtype=True)``
-  upcasts bf16/fp16 adapters), plus a ``lora_magnitude_vector`` (out) with DoRA.
+  upcasts bf16/fp16 adapters), plus a ``lora_magnitude_vector`` (out) with DoRA. Over a
+  quantized base, TRL's ``SFTTrainer`` (sftkit's runner) then casts the adapters to bf16 as
+  the QLoRA paper does (the DoRA magnitude stays fp32): that is the state that trains.
 - ``trains: all``: every parameter trains, in ``model.dtype``.
 """
 
@@ -142,11 +144,17 @@ def layout(setup: Setup) -> list[LaidTensor]:
     return out
 
 
+def adapter_bytes(setup: Setup) -> int:
+    """LoRA weight element size while training: fp32 from PEFT, bf16 over a quantized base
+    (``SFTTrainer.__init__`` casts trainable parameters of a k-bit model to bf16)."""
+    return 2 if setup.quantized else FP32
+
+
 def _lora(setup: Setup) -> list[LaidTensor]:
     options = setup.strategy_options
     rank = int(getattr(options, "rank", 8))
     dora = bool(getattr(options, "use_dora", False))
-    item = FP32  # PEFT autocast_adapter_dtype=True keeps adapters in fp32
+    item = adapter_bytes(setup)
     out = []
     for g in lora_targets(setup):
         out_f, in_f = g.shape
@@ -168,8 +176,8 @@ def _lora(setup: Setup) -> list[LaidTensor]:
                     "adapter",
                     (out_f,),
                     g.count,
-                    out_f * item,
-                    item,
+                    out_f * FP32,
+                    FP32,
                     True,
                 )
             )

@@ -230,8 +230,16 @@ def random_batch(setup: Setup, device: str) -> dict[str, Any]:
 
 
 def prepare_for_training(model: Any, setup: Setup) -> None:
-    """What the trainer does before the first step: train mode, checkpointing, input grads."""
+    """What sftkit's runner (TRL's SFTTrainer) does to the built model before the first step:
+    train mode, checkpointing with input gradients, and bf16 adapters over a quantized base
+    (tests/test_memory_trainer.py checks this against a real SFTTrainer step)."""
+    import torch
+
     model.train()
+    if setup.quantized:
+        for name, param in model.named_parameters():
+            if param.requires_grad and "lora_magnitude_vector" not in name:
+                param.data = param.data.to(torch.bfloat16)
     if setup.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if setup.strategy.trains == "adapters" and hasattr(model, "enable_input_require_grads"):
