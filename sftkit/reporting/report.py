@@ -28,7 +28,10 @@ ENVIRONMENT_KEYS = (
     "bitsandbytes",
     "accelerate",
     "datasets",
+    "tokenizers",
+    "safetensors",
     "sftkit",
+    "platform",
     "device",
 )
 
@@ -96,6 +99,9 @@ def build_document(record: RunRecord, plots: list[Path]) -> Document:
         )
     env = record.environment or {}
     shown = [(k, str(env[k])) for k in ENVIRONMENT_KEYS if env.get(k) is not None]
+    cuda = env.get("cuda")
+    if isinstance(cuda, dict) and cuda.get("device_name"):
+        shown.append(("GPU", f"{cuda.get('device_count', 1)} x {cuda['device_name']}"))
     if shown:
         doc.add(Heading("Environment"), _table(shown))
     if record.warnings:
