@@ -1,0 +1,76 @@
+"""`sftkit run`: train a recipe into a run directory."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from sftkit.cli.app import AppContext, pass_app
+from sftkit.cli.core import recipe_arguments
+from sftkit.errors import MissingDependencyError
+
+
+@click.command(name="run")
+@recipe_arguments
+@click.option(
+    "--output-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Run directory (default: the recipe's output_dir).",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Continue the run in the output directory from its last checkpoint.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Train even when the memory estimate says the run does not fit.",
+)
+@pass_app
+def run_command(
+    app: AppContext,
+    recipe: str,
+    overrides: tuple[str, ...],
+    output_dir: Path | None,
+    resume: bool,
+    force: bool,
+) -> None:
+    """Train RECIPE: validate, check memory, prepare data, train, save, evaluate.
+
+    \b
+    Writes one run directory (recipe.yaml, memory.json, environment.json, metrics.jsonl,
+    tensorboard/, checkpoints/, final/, run.json). It never overwrites another run: use
+    --output-dir for a new one, or --resume to continue this one. Examples:
+      sftkit run recipes/quickstart.yaml
+      sftkit run recipes/r1_gsm8k_qlora.yaml strategy.options.rank=32 training.max_steps=100
+      sftkit run recipes/quickstart.yaml --output-dir runs/qs2
+      sftkit run recipes/quickstart.yaml --resume
+    Exit codes: 0 trained, 2 bad input, 3 does not fit (see `sftkit estimate-memory`).
+    """
+    from rich.console import Console
+
+    from sftkit.recipe.load import load_recipe
+
+    started = time.perf_counter()
+    extra = (f"output_dir={output_dir}",) if output_dir is not None else ()
+    resolved = load_recipe(recipe, (*overrides, *extra), registry=app.registry)
+    try:
+        from sftkit.training.runner import run_recipe
+    except ImportError as exc:
+        raise MissingDependencyError(exc.name or "torch", "sftkit run") from exc
+    console = Console(stderr=True)
+    result = run_recipe(resolved, resume=resume, force=force, console=console)
+    elapsed = time.perf_counter() - started
+    loss = result.metrics.get("train_loss")
+    click.echo(
+        f"{result.status}: {result.run_dir} in {_duration(elapsed)}"
+        + (f" (train loss {loss:.4f})" if isinstance(loss, float) else "")
+    )
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes else f"{seconds:.1f}s"

@@ -1,0 +1,101 @@
+"""`sftkit preview`: tokenized examples with trained/masked tokens marked, and lengths."""
+
+from __future__ import annotations
+
+import statistics
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from sftkit.data.prepare import load_split
+from sftkit.data.tokenize import IGNORE_INDEX, Encoded, encode_all
+from sftkit.specs import load_factory
+
+if TYPE_CHECKING:
+    from sftkit.recipe.load import ResolvedRecipe
+
+
+def render_tokens(encoded: Encoded, tokenizer: Any) -> Text:
+    """Each token's text, masked ones dim, trained ones bold green; special tokens bracketed
+    (they are text in the template, so they show as written)."""
+    text = Text()
+    for token_id, label in zip(encoded.input_ids, encoded.labels, strict=True):
+        piece = tokenizer.decode([token_id], skip_special_tokens=False)
+        piece = piece.replace("\n", "\u23ce\n")
+        style = "dim" if label == IGNORE_INDEX else "bold green"
+        text.append(piece, style=style)
+    return text
+
+
+def length_stats(encoded: list[Encoded], max_length: int) -> dict[str, Any]:
+    lengths = sorted(len(e.input_ids) for e in encoded)
+    over = [e for e in encoded if len(e.input_ids) > max_length]
+    return {
+        "examples": len(lengths),
+        "min": lengths[0] if lengths else 0,
+        "median": statistics.median(lengths) if lengths else 0,
+        "p95": lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))] if lengths else 0,
+        "max": lengths[-1] if lengths else 0,
+        "over_max_length": len(over),
+        # Truncation keeps the start: these lose their EOS and never learn to stop.
+        "completion_cut": sum(1 for e in over if e.prompt_length < max_length),
+        "no_completion_left": sum(1 for e in over if e.prompt_length >= max_length),
+        "trained_tokens": sum(e.trained_tokens for e in encoded),
+        "total_tokens": sum(lengths),
+    }
+
+
+def preview(resolved: ResolvedRecipe, console: Console, *, count: int, split: str) -> None:
+    from sftkit.training.model import load_tokenizer
+
+    recipe = resolved.recipe
+    tokenizer = load_tokenizer(recipe)
+    template = load_factory(resolved.template.spec.factory)(resolved.template.options)
+    examples = load_split(resolved, split)  # type: ignore[arg-type]
+    encoded = encode_all(
+        template, examples, tokenizer, completion_only_loss=recipe.data.completion_only_loss
+    )
+    console.print(
+        f"[bold]{split}[/bold]: {len(examples)} examples, format {resolved.data_format.spec.name}, "
+        f"template {resolved.template.spec.name}, completion-only loss "
+        f"{'on' if recipe.data.completion_only_loss else 'off'}. "
+        "[dim]dim = masked (no loss)[/dim], [bold green]green = trained[/bold green]."
+    )
+    for example, enc in list(zip(examples, encoded, strict=True))[:count]:
+        console.rule(
+            f"{example.id}: {len(enc.input_ids)} tokens, {enc.trained_tokens} trained",
+            style="cyan",
+        )
+        console.print(render_tokens(enc, tokenizer))
+    stats = length_stats(encoded, recipe.training.max_seq_length)
+    table = Table(title=f"token lengths ({split}, max_seq_length {recipe.training.max_seq_length})")
+    for key in ("examples", "min", "median", "p95", "max", "over_max_length", "completion_cut"):
+        table.add_column(key.replace("_", " "), justify="right")
+    table.add_row(
+        *(
+            str(stats[k])
+            for k in (
+                "examples",
+                "min",
+                "median",
+                "p95",
+                "max",
+                "over_max_length",
+                "completion_cut",
+            )
+        )
+    )
+    console.print(table)
+    share = stats["trained_tokens"] / max(stats["total_tokens"], 1)
+    console.print(
+        f"{stats['trained_tokens']:,} of {stats['total_tokens']:,} tokens trained ({share:.0%})."
+    )
+    if stats["over_max_length"]:
+        console.print(
+            f"[yellow]{stats['over_max_length']} example(s) exceed max_seq_length and are "
+            f"truncated; {stats['completion_cut']} lose the end of their answer (and EOS), "
+            f"{stats['no_completion_left']} have no answer left and are dropped.[/yellow] "
+            "Raise training.max_seq_length or filter long examples."
+        )

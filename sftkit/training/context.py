@@ -1,0 +1,35 @@
+"""The object lifecycle hooks receive: what is running, where, and its live pieces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sftkit.training.rundir import RunPaths
+
+if TYPE_CHECKING:
+    from sftkit.recipe.load import ResolvedRecipe
+
+
+@dataclass
+class RunContext:
+    """Passed as `run` to ``on_train_start``, ``on_log`` and ``on_train_end``."""
+
+    resolved: ResolvedRecipe
+    paths: RunPaths
+    device: str
+    model: Any = None  # the model being trained (a PeftModel for LoRA strategies)
+    tokenizer: Any = None
+    trainer: Any = None  # the TRL SFTTrainer
+    resumed_from: Path | None = None
+    # Filled as the run goes: last log values, then the final summary.
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.paths.root
+
+    @property
+    def recipe(self) -> Any:
+        return self.resolved.recipe

@@ -1,0 +1,289 @@
+"""Loading tokenizers and models: the base (dense or quantized, from the hub, a directory or
+random weights), the strategy applied on top, and a finished run's trained model.
+
+The same functions serve the 8B hub model on a GPU and the tiny bundled model on a CPU:
+`from_pretrained` with the strategy's `BitsAndBytesConfig`, `revision` and
+`trust_remote_code`. A random-weight base is first written to a directory (the run's
+``base/``) and then loaded through that same call, so quantization applies to it too and a
+run's adapter reloads later onto the identical weights.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sftkit.errors import SftkitError
+from sftkit.modelshape.sources import BUILTIN_PREFIX, builtin_model_dir
+from sftkit.specs import load_factory
+from sftkit.strategies.base import Strategy
+
+if TYPE_CHECKING:
+    import torch
+
+    from sftkit.recipe.load import ResolvedRecipe
+    from sftkit.recipe.schema import Recipe
+
+BASE_DIR = "base"
+FINAL_DIR = "final"
+
+
+class ModelLoadError(SftkitError):
+    """A model or tokenizer cannot be loaded (missing, offline, incompatible)."""
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """``builtin:NAME`` -> the bundled directory; anything else as given (hub id or path)."""
+    if name_or_path.startswith(BUILTIN_PREFIX):
+        return str(builtin_model_dir(name_or_path[len(BUILTIN_PREFIX) :]))
+    return name_or_path
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    dtypes: dict[str, torch.dtype] = {
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+        "float32": torch.float32,
+    }
+    return dtypes[name]
+
+
+def training_device(recipe: Recipe) -> str:
+    """'cpu' when the recipe says so, else CUDA, which must then be present."""
+    import torch
+
+    if recipe.hardware.gpu.lower() == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    raise SftkitError(
+        f"hardware.gpu is {recipe.hardware.gpu!r} but no CUDA device is available here.",
+        hint="Train on the CPU with the override hardware.gpu=cpu (tiny models only), or run "
+        "on a machine with a GPU.",
+    )
+
+
+def load_strategy(resolved: ResolvedRecipe) -> Strategy:
+    component = resolved.strategy
+    strategy = load_factory(component.spec.factory)(component.options)
+    if not isinstance(strategy, Strategy):
+        raise SftkitError(
+            f"strategy {component.spec.name!r} (plugin {component.plugin!r}): its factory "
+            f"returned {type(strategy).__name__}, not a sftkit.strategies.Strategy."
+        )
+    return strategy
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def load_tokenizer(recipe: Recipe) -> Any:
+    """The recipe's tokenizer (``model.tokenizer`` or the model's own), with a pad token."""
+    from transformers import AutoTokenizer
+
+    name = recipe.model.tokenizer or recipe.model.name_or_path
+    kwargs: dict[str, Any] = {"trust_remote_code": recipe.model.trust_remote_code}
+    if recipe.model.tokenizer is None and recipe.model.revision:
+        kwargs["revision"] = recipe.model.revision
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(name), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot load the tokenizer {name!r}: {exc}",
+            hint="Check model.tokenizer / model.name_or_path; offline, point them at a local "
+            "directory (HF_HUB_OFFLINE=1 disables downloads).",
+        ) from exc
+    return with_pad_token(tokenizer)
+
+
+def with_pad_token(tokenizer: Any) -> Any:
+    # Padding positions are never labelled (labels are built before padding), so any
+    # existing special token works; unk keeps EOS unambiguous where the vocabulary has one.
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+# --------------------------------------------------------------------------- models
+
+
+def random_base(recipe: Recipe, tokenizer: Any, directory: Path) -> Path:
+    """Write the recipe's architecture with seeded random weights to `directory` (once)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if (directory / "config.json").is_file():
+        return directory
+    config = AutoConfig.from_pretrained(
+        resolve_model_path(recipe.model.name_or_path),
+        revision=recipe.model.revision,
+        trust_remote_code=recipe.model.trust_remote_code,
+    )
+    # The same seed gives the same weights on the same device type: the base is
+    # reproducible, and it is saved so that reloading never depends on that.
+    torch.manual_seed(recipe.training.seed)
+    model = AutoModelForCausalLM.from_config(
+        config,
+        dtype=torch_dtype(recipe.model.dtype),
+        trust_remote_code=recipe.model.trust_remote_code,
+    )
+    if tokenizer is not None and len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    return directory
+
+
+def load_base_model(
+    recipe: Recipe, strategy: Strategy, tokenizer: Any, *, base_dir: Path | None
+) -> torch.nn.Module:
+    """The untrained base, loaded the way the strategy stores it (dense or quantized)."""
+    from transformers import AutoModelForCausalLM
+
+    device = training_device(recipe)
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype(recipe.model.dtype),
+        "attn_implementation": recipe.model.attn_implementation,
+        "trust_remote_code": recipe.model.trust_remote_code,
+        "device_map": {"": device},
+        **strategy.load_kwargs(recipe),
+    }
+    if recipe.model.random_init:
+        if base_dir is None:
+            raise SftkitError("a random_init model needs a directory to hold its base weights.")
+        source = str(random_base(recipe, tokenizer, base_dir))
+    else:
+        source = resolve_model_path(recipe.model.name_or_path)
+        if recipe.model.revision:
+            kwargs["revision"] = recipe.model.revision
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot load the model {recipe.model.name_or_path!r}: {exc}",
+            hint="Check model.name_or_path, model.revision and model.attn_implementation; "
+            "offline, point name_or_path at a local directory.",
+        ) from exc
+    _align_special_tokens(model, tokenizer)
+    return model
+
+
+def _align_special_tokens(model: Any, tokenizer: Any) -> None:
+    if tokenizer is None:
+        return
+    for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            setattr(model.config, name, value)
+            if getattr(model, "generation_config", None) is not None and name != "eos_token_id":
+                setattr(model.generation_config, name, value)
+    generation = getattr(model, "generation_config", None)
+    if generation is not None and tokenizer.eos_token_id is not None:
+        eos = generation.eos_token_id
+        ids = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        if tokenizer.eos_token_id not in ids:
+            generation.eos_token_id = (
+                [tokenizer.eos_token_id, *ids] if ids else tokenizer.eos_token_id
+            )
+
+
+def build_model(
+    resolved: ResolvedRecipe, tokenizer: Any, *, base_dir: Path | None = None
+) -> torch.nn.Module:
+    """The model that trains: the base, loaded per the strategy, with the strategy applied
+    (all weights trainable, or a frozen/quantized base with LoRA adapters)."""
+    strategy = load_strategy(resolved)
+    base = load_base_model(resolved.recipe, strategy, tokenizer, base_dir=base_dir)
+    return strategy.apply(base, resolved.recipe)
+
+
+# --------------------------------------------------------------------------- finished runs
+
+
+def run_recipe(run_dir: Path) -> ResolvedRecipe:
+    """The resolved recipe a run directory was trained with."""
+    from sftkit.recipe.load import load_recipe
+    from sftkit.registry import default_registry
+
+    path = Path(run_dir) / "recipe.yaml"
+    if not path.is_file():
+        raise SftkitError(
+            f"{run_dir} is not a run directory: it has no recipe.yaml.",
+            hint="Pass the directory `sftkit run` wrote (its output_dir).",
+        )
+    return load_recipe(str(path), registry=default_registry())
+
+
+def load_base(run_dir_or_resolved: Path | str | ResolvedRecipe) -> tuple[Any, Any]:
+    """The untrained base exactly as the run started from it (quantized per its strategy),
+    with the tokenizer, in eval mode."""
+    run_dir: Path | None = None
+    if isinstance(run_dir_or_resolved, (str, Path)):
+        run_dir = Path(run_dir_or_resolved)
+        resolved = run_recipe(run_dir)
+    else:
+        resolved = run_dir_or_resolved
+    recipe = resolved.recipe
+    tokenizer = load_tokenizer(recipe)
+    base_dir = None
+    if recipe.model.random_init:
+        base_dir = run_dir / BASE_DIR if run_dir else _scratch_base_dir(recipe)
+    model = load_base_model(recipe, load_strategy(resolved), tokenizer, base_dir=base_dir)
+    model.eval()
+    return model, tokenizer
+
+
+def load_trained(run_dir: Path | str) -> tuple[Any, Any]:
+    """A finished run's model: the base plus its final adapter, or its full final model; with
+    the tokenizer saved next to it; in eval mode."""
+    run_dir = Path(run_dir)
+    final = run_dir / FINAL_DIR
+    if not final.is_dir():
+        raise SftkitError(
+            f"{run_dir} has no {FINAL_DIR}/ directory: the run has not finished.",
+            hint="Resume it with `sftkit run RECIPE --output-dir DIR --resume`.",
+        )
+    resolved = run_recipe(run_dir)
+    recipe = resolved.recipe
+    tokenizer = with_pad_token(_tokenizer_from(final, recipe))
+    model: Any
+    if (final / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base, _ = load_base(run_dir)
+        model = PeftModel.from_pretrained(base, str(final))
+    else:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(
+            str(final),
+            dtype=torch_dtype(recipe.model.dtype),
+            trust_remote_code=recipe.model.trust_remote_code,
+            device_map={"": training_device(recipe)},
+        )
+    _align_special_tokens(model, tokenizer)
+    model.eval()
+    return model, tokenizer
+
+
+def _tokenizer_from(directory: Path, recipe: Recipe) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(
+        str(directory), trust_remote_code=recipe.model.trust_remote_code
+    )
+
+
+def _scratch_base_dir(recipe: Recipe) -> Path:
+    """Where a random base lives when there is no run directory: keyed by what defines it."""
+    import hashlib
+    import tempfile
+
+    key = json.dumps(
+        [recipe.model.name_or_path, recipe.model.revision, recipe.model.dtype, recipe.training.seed]
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "sftkit-random-bases" / digest
