@@ -39,7 +39,5 @@ def test_command_imports_no_training_stack(args):
         capture_output=True,
         text=True,
     )
-    if args[0] == "estimate-memory" and "No such command" in result.stderr:
-        pytest.skip("estimate-memory lands with the estimator")
     assert result.returncode in (0, 3), result.stderr
     assert "HEAVY=\n" in result.stdout or result.stdout.rstrip().endswith("HEAVY="), result.stdout
