@@ -79,7 +79,7 @@ data:
 training:
   micro_batch_size: {micro_batch_size}
   max_steps: {max_steps}
-  max_seq_length: 96
+  max_seq_length: 160
   gradient_checkpointing: false
   precision: fp32
   lr_scheduler: constant
