@@ -3,11 +3,15 @@ anything, with a message that names the key and the override that fixes it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from sftkit.errors import MissingDependencyError, SftkitError
 from sftkit.recipe.load import load_recipe
 from sftkit.training.kernels import check_kernels
+
+QUICKSTART = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
 
 
 def _recipe(registry, *overrides):
@@ -43,3 +47,16 @@ def test_the_recipe_still_validates_and_estimates_on_a_cpu_budget(registry):
     resolved = load_recipe("r1_gsm8k_qlora", ["hardware.gpu=cpu"], registry=registry)
     assert resolved.recipe.training.liger_kernels
     assert estimate(resolved).peak_bytes > 0
+
+
+def test_sftkit_run_refuses_liger_on_cpu_before_writing_anything(tmp_path, capsys):
+    from sftkit.cli import run_cli
+
+    out = tmp_path / "run"
+    code = run_cli(
+        ["run", str(QUICKSTART), "training.liger_kernels=true", "--output-dir", str(out)]
+    )
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "training.liger_kernels" in err and "training.liger_kernels=false" in err
+    assert not out.exists()

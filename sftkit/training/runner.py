@@ -74,6 +74,7 @@ def start_run(
     """Everything before loading a weight: claim the run directory, pre-flight the memory
     estimate, write recipe.yaml / memory.json / environment.json / run.json (running).
     `sftkit launch` calls this once, then `execute_run` in every rank."""
+    from sftkit.training.kernels import check_kernels
     from sftkit.training.model import training_device
 
     recipe = resolved.recipe
@@ -81,6 +82,7 @@ def start_run(
     check_run_dir(paths, resolved, resume=resume)
     estimate = preflight(resolved, force=force, echo=console.print)
     device = training_device(recipe)
+    check_kernels(recipe, device)  # before anything is written or loaded
     paths.root.mkdir(parents=True, exist_ok=True)
     if not resume:
         write_recipe(paths, resolved)
