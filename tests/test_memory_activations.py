@@ -21,6 +21,7 @@ from sftkit.memory.compute import shape_for  # noqa: E402
 from sftkit.memory.layout import layout  # noqa: E402
 from sftkit.memory.measure import (  # noqa: E402
     autocast_context,
+    install_loss_head,
     predicted_saved_bytes,
     prepare_for_training,
     random_batch,
@@ -52,13 +53,21 @@ QWEN2 = {
 }
 
 CASES = [
-    # (id, config, strategy, strategy options, model dtype, attention)
-    ("full-sft-sdpa", LLAMA, "full-sft", "{}", "bfloat16", "sdpa"),
-    ("full-sft-eager", LLAMA, "full-sft", "{}", "bfloat16", "eager"),
-    ("full-sft-fp32-weights-bf16-autocast", LLAMA, "full-sft", "{}", "float32", "sdpa"),
-    ("lora-sdpa", LLAMA, "lora", "{rank: 4, alpha: 8}", "bfloat16", "sdpa"),
-    ("lora-eager", LLAMA, "lora", "{rank: 4, alpha: 8}", "bfloat16", "eager"),
-    ("lora-no-dropout", LLAMA, "lora", "{rank: 4, alpha: 8, dropout: 0.0}", "bfloat16", "sdpa"),
+    # (id, config, strategy, strategy options, model dtype, attention, loss head)
+    ("full-sft-sdpa", LLAMA, "full-sft", "{}", "bfloat16", "sdpa", "full"),
+    ("full-sft-eager", LLAMA, "full-sft", "{}", "bfloat16", "eager", "full"),
+    ("full-sft-fp32-weights-bf16-autocast", LLAMA, "full-sft", "{}", "float32", "sdpa", "full"),
+    ("lora-sdpa", LLAMA, "lora", "{rank: 4, alpha: 8}", "bfloat16", "sdpa", "full"),
+    ("lora-eager", LLAMA, "lora", "{rank: 4, alpha: 8}", "bfloat16", "eager", "full"),
+    (
+        "lora-no-dropout",
+        LLAMA,
+        "lora",
+        "{rank: 4, alpha: 8, dropout: 0.0}",
+        "bfloat16",
+        "sdpa",
+        "full",
+    ),
     (
         "lora-q-v-only",
         LLAMA,
@@ -66,24 +75,40 @@ CASES = [
         "{rank: 8, target_modules: [q_proj, v_proj]}",
         "bfloat16",
         "sdpa",
+        "full",
     ),
-    ("qlora-sdpa", LLAMA, "qlora-nf4", "{rank: 4, alpha: 8}", "bfloat16", "sdpa"),
-    ("qlora-no-dropout", LLAMA, "qlora-nf4", "{rank: 4, dropout: 0.0}", "bfloat16", "sdpa"),
-    ("lora-8bit-sdpa", LLAMA, "lora-8bit", "{rank: 4, alpha: 8}", "bfloat16", "sdpa"),
-    ("qwen2-tied-lora", QWEN2, "lora", "{rank: 4}", "bfloat16", "sdpa"),
-    ("qwen2-tied-full-sft", QWEN2, "full-sft", "{}", "bfloat16", "sdpa"),
+    ("qlora-sdpa", LLAMA, "qlora-nf4", "{rank: 4, alpha: 8}", "bfloat16", "sdpa", "full"),
+    ("qlora-no-dropout", LLAMA, "qlora-nf4", "{rank: 4, dropout: 0.0}", "bfloat16", "sdpa", "full"),
+    ("lora-8bit-sdpa", LLAMA, "lora-8bit", "{rank: 4, alpha: 8}", "bfloat16", "sdpa", "full"),
+    ("qwen2-tied-lora", QWEN2, "lora", "{rank: 4}", "bfloat16", "sdpa", "full"),
+    ("qwen2-tied-full-sft", QWEN2, "full-sft", "{}", "bfloat16", "sdpa", "full"),
+    # TRL's chunked log-prob head, as sftkit run computes the loss
+    ("fused-head-full-sft", LLAMA, "full-sft", "{}", "bfloat16", "sdpa", "fused"),
+    ("fused-head-lora", LLAMA, "lora", "{rank: 4}", "bfloat16", "sdpa", "fused"),
+    ("fused-head-qlora", LLAMA, "qlora-nf4", "{rank: 4}", "bfloat16", "sdpa", "fused"),
+    (
+        "fused-head-qwen2-tied-lora-8bit",
+        QWEN2,
+        "lora-8bit",
+        "{rank: 4}",
+        "bfloat16",
+        "sdpa",
+        "fused",
+    ),
 ]
 
 
 @pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize(
-    ("config", "strategy", "options", "dtype", "attn"),
+    ("config", "strategy", "options", "dtype", "attn", "head"),
     [c[1:] for c in CASES],
     ids=[c[0] for c in CASES],
 )
-def test_saved_activations_equal_the_model(tmp_path, config, strategy, options, dtype, attn):
+def test_saved_activations_equal_the_model(tmp_path, config, strategy, options, dtype, attn, head):
     from sftkit.training.model import build_model
 
+    if head == "fused":
+        pytest.importorskip("trl")
     (tmp_path / "config.json").write_text(json.dumps(config))
     text = f"""
 model: {{name_or_path: {tmp_path}, dtype: {dtype}, random_init: true, attn_implementation: {attn}}}
@@ -95,13 +120,12 @@ hardware: {{gpu: cpu}}
     resolved = load_recipe_text(text, registry=fresh_registry())
     # random tokens carry no padding: the unpadded attention path
     setup = dataclasses.replace(
-        setup_from_recipe(resolved, shape_for(resolved), on_gpu=False), padded=False
+        setup_from_recipe(resolved, shape_for(resolved), on_gpu=False), padded=False, loss_head=head
     )
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model = build_model(resolved, None, base_dir=tmp_path / "base")
     prepare_for_training(model, setup)
-    saved, _ = saved_activation_bytes(
-        model, random_batch(setup, "cpu"), autocast_context(setup, "cpu")
-    )
+    batch = {**random_batch(setup, "cpu"), **install_loss_head(model, setup)}
+    saved, _ = saved_activation_bytes(model, batch, autocast_context(setup, "cpu"))
     assert predicted_saved_bytes(setup, layout(setup)) == saved

@@ -109,17 +109,24 @@ def _consumer_bytes(
     return private + (in_bytes * width if shared_raw else 0)
 
 
+def norm_saved_per_token(setup: Setup) -> int:
+    """One RMSNorm. transformers': its fp32 input (4h) and rsqrt (4), plus the normalized
+    copy when the norm weight trains. Liger's: its input as is and the fp32 rstd."""
+    h, stream = setup.shape.hidden_size, dtypes(setup).stream
+    if setup.liger:
+        return stream * h + FP32
+    return FP32 * h + FP32 + (stream * h if setup.strategy.trains == "all" else 0)
+
+
 def layer_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
     """Bytes one decoder layer saves for backward (no checkpointing)."""
     s, d = setup.shape, dtypes(setup)
     h, i = s.hidden_size, s.intermediate_size
     q, kv = s.q_size, s.kv_size
     lora = _lora_by_module(setup)
-    trains_base = setup.strategy.trains == "all"
     n = batch * seq
     per_token = 0
-    # norms: fp32 input + rsqrt (+ the normalized copy when the norm weight trains)
-    norm = FP32 * h + FP32 + (d.stream * h if trains_base else 0)
+    norm = norm_saved_per_token(setup)
     per_token += 2 * norm  # input_layernorm, post_attention_layernorm
     per_token += (s.norms_per_layer - 2) * norm
     if s.qk_norm:  # per-head RMSNorm on q and k
@@ -152,7 +159,8 @@ def layer_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
     if s.gated_mlp:
         up_modules = ["gate_up_proj"] if s.fused_gate_up else ["gate_proj", "up_proj"]
         per_token += _consumer_bytes(setup, d, h, d.stream, up_modules, lora)
-        per_token += 3 * x * i
+        # gate and up outputs, and the activation's output (Liger's SwiGLU recomputes it)
+        per_token += (2 if setup.liger else 3) * x * i
     else:
         per_token += _consumer_bytes(setup, d, h, d.stream, ["up_proj"], lora)
         per_token += x * i
@@ -178,7 +186,7 @@ def first_layer_reduction(setup: Setup, batch: int, seq: int) -> int:
     modules = ["qkv_proj"] if s.fused_qkv else ["q_proj", "k_proj", "v_proj"]
     rank = int(getattr(setup.strategy_options, "rank", 0))
     dropout = float(getattr(setup.strategy_options, "dropout", 0.0))
-    per_token = FP32 * h + FP32
+    per_token = norm_saved_per_token(setup)
     if setup.strategy.base_storage == "int8":
         per_token += d.stream * h
     weights = 0
@@ -209,24 +217,46 @@ def backward_transient_bytes(setup: Setup, batch: int, seq: int) -> int:
 
 def head_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
     """Saved outside the decoder layers: token ids, rotary cos/sin, the final norm, the
-    lm_head input, the loss's fp32 log-probabilities and its labels."""
+    lm_head input and the loss's own saved tensors."""
     s, d = setup.shape, dtypes(setup)
     h, n = s.hidden_size, batch * seq
     trains_base = setup.strategy.trains == "all"
     total = INDEX * n if trains_base else 0  # input_ids (the embedding's backward needs them)
     total += 2 * seq * s.head_dim * d.stream  # cos, sin (shared by every layer)
-    total += (FP32 * h + FP32) * n  # final norm
-    if trains_base:
-        total += d.stream * h * n  # normalized copy (norm weight trains)
+    total += norm_saved_per_token(setup) * n  # final norm
+    if trains_base and setup.loss_head == "full":
         total += (d.compute if setup.autocast else d.stream) * h * n  # lm_head input
     total += loss_saved_bytes(setup, batch, seq)
     return total
 
 
+def loss_positions(batch: int, seq: int) -> int:
+    """Positions the fused head scores: every token but the last of each sequence (on CUDA
+    only those with a label; all of them is the upper bound)."""
+    return batch * max(seq - 1, 0)
+
+
 def loss_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
-    """ForCausalLMLoss: ``logits.float()`` then cross_entropy, which keeps the fp32
-    log_softmax output (4 x vocab per token) and the int64 labels."""
+    """What the loss keeps for backward.
+
+    ``full`` (transformers' ForCausalLMLoss): ``logits.float()`` then cross_entropy, which
+    keeps the fp32 log_softmax output (4 x vocab per token) and the int64 labels.
+    ``fused`` (TRL's ChunkedLogProbFunction): a copy of the scored hidden states, the int64
+    targets, fp32 log-normalizer and entropy per position, and the label mask.
+    """
     s, n = setup.shape, batch * seq
+    if setup.loss_head == "fused":
+        p = loss_positions(batch, seq)
+        per = (
+            dtypes(setup).stream * s.hidden_size + INDEX + 2 * FP32
+        )  # hidden, targets, log-Z, entropy
+        if setup.on_gpu:
+            # compact: hidden_states[mask] keeps its int64 (row, column) indices, and both
+            # outputs are scattered back through the same bool mask
+            per += 2 * INDEX + 1
+        else:
+            per += 2  # every position scored; log-probs and entropy each keep their own ~mask
+        return p * per + INDEX  # + the int64 token count the loss is divided by
     total = FP32 * s.vocab_size * n + INDEX * n + FP32
     if s.final_logit_softcapping:
         total += dtypes(setup).compute * s.vocab_size * n  # tanh keeps its output
@@ -234,12 +264,35 @@ def loss_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
 
 
 def loss_transient_bytes(setup: Setup, batch: int, seq: int) -> int:
-    """Beyond the saved log-probabilities: in backward, the fp32 gradient of the
-    log-probabilities and the fp32 gradient of the logits (2 x 4 x vocab per token); in
-    forward, the logits and their fp32 copy (2 + 4). The larger counts."""
-    n, v = batch * seq, setup.shape.vocab_size
-    c = dtypes(setup).compute
-    return max(2 * FP32, c + FP32) * v * n
+    """Live only while the loss runs (forward) or its backward runs.
+
+    ``full``: in backward the fp32 gradients of the log-probabilities and of the logits
+    (2 x 4 x vocab per token); in forward the logits and their fp32 copy (2 + 4); the larger.
+    ``fused``: one (4096 tokens x 32768 vocabulary) logits tile in the compute dtype, the
+    bf16 copies of the hidden chunk and weight chunk it multiplies, and the fp32 gradient
+    accumulators of the hidden states (and of lm_head when it trains) with their casts.
+    """
+    s, d = setup.shape, dtypes(setup)
+    n, v, h = batch * seq, s.vocab_size, s.hidden_size
+    if setup.loss_head == "full":
+        return max(2 * FP32, d.compute + FP32) * v * n
+    from sftkit.memory.trainer import FUSED_TOKEN_CHUNK, FUSED_VOCAB_CHUNK
+
+    p = loss_positions(batch, seq)
+    rows, cols = min(p, FUSED_TOKEN_CHUNK), min(v, FUSED_VOCAB_CHUNK)
+    c = d.compute
+    head_bytes = setup.model_dtype_bytes if not setup.quantized else FP32
+    total = rows * cols * c  # mm_buf
+    if d.stream != c:
+        total += rows * h * c  # hidden chunk cast
+    if head_bytes != c:
+        total += cols * h * c  # lm_head weight chunk cast
+    total += p * h * (FP32 + d.stream)  # fp32 grad of the hidden states and its cast back
+    if setup.strategy.trains == "all":
+        total += v * h * (FP32 + head_bytes)  # fp32 lm_head gradient and its cast
+    if not setup.on_gpu:
+        total += 4 * rows * cols * FP32  # the CPU fold works on fp32 copies of the tile
+    return total
 
 
 def autocast_weight_copy_bytes(setup: Setup, tensors: list[LaidTensor]) -> int:
@@ -253,6 +306,8 @@ def autocast_weight_copy_bytes(setup: Setup, tensors: list[LaidTensor]) -> int:
         if t.dtype_bytes != FP32 or t.kind == "buffer" or t.kind == "quant_constants":
             continue
         is_linear = t.kind == "adapter" or ".lora_" in t.name or _is_matmul_weight(t)
+        if t.name.startswith("lm_head") and setup.loss_head == "fused":
+            continue  # the fused head casts lm_head chunk by chunk (a loss transient)
         if is_linear and len(t.shape) == 2:
             total += t.numel * setup.compute_bytes * t.count
     return total

@@ -211,6 +211,18 @@ def predicted_saved_bytes(setup: Setup, tensors: list[Any]) -> int:
     )
 
 
+def install_loss_head(model: Any, setup: Setup) -> dict[str, Any]:
+    """Compute the loss the way sftkit's runner does: with TRL's chunked log-prob head when
+    the installed TRL uses one (`sftkit.memory.trainer`). Returns the extra forward kwargs."""
+    if setup.loss_head != "fused":
+        return {}
+    from trl.trainer.utils import add_fused_lm_head
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))
+    return {"fused_lm_head": True}
+
+
 def autocast_context(setup: Setup, device: str) -> Any:
     import torch
 
@@ -271,7 +283,7 @@ def measure_recipe(
             peaks["load"] = _cuda_peaks()
         optimizer = build_optimizer(resolved, net)
         prepare_for_training(net, setup)
-        batch = random_batch(setup, device)
+        batch = {**random_batch(setup, device), **install_loss_head(net, setup)}
         ac = autocast_context(setup, device)
         if not setup.checkpointing and not on_gpu:
             saved, out = saved_activation_bytes(net, batch, ac)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sftkit.memory.trainer import loss_head
 from sftkit.modelshape.shape import ModelShape
 from sftkit.specs import OptimizerSpec, Quantization, StrategySpec
 
@@ -40,13 +41,15 @@ class Setup:
     grad_accum: int
     checkpointing: bool
     attn_implementation: str
-    padded: bool  # batches padded to a common length (attention mask materialized)
+    padded: bool  # SDPA/eager get a 4-D attention mask (padding, or packed documents)
     num_gpus: int
     engine: str
     zero_stage: int | None
     cpu_offload: bool
     on_gpu: bool
     evaluations: tuple[EvalWorkload, ...] = ()
+    loss_head: str = "full"  # "fused": TRL's chunked log-prob head; "full": full logits
+    liger: bool = False  # Liger's RMSNorm / SwiGLU / RoPE kernels replace transformers'
 
     @property
     def tokens(self) -> int:
@@ -96,11 +99,15 @@ def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bo
         grad_accum=t.gradient_accumulation_steps,
         checkpointing=t.gradient_checkpointing,
         attn_implementation=r.model.attn_implementation,
-        padded=not r.data.packing and not r.model.attn_implementation.startswith("flash"),
+        # Padded batches and packed (padding-free) rows both give SDPA/eager a 4-D mask;
+        # flash attention takes unpadded sequences instead.
+        padded=not r.model.attn_implementation.startswith("flash"),
         num_gpus=r.hardware.num_gpus,
         engine=r.distributed.engine,
         zero_stage=r.distributed.zero_stage,
         cpu_offload=r.distributed.cpu_offload,
         on_gpu=on_gpu,
         evaluations=tuple(evaluations),
+        loss_head=loss_head(),
+        liger=t.liger_kernels,
     )
