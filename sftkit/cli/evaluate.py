@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -138,23 +139,24 @@ def evaluate_and_show(
             components=components,
             progress=progress,
         )
-    Console().print(results_table([(s.stage, label, s.result) for s in results]))
+    title = f"{label} model, stage {stage}"
+    table = results_table([s.result for s in results], title=title)
+    # Piped into a log, rich would wrap a nine-column table at 80 characters.
+    Console(width=None if sys.stdout.isatty() else 160).print(table)
     return results
 
 
-def results_table(rows: Sequence[tuple[str, str, Any]]) -> Any:
-    """A rich table of (stage, model label, EvalResult-or-StoredEval) rows."""
+def results_table(results: Sequence[Any], *, title: str) -> Any:
+    """A rich table of EvalResult (or StoredEval) rows."""
     from rich.table import Table
 
     from sftkit.evaluation.display import details, headline, interval
 
-    table = Table(title="evaluation")
-    for column in ("stage", "model", "evaluator", "split", "n", "metric", "value", "95% CI", ""):
+    table = Table(title=title)
+    for column in ("evaluator", "split", "n", "metric", "value", "95% CI", "details"):
         table.add_column(column, justify="right" if column in ("n", "value") else "left")
-    for stage, label, result in rows:
+    for result in results:
         table.add_row(
-            stage,
-            label,
             result.evaluator,
             result.split,
             str(result.n),
