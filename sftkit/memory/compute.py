@@ -63,7 +63,17 @@ def notes_for(setup: Setup, on_gpu: bool) -> list[str]:
         notes.append("no GPU: compared with host RAM; CUDA context and workspaces left out.")
     if setup.padded and setup.attn_implementation in ("sdpa", "eager"):
         notes.append(
-            "assumes padded batches: SDPA repeats k/v per head and keeps an s x s mask per layer."
+            "assumes a 4-D attention mask (padded or packed batches): SDPA repeats k/v per "
+            "head and keeps an s x s mask per layer."
+        )
+    notes.append(
+        "loss computed by TRL's chunked log-prob head (no full logits)."
+        if setup.loss_head == "fused"
+        else "loss computed on full fp32 logits (transformers' ForCausalLMLoss)."
+    )
+    if setup.quantized and setup.strategy.adapter:
+        notes.append(
+            "adapters priced in bf16: SFTTrainer casts a k-bit model's LoRA weights to bf16."
         )
     if setup.strategy.base_storage == "int8":
         notes.append(

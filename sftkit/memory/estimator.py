@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sftkit.memory import activations as act
-from sftkit.memory.layout import LaidTensor, layout
+from sftkit.memory.layout import LaidTensor, adapter_bytes, layout
 from sftkit.memory.optimizer import OptimizerCost, optimizer_cost
 from sftkit.memory.overheads import (
     ALLOCATOR_MARGIN,
@@ -105,10 +105,11 @@ def _weight_parts(setup: Setup, tensors: list[LaidTensor], sh: Sharding) -> list
         rank = getattr(setup.strategy_options, "rank", "?")
         parts.append(
             Part(
-                f"LoRA adapters, rank {rank}, fp32 ({count_words(adapter_params)} trainable parameters)",
+                f"LoRA adapters, rank {rank}, {DTYPE_NAMES[adapter_bytes(setup)]} "
+                f"({count_words(adapter_params)} trainable parameters)",
                 _div(by_kind["adapter"], sh.weights),
                 "trainable",
-                "4 bytes x r x (in + out) per adapted linear layer",
+                "dtype bytes x r x (in + out) per adapted linear layer",
             )
         )
     if "buffer" in by_kind:
@@ -282,18 +283,7 @@ def _moments(
     start = [
         *saved_layers(L, recomputing=False),
         Part("token ids, rotary tables, final norm", head, "activations", ""),
-        Part(
-            f"loss: fp32 log-probabilities over {vocab} tokens ({tokens})",
-            loss,
-            "logits",
-            "4 x vocab per token + labels",
-        ),
-        Part(
-            f"cross-entropy backward: fp32 gradients over {vocab} tokens",
-            loss_tmp,
-            "logits",
-            "2 x 4 x vocab per token",
-        ),
+        *_loss_parts(setup, loss, loss_tmp, vocab, tokens),
         *common,
         *grads(0),
     ]
@@ -311,6 +301,38 @@ def _moments(
     ]
     end = grads(grads_total) or [Part(grad_name, 0, "gradients")]
     return [start, top, bottom, end]
+
+
+def _loss_parts(setup: Setup, saved: int, transient: int, vocab: str, tokens: str) -> list[Part]:
+    if setup.loss_head == "fused":
+        return [
+            Part(
+                f"loss: TRL chunked log-prob head, saved hidden states and log-Z ({tokens})",
+                saved,
+                "logits",
+                "per position: hidden x stream dtype + targets + fp32 log-Z and entropy",
+            ),
+            Part(
+                f"loss: 4096 x 32768 logits tiles and gradient accumulators (vocabulary {vocab})",
+                transient,
+                "logits",
+                "compute-dtype tile + casts + fp32 grad of the hidden states (and of lm_head)",
+            ),
+        ]
+    return [
+        Part(
+            f"loss: fp32 log-probabilities over {vocab} tokens ({tokens})",
+            saved,
+            "logits",
+            "4 x vocab per token + labels (logits.float() then log_softmax)",
+        ),
+        Part(
+            f"cross-entropy backward: fp32 gradients over {vocab} tokens",
+            transient,
+            "logits",
+            "2 x 4 x vocab per token",
+        ),
+    ]
 
 
 def _total(parts: list[Part]) -> int:
