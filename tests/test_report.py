@@ -104,6 +104,8 @@ def test_report_has_the_recipe_memory_curves_and_before_after(tmp_path: Path) ->
     assert "lora (rank=8, alpha=16)" in md
     assert "4 x 2 accumulation x 1 GPU = 8 sequences per step" in md
     assert "3.00 GiB (optimizer step)" in md
+    assert "load 512.0 MiB, optimizer step 3.00 GiB" in md
+    assert "40.00 GiB (fits)" in md
     assert "2.00 GiB (estimate +50.0% off)" in md  # measured vs estimated peak
     assert "1,234.5 tokens/s" in md or "1234.5 tokens/s" in md
     assert "gsm8k on test: 5.0% before, 60.0% after (+55.0 pts)" in md

@@ -13,7 +13,12 @@ GiB = 1024**3
 
 
 def gib(value: Any) -> str:
-    return f"{float(value) / GiB:.2f} GiB" if isinstance(value, int | float) else "-"
+    """Bytes as GiB, or MiB below one GiB (a tiny model's 0.03 GiB says little)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "-"
+    if abs(value) < GiB:
+        return f"{float(value) / 1024**2:.1f} MiB"
+    return f"{float(value) / GiB:.2f} GiB"
 
 
 def duration(seconds: Any) -> str:
@@ -98,10 +103,15 @@ def memory_rows(record: RunRecord) -> list[tuple[str, str]]:
     if memory:
         phase = memory.get("peak_phase")
         rows.append(("estimated peak", gib(estimated) + (f" ({phase})" if phase else "")))
+        phases = memory.get("phases")
+        if isinstance(phases, dict) and phases:
+            rows.append(("by phase", ", ".join(f"{k} {gib(v)}" for k, v in phases.items())))
         if memory.get("budget_bytes") is not None:
             fits = memory.get("fits")
-            verdict = "" if fits is None else ("fits" if fits else "does not fit")
-            rows.append(("budget", f"{gib(memory.get('budget_bytes'))} {verdict}".strip()))
+            verdict = "" if fits is None else (" (fits)" if fits else " (does not fit)")
+            rows.append(("budget", f"{gib(memory.get('budget_bytes'))}{verdict}"))
+        if memory.get("setting"):
+            rows.append(("estimated for", str(memory["setting"])))
     measured = record.run.get("peak_memory_bytes")
     if isinstance(measured, int | float) and measured > 0:
         text = gib(measured)
