@@ -66,6 +66,7 @@ def make_run(
     memory = {
         "peak_bytes": 3 * 1024**3,
         "peak_phase": "optimizer step",
+        "phases": {"load": 512 * 1024**2, "optimizer step": 3 * 1024**3},
         "budget_bytes": 40 * 1024**3,
         "fits": True,
     }
