@@ -110,3 +110,9 @@ class MissingDependencyError(SftkitError):
 
 class LaunchError(SftkitError):
     """A multi-process launch is misconfigured (world size, node rank, address) or failed."""
+
+
+class WorkerFailedError(LaunchError):
+    """A launched worker process failed. Exit code 1: the input was accepted, the run broke."""
+
+    exit_code = 1

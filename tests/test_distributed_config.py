@@ -28,6 +28,7 @@ from sftkit.distributed.trainer import (
     engine_trainer_class,
     quant_storage_dtype,
     trainer_arguments,
+    trainer_optimizers,
 )
 from sftkit.errors import LaunchError, RecipeError
 from sftkit.recipe.load import load_recipe, validate_recipe_data
@@ -476,16 +477,30 @@ def test_trainer_arguments(monkeypatch, tmp_path):
     assert backend(recipe(engine="ddp", backend="gloo"), use_cpu=False) == "gloo"
 
 
-def test_engine_trainer_class_only_changes_cpu_fsdp(monkeypatch):
+def test_engine_trainer_class(monkeypatch):
     class Base:
-        pass
+        optimizer = None
+
+        def create_optimizer(self, model=None):
+            return self.optimizer
+
+    def factory(model):
+        return ("optimizer over", model)
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert engine_trainer_class(Base, recipe(engine="ddp"), use_cpu=True) is Base
     assert engine_trainer_class(Base, recipe(engine="fsdp"), use_cpu=False) is Base
-    sub = engine_trainer_class(Base, recipe(engine="fsdp"), use_cpu=True)
+    assert trainer_optimizers(recipe(engine="ddp"), "opt") == ("opt", None)
+    assert trainer_optimizers(recipe(engine="fsdp"), "opt") == (None, None)
+    sub = engine_trainer_class(
+        Base, recipe(engine="fsdp"), use_cpu=False, optimizer_factory=factory
+    )
     assert issubclass(sub, Base) and sub is not Base
-    assert engine_trainer_class(Base, recipe(engine="fsdp"), use_cpu=True) is sub
+    trainer = sub()
+    trainer.model = "sharded model"
+    assert trainer.create_optimizer() == ("optimizer over", "sharded model")
+    assert trainer.create_optimizer() is trainer.optimizer  # built once
+    assert engine_trainer_class(Base, recipe(engine="fsdp"), use_cpu=True) is not Base
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert engine_trainer_class(Base, recipe(engine="fsdp"), use_cpu=True) is Base
 

@@ -19,6 +19,7 @@ COMMAND_REFS: tuple[str, ...] = (
     "sftkit.cli.run:run_command",
     "sftkit.cli.data:prepare_data_command",
     "sftkit.cli.data:preview_command",
+    "sftkit.cli.launch:launch_command",
 )
 
 

@@ -19,6 +19,7 @@ from sftkit.distributed.topology import Topology
 Launcher = Literal["accelerate", "torchrun"]
 LAUNCHERS: tuple[Launcher, ...] = ("accelerate", "torchrun")
 WORKER_MODULE = "sftkit.distributed.worker"
+ENV_BACKEND = "SFTKIT_DIST_BACKEND"  # the worker's torch.distributed backend
 
 
 @dataclass(frozen=True)
@@ -50,9 +51,12 @@ def launch_command(
     *,
     accelerate_config: Path | None = None,
     use_cpu: bool = False,
+    backend: str | None = None,
     python: str = sys.executable,
 ) -> LaunchCommand:
     env: dict[str, str] = {"SFTKIT_LAUNCHER": launcher}
+    if backend:
+        env[ENV_BACKEND] = backend
     if use_cpu:
         # Read by TrainingArguments and accelerate: CPU devices, gloo, MULTI_CPU state.
         env["ACCELERATE_USE_CPU"] = "true"

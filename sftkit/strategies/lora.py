@@ -62,6 +62,13 @@ class QuantizedLora(Lora):
     def prepare_base(self, model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
         from peft import prepare_model_for_kbit_training
 
+        from sftkit.distributed.trainer import shards_parameters
+
+        if shards_parameters(recipe):
+            # FSDP / ZeRO-3 flatten each unit of parameters into one dtype: keep the
+            # non-quantized weights in the model dtype (no fp32 upcast; TRL does the same
+            # for sharded QLoRA) and only freeze the base.
+            return super().prepare_base(model, recipe)
         # Freezes the base, upcasts the remaining fp16/bf16 weights (norms, embeddings, LM
         # head) to fp32 for stable training, and enables input gradients so gradient
         # checkpointing works through the frozen embeddings.
@@ -77,13 +84,19 @@ class QLora(QuantizedLora):
     def load_kwargs(self, recipe: Recipe) -> dict[str, Any]:
         from transformers import BitsAndBytesConfig
 
+        from sftkit.distributed.trainer import quant_storage_dtype
+
         o = self.options
+        # Sharded (FSDP, ZeRO-3): the packed 4-bit bytes stored as bf16 elements, so the
+        # engine can flatten and shard them with the rest of the model.
+        storage = quant_storage_dtype(recipe, o.compute_dtype)
         return {
             "quantization_config": BitsAndBytesConfig(
                 load_in_4bit=True,
                 bnb_4bit_quant_type=o.quant_type,
                 bnb_4bit_use_double_quant=o.double_quant,
                 bnb_4bit_compute_dtype=_dtype(o.compute_dtype),
+                **({"bnb_4bit_quant_storage": _dtype(storage)} if storage else {}),
             )
         }
 

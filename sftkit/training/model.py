@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sftkit.distributed.trainer import load_device_map
 from sftkit.errors import SftkitError
 from sftkit.modelshape.sources import BUILTIN_PREFIX, builtin_model_dir
 from sftkit.specs import load_factory
@@ -148,7 +149,8 @@ def load_base_model(
         "dtype": torch_dtype(recipe.model.dtype),
         "attn_implementation": recipe.model.attn_implementation,
         "trust_remote_code": recipe.model.trust_remote_code,
-        "device_map": {"": device},
+        # This rank's GPU, or host memory when a sharding engine places the shards.
+        "device_map": load_device_map(recipe, device, quantized=strategy.quantized),
         **strategy.load_kwargs(recipe),
     }
     if recipe.model.random_init:

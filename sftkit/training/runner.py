@@ -183,24 +183,36 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     console.print(_describe_model(model, recipe, time.perf_counter() - started))
     args = sft_config(ctx, learning_rate=optimizer_lr(optimizer))
     ctx.tokenizer = tokenizer
-    callbacks: list[Any] = [MetricsCallback(ctx)]
-    if "tensorboard" in recipe.training.report_to:
-        callbacks.append(_tensorboard(paths))
-    manager = resolved.registry.manager
-    if manager is not None:
-        callbacks.append(HooksCallback(ctx, manager.hook))
-    callbacks.append(RichProgressCallback(console))
-    callbacks.extend(extra_callbacks)
     from sftkit.distributed.rank import is_main_process
-    from sftkit.distributed.trainer import engine_trainer_class, prepare_final_save
+    from sftkit.distributed.trainer import (
+        engine_trainer_class,
+        evaluates_in_process,
+        prepare_final_save,
+        trainer_optimizers,
+    )
 
-    trainer_class = engine_trainer_class(SFTTrainer, recipe, use_cpu=ctx.device == "cpu")
+    callbacks: list[Any] = []
+    if is_main_process():  # one writer of metrics.jsonl and TensorBoard; hooks run once
+        callbacks.append(MetricsCallback(ctx))
+        if "tensorboard" in recipe.training.report_to:
+            callbacks.append(_tensorboard(paths))
+        manager = resolved.registry.manager
+        if manager is not None:
+            callbacks.append(HooksCallback(ctx, manager.hook))
+        callbacks.append(RichProgressCallback(console))
+    callbacks.extend(extra_callbacks)
+    trainer_class = engine_trainer_class(
+        SFTTrainer,
+        recipe,
+        use_cpu=ctx.device == "cpu",
+        optimizer_factory=lambda sharded: build_optimizer(resolved, sharded),
+    )
     trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        optimizers=(optimizer, None),
+        optimizers=trainer_optimizers(recipe, optimizer),  # FSDP builds it once sharded
         callbacks=callbacks,
     )
     # Our progress bar and metrics replace the trainer's tqdm bar and printed dicts.
@@ -218,7 +230,8 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     save_final(ctx)
     if is_main_process():
         update_run_json(paths, **run_summary(ctx, output))
-        evaluate_stage(ctx, "after", echo=console.print)
+        if evaluates_in_process(recipe):  # else `sftkit launch` evaluates final/ afterwards
+            evaluate_stage(ctx, "after", echo=console.print)
 
 
 def sft_config(ctx: RunContext, *, learning_rate: float) -> Any:

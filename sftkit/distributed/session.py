@@ -1,0 +1,304 @@
+"""`sftkit launch` as library calls: plan the launch (torch-free), then run it.
+
+Planning resolves the recipe with the user's overrides plus what the launch implies (the world
+size is `hardware.num_gpus`, so memory.json holds per-process figures; more than one process
+without an engine is DDP), and builds the command. Running it on node 0 claims the run
+directory and pre-flights memory exactly as `sftkit run` does, prepares the data and any
+random base once (so no two ranks write the same file), writes the engine configs into
+RUN/distributed/, then starts the workers and waits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from sftkit.distributed.configs import (
+    ACCELERATE_CONFIG,
+    CONFIG_DIR,
+    accelerate_config,
+    deepspeed_config,
+    write_configs,
+)
+from sftkit.distributed.describe import describe_engine
+from sftkit.distributed.launch import (
+    LaunchCommand,
+    Launcher,
+    free_port,
+    launch_command,
+    worker_arguments,
+)
+from sftkit.distributed.topology import Topology
+from sftkit.distributed.trainer import backend as choose_backend
+from sftkit.errors import LaunchError, MissingDependencyError, WorkerFailedError
+from sftkit.recipe.load import load_recipe
+
+if TYPE_CHECKING:
+    from sftkit.recipe.load import ResolvedRecipe
+    from sftkit.registry import Registry
+
+LAUNCH_SCRIPT = "launch.sh"
+# The resolved recipe of this launch, which the workers read. recipe.yaml keeps the recipe the
+# run started with; a resumed launch may change training.max_steps/epochs.
+WORKER_RECIPE = "worker_recipe.yaml"
+DEFAULT_MULTI_NODE_PORT = 29500
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    recipe: str
+    overrides: Sequence[str] = ()
+    nproc: int | None = None
+    nnodes: int = 1
+    node_rank: int = 0
+    master_addr: str = "127.0.0.1"
+    master_port: int | None = None
+    launcher: Launcher = "accelerate"
+    output_dir: Path | None = None
+    resume: bool = False
+    force: bool = False
+
+
+@dataclass
+class LaunchPlan:
+    resolved: ResolvedRecipe
+    topology: Topology
+    launcher: Launcher
+    resume: bool
+    force: bool
+    use_cpu: bool
+    backend: str
+    config_dir: Path
+    command: LaunchCommand
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.resolved.recipe.output_dir)
+
+    def render(self) -> str:
+        """What `--dry-run` prints: the engine, the generated files, the command."""
+        r = self.resolved.recipe
+        t = self.topology
+        lines = [
+            f"recipe     {self.resolved.source}"
+            + (f"  ({' '.join(self.resolved.overrides)})" if self.resolved.overrides else ""),
+            f"run        {self.run_dir}",
+            f"processes  {t.world_size} ({t.nproc_per_node} per node x {t.nnodes} node(s)), "
+            f"this is node {t.node_rank}; {'CPU' if self.use_cpu else 'CUDA'} with {self.backend}",
+            f"engine     {describe_engine(r)}",
+            f"batch      {r.training.micro_batch_size} per process x "
+            f"{r.training.gradient_accumulation_steps} accumulation x {t.world_size} processes = "
+            f"{r.training.micro_batch_size * r.training.gradient_accumulation_steps * t.world_size}"
+            " sequences per optimizer step",
+            "",
+            f"# {self.config_dir / ACCELERATE_CONFIG}",
+        ]
+        ds_path = self.config_dir / "deepspeed_config.json"
+        config = accelerate_config(
+            r,
+            t,
+            deepspeed_config_file=str(ds_path) if r.distributed.engine == "deepspeed" else None,
+        )
+        lines.append(yaml.safe_dump(config, sort_keys=False).rstrip())
+        if r.distributed.engine == "deepspeed":
+            lines += ["", f"# {ds_path}", json.dumps(deepspeed_config(r), indent=2)]
+        lines += ["", "# command", self.command.shell()]
+        return "\n".join(lines)
+
+
+def plan_launch(request: LaunchRequest, *, registry: Registry) -> LaunchPlan:
+    """Resolve the recipe for this launch and build the command. Starts and writes nothing."""
+    extra = [f"output_dir={request.output_dir}"] if request.output_dir is not None else []
+    first = load_recipe(request.recipe, (*request.overrides, *extra), registry=registry)
+    use_cpu = first.recipe.hardware.gpu.strip().lower() == "cpu"
+    nproc = request.nproc if request.nproc is not None else _visible_gpus(use_cpu)
+    port = request.master_port
+    if port is None:
+        port = DEFAULT_MULTI_NODE_PORT if request.nnodes > 1 else free_port()
+    topology = Topology(
+        nproc_per_node=nproc,
+        nnodes=request.nnodes,
+        node_rank=request.node_rank,
+        master_addr=request.master_addr,
+        master_port=port,
+    )
+    notes: list[str] = []
+    implied: list[str] = []
+    world = topology.world_size
+    if world > 1 and first.recipe.distributed.engine == "none":
+        implied.append("distributed.engine=ddp")
+        notes.append(f"{world} processes and distributed.engine none: training with DDP.")
+    if first.recipe.hardware.num_gpus != world:
+        implied.append(f"hardware.num_gpus={world}")
+    resolved = (
+        load_recipe(request.recipe, (*request.overrides, *extra, *implied), registry=registry)
+        if implied
+        else first
+    )
+    run_dir = Path(resolved.recipe.output_dir)
+    # Only node 0 writes into the run directory (which may not exist yet when others start).
+    config_dir = (
+        run_dir / CONFIG_DIR
+        if topology.is_first_node
+        else Path(tempfile.gettempdir()) / f"sftkit-launch-{os.getpid()}"
+    )
+    backend = choose_backend(resolved.recipe, use_cpu=use_cpu)
+    command = launch_command(
+        request.launcher,
+        topology,
+        worker_arguments(run_dir, resume=request.resume),
+        accelerate_config=config_dir / ACCELERATE_CONFIG,
+        use_cpu=use_cpu,
+        backend=backend,
+    )
+    return LaunchPlan(
+        resolved=resolved,
+        topology=topology,
+        launcher=request.launcher,
+        resume=request.resume,
+        force=request.force,
+        use_cpu=use_cpu,
+        backend=backend,
+        config_dir=config_dir,
+        command=command,
+        notes=notes,
+    )
+
+
+def run_launch(plan: LaunchPlan, *, echo: Callable[[str], None]) -> dict[str, Any]:
+    """Prepare (node 0), start the workers, wait; run.json's fields on node 0."""
+    _check_engine_installed(plan)
+    record: dict[str, Any] = {}
+    if plan.topology.is_first_node:
+        _prepare_run(plan, echo=echo)
+    generated = write_configs(plan.resolved.recipe, plan.topology, plan.config_dir)
+    script = plan.config_dir / LAUNCH_SCRIPT
+    script.write_text(
+        "#!/bin/sh\n# The command `sftkit launch` ran on this node.\n"
+        f"cd {shlex.quote(os.getcwd())}\n{plan.command.shell()}\n",
+        encoding="utf-8",
+    )
+    echo(
+        f"launch: {plan.topology.world_size} processes via {plan.launcher}; configs in {generated.accelerate.parent}"
+    )
+    returncode = subprocess.call(plan.command.argv, env={**os.environ, **plan.command.env})
+    if plan.topology.is_first_node:
+        record = _settle_run_json(plan, returncode)
+    if returncode != 0:
+        raise WorkerFailedError(
+            f"the {plan.launcher} workers exited with status {returncode}; the first error is "
+            "in the output above.",
+            hint=f"Fix it and continue with `sftkit launch ... --resume` (run: {plan.run_dir}).",
+        )
+    if plan.topology.is_first_node and _evaluates_here(plan):
+        _evaluate_final(plan, echo=echo)
+    return record
+
+
+def _evaluates_here(plan: LaunchPlan) -> bool:
+    """After-training evaluation of a sharded run: the workers could not (see
+    `evaluates_in_process`); this process loads final/ whole, as `sftkit eval` would."""
+    from sftkit.distributed.trainer import shards_parameters
+
+    r = plan.resolved.recipe
+    return (
+        r.evaluation.after_training
+        and bool(plan.resolved.evaluators)
+        and plan.topology.world_size > 1
+        and shards_parameters(r)
+    )
+
+
+def _evaluate_final(plan: LaunchPlan, *, echo: Callable[[str], None]) -> None:
+    from sftkit.evaluation.runner import evaluate_in_run
+    from sftkit.reporting.report import write_report
+    from sftkit.training.model import load_trained
+
+    echo("evaluation after training: loading final/ in one process")
+    model, tokenizer = load_trained(plan.run_dir)
+    evaluate_in_run(plan.resolved, model, tokenizer, plan.run_dir, stage="after", echo=echo)
+    write_report(plan.run_dir)  # again, now with the evaluation in it
+
+
+def _visible_gpus(use_cpu: bool) -> int:
+    if use_cpu:
+        raise LaunchError(
+            "hardware.gpu is cpu: pass --nproc N for the number of CPU processes.",
+            hint="e.g. sftkit launch recipes/quickstart.yaml --nproc 2",
+        )
+    try:
+        import torch
+    except ImportError as exc:
+        raise MissingDependencyError("torch", "sftkit launch") from exc
+    count = torch.cuda.device_count()
+    if count == 0:
+        raise LaunchError(
+            "no CUDA device is visible: pass --nproc N, or train on CPU processes with "
+            "hardware.gpu=cpu.",
+        )
+    return count
+
+
+def _check_engine_installed(plan: LaunchPlan) -> None:
+    import importlib.util
+
+    engine = plan.resolved.recipe.distributed.engine
+    if engine == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        raise MissingDependencyError("deepspeed", "distributed.engine: deepspeed")
+    if plan.launcher == "accelerate" and importlib.util.find_spec("accelerate") is None:
+        raise MissingDependencyError("accelerate", "sftkit launch --launcher accelerate")
+
+
+def _prepare_run(plan: LaunchPlan, *, echo: Callable[[str], None]) -> None:
+    """What `sftkit run` does before training, once, in this process."""
+    try:
+        from rich.console import Console
+
+        from sftkit.data.prepare import prepare_data
+        from sftkit.training.model import load_tokenizer, random_base, training_device
+        from sftkit.training.rundir import resolved_recipe_data
+        from sftkit.training.runner import start_run
+    except ImportError as exc:
+        raise MissingDependencyError(exc.name or "torch", "sftkit launch") from exc
+    recipe = plan.resolved.recipe
+    if not plan.use_cpu:
+        training_device(recipe)  # a clear error here beats one per rank
+    ctx = start_run(
+        plan.resolved, resume=plan.resume, force=plan.force, console=Console(stderr=True)
+    )
+    plan.config_dir.mkdir(parents=True, exist_ok=True)
+    (plan.config_dir / WORKER_RECIPE).write_text(
+        "# The resolved recipe the workers of this launch read (written by sftkit launch).\n"
+        + yaml.safe_dump(resolved_recipe_data(plan.resolved), sort_keys=False),
+        encoding="utf-8",
+    )
+    prepared = prepare_data(plan.resolved)
+    echo(f"data: {prepared.directory}")
+    if recipe.model.random_init:
+        random_base(recipe, load_tokenizer(recipe), ctx.paths.base)
+
+
+def _settle_run_json(plan: LaunchPlan, returncode: int) -> dict[str, Any]:
+    """A rank killed by its launcher cannot record its failure; record it here."""
+    from sftkit.training.rundir import RunPaths, now, read_json, update_run_json
+
+    paths = RunPaths(plan.run_dir)
+    record = read_json(paths.run)
+    if returncode != 0 and record.get("status") == "running":
+        record = update_run_json(
+            paths,
+            status="failed",
+            finished=now(),
+            error=f"workers exited with status {returncode}",
+        )
+    return record

@@ -1,0 +1,101 @@
+"""One rank of a launched run: ``python -m sftkit.distributed.worker RUN_DIR [--resume]``.
+
+`sftkit launch` has already claimed RUN_DIR, checked memory, written recipe.yaml and the
+engine configs, and prepared the data, so a worker only joins the process group, reads the
+resolved recipe, and trains. It joins the group first: on other nodes RUN_DIR (on a shared
+filesystem) is complete only once node 0's workers exist, and the rendezvous waits for them.
+Rank 0 writes everything the run directory holds besides checkpoint shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from sftkit.distributed.launch import ENV_BACKEND
+from sftkit.distributed.rank import is_main_process, local_rank, rank
+
+
+def join_process_group() -> str:
+    """Initialise torch.distributed from the launcher's environment; the device type."""
+    import torch
+    import torch.distributed as dist
+
+    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    backend = os.environ.get(ENV_BACKEND) or ("gloo" if use_cpu else "nccl")
+    if not use_cpu:
+        torch.cuda.set_device(local_rank())
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return "cpu" if use_cpu else "cuda"
+
+
+def train_rank(run_dir: Path, *, resume: bool) -> None:
+    from rich.console import Console
+
+    from sftkit.distributed.configs import CONFIG_DIR, fsdp_plan
+    from sftkit.distributed.session import WORKER_RECIPE
+    from sftkit.recipe.load import load_recipe
+    from sftkit.registry import default_registry
+    from sftkit.training.context import RunContext
+    from sftkit.training.rundir import RunPaths, last_checkpoint
+    from sftkit.training.runner import execute_run
+
+    device = join_process_group()
+    resolved = load_recipe(run_dir / CONFIG_DIR / WORKER_RECIPE, registry=default_registry())
+    recipe = resolved.recipe
+    if recipe.distributed.engine == "fsdp":
+        os.environ.update(fsdp_plan(recipe).worker_environment())
+    paths = RunPaths(run_dir)
+    ctx = RunContext(
+        resolved=resolved,
+        paths=paths,
+        device=device,
+        resumed_from=last_checkpoint(paths) if resume else None,
+    )
+    # Only rank 0 talks; the others' errors still surface through their exit status.
+    console = Console(stderr=True, quiet=not is_main_process())
+    execute_run(ctx, console=console)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sftkit.distributed.worker")
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args(argv)
+    if not is_main_process():
+        # Rank 0 speaks for the run; the others' library warnings would repeat its own.
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        warnings.filterwarnings("ignore")
+    from sftkit.errors import SftkitError
+
+    try:
+        train_rank(args.run_dir, resume=args.resume)
+    except SftkitError as exc:
+        print(f"[rank {rank()}] error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception:
+        print(f"[rank {rank()}] internal error:", file=sys.stderr)
+        traceback.print_exc()
+        return 1
+    finally:
+        _leave_process_group()
+    return 0
+
+
+def _leave_process_group() -> None:
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
