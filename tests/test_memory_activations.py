@@ -105,6 +105,17 @@ CASES = [
     ids=[c[0] for c in CASES],
 )
 def test_saved_activations_equal_the_model(tmp_path, config, strategy, options, dtype, attn, head):
+    check(tmp_path, config, strategy, options, dtype, attn, head, batch=2)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("head", ["full", "fused"])
+def test_a_single_row_batch(tmp_path, head):
+    # one row: slices of the labels and hidden states stay views of the whole storage
+    check(tmp_path, LLAMA, "qlora-nf4", "{rank: 4}", "bfloat16", "sdpa", head, batch=1)
+
+
+def check(tmp_path, config, strategy, options, dtype, attn, head, *, batch):
     from sftkit.training.model import build_model
 
     if head == "fused":
@@ -114,7 +125,7 @@ def test_saved_activations_equal_the_model(tmp_path, config, strategy, options, 
 model: {{name_or_path: {tmp_path}, dtype: {dtype}, random_init: true, attn_implementation: {attn}}}
 strategy: {{name: {strategy}, options: {options}}}
 optimizer: {{name: adamw}}
-training: {{micro_batch_size: 2, max_seq_length: 24, gradient_checkpointing: false, precision: bf16}}
+training: {{micro_batch_size: {batch}, max_seq_length: 24, gradient_checkpointing: false, precision: bf16}}
 hardware: {{gpu: cpu}}
 """
     resolved = load_recipe_text(text, registry=fresh_registry())

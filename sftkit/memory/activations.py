@@ -245,19 +245,22 @@ def loss_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
     targets, fp32 log-normalizer and entropy per position, and the label mask.
     """
     s, n = setup.shape, batch * seq
+    stream = dtypes(setup).stream
     if setup.loss_head == "fused":
         p = loss_positions(batch, seq)
-        per = (
-            dtypes(setup).stream * s.hidden_size + INDEX + 2 * FP32
-        )  # hidden, targets, log-Z, entropy
+        per = stream * s.hidden_size + INDEX + 2 * FP32  # hidden, targets, log-Z, entropy
+        extra = 0
         if setup.on_gpu:
             # compact: hidden_states[mask] keeps its int64 (row, column) indices, and both
             # outputs are scattered back through the same bool mask
             per += 2 * INDEX + 1
         else:
             per += 2  # every position scored; log-probs and entropy each keep their own ~mask
-        return p * per + INDEX  # + the int64 token count the loss is divided by
-    total = FP32 * s.vocab_size * n + INDEX * n + FP32
+            if batch == 1:  # hidden[:, :-1] of one row is contiguous: a view of all s rows
+                extra += stream * s.hidden_size
+        return p * per + extra + INDEX  # + the int64 token count the loss is divided by
+    # labels[..., 1:].contiguous() of a single row is a view of the padded (s + 1) labels
+    total = FP32 * s.vocab_size * n + INDEX * (n + (1 if batch == 1 else 0)) + FP32
     if s.final_logit_softcapping:
         total += dtypes(setup).compute * s.vocab_size * n  # tanh keeps its output
     return total
