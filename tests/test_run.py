@@ -292,8 +292,12 @@ def test_preview_marks_trained_tokens(models, tmp_path, capsys):
     recipe.write_text(recipe_text(models["config"], tmp_path / "run"))
     assert run_cli(["preview", str(recipe), "-n", "1"]) == 0
     out = capsys.readouterr().out
-    assert "train-" in out and "trained" in out and "token lengths" in out
-    assert "over max length" in out
+    assert "train-" in out and "token lengths" in out and "over max length" in out
+    # Plain-text output marks the trained span: the answer and its EOS, not the prompt.
+    example = out[out.index("train-") :]
+    start, end = example.index("\u27e6"), example.index("\u27e7")
+    assert example[start - len("Answer:\u23ce\n") : start] == "Answer:\u23ce\n"
+    assert "####" in example[start:end] and example[start:end].endswith("</s>")
 
 
 def test_tokenizer_round_trip_of_the_bundled_model():

@@ -17,15 +17,25 @@ if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe
 
 
-def render_tokens(encoded: Encoded, tokenizer: Any) -> Text:
-    """Each token's text, masked ones dim, trained ones bold green; special tokens bracketed
-    (they are text in the template, so they show as written)."""
+OPEN, CLOSE = "\u27e6", "\u27e7"  # marks trained spans where there is no colour
+
+
+def render_tokens(encoded: Encoded, tokenizer: Any, *, marks: bool = False) -> Text:
+    """Each token's text (special tokens as written, newlines as ⏎), masked ones dim,
+    trained ones bold green; with `marks`, trained spans are also wrapped in ⟦ ⟧ so the
+    difference survives plain-text output (logs, CI)."""
     text = Text()
+    trained_before = False
     for token_id, label in zip(encoded.input_ids, encoded.labels, strict=True):
+        trained = label != IGNORE_INDEX
+        if marks and trained != trained_before:
+            text.append(OPEN if trained else CLOSE, style="bold")
+        trained_before = trained
         piece = tokenizer.decode([token_id], skip_special_tokens=False)
         piece = piece.replace("\n", "\u23ce\n")
-        style = "dim" if label == IGNORE_INDEX else "bold green"
-        text.append(piece, style=style)
+        text.append(piece, style="bold green" if trained else "dim")
+    if marks and trained_before:
+        text.append(CLOSE, style="bold")
     return text
 
 
@@ -57,18 +67,23 @@ def preview(resolved: ResolvedRecipe, console: Console, *, count: int, split: st
     encoded = encode_all(
         template, examples, tokenizer, completion_only_loss=recipe.data.completion_only_loss
     )
+    marks = console.no_color or not console.is_terminal
+    legend = (
+        f"{OPEN}trained{CLOSE}, the rest masked (no loss)"
+        if marks
+        else "[dim]dim = masked (no loss)[/dim], [bold green]green = trained[/bold green]"
+    )
     console.print(
         f"[bold]{split}[/bold]: {len(examples)} examples, format {resolved.data_format.spec.name}, "
         f"template {resolved.template.spec.name}, completion-only loss "
-        f"{'on' if recipe.data.completion_only_loss else 'off'}. "
-        "[dim]dim = masked (no loss)[/dim], [bold green]green = trained[/bold green]."
+        f"{'on' if recipe.data.completion_only_loss else 'off'}. {legend}."
     )
     for example, enc in list(zip(examples, encoded, strict=True))[:count]:
         console.rule(
             f"{example.id}: {len(enc.input_ids)} tokens, {enc.trained_tokens} trained",
             style="cyan",
         )
-        console.print(render_tokens(enc, tokenizer))
+        console.print(render_tokens(enc, tokenizer, marks=marks))
     stats = length_stats(encoded, recipe.training.max_seq_length)
     table = Table(title=f"token lengths ({split}, max_seq_length {recipe.training.max_seq_length})")
     for key in ("examples", "min", "median", "p95", "max", "over_max_length", "completion_cut"):
