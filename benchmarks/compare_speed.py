@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -263,6 +264,7 @@ def _run(spec: dict[str, Any], out: Path, result_path: Path, timeout_s: int) -> 
     spec_path.parent.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps(spec, indent=1))
+    shutil.rmtree(out / "runs" / spec["name"], ignore_errors=True)  # scratch: a rerun starts afresh
     command = [
         sys.executable,
         "-m",

@@ -26,6 +26,7 @@ import argparse
 import fnmatch
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -159,6 +160,9 @@ def run_point(point: Point, settings: Settings) -> dict:
         "settings": asdict(settings),
     }
     spec_path.write_text(json.dumps(spec, indent=1))
+    # The run directory is the harness's scratch space: a rerun (--redo) starts it afresh
+    # (sftkit itself never overwrites a run).
+    shutil.rmtree(out / "runs" / point.name, ignore_errors=True)
     started = time.perf_counter()
     command = [sys.executable, "-m", "benchmarks.point", str(spec_path), str(result_path)]
     env = {**os.environ, "PYTHONPATH": _pythonpath()}

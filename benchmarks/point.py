@@ -218,26 +218,39 @@ def _nbytes(tensor: Any) -> int:
 
 
 def parameter_census(model: Any) -> dict[str, int]:
-    """Bytes of the model's parameters by trainable/frozen and dtype: the static terms of
-    the estimate, exactly (bitsandbytes' 4-bit weights show as uint8; their quantization
-    constants are not parameters and are not counted here)."""
+    """Bytes of the model's parameters by trainable/frozen and dtype, each storage once (tied
+    weights): the static terms of the estimate, exactly (bitsandbytes' 4-bit weights show as
+    uint8; their quantization constants are not parameters and are not counted here)."""
     out: dict[str, int] = {}
+    seen: set[int] = set()
     for param in model.parameters():
-        key = f"{'trainable' if param.requires_grad else 'frozen'} {str(param.dtype).removeprefix('torch.')}"
+        storage = param.untyped_storage()
+        if storage.data_ptr() in seen:
+            continue
+        seen.add(storage.data_ptr())
+        dtype = str(param.dtype).removeprefix("torch.")
+        key = f"{'trainable' if param.requires_grad else 'frozen'} {dtype}"
         out[key] = out.get(key, 0) + _nbytes(param)
     return out
 
 
 def state_census(optimizer: Any) -> dict[str, int]:
     """Bytes of optimizer state after the first step, paged (bitsandbytes unified memory)
-    apart from ordinary device tensors."""
+    apart from ordinary device tensors. Each storage counts once: bitsandbytes hands every
+    8-bit state the same quantization maps (qmap1, qmap2)."""
     import torch
 
     out = {"device": 0, "paged": 0}
+    seen: set[int] = set()
     for state in optimizer.state.values():
         for value in state.values():
-            if isinstance(value, torch.Tensor):
-                out["paged" if getattr(value, "is_paged", False) else "device"] += _nbytes(value)
+            if not isinstance(value, torch.Tensor):
+                continue
+            storage = value.untyped_storage()
+            if storage.data_ptr() in seen:
+                continue
+            seen.add(storage.data_ptr())
+            out["paged" if getattr(value, "is_paged", False) else "device"] += storage.nbytes()
     return out
 
 

@@ -151,6 +151,45 @@ def render_points(points: list[dict]) -> str:
     return header + "\n".join(rows) + "\n"
 
 
+def _predicted_bytes(predicted: dict, category: str, phase: str) -> int | None:
+    terms = [t for t in predicted.get("terms") or [] if t.get("phase") == phase]
+    if not terms:
+        return None
+    return sum(t["bytes"] for t in terms if t.get("category") == category)
+
+
+def render_census(points: list[dict]) -> str:
+    """Tensors that exist at the first optimizer step, counted byte for byte in the run,
+    against the estimator's terms for them: the static part of the estimate, exact on any
+    device (a CPU included)."""
+    rows = []
+    for point in points:
+        census = (point.get("measured") or {}).get("census") or {}
+        if "gradients" not in census or "optimizer_state" not in census:
+            continue
+        predicted = point.get("predicted") or {}
+        grads = _predicted_bytes(predicted, "gradients", "optimizer_step")
+        state = _predicted_bytes(predicted, "optimizer", "later_steps")
+        measured_state = sum(census["optimizer_state"].values())
+
+        def cell(measured: int, expected: int | None) -> str:
+            if expected is None:
+                return f"{measured:,} / –"
+            mark = "=" if measured == expected else f"{measured - expected:+,}"
+            return f"{measured:,} / {expected:,} ({mark})"
+
+        rows.append(
+            f"| {point.get('name')} | {cell(census['gradients'], grads)} | "
+            f"{cell(measured_state, state)} |"
+        )
+    if not rows:
+        return ""
+    return (
+        "| point | gradient bytes: measured / predicted | optimizer state bytes: measured / "
+        "predicted |\n|---|---|---|\n" + "\n".join(rows) + "\n"
+    )
+
+
 def summarize_points(points: list[dict]) -> str:
     judged = [judge(p) for p in points]
     gpu = [j for j in judged if j["cuda"]]
@@ -229,6 +268,9 @@ def render(paths: Iterable[Path]) -> str:
     out.append("\n### Estimator against measured peaks\n\n")
     out.append(summarize_points(points) + "\n")
     out.append(render_points(points))
+    census = render_census(points)
+    if census:
+        out.append("\nTensors at the first optimizer step, counted in the run:\n\n" + census)
     for speed in speeds:
         out.append(f"\n### Speed: {speed.get('name', 'comparison')}\n\n")
         data = speed.get("data")

@@ -483,3 +483,23 @@ def test_speed_comparison_on_cuda_with_liger(tiny_model, tmp_path):
     for run in runs.values():
         assert run["measured"]["completed"], run
         assert run["peak_device_used"] > run["peak_allocated"] > 0
+
+
+def test_optimizer_state_census_counts_shared_storage_once():
+    """bitsandbytes gives every 8-bit state the same quantization maps: counted once."""
+    import bitsandbytes as bnb
+    import torch
+
+    from benchmarks.point import state_census
+
+    params = [torch.nn.Parameter(torch.randn(8192)) for _ in range(3)]
+    optimizer = bnb.optim.AdamW8bit(params, min_8bit_size=4096)
+    for p in params:
+        p.grad = torch.randn_like(p)
+    optimizer.step()
+    # Per tensor: two uint8 states (8192 B each) and two fp32 absmax of 32 blocks; two shared
+    # 256-entry fp32 maps for all three.
+    assert state_census(optimizer) == {
+        "device": 3 * (2 * 8192 + 2 * 32 * 4) + 2 * 256 * 4,
+        "paged": 0,
+    }
