@@ -204,6 +204,19 @@ def test_fit_search_finds_the_boundary():
     assert seq["value"] % 64 == 0 and seq["value"] >= 1024
 
 
+def test_fit_search_finds_the_fewest_gpus_with_the_recipes_engine():
+    resolved = load(FULL, "hardware.num_gpus=2", "distributed.engine=fsdp")
+    found = fit_search(resolved)["hardware.num_gpus"]
+    n = found["fewest"]
+    assert n is not None and n >= 2
+    assert estimate(
+        load(FULL, f"hardware.num_gpus={n}", "distributed.engine=fsdp"), advise=False
+    ).fits
+    assert not estimate(
+        load(FULL, f"hardware.num_gpus={n - 1}", "distributed.engine=fsdp"), advise=False
+    ).fits
+
+
 # --------------------------------------------------------------------------- hooks
 
 

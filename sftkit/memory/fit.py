@@ -109,7 +109,33 @@ def fit_search(
             model=model,
         ),
     }
+    if resolved.recipe.distributed.engine in ("fsdp", "deepspeed"):
+        results["hardware.num_gpus"] = _gpu_search(resolved, gpu=gpu, model=model)
     return results
+
+
+def _gpu_search(resolved: ResolvedRecipe, *, gpu: str | None, model: str | None) -> dict[str, Any]:
+    """The fewest GPUs that fit with the recipe's own sharding engine (per-GPU memory only
+    falls as GPUs are added)."""
+    found = fewest_gpus(resolved, {}, gpu=gpu, model=model)
+    one = variant(resolved, {"hardware.num_gpus": 1})
+    if one is not None and compute(one, gpu=gpu, model=model).fits:
+        est = compute(one, gpu=gpu, model=model)
+        return {
+            "fewest": 1,
+            "peak_bytes": est.peak_bytes,
+            "peak_phase": est.peak_phase,
+            "limit": MAX_GPUS,
+        }
+    if found is None:
+        return {"fewest": None, "limit": MAX_GPUS}
+    n, est = found
+    return {
+        "fewest": n,
+        "peak_bytes": est.peak_bytes,
+        "peak_phase": est.peak_phase,
+        "limit": MAX_GPUS,
+    }
 
 
 def fewest_gpus(

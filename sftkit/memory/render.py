@@ -107,8 +107,15 @@ def _rows(e: Estimate) -> list[tuple[str, dict[str, int]]]:
 
 
 def render_fit(e: Estimate) -> list[str]:
-    lines = ["largest settings that fit (each searched with the rest of the recipe unchanged):"]
+    lines = ["settings that fit (each searched with the rest of the recipe unchanged):"]
     for key, found in e.fit_search.items():
+        if "fewest" in found:
+            lines.append(
+                f"  {key}: fewest that fit = {found['fewest']} (peak {gib(found['peak_bytes'])} per GPU)"
+                if found["fewest"] is not None
+                else f"  {key}: none up to {found['limit']} fits"
+            )
+            continue
         if found.get("value") is None:
             lines.append(f"  {key}: none fits (smallest tried: {found.get('smallest_tried')})")
         else:

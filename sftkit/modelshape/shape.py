@@ -9,7 +9,7 @@ not) and optimized (8-bit state or the small-tensor fallback, factored state by 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 TensorRole = Literal["embedding", "lm_head", "linear", "bias", "norm"]
@@ -66,7 +66,6 @@ class ModelShape:
     final_logit_softcapping: float | None = None  # Gemma 2: tanh soft cap on the logits
     max_position_embeddings: int | None = None
     architecture: str = ""
-    extra: dict[str, object] = field(default_factory=dict, compare=False, repr=False)
 
     # ------------------------------------------------------------------ derived sizes
 
