@@ -148,7 +148,14 @@ def render_points(points: list[dict]) -> str:
             f"{error} | {verdict} | {'–' if tps is None else f'{tps:,.0f}'} | "
             f"{'–' if mfu is None else f'{100 * mfu:.1f}%'} |"
         )
-    return header + "\n".join(rows) + "\n"
+    note = ""
+    if any((p.get("point") or {}).get("cap_gib") for p in points):
+        note = (
+            "\nCapped points: `torch.cuda.set_per_process_memory_fraction` caps the torch "
+            "allocator only; the CUDA context and paged optimizer state are outside the cap "
+            "(on a real card of that size they are not).\n"
+        )
+    return header + "\n".join(rows) + "\n" + note
 
 
 def _predicted_bytes(predicted: dict, category: str, phase: str) -> int | None:
