@@ -194,6 +194,7 @@ def test_adapter_export_loads_with_peft(runs: dict[str, Path], tmp_path: Path) -
         "README.md",
     } <= names
     assert "training_args.bin" not in names and "config.json" not in names
+    assert "sftkit_recipe.yaml" in names
     assert "library_name: peft" in (result.output_dir / "README.md").read_text()
     base, tokenizer = load_base(run)
     model = peft.PeftModel.from_pretrained(base, result.output_dir).eval()

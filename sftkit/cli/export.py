@@ -70,8 +70,10 @@ def export_command(
         push_to_hub=push_to_hub,
         private=not public,
     )
-    kind = "merged model" if result.merged else ("adapter" if result.adapter else "model")
-    detail = f" ({result.dtype})" if result.merged and result.dtype else ""
+    kind = "merged model" if result.merged and result.adapter else "adapter"
+    if not result.adapter:
+        kind = "model"  # a full fine-tune: nothing to merge
+    detail = f" ({result.dtype})" if result.dtype else ""
     if result.quantized_base:
         detail += f", merged into the dequantized {result.quantized_base} base"
     click.echo(f"wrote {kind}{detail} to {result.output_dir}")

@@ -21,6 +21,7 @@ from sftkit.reporting.rundir import load_run
 # Left behind: the trainer's pickled arguments, and PEFT's own stub card (we write ours).
 SKIPPED_FILES = frozenset({"training_args.bin", "README.md"})
 DTYPES = ("bfloat16", "float16", "float32")
+RECIPE_COPY = "sftkit_recipe.yaml"  # the run's resolved recipe, to reproduce it
 
 
 @dataclass
@@ -89,6 +90,7 @@ def export_run(
             repo_id=push_to_hub,
         )
         (partial / "README.md").write_text(card, encoding="utf-8")
+        shutil.copy2(run_dir / "recipe.yaml", partial / RECIPE_COPY)
         if out.exists():  # appeared while we worked
             raise RunDirectoryError(f"{out} appeared during the export; not replacing it.")
         partial.rename(out)

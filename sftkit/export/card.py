@@ -76,7 +76,7 @@ def model_card(
     lines += ["## Training", "", _md_table(("", ""), recipe_rows(record) + training_rows(record))]
     lines += ["", "## Usage", "", "```python", *_usage(base, merged, adapter, name), "```", ""]
     recipe_text = yaml.safe_dump(record.recipe, sort_keys=False).rstrip()
-    lines += ["## Recipe", "", "Reproduce with `sftkit run recipe.yaml`:", ""]
+    lines += ["## Recipe", "", "Reproduce with `sftkit run sftkit_recipe.yaml`:", ""]
     lines += ["```yaml", recipe_text, "```", ""]
     return "\n".join(lines)
 

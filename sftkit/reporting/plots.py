@@ -38,20 +38,22 @@ def plot_loss(
 ) -> Path | None:
     """Training loss (and eval/loss points) per step for one or more runs; None if no data."""
     figure, axes = _figure()
-    drawn = False
+    values: list[float] = []
     for label, events in series:
         xs, ys = _series([e for e in events if not any(k.startswith("eval/") for k in e)], "loss")
         if xs:
             axes.plot(xs, ys, linewidth=1.4, label=f"{label} train" if label else "train")
-            drawn = True
         exs, eys = _series(events, "eval/loss")
         if exs:
             axes.plot(exs, eys, "o--", markersize=4, label=f"{label} eval" if label else "eval")
-            drawn = True
-    if not drawn:
+        values += ys + eys
+    if not values:
         return None
+    if min(values) > 0 and max(values) / min(values) > 30:
+        axes.set_yscale("log")  # a loss falling 100x is a flat line at the bottom otherwise
+        axes.grid(alpha=0.15, which="minor")
     axes.set_xlabel("optimizer step")
-    axes.set_ylabel("loss")
+    axes.set_ylabel("loss (log scale)" if axes.get_yscale() == "log" else "loss")
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend()
