@@ -260,12 +260,15 @@ def _check_engine_installed(plan: LaunchPlan) -> None:
 
 
 def _prepare_run(plan: LaunchPlan, *, echo: Callable[[str], None]) -> None:
-    """What `sftkit run` does before training, once, in this process."""
+    """What `sftkit run` does before training, once, in this process: claim the directory,
+    pre-flight memory, write the run's metadata, prepare the data (no two ranks may write the
+    same file; a random base is written by rank 0 of the workers, who import transformers
+    anyway)."""
     try:
         from rich.console import Console
 
         from sftkit.data.prepare import prepare_data
-        from sftkit.training.model import load_tokenizer, random_base, training_device
+        from sftkit.training.model import training_device
         from sftkit.training.rundir import resolved_recipe_data
         from sftkit.training.runner import start_run
     except ImportError as exc:
@@ -273,9 +276,7 @@ def _prepare_run(plan: LaunchPlan, *, echo: Callable[[str], None]) -> None:
     recipe = plan.resolved.recipe
     if not plan.use_cpu:
         training_device(recipe)  # a clear error here beats one per rank
-    ctx = start_run(
-        plan.resolved, resume=plan.resume, force=plan.force, console=Console(stderr=True)
-    )
+    start_run(plan.resolved, resume=plan.resume, force=plan.force, console=Console(stderr=True))
     plan.config_dir.mkdir(parents=True, exist_ok=True)
     (plan.config_dir / WORKER_RECIPE).write_text(
         "# The resolved recipe the workers of this launch read (written by sftkit launch).\n"
@@ -284,8 +285,6 @@ def _prepare_run(plan: LaunchPlan, *, echo: Callable[[str], None]) -> None:
     )
     prepared = prepare_data(plan.resolved)
     echo(f"data: {prepared.directory}")
-    if recipe.model.random_init:
-        random_base(recipe, load_tokenizer(recipe), ctx.paths.base)
 
 
 def _settle_run_json(plan: LaunchPlan, returncode: int) -> dict[str, Any]:

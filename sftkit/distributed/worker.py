@@ -16,6 +16,7 @@ import traceback
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from sftkit.distributed.launch import ENV_BACKEND
 from sftkit.distributed.rank import is_main_process, local_rank, rank
@@ -52,6 +53,8 @@ def train_rank(run_dir: Path, *, resume: bool) -> None:
     if recipe.distributed.engine == "fsdp":
         os.environ.update(fsdp_plan(recipe).worker_environment())
     paths = RunPaths(run_dir)
+    if recipe.model.random_init:
+        _write_random_base_once(recipe, paths.base)
     ctx = RunContext(
         resolved=resolved,
         paths=paths,
@@ -61,6 +64,17 @@ def train_rank(run_dir: Path, *, resume: bool) -> None:
     # Only rank 0 talks; the others' errors still surface through their exit status.
     console = Console(stderr=True, quiet=not is_main_process())
     execute_run(ctx, console=console)
+
+
+def _write_random_base_once(recipe: Any, directory: Path) -> None:
+    """Rank 0 writes the seeded random base; the others wait, then load it like a download."""
+    import torch.distributed as dist
+
+    from sftkit.training.model import load_tokenizer, random_base
+
+    if is_main_process():
+        random_base(recipe, load_tokenizer(recipe), directory)
+    dist.barrier()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,5 +111,19 @@ def _leave_process_group() -> None:
         dist.destroy_process_group()
 
 
+def exit_now(code: int) -> None:
+    """Run the atexit handlers (trackers finishing uploads, logging), flush, and exit without
+    tearing down the interpreter's modules: that teardown takes seconds after torch,
+    transformers and TRL, per rank, and the launcher waits for the slowest."""
+    import atexit
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -1,0 +1,188 @@
+"""`sftkit launch` end to end on a CPU: two gloo processes of the tiny Llama train the same
+steps as one process on the same global batch (DDP through `accelerate launch`, FSDP2 through
+`torchrun`), rank 0 alone writes the run directory, the final model reloads and equals the
+single-process result, and a sharded FSDP run resumed from its checkpoint continues exactly.
+
+Each launch starts real worker processes (about half a minute each on two cores), so the
+multi-process tests are marked slow; they still run in the default suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("trl")
+pytest.importorskip("accelerate")
+
+from tiny_models import config_dir, recipe_text  # noqa: E402
+
+from sftkit.cli import run_cli  # noqa: E402
+from sftkit.recipe.load import load_recipe  # noqa: E402
+from sftkit.testing import fresh_registry  # noqa: E402
+from sftkit.training.model import load_trained  # noqa: E402
+from sftkit.training.runner import run_recipe  # noqa: E402
+
+STEPS = 6
+GLOBAL_BATCH = 8
+PROMPT = "<s>Question: Ann has 3 pens. Ann gets 4 more. How many pens does Ann have?\nAnswer:\n"
+
+
+def write_recipe(root: Path, name: str, **kwargs: Any) -> Path:
+    defaults: dict[str, Any] = {"train_rows": 65, "max_steps": STEPS}
+    path = root / f"{name}.yaml"
+    path.write_text(recipe_text(root / "model", root / "runs" / name, **{**defaults, **kwargs}))
+    return path
+
+
+def launch(recipe: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`sftkit launch` in a fresh interpreter, as a user would run it."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-c", "from sftkit.cli import main; main()", "launch", str(recipe)]
+    done = subprocess.run([*command, *args], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, f"launch failed ({done.returncode}):\n{done.stderr[-6000:]}"
+    return done
+
+
+def events(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def losses(run_dir: Path) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in events(run_dir) if "loss" in e}
+
+
+def final_logits(run_dir: Path) -> Any:
+    model, tokenizer = load_trained(run_dir)
+    ids = tokenizer(PROMPT, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        return model(input_ids=ids).logits.float()
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("launch")
+    config_dir(root / "model")
+    return root
+
+
+@pytest.fixture(scope="module")
+def single(workspace: Path) -> Path:
+    """The reference: one process, micro-batch = the global batch of the launched runs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        recipe = write_recipe(workspace, "single", micro_batch_size=GLOBAL_BATCH)
+        resolved = load_recipe(recipe, registry=fresh_registry())
+        return run_recipe(resolved).run_dir
+    finally:
+        torch.set_num_threads(threads)
+
+
+def assert_same_training(run_dir: Path, single: Path) -> None:
+    got, want = losses(run_dir), losses(single)
+    assert sorted(got) == list(range(1, STEPS + 1))
+    for step, loss in want.items():
+        assert got[step] == pytest.approx(loss, rel=1e-4, abs=1e-5), f"step {step}"
+    assert torch.allclose(final_logits(run_dir), final_logits(single), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(workspace, single):
+    recipe = write_recipe(workspace, "ddp", micro_batch_size=GLOBAL_BATCH // 2)
+    done = launch(recipe, "--nproc", "2", "--launcher", "accelerate")
+    run_dir = workspace / "runs" / "ddp"
+    assert f"completed: {run_dir}" in done.stdout and "on 2 processes" in done.stdout
+    assert_same_training(run_dir, single)
+    # Rank 0 alone wrote the logs: one event per step, no copies from rank 1.
+    steps = [e["step"] for e in events(run_dir) if "loss" in e]
+    assert steps == sorted(set(steps))
+    saved = (run_dir / "recipe.yaml").read_text()
+    assert "engine: ddp" in saved and "num_gpus: 2" in saved  # what the launch implied
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    assert (run_dir / "distributed" / "accelerate_config.yaml").is_file()
+    memory = json.loads((run_dir / "memory.json").read_text())
+    assert memory, "the launcher pre-flighted memory like sftkit run"
+
+
+@pytest.mark.slow
+def test_fsdp2_two_processes_match_one_and_resume_from_shards(workspace, single):
+    extra = "distributed: {engine: fsdp}"
+    half = write_recipe(
+        workspace,
+        "fsdp",
+        micro_batch_size=GLOBAL_BATCH // 2,
+        max_steps=3,
+        save_steps=3,
+        extra=extra,
+    )
+    launch(half, "--nproc", "2", "--launcher", "torchrun")
+    run_dir = workspace / "runs" / "fsdp"
+    checkpoint = run_dir / "checkpoints" / "checkpoint-3"
+    # Sharded checkpoint: one distributed-checkpoint directory written by both ranks.
+    assert any(p.name.startswith("pytorch_model_fsdp") for p in checkpoint.iterdir())
+    assert sorted(losses(run_dir)) == [1, 2, 3]
+
+    whole = write_recipe(
+        workspace, "fsdp", micro_batch_size=GLOBAL_BATCH // 2, save_steps=3, extra=extra
+    )
+    launch(whole, "--nproc", "2", "--launcher", "torchrun", "--resume")
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "completed" and record["steps"] == STEPS
+    assert record["resumed_from"].endswith("checkpoint-3")
+    # Steps 4-6 continue from the shards exactly as the uninterrupted single process did.
+    assert_same_training(run_dir, single)
+    assert (run_dir / "final" / "model.safetensors").is_file()  # gathered, not sharded
+
+
+def test_dry_run_prints_config_and_command_and_writes_nothing(workspace, capsys):
+    recipe = write_recipe(workspace, "dry")
+    code = run_cli(["launch", str(recipe), "distributed.engine=fsdp", "--nproc", "4", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "distributed_type: FSDP" in out and "fsdp_version: 2" in out
+    assert "-m sftkit.distributed.worker" in out and "--num_processes 4" in out
+    assert "4 per node" in out and "= 32 sequences per optimizer step" in out
+    assert not (workspace / "runs" / "dry").exists()
+
+
+def test_dry_run_multi_node_deepspeed(workspace, capsys):
+    recipe = write_recipe(workspace, "ds")
+    args = ["launch", str(recipe), "hardware.gpu=H100-80GB", "distributed.engine=deepspeed"]
+    args.append("distributed.zero_stage=3")
+    node = ["--nproc", "8", "--nnodes", "2", "--node-rank", "1", "--master-addr", "node0"]
+    code = run_cli([*args, *node, "--launcher", "torchrun", "--dry-run"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert '"stage": 3' in out and "distributed_type: DEEPSPEED" in out
+    assert "--nnodes 2 --nproc-per-node 8 --node-rank 1 --master-addr node0" in out
+    assert "16 processes" in out
+
+
+def test_deepspeed_missing_is_reported_before_anything_runs(workspace, capsys):
+    pytest.importorskip("accelerate")
+    if __import__("importlib").util.find_spec("deepspeed") is not None:
+        pytest.skip("deepspeed is installed here")
+    recipe = write_recipe(workspace, "nods")
+    args = ["hardware.gpu=H100-80GB", "distributed.engine=deepspeed", "--nproc", "2"]
+    code = run_cli(["launch", str(recipe), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "'deepspeed'" in err and "distributed.engine: deepspeed" in err
+    assert not (workspace / "runs" / "nods").exists()
+
+
+def test_cpu_launch_needs_nproc_and_bad_topology_is_an_input_error(workspace, capsys):
+    recipe = write_recipe(workspace, "bad")
+    assert run_cli(["launch", str(recipe), "--dry-run"]) == 2
+    assert "--nproc" in capsys.readouterr().err
+    code = run_cli(["launch", str(recipe), "--nproc", "2", "--nnodes", "2", "--dry-run"])
+    assert code == 2
+    assert "--master-addr" in capsys.readouterr().err
