@@ -319,3 +319,52 @@ def test_bundled_tokenizer_files_are_what_the_builder_writes(tmp_path):
 def json_or_text(path: Path) -> Any:
     text = path.read_text()
     return json.loads(text) if path.suffix == ".json" else text
+
+
+@pytest.mark.slow
+def test_packing_keeps_examples_apart(registry, models, tmp_path):
+    """data.packing: TRL packs several examples per row (padding-free, position ids restart
+    per example); each example must still see only itself, as if it were alone."""
+    text = recipe_text(models["config"], tmp_path / "run", max_steps=2, micro_batch_size=4)
+    resolved = load_recipe_text(text, ["data.packing=true"], registry=registry)
+    result = run_recipe(resolved)
+    trainer = result.context.trainer
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "attention_mask" not in batch and batch["input_ids"].shape[0] == 1
+    starts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist()
+    assert len(starts) >= 2  # several examples in the row
+    model = trainer.model.eval()
+    with torch.no_grad():
+        packed = model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False
+        ).logits[0]
+        begin, end = starts[1], starts[2] if len(starts) > 2 else batch["input_ids"].shape[1]
+        alone = model(input_ids=batch["input_ids"][:, begin:end], use_cache=False).logits[0]
+    assert torch.allclose(packed[begin:end], alone, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_a_terminated_run_is_marked_failed(models, tmp_path):
+    """SIGTERM (a scheduler killing the job) unwinds the run: run.json says failed."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run_dir = tmp_path / "run"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(recipe_text(models["config"], run_dir, max_steps=10_000))
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from sftkit.cli import main; main()", "run", str(recipe)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if (run_dir / "metrics.jsonl").is_file():
+            break
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    run = json.loads((run_dir / "run.json").read_text())
+    assert run["status"] == "failed" and "SystemExit" in run["error"]

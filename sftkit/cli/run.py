@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -62,13 +63,23 @@ def run_command(
     except ImportError as exc:
         raise MissingDependencyError(exc.name or "torch", "sftkit run") from exc
     console = Console(stderr=True)
-    result = run_recipe(resolved, resume=resume, force=force, console=console)
+    previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        result = run_recipe(resolved, resume=resume, force=force, console=console)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     elapsed = time.perf_counter() - started
     loss = result.metrics.get("train_loss")
     click.echo(
         f"{result.status}: {result.run_dir} in {_duration(elapsed)}"
         + (f" (train loss {loss:.4f})" if isinstance(loss, float) else "")
     )
+
+
+def _terminated(signum: int, frame: object) -> None:
+    # A killed run (a scheduler's SIGTERM) unwinds like Ctrl-C, so run.json says "failed"
+    # and the run can be resumed, instead of staying "running" forever.
+    raise SystemExit(128 + signum)
 
 
 def _duration(seconds: float) -> str:
