@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sftkit.memory import activations as act
 from sftkit.memory.layout import LaidTensor, adapter_bytes, layout
+from sftkit.memory.moments import activation_moments
 from sftkit.memory.optimizer import OptimizerCost, optimizer_cost
 from sftkit.memory.overheads import (
     ALLOCATOR_MARGIN,
@@ -16,30 +16,10 @@ from sftkit.memory.overheads import (
     WORKSPACE_BYTES,
     allocator_margin,
 )
+from sftkit.memory.parts import DTYPE_NAMES, Part, count_words, div
 from sftkit.memory.setup import Setup
 from sftkit.memory.sharding import Sharding, sharding
-from sftkit.memory.terms import PHASES, Category, MemoryTerm, Pool
-
-DTYPE_NAMES = {1: "int8", 2: "bf16", 4: "fp32"}
-
-
-def count_words(n: int) -> str:
-    """8030261248 -> '8.0 B'; 41943040 -> '41.9 M'."""
-    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return str(n)
-
-
-@dataclass(frozen=True)
-class Part:
-    """One contribution to one phase, before parts are merged into terms."""
-
-    name: str
-    bytes: int
-    category: Category
-    formula: str = ""
-    pool: Pool = "device"
+from sftkit.memory.terms import PHASES, MemoryTerm, Pool
 
 
 @dataclass
@@ -52,10 +32,6 @@ class Breakdown:
     tensors: list[LaidTensor] = field(default_factory=list)
     optimizer: OptimizerCost | None = None
     notes: list[str] = field(default_factory=list)
-
-
-def _div(n: int, k: int) -> int:
-    return math.ceil(n / k) if k > 1 else n
 
 
 def _weight_parts(setup: Setup, tensors: list[LaidTensor], sh: Sharding) -> list[Part]:
@@ -77,7 +53,7 @@ def _weight_parts(setup: Setup, tensors: list[LaidTensor], sh: Sharding) -> list
         else:
             name = f"{dtype} weights of {count_words(s.parameters)} parameters"
             formula = f"{setup.model_dtype_bytes} bytes x parameters"
-        parts.append(Part(name, _div(by_kind["base"], sh.weights), "weights", formula))
+        parts.append(Part(name, div(by_kind["base"], sh.weights), "weights", formula))
     if "quant_constants" in by_kind:
         if setup.strategy.base_storage == "4bit":
             dq = "double-quantized " if quant.double_quant else ""
@@ -90,12 +66,12 @@ def _weight_parts(setup: Setup, tensors: list[LaidTensor], sh: Sharding) -> list
         else:
             name = "LLM.int8 row scales (SCB, fp32 per output row)"
             formula = "4 bytes x output features per linear layer"
-        parts.append(Part(name, _div(by_kind["quant_constants"], sh.weights), "weights", formula))
+        parts.append(Part(name, div(by_kind["quant_constants"], sh.weights), "weights", formula))
     if "unquantized" in by_kind:
         parts.append(
             Part(
                 "fp32 embeddings, norms and lm_head (upcast for k-bit training)",
-                _div(by_kind["unquantized"], sh.weights),
+                div(by_kind["unquantized"], sh.weights),
                 "weights",
                 "4 bytes x non-linear parameters (peft.prepare_model_for_kbit_training)",
             )
@@ -107,7 +83,7 @@ def _weight_parts(setup: Setup, tensors: list[LaidTensor], sh: Sharding) -> list
             Part(
                 f"LoRA adapters, rank {rank}, {DTYPE_NAMES[adapter_bytes(setup)]} "
                 f"({count_words(adapter_params)} trainable parameters)",
-                _div(by_kind["adapter"], sh.weights),
+                div(by_kind["adapter"], sh.weights),
                 "trainable",
                 "dtype bytes x r x (in + out) per adapted linear layer",
             )
@@ -130,7 +106,7 @@ def _optimizer_parts(
     grads = [
         Part(
             f"gradients of {trainable} trainable parameters",
-            _div(opt.gradient_bytes, sh.gradients),
+            div(opt.gradient_bytes, sh.gradients),
             "gradients",
             "one gradient per trainable parameter, in its dtype",
         )
@@ -141,7 +117,7 @@ def _optimizer_parts(
         persistent.append(
             Part(
                 f"{name} state for {trainable} parameters",
-                _div(opt.state_device_bytes, sh.state),
+                div(opt.state_device_bytes, sh.state),
                 "optimizer",
                 "OptimizerSpec.state_for(options).state_bytes(n, dtype) per trainable tensor",
                 state_pool,
@@ -151,7 +127,7 @@ def _optimizer_parts(
         persistent.append(
             Part(
                 f"{name} paged state (unified memory, can spill to host)",
-                _div(opt.state_paged_bytes, sh.state),
+                div(opt.state_paged_bytes, sh.state),
                 "optimizer",
                 "moment buffers of tensors with >= 100,000 elements",
                 "host" if sh.state_on_host else "paged",
@@ -162,7 +138,7 @@ def _optimizer_parts(
         persistent.append(
             Part(
                 "fp32 master weights (DeepSpeed)",
-                _div(master, sh.state),
+                div(master, sh.state),
                 "optimizer",
                 "4 bytes x trainable parameters",
                 state_pool,
@@ -183,182 +159,6 @@ def _optimizer_parts(
 
 def opt_trainables(setup: Setup) -> list[LaidTensor]:
     return [t for t in layout(setup) if t.trainable]
-
-
-def _grad_profile(tensors: list[LaidTensor], num_layers: int) -> tuple[int, int, int]:
-    """(per decoder layer, lm_head + final norm, embedding) gradient bytes."""
-    layer = head = emb = 0
-    for t in tensors:
-        if not t.trainable:
-            continue
-        b = t.numel * t.dtype_bytes
-        if t.count == num_layers and "layers.*" in t.name:
-            layer += b
-        elif "embed_tokens" in t.name:
-            emb += b * t.count
-        else:
-            head += b * t.count
-    return layer, head, emb
-
-
-def _moments(
-    setup: Setup,
-    tensors: list[LaidTensor],
-    grads_total: int,
-    grad_name: str,
-    sh: Sharding,
-    accumulated: bool,
-) -> list[list[Part]]:
-    """Every candidate peak moment of one forward/backward: the start of backward (every
-    layer's saved tensors plus the loss gradients), the top and bottom layers' backward,
-    and the end (all gradients)."""
-    b, s, L = setup.micro_batch_size, setup.seq_len, setup.shape.num_layers
-    layer = act.layer_saved_bytes(setup, b, s)
-    head = act.head_saved_bytes(setup, b, s) - act.loss_saved_bytes(setup, b, s)
-    loss = act.loss_saved_bytes(setup, b, s)
-    loss_tmp = act.loss_transient_bytes(setup, b, s)
-    bwd = act.backward_transient_bytes(setup, b, s)
-    copies = act.autocast_weight_copy_bytes(setup, tensors)
-    first = act.first_layer_reduction(setup, b, s)
-    dequant = act.dequantized_weight_bytes(setup)
-    lg, hg, eg = _grad_profile(tensors, L)
-    lg, hg, eg = (_div(x, sh.gradients) for x in (lg, hg, eg))
-    tokens = f"{b} x {s} tokens"
-    vocab = f"{setup.shape.vocab_size:,}"
-
-    def saved_layers(j: int, recomputing: bool) -> list[Part]:
-        if setup.checkpointing:
-            parts = [
-                Part(
-                    f"checkpointed inputs of {j} layers ({tokens})",
-                    j * act.checkpointed_layer_bytes(setup, b, s),
-                    "activations",
-                    "stream dtype x hidden per token per layer",
-                )
-            ]
-            if recomputing:
-                parts.append(
-                    Part(
-                        "activations of the layer being recomputed",
-                        layer,
-                        "activations",
-                        "per-layer saved tensors (docs/memory.md)",
-                    )
-                )
-            return parts
-        return [
-            Part(
-                f"activations of {j} layers ({tokens}, {setup.attn_implementation})",
-                j * layer - (first if j == L else 0),
-                "activations",
-                "per-layer saved tensors (docs/memory.md)",
-            )
-        ]
-
-    common = []
-    if copies:
-        common.append(
-            Part(
-                "autocast bf16 copies of fp32 weights",
-                copies,
-                "activations",
-                "2 bytes x fp32 matmul weights",
-            )
-        )
-    if dequant:
-        common.append(
-            Part(
-                "dequantized weight (bitsandbytes, transient)",
-                dequant,
-                "activations",
-                "largest linear layer in the compute dtype",
-            )
-        )
-
-    def grads(n: int) -> list[Part]:
-        n = grads_total if accumulated else n
-        name = grad_name if n == grads_total else "gradients so far in backward"
-        return [Part(name, n, "gradients", "one gradient per trainable parameter")] if n else []
-
-    start = [
-        *saved_layers(L, recomputing=False),
-        Part("token ids, rotary tables, final norm", head, "activations", ""),
-        *_loss_parts(setup, loss, loss_tmp, vocab, tokens),
-        *common,
-        *grads(0),
-    ]
-    top = [
-        *saved_layers(L, recomputing=True),
-        Part("gradients in flight (one layer)", bwd, "activations", "approximation"),
-        *common,
-        *grads(hg + lg),
-    ]
-    bottom = [
-        *saved_layers(1, recomputing=True),
-        Part("gradients in flight (one layer)", bwd, "activations", "approximation"),
-        *common,
-        *grads(hg + L * lg),
-    ]
-    end = grads(grads_total) or [Part(grad_name, 0, "gradients")]
-    return [start, top, bottom, end]
-
-
-def _loss_parts(setup: Setup, saved: int, transient: int, vocab: str, tokens: str) -> list[Part]:
-    if setup.loss_head == "fused":
-        return [
-            Part(
-                f"loss: TRL chunked log-prob head, saved hidden states and log-Z ({tokens})",
-                saved,
-                "logits",
-                "per position: hidden x stream dtype + targets + fp32 log-Z and entropy",
-            ),
-            Part(
-                f"loss: 4096 x 32768 logits tiles and gradient accumulators (vocabulary {vocab})",
-                transient,
-                "logits",
-                "compute-dtype tile + casts + fp32 grad of the hidden states (and of lm_head)",
-            ),
-        ]
-    return [
-        Part(
-            f"loss: fp32 log-probabilities over {vocab} tokens ({tokens})",
-            saved,
-            "logits",
-            "4 x vocab per token + labels (logits.float() then log_softmax)",
-        ),
-        Part(
-            f"cross-entropy backward: fp32 gradients over {vocab} tokens",
-            transient,
-            "logits",
-            "2 x 4 x vocab per token",
-        ),
-    ]
-
-
-def _total(parts: list[Part]) -> int:
-    return sum(p.bytes for p in parts)
-
-
-def _activation_moments(
-    setup: Setup,
-    tensors: list[LaidTensor],
-    grads_total: int,
-    grad_name: str,
-    sh: Sharding,
-    accumulated: bool,
-) -> list[Part]:
-    """The largest moment of one forward/backward: its parts (gradients included)."""
-    return max(_moments(setup, tensors, grads_total, grad_name, sh, accumulated), key=_total)
-
-
-def activation_peak_bytes(setup: Setup) -> int:
-    """The most activation memory (saved tensors, loss block, transients) live at any moment
-    of one forward/backward, gradients left out."""
-    tensors = layout(setup)
-    moments = _moments(setup, tensors, 0, "", sharding(setup), accumulated=False)
-    return max(
-        sum(p.bytes for p in parts if p.category in ("activations", "logits")) for parts in moments
-    )
 
 
 def _eval_parts(setup: Setup) -> list[Part]:
@@ -438,7 +238,7 @@ def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
         extras.append(
             Part(
                 "unsharded embeddings and lm_head (FSDP root unit)",
-                root - _div(root, setup.num_gpus),
+                root - div(root, setup.num_gpus),
                 "communication",
             )
         )
@@ -452,12 +252,10 @@ def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
     load_stage = _load_staging(setup)
     phases: dict[str, list[Part]] = {}
     phases["load"] = [*weights, load_stage]
-    fb_first = _activation_moments(
-        setup, tensors, grads_total, grads[0].name, sh, accumulated=False
-    )
+    fb_first = activation_moments(setup, tensors, grads_total, grads[0].name, sh, accumulated=False)
     fb = fb_first
     if setup.grad_accum > 1:
-        fb_acc = _activation_moments(
+        fb_acc = activation_moments(
             setup, tensors, grads_total, grads[0].name, sh, accumulated=True
         )
         fb = max((fb_first, fb_acc), key=lambda ps: sum(p.bytes for p in ps))

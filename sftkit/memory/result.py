@@ -6,7 +6,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sftkit.memory.budget import MemoryBudget
-from sftkit.memory.estimator import Breakdown, Part
+from sftkit.memory.estimator import Breakdown
+from sftkit.memory.parts import Part
 from sftkit.memory.terms import PHASE_LABELS, PHASES, MemoryTerm
 from sftkit.memory.units import UNIT_NOTE, gib
 

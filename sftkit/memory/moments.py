@@ -1,0 +1,190 @@
+"""Activation moments of one forward/backward: the candidates for its peak.
+
+The start of backward (every layer's saved tensors plus the loss gradients), the top and the
+bottom layer's backward (one layer's transients, gradients so far) and the end (all
+gradients): the phase takes the largest.
+"""
+
+from __future__ import annotations
+
+from sftkit.memory import activations as act
+from sftkit.memory.layout import LaidTensor, layout
+from sftkit.memory.parts import Part, div
+from sftkit.memory.setup import Setup
+from sftkit.memory.sharding import Sharding, sharding
+
+
+def _grad_profile(tensors: list[LaidTensor], num_layers: int) -> tuple[int, int, int]:
+    """(per decoder layer, lm_head + final norm, embedding) gradient bytes."""
+    layer = head = emb = 0
+    for t in tensors:
+        if not t.trainable:
+            continue
+        b = t.numel * t.dtype_bytes
+        if t.count == num_layers and "layers.*" in t.name:
+            layer += b
+        elif "embed_tokens" in t.name:
+            emb += b * t.count
+        else:
+            head += b * t.count
+    return layer, head, emb
+
+
+def _moments(
+    setup: Setup,
+    tensors: list[LaidTensor],
+    grads_total: int,
+    grad_name: str,
+    sh: Sharding,
+    accumulated: bool,
+) -> list[list[Part]]:
+    """Every candidate peak moment of one forward/backward: the start of backward (every
+    layer's saved tensors plus the loss gradients), the top and bottom layers' backward,
+    and the end (all gradients)."""
+    b, s, L = setup.micro_batch_size, setup.seq_len, setup.shape.num_layers
+    layer = act.layer_saved_bytes(setup, b, s)
+    head = act.head_saved_bytes(setup, b, s) - act.loss_saved_bytes(setup, b, s)
+    loss = act.loss_saved_bytes(setup, b, s)
+    loss_tmp = act.loss_transient_bytes(setup, b, s)
+    bwd = act.backward_transient_bytes(setup, b, s)
+    copies = act.autocast_weight_copy_bytes(setup, tensors)
+    first = act.first_layer_reduction(setup, b, s)
+    dequant = act.dequantized_weight_bytes(setup)
+    lg, hg, eg = _grad_profile(tensors, L)
+    lg, hg, eg = (div(x, sh.gradients) for x in (lg, hg, eg))
+    tokens = f"{b} x {s} tokens"
+    vocab = f"{setup.shape.vocab_size:,}"
+
+    def saved_layers(j: int, recomputing: bool) -> list[Part]:
+        if setup.checkpointing:
+            parts = [
+                Part(
+                    f"checkpointed inputs of {j} layers ({tokens})",
+                    j * act.checkpointed_layer_bytes(setup, b, s),
+                    "activations",
+                    "stream dtype x hidden per token per layer",
+                )
+            ]
+            if recomputing:
+                parts.append(
+                    Part(
+                        "activations of the layer being recomputed",
+                        layer,
+                        "activations",
+                        "per-layer saved tensors (docs/memory.md)",
+                    )
+                )
+            return parts
+        return [
+            Part(
+                f"activations of {j} layers ({tokens}, {setup.attn_implementation})",
+                j * layer - (first if j == L else 0),
+                "activations",
+                "per-layer saved tensors (docs/memory.md)",
+            )
+        ]
+
+    common = []
+    if copies:
+        common.append(
+            Part(
+                "autocast bf16 copies of fp32 weights",
+                copies,
+                "activations",
+                "2 bytes x fp32 matmul weights",
+            )
+        )
+    if dequant:
+        common.append(
+            Part(
+                "dequantized weight (bitsandbytes, transient)",
+                dequant,
+                "activations",
+                "largest linear layer in the compute dtype",
+            )
+        )
+
+    def grads(n: int) -> list[Part]:
+        n = grads_total if accumulated else n
+        name = grad_name if n == grads_total else "gradients so far in backward"
+        return [Part(name, n, "gradients", "one gradient per trainable parameter")] if n else []
+
+    start = [
+        *saved_layers(L, recomputing=False),
+        Part("token ids, rotary tables, final norm", head, "activations", ""),
+        *_loss_parts(setup, loss, loss_tmp, vocab, tokens),
+        *common,
+        *grads(0),
+    ]
+    top = [
+        *saved_layers(L, recomputing=True),
+        Part("gradients in flight (one layer)", bwd, "activations", "approximation"),
+        *common,
+        *grads(hg + lg),
+    ]
+    bottom = [
+        *saved_layers(1, recomputing=True),
+        Part("gradients in flight (one layer)", bwd, "activations", "approximation"),
+        *common,
+        *grads(hg + L * lg),
+    ]
+    end = grads(grads_total) or [Part(grad_name, 0, "gradients")]
+    return [start, top, bottom, end]
+
+
+def _loss_parts(setup: Setup, saved: int, transient: int, vocab: str, tokens: str) -> list[Part]:
+    if setup.loss_head == "fused":
+        return [
+            Part(
+                f"loss: TRL chunked log-prob head, saved hidden states and log-Z ({tokens})",
+                saved,
+                "logits",
+                "per position: hidden x stream dtype + targets + fp32 log-Z and entropy",
+            ),
+            Part(
+                f"loss: 4096 x 32768 logits tiles and gradient accumulators (vocabulary {vocab})",
+                transient,
+                "logits",
+                "compute-dtype tile + casts + fp32 grad of the hidden states (and of lm_head)",
+            ),
+        ]
+    return [
+        Part(
+            f"loss: fp32 log-probabilities over {vocab} tokens ({tokens})",
+            saved,
+            "logits",
+            "4 x vocab per token + labels (logits.float() then log_softmax)",
+        ),
+        Part(
+            f"cross-entropy backward: fp32 gradients over {vocab} tokens",
+            transient,
+            "logits",
+            "2 x 4 x vocab per token",
+        ),
+    ]
+
+
+def _total(parts: list[Part]) -> int:
+    return sum(p.bytes for p in parts)
+
+
+def activation_moments(
+    setup: Setup,
+    tensors: list[LaidTensor],
+    grads_total: int,
+    grad_name: str,
+    sh: Sharding,
+    accumulated: bool,
+) -> list[Part]:
+    """The largest moment of one forward/backward: its parts (gradients included)."""
+    return max(_moments(setup, tensors, grads_total, grad_name, sh, accumulated), key=_total)
+
+
+def activation_peak_bytes(setup: Setup) -> int:
+    """The most activation memory (saved tensors, loss block, transients) live at any moment
+    of one forward/backward, gradients left out."""
+    tensors = layout(setup)
+    moments = _moments(setup, tensors, 0, "", sharding(setup), accumulated=False)
+    return max(
+        sum(p.bytes for p in parts if p.category in ("activations", "logits")) for parts in moments
+    )
