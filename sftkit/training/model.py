@@ -197,8 +197,14 @@ def build_model(
 ) -> torch.nn.Module:
     """The model that trains: the base, loaded per the strategy, with the strategy applied
     (all weights trainable, or a frozen/quantized base with LoRA adapters)."""
+    import torch
+
     strategy = load_strategy(resolved)
     base = load_base_model(resolved.recipe, strategy, tokenizer, base_dir=base_dir)
+    # Adapters start from the recipe's seed whatever loading drew from the generator (a
+    # random base written in this process, or already written by another rank), so a
+    # launched run's adapters are those `sftkit run` would make.
+    torch.manual_seed(resolved.recipe.training.seed)
     return strategy.apply(base, resolved.recipe)
 
 
