@@ -58,6 +58,18 @@ def distributed_problems(resolved: ResolvedRecipe) -> list[Problem]:
                 "Use engine: fsdp or ddp on CPU.",
             )
         )
+    optimizer = resolved.optimizer.spec
+    if d.engine == "fsdp" and optimizer.implementation != "torch":
+        problems.append(
+            Problem(
+                "optimizer.name",
+                f"optimizer {optimizer.name!r} ({optimizer.implementation}) updates plain tensors; "
+                "FSDP shards each parameter as a DTensor, which only torch.optim optimizers "
+                "step (a plugin optimizer that does declares implementation 'torch').",
+                "Use optimizer.name=adamw (for LoRA adapters the 8-bit state saved little), or "
+                "engine: deepspeed, or engine: ddp.",
+            )
+        )
     if d.cpu_offload and resolved.optimizer.spec.paged:
         problems.append(
             Problem(
