@@ -220,13 +220,23 @@ def _evaluates_here(plan: LaunchPlan) -> bool:
 
 
 def _evaluate_final(plan: LaunchPlan, *, echo: Callable[[str], None]) -> None:
+    import torch
+
     from sftkit.evaluation.runner import evaluate_in_run
     from sftkit.reporting.report import write_report
     from sftkit.training.model import load_trained
 
     echo("evaluation after training: loading final/ in one process")
-    model, tokenizer = load_trained(plan.run_dir)
-    evaluate_in_run(plan.resolved, model, tokenizer, plan.run_dir, stage="after", echo=echo)
+    try:
+        model, tokenizer = load_trained(plan.run_dir)
+        evaluate_in_run(plan.resolved, model, tokenizer, plan.run_dir, stage="after", echo=echo)
+    except torch.cuda.OutOfMemoryError:
+        # The run itself is complete; a model that needed sharding may not fit one GPU.
+        echo(
+            "evaluation after training skipped: the trained model does not fit one GPU; run "
+            f"`sftkit eval {plan.run_dir}` on a larger one."
+        )
+        return
     write_report(plan.run_dir)  # again, now with the evaluation in it
 
 
