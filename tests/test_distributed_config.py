@@ -317,6 +317,13 @@ def test_single_process_ddp_config_is_not_distributed():
     assert accelerate_config(recipe(engine="ddp"), Topology(2))["distributed_type"] == "MULTI_GPU"
 
 
+def test_use_cpu_is_written_for_one_process_only():
+    # accelerate's one-process launcher sets ACCELERATE_USE_CPU from the file; several CPU
+    # processes must stay MULTI_GPU-typed so that accelerate starts one process per rank.
+    assert accelerate_config(recipe(), Topology(1), use_cpu=True)["use_cpu"] is True
+    assert accelerate_config(recipe(engine="ddp"), Topology(2), use_cpu=True)["use_cpu"] is False
+
+
 # --------------------------------------------------------------------------- DeepSpeed
 
 

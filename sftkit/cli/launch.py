@@ -113,8 +113,9 @@ def launch_command(
     outcome = run_launch(plan, echo=lambda line: click.echo(line, err=True))
     elapsed = time.perf_counter() - started
     loss = outcome.get("train_loss")
+    world = plan.topology.world_size
     click.echo(
         f"{outcome.get('status', 'completed')}: {plan.run_dir} in {elapsed:.1f}s on "
-        f"{plan.topology.world_size} processes"
+        f"{world} process{'es' if world != 1 else ''}"
         + (f" (train loss {loss:.4f})" if isinstance(loss, float) else "")
     )

@@ -172,9 +172,17 @@ def distributed_type(recipe: Recipe, topology: Topology) -> str:
 
 
 def accelerate_config(
-    recipe: Recipe, topology: Topology, *, deepspeed_config_file: str | None = None
+    recipe: Recipe,
+    topology: Topology,
+    *,
+    deepspeed_config_file: str | None = None,
+    use_cpu: bool = False,
 ) -> dict[str, Any]:
-    """An accelerate config file's content (the format `accelerate config` writes)."""
+    """An accelerate config file's content (the format `accelerate config` writes).
+
+    `use_cpu` is written only for one process: accelerate's single-process launcher sets
+    ACCELERATE_USE_CPU from it, while with `use_cpu: true` several processes would be the
+    MULTI_CPU type, which `accelerate launch` starts as one process (without MPI)."""
     config: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",
         "distributed_type": distributed_type(recipe, topology),
@@ -187,7 +195,7 @@ def accelerate_config(
         "rdzv_backend": "static",
         "same_network": True,
         "main_training_function": "main",
-        "use_cpu": False,
+        "use_cpu": use_cpu and topology.world_size == 1,
         "debug": False,
         "downcast_bf16": "no",
         "enable_cpu_affinity": False,
@@ -213,7 +221,9 @@ class GeneratedConfigs:
     deepspeed: Path | None
 
 
-def write_configs(recipe: Recipe, topology: Topology, directory: Path) -> GeneratedConfigs:
+def write_configs(
+    recipe: Recipe, topology: Topology, directory: Path, *, use_cpu: bool = False
+) -> GeneratedConfigs:
     """Write the accelerate config (and the DeepSpeed JSON) into `directory`."""
     directory.mkdir(parents=True, exist_ok=True)
     ds_path: Path | None = None
@@ -221,7 +231,10 @@ def write_configs(recipe: Recipe, topology: Topology, directory: Path) -> Genera
         ds_path = directory / DEEPSPEED_CONFIG
         ds_path.write_text(json.dumps(deepspeed_config(recipe), indent=2) + "\n", encoding="utf-8")
     config = accelerate_config(
-        recipe, topology, deepspeed_config_file=str(ds_path.resolve()) if ds_path else None
+        recipe,
+        topology,
+        deepspeed_config_file=str(ds_path.resolve()) if ds_path else None,
+        use_cpu=use_cpu,
     )
     acc_path = directory / ACCELERATE_CONFIG
     header = (

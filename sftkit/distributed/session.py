@@ -108,6 +108,7 @@ class LaunchPlan:
             r,
             t,
             deepspeed_config_file=str(ds_path) if r.distributed.engine == "deepspeed" else None,
+            use_cpu=self.use_cpu,
         )
         lines.append(yaml.safe_dump(config, sort_keys=False).rstrip())
         if r.distributed.engine == "deepspeed":
@@ -181,7 +182,9 @@ def run_launch(plan: LaunchPlan, *, echo: Callable[[str], None]) -> dict[str, An
     record: dict[str, Any] = {}
     if plan.topology.is_first_node:
         _prepare_run(plan, echo=echo)
-    generated = write_configs(plan.resolved.recipe, plan.topology, plan.config_dir)
+    generated = write_configs(
+        plan.resolved.recipe, plan.topology, plan.config_dir, use_cpu=plan.use_cpu
+    )
     script = plan.config_dir / LAUNCH_SCRIPT
     script.write_text(
         "#!/bin/sh\n# The command `sftkit launch` ran on this node.\n"

@@ -31,7 +31,8 @@ def join_process_group() -> str:
     backend = os.environ.get(ENV_BACKEND) or ("gloo" if use_cpu else "nccl")
     if not use_cpu:
         torch.cuda.set_device(local_rank())
-    if not dist.is_initialized():
+    # One process under `accelerate launch` (distributed_type NO) gets no rendezvous address.
+    if "MASTER_ADDR" in os.environ and not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return "cpu" if use_cpu else "cuda"
 
@@ -74,7 +75,8 @@ def _write_random_base_once(recipe: Any, directory: Path) -> None:
 
     if is_main_process():
         random_base(recipe, load_tokenizer(recipe), directory)
-    dist.barrier()
+    if dist.is_initialized():
+        dist.barrier()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
