@@ -368,3 +368,21 @@ def test_a_terminated_run_is_marked_failed(models, tmp_path):
     assert process.wait(timeout=60) == 128 + signal.SIGTERM
     run = json.loads((run_dir / "run.json").read_text())
     assert run["status"] == "failed" and "SystemExit" in run["error"]
+
+
+@pytest.mark.slow
+def test_load_base_is_the_untrained_seeded_base(registry, models, tmp_path):
+    from sftkit.training.model import load_base
+
+    run_dir = tmp_path / "run"
+    resolved = load_recipe_text(
+        recipe_text(models["config"], run_dir, max_steps=2), registry=registry
+    )
+    run_recipe(resolved)
+    from_run, _ = load_base(run_dir)  # the weights saved in <run>/base
+    regenerated, _ = load_base(resolved)  # rebuilt from the recipe's seed, no run directory
+    trained, _ = load_trained(run_dir)
+    base_state, trained_state = from_run.state_dict(), trained.state_dict()
+    for name, tensor in regenerated.state_dict().items():
+        assert torch.equal(tensor, base_state[name]), name
+    assert not torch.equal(base_state["lm_head.weight"], trained_state["lm_head.weight"])
