@@ -187,8 +187,9 @@ def test_qlora_fsdp2_shards_the_4bit_base_and_matches_one_process(workspace):
 def test_dry_run_prints_config_and_command_and_writes_nothing(workspace, capsys):
     recipe = write_recipe(workspace, "dry")
     code = run_cli(["launch", str(recipe), "distributed.engine=fsdp", "--nproc", "4", "--dry-run"])
-    out = capsys.readouterr().out
-    assert code == 0
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, captured.err
     assert "distributed_type: FSDP" in out and "fsdp_version: 2" in out
     assert "-m sftkit.distributed.worker" in out and "--num_processes 4" in out
     assert "4 per node" in out and "= 32 sequences per optimizer step" in out
@@ -201,8 +202,9 @@ def test_dry_run_multi_node_deepspeed(workspace, capsys):
     args.append("distributed.zero_stage=3")
     node = ["--nproc", "8", "--nnodes", "2", "--node-rank", "1", "--master-addr", "node0"]
     code = run_cli([*args, *node, "--launcher", "torchrun", "--dry-run"])
-    out = capsys.readouterr().out
-    assert code == 0
+    captured = capsys.readouterr()
+    out = captured.out
+    assert code == 0, captured.err
     assert '"stage": 3' in out and "distributed_type: DEEPSPEED" in out
     assert "--nnodes 2 --nproc-per-node 8 --node-rank 1 --master-addr node0" in out
     assert "16 processes" in out
