@@ -141,6 +141,11 @@ def plan_launch(request: LaunchRequest, *, registry: Registry) -> LaunchPlan:
         notes.append(f"{world} processes and distributed.engine none: training with DDP.")
     if first.recipe.hardware.num_gpus != world:
         implied.append(f"hardware.num_gpus={world}")
+        if first.recipe.hardware.num_gpus != 1:
+            notes.append(
+                f"hardware.num_gpus is {first.recipe.hardware.num_gpus} but {world} processes "
+                f"are launched: memory is checked for {world}."
+            )
     resolved = (
         load_recipe(request.recipe, (*request.overrides, *extra, *implied), registry=registry)
         if implied
