@@ -74,7 +74,7 @@ def start_run(
     """Everything before loading a weight: claim the run directory, pre-flight the memory
     estimate, write recipe.yaml / memory.json / environment.json / run.json (running).
     `sftkit launch` calls this once, then `execute_run` in every rank."""
-    from sftkit.training.kernels import check_kernels
+    from sftkit.training.kernels import check_cpu_4bit_inference, check_kernels
     from sftkit.training.model import training_device
 
     recipe = resolved.recipe
@@ -83,6 +83,10 @@ def start_run(
     estimate = preflight(resolved, force=force, echo=console.print)
     device = training_device(recipe)
     check_kernels(recipe, device)  # before anything is written or loaded
+    if recipe.evaluation.evaluators and (
+        recipe.evaluation.before_training or recipe.evaluation.after_training
+    ):
+        check_cpu_4bit_inference(resolved, device)
     paths.root.mkdir(parents=True, exist_ok=True)
     if not resume:
         write_recipe(paths, resolved)
