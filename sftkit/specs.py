@@ -157,7 +157,7 @@ class StrategySpec:
 
     name: str
     summary: str
-    factory: str  # "pkg.module:build" -> build(model_config, options, recipe) -> model
+    factory: str  # "pkg.module:build" -> build(options) -> sftkit.strategies.base.Strategy
     options_model: type[Options] = NoOptions
     base_storage: BaseStorage = "dense"
     trains: Literal["all", "adapters"] = "all"
