@@ -43,7 +43,8 @@ class Lora8bitOptions(LoraOptions):
     llm_int8_threshold: float = Field(default=6.0, ge=0, description="Outlier threshold.")
 
 
-def _qlora_quantization(options: QLoraOptions) -> Quantization:
+def qlora_quantization(options: QLoraOptions) -> Quantization:
+    """The 4-bit storage QLoRA options describe (public: plugins over NF4 reuse it)."""
     return Quantization(
         method="bnb-4bit",
         quant_type=options.quant_type,
@@ -83,7 +84,7 @@ STRATEGIES = (
         options_model=QLoraOptions,
         base_storage="4bit",
         trains="adapters",
-        quantization=_qlora_quantization,
+        quantization=qlora_quantization,
         adapter="lora",
         tags=frozenset({"lora", "quantized", "4bit"}),
     ),

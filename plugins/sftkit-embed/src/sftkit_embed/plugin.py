@@ -13,10 +13,10 @@ from typing import Any
 
 from pydantic import Field
 
-from sftkit.builtin.strategies import LoraOptions, QLoraOptions
+from sftkit.builtin.strategies import LoraOptions, QLoraOptions, qlora_quantization
 from sftkit.hookspecs import hookimpl
 from sftkit.memory.terms import MemoryTerm
-from sftkit.specs import Quantization, StrategySpec
+from sftkit.specs import StrategySpec
 
 EMBEDDING_MODULES = ("embed_tokens", "lm_head")
 
@@ -31,15 +31,6 @@ class EmbedOptions(LoraOptions):
 
 class QLoraEmbedOptions(QLoraOptions, EmbedOptions):
     pass
-
-
-def _nf4(options: QLoraEmbedOptions) -> Quantization:
-    return Quantization(
-        method="bnb-4bit",
-        quant_type=options.quant_type,
-        double_quant=options.double_quant,
-        compute_dtype=options.compute_dtype,
-    )
 
 
 STRATEGIES = (
@@ -60,7 +51,7 @@ STRATEGIES = (
         options_model=QLoraEmbedOptions,
         base_storage="4bit",
         trains="adapters",
-        quantization=_nf4,
+        quantization=qlora_quantization,
         adapter="lora",
         tags=frozenset({"lora", "quantized", "4bit", "embeddings"}),
     ),
