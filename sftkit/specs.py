@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from sftkit.components import Adapter, BaseStorage, Composition, Dense, FullTraining
 from sftkit.errors import PluginError, SpecError
 
 
@@ -131,53 +132,45 @@ class FactoredState:
 # --------------------------------------------------------------------------- specs
 
 
-BaseStorage = Literal["dense", "int8", "4bit"]
+def dense_storage(options: Any) -> BaseStorage:
+    """The default storage: the base stays dense in ``model.dtype``."""
+    return Dense()
 
 
-@dataclass(frozen=True)
-class Quantization:
-    """How the frozen base weights of linear layers are stored."""
-
-    method: Literal["none", "bnb-4bit", "bnb-8bit"] = "none"
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = False
-    blocksize: int = 64
-    compute_dtype: str = "bfloat16"
-
-
-def _no_quantization(options: Any) -> Quantization:
-    return Quantization()
+def full_training(options: Any) -> tuple[Adapter, ...]:
+    """The default adapters: every base weight trains."""
+    return (FullTraining(),)
 
 
 @dataclass(frozen=True)
 class StrategySpec:
-    """A fine-tuning strategy: which weights train and how the frozen base is stored."""
+    """A fine-tuning strategy: how the frozen base is stored and what trains.
+
+    `storage` and `adapters` are pure functions of the validated options that describe the
+    strategy's parts (`sftkit.components`); the memory estimator prices any strategy from
+    them alone and never calls the factory.
+    """
 
     kind: ClassVar[str] = "strategy"
 
     name: str
     summary: str
-    factory: str  # "pkg.module:build" -> build(options) -> sftkit.strategies.base.Strategy
+    factory: str  # "pkg.module:build" -> build(options) -> a runtime strategy object
     options_model: type[Options] = NoOptions
-    base_storage: BaseStorage = "dense"
-    trains: Literal["all", "adapters"] = "all"
-    # Pure functions of the validated options; the estimator calls them, never the factory.
-    quantization: Callable[[Any], Quantization] = _no_quantization
-    adapter: Literal["lora"] | None = None
+    storage: Callable[[Any], BaseStorage] = dense_storage
+    adapters: Callable[[Any], Sequence[Adapter]] = full_training
     tags: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         _check_name(self)
-        # The compatibility rule lives here, not in the runner: every parameter of a
-        # quantized base is frozen integer storage, so nothing can train it directly.
-        if self.trains == "all" and self.base_storage != "dense":
-            raise SpecError(
-                f"strategy {self.name!r} trains all weights but stores the base as "
-                f"{self.base_storage}: quantized weights cannot be trained directly. "
-                "Use trains='adapters' (LoRA over the quantized base)."
-            )
-        if self.trains == "adapters" and self.adapter is None:
-            raise SpecError(f"strategy {self.name!r} trains adapters but names no adapter kind.")
+
+    def compose(self, options: Any) -> Composition:
+        """The strategy's parts for `options` (an instance of `options_model`). Raises
+        `SpecError` when they contradict each other (e.g. training a quantized base)."""
+        try:
+            return Composition(self.storage(options), tuple(self.adapters(options)))
+        except SpecError as exc:
+            raise SpecError(f"strategy {self.name!r}: {exc.message}", hint=exc.hint) from None
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from sftkit.components import Bnb4bit, LlmInt8, LoRA
 from sftkit.hookspecs import Register, hookimpl
-from sftkit.specs import NoOptions, Options, Quantization, StrategySpec
+from sftkit.specs import NoOptions, Options, StrategySpec
 
 
 class LoraOptions(Options):
@@ -43,18 +44,22 @@ class Lora8bitOptions(LoraOptions):
     llm_int8_threshold: float = Field(default=6.0, ge=0, description="Outlier threshold.")
 
 
-def qlora_quantization(options: QLoraOptions) -> Quantization:
-    """The 4-bit storage QLoRA options describe (public: plugins over NF4 reuse it)."""
-    return Quantization(
-        method="bnb-4bit",
+def lora_adapters(options: LoraOptions) -> tuple[LoRA]:
+    """The LoRA adapter the options describe (public: strategies built on LoRA reuse it)."""
+    return (LoRA.from_options(options),)
+
+
+def nf4_storage(options: QLoraOptions) -> Bnb4bit:
+    """The 4-bit base QLoRA options describe (public: plugins over NF4 reuse it)."""
+    return Bnb4bit(
         quant_type=options.quant_type,
         double_quant=options.double_quant,
         compute_dtype=options.compute_dtype,
     )
 
 
-def _int8_quantization(options: Lora8bitOptions) -> Quantization:
-    return Quantization(method="bnb-8bit")
+def int8_storage(options: Lora8bitOptions) -> LlmInt8:
+    return LlmInt8(threshold=options.llm_int8_threshold)
 
 
 STRATEGIES = (
@@ -63,8 +68,6 @@ STRATEGIES = (
         summary="Train every weight of a bf16/fp32 model.",
         factory="sftkit.strategies.full_sft:build",
         options_model=NoOptions,
-        base_storage="dense",
-        trains="all",
         tags=frozenset({"full"}),
     ),
     StrategySpec(
@@ -72,9 +75,7 @@ STRATEGIES = (
         summary="LoRA adapters over a frozen base kept in the model dtype (bf16).",
         factory="sftkit.strategies.lora:build_lora",
         options_model=LoraOptions,
-        base_storage="dense",
-        trains="adapters",
-        adapter="lora",
+        adapters=lora_adapters,
         tags=frozenset({"lora"}),
     ),
     StrategySpec(
@@ -82,10 +83,8 @@ STRATEGIES = (
         summary="QLoRA: LoRA over a 4-bit NF4 base with double quantization and bf16 compute.",
         factory="sftkit.strategies.lora:build_qlora",
         options_model=QLoraOptions,
-        base_storage="4bit",
-        trains="adapters",
-        quantization=qlora_quantization,
-        adapter="lora",
+        storage=nf4_storage,
+        adapters=lora_adapters,
         tags=frozenset({"lora", "quantized", "4bit"}),
     ),
     StrategySpec(
@@ -93,10 +92,8 @@ STRATEGIES = (
         summary="LoRA over an 8-bit LLM.int8 base.",
         factory="sftkit.strategies.lora:build_lora_8bit",
         options_model=Lora8bitOptions,
-        base_storage="int8",
-        trains="adapters",
-        quantization=_int8_quantization,
-        adapter="lora",
+        storage=int8_storage,
+        adapters=lora_adapters,
         tags=frozenset({"lora", "quantized", "8bit"}),
     ),
 )

@@ -74,7 +74,7 @@ def start_run(
     """Everything before loading a weight: claim the run directory, pre-flight the memory
     estimate, write recipe.yaml / memory.json / environment.json / run.json (running).
     `sftkit launch` calls this once, then `execute_run` in every rank."""
-    from sftkit.training.kernels import check_cpu_4bit_inference, check_kernels
+    from sftkit.training.kernels import check_inference_device, check_kernels
     from sftkit.training.model import training_device
 
     recipe = resolved.recipe
@@ -86,7 +86,7 @@ def start_run(
     if recipe.evaluation.evaluators and (
         recipe.evaluation.before_training or recipe.evaluation.after_training
     ):
-        check_cpu_4bit_inference(resolved, device)
+        check_inference_device(resolved, device)
     paths.root.mkdir(parents=True, exist_ok=True)
     if not resume:
         write_recipe(paths, resolved)
