@@ -56,7 +56,14 @@ def load_factory(ref: str) -> Any:
 
 
 class OptimizerState(Protocol):
-    """How much persistent state an optimizer keeps for one trainable tensor."""
+    """How much persistent state an optimizer keeps for one trainable tensor.
+
+    Optional methods the estimator uses when a state defines them: ``paged_bytes(numel,
+    param_bytes)`` (the part a paged optimizer puts in unified memory; default: all of it),
+    ``shared_bytes(numels)`` (state shared by all tensors, e.g. quantization maps; default 0),
+    ``factored_bytes(shape)`` (state that depends on the shape, not only the element count),
+    and the attribute ``temporaries_per_group`` (True when ``step()`` builds its temporaries
+    for a whole group of tensors at once, as torch's foreach kernels do)."""
 
     def state_bytes(self, numel: int, param_bytes: int) -> int: ...
 
@@ -74,11 +81,18 @@ class DenseMomentState:
     temporaries: int = 0  # full-size temporaries per parameter during step() (foreach)
     step_bytes: int = 0  # per-tensor step counter tensor (torch Adam/AdamW: fp32 scalar, 4)
 
+    # torch's multi-tensor (foreach) kernels build temporaries for a whole group at once
+    temporaries_per_group: ClassVar[bool] = True
+
     def state_bytes(self, numel: int, param_bytes: int) -> int:
         return self.moments * numel * (self.dtype_bytes or param_bytes) + self.step_bytes
 
     def step_temporary_bytes(self, numel: int, param_bytes: int) -> int:
         return self.temporaries * numel * (self.dtype_bytes or param_bytes)
+
+    def paged_bytes(self, numel: int, param_bytes: int) -> int:
+        """The moment buffers (the step counter stays an ordinary tensor)."""
+        return self.moments * numel * (self.dtype_bytes or param_bytes)
 
 
 @dataclass(frozen=True)
@@ -91,6 +105,10 @@ class Blockwise8bitState:
     block_size: int = 256
     min_8bit_size: int = 4096
 
+    # the two 256-entry fp32 quantization maps (qmap1 "dynamic", qmap2 "udynamic") that all
+    # tensors kept in 8 bits share
+    QMAP_BYTES: ClassVar[int] = 2 * 256 * 4
+
     def state_bytes(self, numel: int, param_bytes: int) -> int:
         if numel < self.min_8bit_size:
             return self.moments * numel * 4
@@ -99,6 +117,13 @@ class Blockwise8bitState:
 
     def step_temporary_bytes(self, numel: int, param_bytes: int) -> int:
         return 0
+
+    def paged_bytes(self, numel: int, param_bytes: int) -> int:
+        """The moment buffers; the fp32 block maxima (absmax1/2) stay ordinary tensors."""
+        return self.moments * numel * (1 if numel >= self.min_8bit_size else 4)
+
+    def shared_bytes(self, numels: list[int]) -> int:
+        return self.QMAP_BYTES if any(n >= self.min_8bit_size for n in numels) else 0
 
 
 @dataclass(frozen=True)
