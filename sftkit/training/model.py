@@ -14,11 +14,11 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sftkit.distributed.trainer import load_device_map
+from sftkit.distributed.trainer import load_device_map, shards_parameters
 from sftkit.errors import SftkitError
 from sftkit.modelshape.sources import BUILTIN_PREFIX, builtin_model_dir
 from sftkit.specs import load_factory
-from sftkit.strategies.base import Strategy
+from sftkit.strategies.base import StrategyContext, StrategyProtocol
 
 if TYPE_CHECKING:
     import torch
@@ -67,15 +67,25 @@ def training_device(recipe: Recipe) -> str:
     )
 
 
-def load_strategy(resolved: ResolvedRecipe) -> Strategy:
+def load_strategy(resolved: ResolvedRecipe) -> StrategyProtocol:
     component = resolved.strategy
     strategy = load_factory(component.spec.factory)(component.options)
-    if not isinstance(strategy, Strategy):
+    if not isinstance(strategy, StrategyProtocol):
         raise SftkitError(
             f"strategy {component.spec.name!r} (plugin {component.plugin!r}): its factory "
-            f"returned {type(strategy).__name__}, not a sftkit.strategies.Strategy."
+            f"returned {type(strategy).__name__}, not a strategy object (subclass "
+            "sftkit.strategies.Strategy, or implement sftkit.strategies.StrategyProtocol)."
         )
     return strategy
+
+
+def strategy_context(recipe: Recipe, device: str | None = None) -> StrategyContext:
+    """What a strategy is told about this process's run (see `StrategyContext`)."""
+    return StrategyContext(
+        recipe=recipe,
+        device=device or training_device(recipe),
+        shards_parameters=shards_parameters(recipe),
+    )
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -139,7 +149,7 @@ def random_base(recipe: Recipe, tokenizer: Any, directory: Path) -> Path:
 
 
 def load_base_model(
-    recipe: Recipe, strategy: Strategy, tokenizer: Any, *, base_dir: Path | None
+    recipe: Recipe, strategy: StrategyProtocol, tokenizer: Any, *, base_dir: Path | None
 ) -> torch.nn.Module:
     """The untrained base, loaded the way the strategy stores it (dense or quantized)."""
     from transformers import AutoModelForCausalLM
@@ -151,7 +161,7 @@ def load_base_model(
         "trust_remote_code": recipe.model.trust_remote_code,
         # This rank's GPU, or host memory when a sharding engine places the shards.
         "device_map": load_device_map(recipe, device, quantized=strategy.quantized),
-        **strategy.load_kwargs(recipe),
+        **strategy.load_kwargs(strategy_context(recipe, device)),
     }
     if recipe.model.random_init:
         if base_dir is None:
@@ -205,7 +215,7 @@ def build_model(
     # random base written in this process, or already written by another rank), so a
     # launched run's adapters are those `sftkit run` would make.
     torch.manual_seed(resolved.recipe.training.seed)
-    return strategy.apply(base, resolved.recipe)
+    return strategy.apply(base, strategy_context(resolved.recipe))
 
 
 # --------------------------------------------------------------------------- finished runs
