@@ -32,6 +32,7 @@ from sftkit.training.optimizer import build_optimizer  # noqa: E402
 from sftkit.training.runner import run_recipe  # noqa: E402
 
 LR = 1e-3
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -45,6 +46,24 @@ def one_thread() -> Any:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return saved_model_dir(tmp_path_factory.mktemp("tiny"))
+
+
+def test_memory_is_exactly_loras_and_it_is_not_suggested_twice(registry):
+    """The estimator prices lora-plus from its spec: as lora. Advice for a rejected recipe
+    lists one of two changes with the same predicted memory, so lora-plus crowds out no
+    other suggestion (the seed's rejection still proposes qlora-nf4)."""
+    from sftkit.memory import estimate
+    from sftkit.recipe.load import load_recipe
+
+    seed = RECIPES / "r1_gsm8k_full.yaml"
+    lora, plus = (
+        estimate(load_recipe(str(seed), [f"strategy.name={name}"], registry=registry))
+        for name in ("lora", "lora-plus")
+    )
+    assert plus.terms == lora.terms and plus.phases == lora.phases
+    changes = [s.change for s in estimate(load_recipe(str(seed), registry=registry)).suggestions]
+    assert {"strategy lora", "strategy lora-8bit", "strategy qlora-nf4"} <= set(changes)
+    assert "strategy lora-plus" not in changes
 
 
 def lora_plus_recipe(
