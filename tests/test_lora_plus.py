@@ -5,6 +5,9 @@ exactly, and a strategy whose groups are wrong gets a typed error naming it."""
 from __future__ import annotations
 
 import json
+import re
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -340,3 +343,75 @@ def test_the_context_tells_qlora_how_to_store_a_sharded_base(registry, model_dir
         ctx = StrategyContext(recipe=resolved.recipe, device="cpu", shards_parameters=shards)
         config = strategy.load_kwargs(ctx)["quantization_config"]
         assert config.load_in_4bit and config.bnb_4bit_quant_storage == storage
+
+
+# ------------------------------------------------------------ the docs' examples run
+
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+
+def python_blocks(doc: str, heading: str) -> list[str]:
+    """The ```python blocks of one `## heading` section of a docs page."""
+    text = (DOCS / doc).read_text(encoding="utf-8")
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, flags=re.S)
+
+
+def rates_by_name(model: Any, optimizer: Any) -> dict[str, float]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: g["lr"] for g in optimizer.param_groups for p in g["params"]}
+
+
+def test_the_layer_decay_plugin_in_writing_a_plugin_runs(model_dir, tmp_path, monkeypatch):
+    blocks = python_blocks("writing-a-plugin.md", "Strategy objects")
+    assert [b.splitlines()[0].split(":")[0] for b in blocks] == [
+        "# my_plugin/plugin.py",
+        "# my_plugin/strategy.py",
+    ]
+    package = types.ModuleType("my_plugin")
+    package.__path__ = []
+    monkeypatch.setitem(sys.modules, "my_plugin", package)
+    for name, code in zip(("my_plugin.plugin", "my_plugin.strategy"), blocks, strict=True):
+        module = types.ModuleType(name)
+        monkeypatch.setitem(sys.modules, name, module)
+        exec(compile(code, name, "exec"), module.__dict__)
+    with registered(sys.modules["my_plugin.plugin"]) as registry:
+        text = recipe_text(
+            model_dir,
+            tmp_path / "run",
+            strategy="full-sft-layer-decay",
+            strategy_options={"decay": 0.5},
+            optimizer_options={"lr": LR, "weight_decay": 0.1, "fused": False},
+            random_init=False,
+        )
+        resolved = load_recipe_text(text, registry=registry)
+        model = build_model(resolved, build_char_tokenizer())
+        optimizer = build_optimizer(resolved, model)
+    assert optimizer.param_groups[0]["lr"] == LR
+    rates = rates_by_name(model, optimizer)
+    assert len(rates) == sum(1 for _ in model.parameters())  # full fine-tuning: all train
+    for name, rate in rates.items():  # the tiny model has 2 layers
+        layer = re.search(r"\.layers\.(\d+)\.", name)
+        depth = int(layer.group(1)) + 1 if layer else (0 if "embed_tokens" in name else 3)
+        assert rate == pytest.approx(LR * 0.5 ** (3 - depth), rel=1e-12), name
+    for group in optimizer.param_groups:
+        one_d = {p.ndim for p in group["params"]} == {1}
+        assert group["weight_decay"] == (0.0 if one_d else 0.1)
+
+
+def test_the_slow_embeddings_example_in_plugin_hooks_runs(registry, model_dir, tmp_path):
+    (code,) = python_blocks("plugin-hooks.md", "Strategy objects")
+    namespace: dict[str, Any] = {}
+    exec(compile(code, "plugin-hooks.md", "exec"), namespace)
+    resolved = load_recipe_text(
+        recipe_text(model_dir, tmp_path / "run", random_init=False), registry=registry
+    )
+    model = build_model(resolved, build_char_tokenizer())  # full-sft: everything trains
+    ctx = StrategyContext(recipe=resolved.recipe, device="cpu", shards_parameters=False)
+    groups = namespace["SlowEmbeddings"]().param_groups(model, ctx, LR, 0.1)
+    check_param_groups(groups, model, strategy="slow-embeddings")
+    optimizer = torch.optim.AdamW(groups, lr=LR, weight_decay=0.1)
+    rates = rates_by_name(model, optimizer)
+    assert rates.pop("model.embed_tokens.weight") == pytest.approx(LR / 10)
+    assert set(rates.values()) == {LR}
