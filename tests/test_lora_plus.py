@@ -23,7 +23,7 @@ from transformers import TrainerCallback  # noqa: E402
 
 from sftkit.builtin.strategies import LoraOptions, LoraPlusOptions  # noqa: E402
 from sftkit.data.char_tokenizer import build_char_tokenizer  # noqa: E402
-from sftkit.errors import ParamGroupsError, RecipeError  # noqa: E402
+from sftkit.errors import ParamGroupsError, RecipeError, SftkitError  # noqa: E402
 from sftkit.hookspecs import hookimpl  # noqa: E402
 from sftkit.recipe.load import load_recipe_text  # noqa: E402
 from sftkit.specs import StrategySpec  # noqa: E402
@@ -317,6 +317,55 @@ def test_bad_param_groups_are_a_typed_error_naming_the_strategy(
             build_optimizer(resolved, model)
     assert "strategy 'bad-groups': param_groups()" in str(info.value)
     assert message in str(info.value)
+
+
+class DuckStrategy:
+    """A strategy object that implements the protocol without subclassing `Strategy`."""
+
+    quantized = False
+
+    def __init__(self, options: Any) -> None:
+        self.options = options
+
+    def load_kwargs(self, ctx):
+        assert isinstance(ctx, StrategyContext) and ctx.device == "cpu"
+        return {}
+
+    def apply(self, model, ctx):
+        model.requires_grad_(False)
+        model.lm_head.requires_grad_(True)
+        return model
+
+    def param_groups(self, model, ctx, base_lr, weight_decay):
+        return [{"params": [model.lm_head.weight], "lr": 2 * base_lr}]
+
+
+def not_a_strategy(options: Any) -> Any:
+    return {"load_kwargs": None}
+
+
+class StrategyObjectsPlugin:
+    @hookimpl
+    def register_strategies(self, register):
+        for name, factory in (("duck", "DuckStrategy"), ("not-a-strategy", "not_a_strategy")):
+            register(StrategySpec(name=name, summary="test", factory=f"{__name__}:{factory}"))
+
+
+def test_any_object_with_the_protocol_is_a_strategy(model_dir, tmp_path):
+    with registered(StrategyObjectsPlugin()) as registry:
+
+        def resolve(strategy: str) -> Any:
+            text = recipe_text(model_dir, tmp_path / "run", strategy=strategy, random_init=False)
+            return load_recipe_text(text, registry=registry)
+
+        duck = resolve("duck")
+        model = build_model(duck, build_char_tokenizer())
+        optimizer = build_optimizer(duck, model)
+        assert [g["lr"] for g in optimizer.param_groups] == [2 * 3e-3]
+        assert optimizer.param_groups[0]["params"] == [model.lm_head.weight]
+        with pytest.raises(SftkitError, match="not a strategy object") as info:
+            build_model(resolve("not-a-strategy"), build_char_tokenizer())
+    assert "'not-a-strategy'" in str(info.value) and "StrategyProtocol" in str(info.value)
 
 
 def test_check_param_groups_accepts_each_parameter_once(registry, model_dir, tmp_path):
