@@ -20,7 +20,7 @@ from sftkit.specs import (
 )
 from sftkit.testing import fresh_manager, registered
 
-BUILTIN_STRATEGIES = {"full-sft", "lora", "qlora-nf4", "lora-8bit"}
+BUILTIN_STRATEGIES = {"full-sft", "lora", "lora-plus", "qlora-nf4", "lora-8bit"}
 BUILTIN_OPTIMIZERS = {
     "adamw",
     "adamw-8bit",
@@ -153,7 +153,7 @@ def test_wrong_hook_signature_is_recorded():
 def test_blocked_plugins_do_not_load(monkeypatch):
     manager = make_plugin_manager(autoload=False, disabled=["builtin.optimizers"])
     registry = Registry.from_manager(manager)
-    assert len(registry.optimizers) == 0 and len(registry.strategies) == 4
+    assert len(registry.optimizers) == 0 and len(registry.strategies) == len(BUILTIN_STRATEGIES)
     monkeypatch.setenv("SFTKIT_DISABLE_PLUGINS", "builtin.strategies, builtin.formats")
     registry = Registry.from_manager(make_plugin_manager(autoload=False))
     assert len(registry.strategies) == 0 and len(registry.formats) == 0

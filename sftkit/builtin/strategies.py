@@ -1,14 +1,19 @@
-"""Built-in strategies: full-sft, lora (bf16 base), qlora-nf4 (4-bit base), lora-8bit."""
+"""Built-in strategies: full-sft, lora (bf16 base), lora-plus (LoRA+ rates), qlora-nf4 (4-bit
+base), lora-8bit."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
 from sftkit.components import Bnb4bit, LlmInt8, LoRA
+from sftkit.errors import Problem
 from sftkit.hookspecs import Register, hookimpl
 from sftkit.specs import NoOptions, Options, StrategySpec
+
+if TYPE_CHECKING:
+    from sftkit.recipe.load import ResolvedRecipe
 
 
 class LoraOptions(Options):
@@ -28,6 +33,14 @@ class LoraOptions(Options):
         if isinstance(self.target_modules, list) and not self.target_modules:
             raise ValueError("target_modules must name at least one module, or be 'all-linear'")
         return self
+
+
+class LoraPlusOptions(LoraOptions):
+    """LoRA+ (Hayou, Ghosh, Yu 2024): LoRA whose B matrices train at a higher rate."""
+
+    ratio: float = Field(
+        default=16.0, gt=0, description="Learning rate of the B matrices / that of the A matrices."
+    )
 
 
 class QLoraOptions(LoraOptions):
@@ -79,6 +92,14 @@ STRATEGIES = (
         tags=frozenset({"lora"}),
     ),
     StrategySpec(
+        name="lora-plus",
+        summary="LoRA+: LoRA over a bf16 base, B matrices at `ratio` x the learning rate (16).",
+        factory="sftkit.strategies.lora_plus:build_lora_plus",
+        options_model=LoraPlusOptions,
+        adapters=lora_adapters,  # its memory is LoRA's; only the learning rates differ
+        tags=frozenset({"lora"}),
+    ),
+    StrategySpec(
         name="qlora-nf4",
         summary="QLoRA: LoRA over a 4-bit NF4 base with double quantization and bf16 compute.",
         factory="sftkit.strategies.lora:build_qlora",
@@ -103,3 +124,22 @@ STRATEGIES = (
 def register_strategies(register: Register) -> None:
     for spec in STRATEGIES:
         register(spec)
+
+
+@hookimpl(trylast=True)
+def validate_recipe(recipe: ResolvedRecipe | None) -> list[Problem] | None:
+    """lora-plus multiplies the optimizer's learning rate: refuse an optimizer without one
+    (Adafactor's relative step) before anything loads."""
+    if recipe is None or not isinstance(recipe.strategy.options, LoraPlusOptions):
+        return None
+    if getattr(recipe.optimizer.options, "lr", None) is not None:
+        return None
+    return [
+        Problem(
+            "optimizer.options.lr",
+            f"lora-plus trains the B matrices at {recipe.strategy.options.ratio:g} x the "
+            f"optimizer's learning rate, but optimizer {recipe.optimizer.spec.name!r} has none.",
+            "Give the optimizer a fixed lr (Adafactor: lr: 1.0e-3, relative_step: false), "
+            "or use the strategy lora.",
+        )
+    ]
