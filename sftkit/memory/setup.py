@@ -5,12 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sftkit.engine import Engine, engine_of
 from sftkit.memory.trainer import loss_head
 from sftkit.modelshape.shape import ModelShape
 from sftkit.specs import OptimizerSpec, Quantization, StrategySpec
 
 if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe
+    from sftkit.recipe.schema import DistributedSection
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
@@ -43,9 +45,8 @@ class Setup:
     attn_implementation: str
     padded: bool  # SDPA/eager get a 4-D attention mask (padding, or packed documents)
     num_gpus: int
-    engine: str
-    zero_stage: int | None
-    cpu_offload: bool
+    engine: Engine  # the recipe's engine object: how each term shards
+    distributed: DistributedSection  # the settings it reads
     on_gpu: bool
     evaluations: tuple[EvalWorkload, ...] = ()
     loss_head: str = "full"  # "fused": TRL's chunked log-prob head; "full": full logits
@@ -103,9 +104,8 @@ def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bo
         # flash attention takes unpadded sequences instead.
         padded=not r.model.attn_implementation.startswith("flash"),
         num_gpus=r.hardware.num_gpus,
-        engine=r.distributed.engine,
-        zero_stage=r.distributed.zero_stage,
-        cpu_offload=r.distributed.cpu_offload,
+        engine=engine_of(r),
+        distributed=r.distributed,
         on_gpu=on_gpu,
         evaluations=tuple(evaluations),
         loss_head=loss_head(),
