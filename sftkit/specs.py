@@ -291,7 +291,12 @@ class EngineSpec:
 
 
 AnySpec = (
-    StrategySpec | OptimizerSpec | DatasetFormatSpec | PromptTemplateSpec | EvaluatorSpec | EngineSpec
+    StrategySpec
+    | OptimizerSpec
+    | DatasetFormatSpec
+    | PromptTemplateSpec
+    | EvaluatorSpec
+    | EngineSpec
 )
 
 

@@ -33,6 +33,7 @@ from sftkit.distributed.trainer import (
 from sftkit.errors import LaunchError, RecipeError
 from sftkit.recipe.load import load_recipe, validate_recipe_data
 from sftkit.recipe.schema import Recipe
+from sftkit.testing import fresh_registry
 from sftkit.training.rundir import resolved_recipe_data
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -41,16 +42,21 @@ QLORA = RECIPES / "r1_gsm8k_qlora.yaml"
 INT8 = RECIPES / "r1_gsm8k_lora8bit.yaml"
 
 
+REGISTRY = fresh_registry()
+
+
 def recipe(**distributed) -> Recipe:
-    return Recipe.model_validate(
+    """A resolved recipe (its engine looked up, its defaults written out) with `distributed`."""
+    return validate_recipe_data(
         {
             "model": {"name_or_path": "x"},
             "strategy": {"name": "full-sft"},
             "optimizer": {"name": "adamw"},
             "training": {"micro_batch_size": 4, "gradient_accumulation_steps": 2},
             "distributed": distributed,
-        }
-    )
+        },
+        registry=REGISTRY,
+    ).recipe
 
 
 def problems(path, registry, *overrides):

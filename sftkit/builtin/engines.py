@@ -176,7 +176,7 @@ class Fsdp(Engine):
         if not (cpu_fsdp or late):
             return trainer_cls
 
-        class EngineTrainer(trainer_cls):  # type: ignore[valid-type,misc]
+        class EngineTrainer(trainer_cls):
             def create_accelerator_and_postprocess(self) -> None:
                 super().create_accelerator_and_postprocess()
                 if cpu_fsdp:
@@ -188,9 +188,7 @@ class Fsdp(Engine):
                 trainer: Any = self  # attributes of the transformers Trainer
                 if late and trainer.optimizer is None:
                     assert optimizer_factory is not None
-                    trainer.optimizer = optimizer_factory(
-                        trainer.model if model is None else model
-                    )
+                    trainer.optimizer = optimizer_factory(trainer.model if model is None else model)
                 return super().create_optimizer(model)
 
         EngineTrainer.__name__ = EngineTrainer.__qualname__ = f"Engine{trainer_cls.__name__}"
@@ -281,7 +279,9 @@ class DeepSpeed(Engine):
 
     def accelerate_sections(self, recipe: Recipe, config_dir: Path | None) -> dict[str, Any]:
         if config_dir is None:
-            raise ValueError("engine: deepspeed needs the directory of the generated DeepSpeed JSON")
+            raise ValueError(
+                "engine: deepspeed needs the directory of the generated DeepSpeed JSON"
+            )
         return {
             "deepspeed_config": {
                 "deepspeed_config_file": str(config_dir / DEEPSPEED_CONFIG),
@@ -306,9 +306,7 @@ NONE, DDP, FSDP, DEEPSPEED = SingleProcess(), Ddp(), Fsdp(), DeepSpeed()
 def register_engines(register: Register) -> None:
     register(EngineSpec("none", "One process, no engine (the default).", NONE))
     register(EngineSpec("ddp", "PyTorch DDP: a full replica per process.", DDP))
-    register(
-        EngineSpec("fsdp", "PyTorch FSDP2: parameters, gradients and state sharded.", FSDP)
-    )
+    register(EngineSpec("fsdp", "PyTorch FSDP2: parameters, gradients and state sharded.", FSDP))
     register(
         EngineSpec(
             "deepspeed", "DeepSpeed ZeRO-2/3 from a generated JSON (needs deepspeed).", DEEPSPEED

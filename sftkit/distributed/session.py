@@ -21,7 +21,12 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from sftkit.distributed.configs import ACCELERATE_CONFIG, CONFIG_DIR, accelerate_config, write_configs
+from sftkit.distributed.configs import (
+    ACCELERATE_CONFIG,
+    CONFIG_DIR,
+    accelerate_config,
+    write_configs,
+)
 from sftkit.distributed.describe import describe_engine
 from sftkit.distributed.launch import (
     LaunchCommand,
@@ -266,7 +271,9 @@ def _check_engine_installed(plan: LaunchPlan) -> None:
     recipe = plan.resolved.recipe
     for package in engine_of(recipe).requires(recipe):
         if importlib.util.find_spec(package) is None:
-            raise MissingDependencyError(package, f"distributed.engine: {recipe.distributed.engine}")
+            raise MissingDependencyError(
+                package, f"distributed.engine: {recipe.distributed.engine}"
+            )
     if plan.launcher == "accelerate" and importlib.util.find_spec("accelerate") is None:
         raise MissingDependencyError("accelerate", "sftkit launch --launcher accelerate")
 
