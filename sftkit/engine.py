@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from pydantic import BaseModel
 
-from sftkit.errors import Problem, SftkitError
+from sftkit.errors import Problem
 
 if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe
@@ -110,9 +110,9 @@ class Engine:
         its default: defaults written out (a run's recipe.yaml) are fine."""
         problems = []
         for key, message in _ENGINE_SETTINGS.items():
-            value = getattr(distributed, key)
             if key in self.reads:
                 continue
+            value = getattr(distributed, key)
             if isinstance(value, BaseModel):  # a subsection: only changed values count
                 if value == type(value)():
                     continue
@@ -191,13 +191,12 @@ def engine_of(recipe: Recipe) -> Engine:
     """The engine object a resolved recipe's ``distributed.engine`` names."""
     engine = recipe.distributed.resolved_engine
     if engine is None:
-        raise SftkitError(
+        # A caller's mistake, not the user's: every recipe sftkit reads is resolved.
+        raise ValueError(
             f"the recipe's engine {recipe.distributed.engine!r} was never looked up: load the "
             "recipe through sftkit.recipe.load (load_recipe / validate_recipe_data)."
         )
-    if not isinstance(engine, Engine):
-        raise SftkitError(f"engine {recipe.distributed.engine!r} is {engine!r}, not an Engine.")
-    return engine
+    return cast(Engine, engine)
 
 
 def _show(value: Any) -> str:

@@ -9,6 +9,7 @@ import types
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sftkit.cli import run_cli
 from sftkit.distributed.configs import accelerate_config
@@ -16,14 +17,15 @@ from sftkit.distributed.session import LaunchRequest, plan_launch
 from sftkit.distributed.topology import Topology
 from sftkit.distributed.trainer import shards_parameters, trainer_arguments
 from sftkit.engine import Engine, Sharding, engine_of
-from sftkit.errors import Problem, RecipeError, SftkitError, SpecError
+from sftkit.errors import Problem, RecipeError, SpecError
 from sftkit.hookspecs import hookimpl
 from sftkit.memory import estimate
 from sftkit.memory.fit import fit_search
-from sftkit.recipe.load import load_recipe
+from sftkit.recipe.load import load_recipe, validate_recipe_data
 from sftkit.recipe.schema import Recipe
 from sftkit.specs import EngineSpec, Options
 from sftkit.testing import registered
+from sftkit.training.rundir import resolved_recipe_data
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 FULL = RECIPES / "r1_gsm8k_full.yaml"
@@ -120,7 +122,7 @@ def test_a_bare_recipe_has_no_engine_to_ask():
     bare = Recipe.model_validate(
         {"model": {"name_or_path": "x"}, "strategy": {"name": "s"}, "optimizer": {"name": "o"}}
     )
-    with pytest.raises(SftkitError, match="load the recipe"):
+    with pytest.raises(ValueError, match="load the recipe"):
         engine_of(bare)
 
 
@@ -146,6 +148,11 @@ def test_plugin_engine_is_validated_with_its_options_and_rules():
             FULL, ("distributed.engine=ring", "distributed.options.bucket_mb=50"), registry=registry
         )
         assert custom.recipe.distributed.options == {"bucket_mb": 50}
+        # The run's recipe.yaml (and the workers' copy) keeps them.
+        data = yaml.safe_load(yaml.safe_dump(resolved_recipe_data(custom)))
+        assert data["distributed"]["options"] == {"bucket_mb": 50}
+        again = validate_recipe_data(data, registry=registry)
+        assert again.engine.options == RingOptions(bucket_mb=50)
         found = problems_of(
             registry,
             FULL,

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 
 class Strict(BaseModel):
@@ -171,6 +179,15 @@ class DistributedSection(Strict):
     def resolved_engine(self) -> Any:
         """The engine object, or None for a section that was never resolved."""
         return self._engine
+
+    @model_serializer(mode="wrap")
+    def _without_empty_options(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A built-in engine's section dumps (recipe.yaml) as before engines took options, so
+        # runs started earlier still resume with the same recipe.
+        data: dict[str, Any] = handler(self)
+        if not data.get("options"):
+            data.pop("options", None)
+        return data
 
 
 class EvaluationSection(Strict):
