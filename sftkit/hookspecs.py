@@ -50,6 +50,11 @@ def register_evaluators(register: Register) -> None:
 
 
 @hookspec
+def register_engines(register: Register) -> None:
+    """Call ``register(EngineSpec(...))`` once per distributed engine."""
+
+
+@hookspec
 def register_commands(cli: click.Group) -> None:
     """Add click commands to the ``sftkit`` command group."""
 

@@ -34,6 +34,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("builtin.evaluators", "sftkit.builtin.evaluators"),
     ("builtin.commands", "sftkit.builtin.commands"),
     ("builtin.modelshape", "sftkit.builtin.modelshape"),
+    ("builtin.engines", "sftkit.builtin.engines"),
     ("builtin.distributed", "sftkit.builtin.distributed"),
     ("builtin.hardware", "sftkit.builtin.hardware"),
 )

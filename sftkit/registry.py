@@ -10,6 +10,7 @@ from sftkit.errors import DuplicateComponentError, PluginError, UnknownComponent
 from sftkit.plugins import PluginFailure, SftkitPluginManager, make_plugin_manager
 from sftkit.specs import (
     DatasetFormatSpec,
+    EngineSpec,
     EvaluatorSpec,
     OptimizerSpec,
     PromptTemplateSpec,
@@ -26,6 +27,7 @@ KINDS: dict[str, tuple[str, type]] = {
     "formats": ("register_dataset_formats", DatasetFormatSpec),
     "templates": ("register_prompt_templates", PromptTemplateSpec),
     "evaluators": ("register_evaluators", EvaluatorSpec),
+    "engines": ("register_engines", EngineSpec),
 }
 
 
@@ -107,6 +109,7 @@ class Registry:
             "templates", PromptTemplateSpec, manager
         )
         self.evaluators: Catalog[EvaluatorSpec] = Catalog("evaluators", EvaluatorSpec, manager)
+        self.engines: Catalog[EngineSpec] = Catalog("engines", EngineSpec, manager)
 
     def catalog(self, kind: str) -> Catalog[Any]:
         if kind not in KINDS:

@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Protocol
 from pydantic import BaseModel, ConfigDict
 
 from sftkit.components import Adapter, BaseStorage, Composition, Dense, FullTraining
+from sftkit.engine import Engine
 from sftkit.errors import PluginError, SpecError
 
 
@@ -269,7 +270,52 @@ class EvaluatorSpec:
         _check_name(self)
 
 
-AnySpec = StrategySpec | OptimizerSpec | DatasetFormatSpec | PromptTemplateSpec | EvaluatorSpec
+@dataclass(frozen=True)
+class EngineSpec:
+    """A distributed engine: the `Engine` object that answers for it (sharding, checks,
+    launch configs, trainer arguments), or a ``"package.module:attr"`` reference to one,
+    imported the first time a recipe names the engine."""
+
+    kind: ClassVar[str] = "engine"
+
+    name: str
+    summary: str
+    engine: Engine | str
+    # Validates the recipe's `distributed.options` for this engine.
+    options_model: type[Options] = NoOptions
+
+    def __post_init__(self) -> None:
+        _check_name(self)
+        if isinstance(self.engine, str) and ":" not in self.engine:
+            raise SpecError(
+                f"engine {self.name!r}: {self.engine!r} must be an Engine or 'package.module:attr'."
+            )
+        if not isinstance(self.engine, (str, Engine)):
+            raise SpecError(
+                f"engine {self.name!r}: {type(self.engine).__name__} is not a sftkit.engine.Engine."
+            )
+
+    def load(self) -> Engine:
+        """The engine object (imported now for a reference)."""
+        if isinstance(self.engine, Engine):
+            return self.engine
+        obj = load_factory(self.engine)
+        if not isinstance(obj, Engine):
+            raise PluginError(
+                f"engine {self.name!r}: {self.engine!r} is {type(obj).__name__}, not a "
+                "sftkit.engine.Engine instance."
+            )
+        return obj
+
+
+AnySpec = (
+    StrategySpec
+    | OptimizerSpec
+    | DatasetFormatSpec
+    | PromptTemplateSpec
+    | EvaluatorSpec
+    | EngineSpec
+)
 
 
 def _check_name(spec: Any) -> None:
@@ -278,7 +324,7 @@ def _check_name(spec: Any) -> None:
         raise SpecError(
             f"{spec.kind} name {name!r} is not valid: use lowercase words joined by '-'."
         )
-    if ":" not in spec.factory:
+    if hasattr(spec, "factory") and ":" not in spec.factory:
         raise SpecError(
             f"{spec.kind} {name!r}: factory {spec.factory!r} must be 'package.module:attr'."
         )

@@ -137,9 +137,6 @@ def test_lora_targets_that_match_nothing_name_the_layers():
 KIND_SWITCH = re.compile(r"base_storage ?(==|!=|in )|engine ?(==|!=|in )|adapter ?(==|!=)")
 
 
-@pytest.mark.xfail(
-    strict=True, reason="engines are still switched on by name (engine components pending)"
-)
 def test_no_module_switches_on_a_component_kind():
     hits = [
         f"{path.relative_to(SFTKIT.parent)}:{n}: {line.strip()}"

@@ -26,13 +26,14 @@ from sftkit.distributed.topology import Topology
 from sftkit.distributed.trainer import (
     backend,
     engine_trainer_class,
-    quant_storage_dtype,
+    shards_parameters,
     trainer_arguments,
     trainer_optimizers,
 )
 from sftkit.errors import LaunchError, RecipeError
 from sftkit.recipe.load import load_recipe, validate_recipe_data
 from sftkit.recipe.schema import Recipe
+from sftkit.testing import fresh_registry
 from sftkit.training.rundir import resolved_recipe_data
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -41,16 +42,21 @@ QLORA = RECIPES / "r1_gsm8k_qlora.yaml"
 INT8 = RECIPES / "r1_gsm8k_lora8bit.yaml"
 
 
+REGISTRY = fresh_registry()
+
+
 def recipe(**distributed) -> Recipe:
-    return Recipe.model_validate(
+    """A resolved recipe (its engine looked up, its defaults written out) with `distributed`."""
+    return validate_recipe_data(
         {
             "model": {"name_or_path": "x"},
             "strategy": {"name": "full-sft"},
             "optimizer": {"name": "adamw"},
             "training": {"micro_batch_size": 4, "gradient_accumulation_steps": 2},
             "distributed": distributed,
-        }
-    )
+        },
+        registry=REGISTRY,
+    ).recipe
 
 
 def problems(path, registry, *overrides):
@@ -151,11 +157,13 @@ def test_sharded_4bit_base_needs_one_dtype(registry):
     found = problems(QLORA, registry, *fsdp, "strategy.options.compute_dtype=float16")
     assert "model.dtype" in found["strategy.options.compute_dtype"]
     resolved = load_recipe(QLORA, fsdp, registry=registry)
-    assert quant_storage_dtype(resolved.recipe, "bfloat16") == "bfloat16"
-    single = load_recipe(QLORA, (), registry=registry)
-    assert quant_storage_dtype(single.recipe, "bfloat16") is None  # bitsandbytes' uint8
-    ddp = load_recipe(QLORA, ("distributed.engine=ddp",), registry=registry)
-    assert quant_storage_dtype(ddp.recipe, "bfloat16") is None
+    # the strategy then stores the packed 4-bit bytes in the compute dtype (test_lora_plus.py
+    # checks QLora.load_kwargs); replicating engines keep bitsandbytes' uint8
+    assert shards_parameters(resolved.recipe)
+    assert not shards_parameters(load_recipe(QLORA, (), registry=registry).recipe)
+    assert not shards_parameters(
+        load_recipe(QLORA, ("distributed.engine=ddp",), registry=registry).recipe
+    )
 
 
 def test_hardware_the_engine_needs(registry):

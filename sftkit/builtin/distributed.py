@@ -1,11 +1,15 @@
-"""Built-in checks of the recipe's `distributed` section against the rest of the recipe:
-what the engine can shard, which backend the hardware has, which optimizers compose with
-offloading. Schema-level rules (a setting for another engine) live in the schema itself."""
+"""Built-in checks of the recipe's `distributed` section against the rest of the recipe.
+
+What an engine refuses (a setting it does not read, an optimizer it cannot step, hardware it
+does not run on) is the engine object's to say (`sftkit.engine.Engine.recipe_problems`);
+this plugin asks it, and adds the rules that hold whatever the engine: which backend the
+hardware has, and what a base storage allows when the engine shards parameters."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sftkit.engine import engine_of
 from sftkit.errors import Problem
 from sftkit.hookspecs import hookimpl
 
@@ -13,17 +17,22 @@ if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe
 
 
+def storage_problems_when_sharded(resolved: ResolvedRecipe) -> list[Problem]:
+    """What the strategy's base storage refuses when the engine shards parameters (FSDP,
+    ZeRO-3): every parameter of a unit is flattened into one tensor of one dtype."""
+    r = resolved.recipe
+    spec = resolved.strategy.spec
+    storage = resolved.strategy_parts.storage
+    return storage.problems_when_sharded(spec.name, r.distributed.engine, r.model.dtype)
+
+
 def distributed_problems(resolved: ResolvedRecipe) -> list[Problem]:
     r = resolved.recipe
-    d = r.distributed
-    spec = resolved.strategy.spec
-    on_cpu = r.hardware.gpu.strip().lower() == "cpu"
-    shards_params = d.engine == "fsdp" or (d.engine == "deepspeed" and d.zero_stage == 3)
+    engine = engine_of(r)
     problems: list[Problem] = []
-    if shards_params:
-        storage = resolved.strategy_parts.storage
-        problems += storage.problems_when_sharded(spec.name, d.engine, r.model.dtype)
-    if on_cpu and d.backend == "nccl":
+    if engine.shards_parameters(r):
+        problems.extend(storage_problems_when_sharded(resolved))
+    if r.hardware.gpu.strip().lower() == "cpu" and r.distributed.backend == "nccl":
         problems.append(
             Problem(
                 "distributed.backend",
@@ -31,35 +40,7 @@ def distributed_problems(resolved: ResolvedRecipe) -> list[Problem]:
                 "Use backend: gloo (or auto).",
             )
         )
-    if on_cpu and d.engine == "deepspeed":
-        problems.append(
-            Problem(
-                "distributed.engine",
-                "DeepSpeed runs on GPUs and hardware.gpu is cpu.",
-                "Use engine: fsdp or ddp on CPU.",
-            )
-        )
-    optimizer = resolved.optimizer.spec
-    if d.engine == "fsdp" and optimizer.implementation != "torch":
-        problems.append(
-            Problem(
-                "optimizer.name",
-                f"optimizer {optimizer.name!r} ({optimizer.implementation}) updates plain tensors; "
-                "FSDP shards each parameter as a DTensor, which only torch.optim optimizers "
-                "step (a plugin optimizer that does declares implementation 'torch').",
-                "Use optimizer.name=adamw (for LoRA adapters the 8-bit state saved little), or "
-                "engine: deepspeed, or engine: ddp.",
-            )
-        )
-    if d.cpu_offload and resolved.optimizer.spec.paged:
-        problems.append(
-            Problem(
-                "optimizer.name",
-                f"optimizer {resolved.optimizer.spec.name!r} pages its state between GPU and host; "
-                "with distributed.cpu_offload the state already lives in host RAM.",
-                "Choose its non-paged variant, or turn cpu_offload off.",
-            )
-        )
+    problems.extend(engine.recipe_problems(resolved))
     return problems
 
 

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sftkit.cli.app import AppContext, pass_app
+from sftkit.engine import engine_of
 from sftkit.recipe.load import bundled_recipes_dir, load_recipe
 from sftkit.registry import KINDS
 
@@ -40,10 +41,9 @@ def validate(app: AppContext, recipe: str, overrides: tuple[str, ...]) -> None:
         f"sequence {t.max_seq_length}, {t.precision}, checkpointing {'on' if t.gradient_checkpointing else 'off'}"
     )
     click.echo(f"  hardware   {r.hardware.num_gpus} x {r.hardware.gpu}")
-    if r.distributed.engine != "none":
-        from sftkit.distributed.describe import describe_engine
-
-        click.echo(f"  engine     {describe_engine(r)}")
+    engine = engine_of(r)
+    if engine.distributes:
+        click.echo(f"  engine     {engine.describe(r)}")
 
 
 @click.command(name="plugins")

@@ -10,7 +10,6 @@ RUN/distributed/, then starts the workers and waits.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import subprocess
@@ -26,7 +25,6 @@ from sftkit.distributed.configs import (
     ACCELERATE_CONFIG,
     CONFIG_DIR,
     accelerate_config,
-    deepspeed_config,
     write_configs,
 )
 from sftkit.distributed.describe import describe_engine
@@ -39,6 +37,7 @@ from sftkit.distributed.launch import (
 )
 from sftkit.distributed.topology import Topology
 from sftkit.distributed.trainer import backend as choose_backend
+from sftkit.engine import engine_of
 from sftkit.errors import LaunchError, MissingDependencyError, WorkerFailedError
 from sftkit.recipe.load import load_recipe
 
@@ -103,16 +102,10 @@ class LaunchPlan:
             "",
             f"# {self.config_dir / ACCELERATE_CONFIG}",
         ]
-        ds_path = self.config_dir / "deepspeed_config.json"
-        config = accelerate_config(
-            r,
-            t,
-            deepspeed_config_file=str(ds_path) if r.distributed.engine == "deepspeed" else None,
-            use_cpu=self.use_cpu,
-        )
+        config = accelerate_config(r, t, config_dir=self.config_dir, use_cpu=self.use_cpu)
         lines.append(yaml.safe_dump(config, sort_keys=False).rstrip())
-        if r.distributed.engine == "deepspeed":
-            lines += ["", f"# {ds_path}", json.dumps(deepspeed_config(r), indent=2)]
+        for name, content in engine_of(r).config_files(r).items():
+            lines += ["", f"# {self.config_dir / name}", content.rstrip()]
         lines += ["", "# command", self.command.shell()]
         return "\n".join(lines)
 
@@ -136,9 +129,14 @@ def plan_launch(request: LaunchRequest, *, registry: Registry) -> LaunchPlan:
     notes: list[str] = []
     implied: list[str] = []
     world = topology.world_size
-    if world > 1 and first.recipe.distributed.engine == "none":
-        implied.append("distributed.engine=ddp")
-        notes.append(f"{world} processes and distributed.engine none: training with DDP.")
+    engine_name = first.recipe.distributed.engine
+    launched = engine_of(first.recipe).launch_engine(first.recipe, world)
+    if launched is not None:
+        implied.append(f"distributed.engine={launched}")
+        title = registry.engines.get(launched).load().title
+        notes.append(
+            f"{world} processes and distributed.engine {engine_name}: training with {title}."
+        )
     if first.recipe.hardware.num_gpus != world:
         implied.append(f"hardware.num_gpus={world}")
         if first.recipe.hardware.num_gpus != 1:
@@ -270,9 +268,12 @@ def _visible_gpus(use_cpu: bool) -> int:
 def _check_engine_installed(plan: LaunchPlan) -> None:
     import importlib.util
 
-    engine = plan.resolved.recipe.distributed.engine
-    if engine == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
-        raise MissingDependencyError("deepspeed", "distributed.engine: deepspeed")
+    recipe = plan.resolved.recipe
+    for package in engine_of(recipe).requires(recipe):
+        if importlib.util.find_spec(package) is None:
+            raise MissingDependencyError(
+                package, f"distributed.engine: {recipe.distributed.engine}"
+            )
     if plan.launcher == "accelerate" and importlib.util.find_spec("accelerate") is None:
         raise MissingDependencyError("accelerate", "sftkit launch --launcher accelerate")
 

@@ -1,9 +1,11 @@
 """What the runner hands the trainer so it runs the recipe's engine.
 
 `trainer_arguments` returns keyword arguments for `TrainingArguments`/TRL's `SFTConfig`;
-`engine_trainer_class` adapts the trainer class where accelerate needs help (FSDP on CPU);
+`engine_trainer_class` adapts the trainer class where the engine needs it (FSDP);
 `prepare_final_save` makes the final save a normal checkpoint whatever the engine shards.
-Torch and accelerate are imported inside the functions that need them.
+What is engine-specific, each engine object says (`sftkit.engine.Engine`); this module adds
+what is common to every multi-process run. Torch and accelerate are imported inside the
+functions that need them.
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from sftkit.distributed.configs import CONFIG_DIR, DEEPSPEED_CONFIG, fsdp_plan
 from sftkit.distributed.rank import local_rank, world_size
+from sftkit.engine import engine_of
 from sftkit.recipe.schema import Recipe
 
 
@@ -28,16 +30,7 @@ def backend(recipe: Recipe, *, use_cpu: bool) -> Literal["nccl", "gloo"]:
 def shards_parameters(recipe: Recipe) -> bool:
     """Does the engine split the parameters themselves (FSDP, ZeRO-3)? Then a 4-bit base must
     be stored in a float dtype FSDP/DeepSpeed can flatten (`bnb_4bit_quant_storage`)."""
-    d = recipe.distributed
-    return d.engine == "fsdp" or (d.engine == "deepspeed" and d.zero_stage == 3)
-
-
-def quant_storage_dtype(recipe: Recipe, compute_dtype: str) -> str | None:
-    """`bnb_4bit_quant_storage` for a 4-bit base: the compute dtype when the engine shards
-    parameters (bitsandbytes reads the packed bytes whatever the storage dtype, and FSDP then
-    sees the quantized weights as ordinary bf16 tensors of the same dtype as the rest of the
-    model), None (bitsandbytes' uint8) otherwise."""
-    return compute_dtype if shards_parameters(recipe) else None
+    return engine_of(recipe).shards_parameters(recipe)
 
 
 def evaluates_in_process(recipe: Recipe) -> bool:
@@ -45,12 +38,6 @@ def evaluates_in_process(recipe: Recipe) -> bool:
     sharded the parameters: a forward through them needs every rank. `sftkit launch` then
     evaluates the saved final/ in its own process once the workers have exited."""
     return world_size() == 1 or not shards_parameters(recipe)
-
-
-def fsdp_activation_checkpointing(recipe: Recipe) -> bool:
-    """True when FSDP checkpoints the decoder layers, so transformers' own checkpointing (and
-    PEFT's) must stay off: doing both recomputes twice and adds an all-gather."""
-    return recipe.distributed.engine == "fsdp" and fsdp_plan(recipe).activation_checkpointing
 
 
 def load_device_map(recipe: Recipe, device: str, *, quantized: bool) -> dict[str, Any] | None:
@@ -71,10 +58,6 @@ def load_device_map(recipe: Recipe, device: str, *, quantized: bool) -> dict[str
     return {"": f"cuda:{local_rank()}"}
 
 
-def deepspeed_config_path(run_dir: Path) -> Path:
-    return run_dir / CONFIG_DIR / DEEPSPEED_CONFIG
-
-
 def trainer_arguments(recipe: Recipe, run_dir: Path, *, use_cpu: bool) -> dict[str, Any]:
     """Keyword arguments for `TrainingArguments` (or `SFTConfig`) that select the engine.
 
@@ -82,34 +65,18 @@ def trainer_arguments(recipe: Recipe, run_dir: Path, *, use_cpu: bool) -> dict[s
     for a single process without an engine.
     """
     kwargs: dict[str, Any] = {}
-    engine = recipe.distributed.engine
     if world_size() > 1:
         kwargs["ddp_backend"] = backend(recipe, use_cpu=use_cpu)
         # sftkit models use every parameter in every step; the search costs a graph walk.
         kwargs["ddp_find_unused_parameters"] = False
-    if engine == "fsdp":
-        kwargs["fsdp"] = True
-        kwargs["fsdp_config"] = fsdp_plan(recipe).trainer_keys()
-        if fsdp_activation_checkpointing(recipe):
-            kwargs["gradient_checkpointing"] = False
-    elif engine == "deepspeed":
-        path = deepspeed_config_path(run_dir)
-        if not path.is_file():
-            from sftkit.errors import LaunchError
-
-            raise LaunchError(
-                f"the DeepSpeed configuration {str(path)!r} does not exist.",
-                hint="Start DeepSpeed runs with `sftkit launch`, which generates it from the recipe.",
-            )
-        kwargs["deepspeed"] = str(path)
+    kwargs.update(engine_of(recipe).trainer_arguments(recipe, run_dir, use_cpu=use_cpu))
     return kwargs
 
 
 def builds_optimizer_late(recipe: Recipe) -> bool:
-    """FSDP shards parameters in place when the trainer prepares the model, so the optimizer
-    must be built afterwards, over the sharded parameters (transformers refuses one passed
-    in); the other engines take the optimizer sftkit built."""
-    return recipe.distributed.engine == "fsdp"
+    """Must the optimizer be built once the trainer has prepared the model (FSDP shards the
+    parameters in place then)? The other engines take the optimizer sftkit built."""
+    return engine_of(recipe).builds_optimizer_late(recipe)
 
 
 def trainer_optimizers(recipe: Recipe, optimizer: Any) -> tuple[Any, None]:
@@ -124,37 +91,11 @@ def engine_trainer_class(
     use_cpu: bool,
     optimizer_factory: Callable[[Any], Any] | None = None,
 ) -> type:
-    """`trainer_cls`, or a subclass that does what the engine needs from the trainer:
-
-    - FSDP: build the recipe's optimizer (`optimizer_factory(model)`) once the model is
-      sharded, in `create_optimizer`;
-    - FSDP on CPU: accelerate only applies FSDP on accelerator devices (its CPU state is
-      MULTI_CPU, which it wraps in DDP), although `fully_shard` works with gloo on CPU. The
-      subclass switches the freshly built accelerator state to FSDP, so CPU runs (the tests,
-      a laptop) take the same accelerate FSDP code path as GPU runs.
-    """
-    cpu_fsdp = use_cpu and recipe.distributed.engine == "fsdp" and world_size() > 1
-    late = builds_optimizer_late(recipe) and optimizer_factory is not None
-    if not (cpu_fsdp or late):
-        return trainer_cls
-
-    class EngineTrainer(trainer_cls):
-        def create_accelerator_and_postprocess(self) -> None:
-            super().create_accelerator_and_postprocess()
-            if cpu_fsdp:
-                from sftkit.distributed.cpu_fsdp import promote_to_fsdp
-
-                promote_to_fsdp(self)
-
-        def create_optimizer(self, model: Any = None) -> Any:
-            trainer: Any = self  # attributes of the transformers Trainer
-            if late and trainer.optimizer is None:
-                assert optimizer_factory is not None
-                trainer.optimizer = optimizer_factory(trainer.model if model is None else model)
-            return super().create_optimizer(model)
-
-    EngineTrainer.__name__ = EngineTrainer.__qualname__ = f"Engine{trainer_cls.__name__}"
-    return EngineTrainer
+    """`trainer_cls`, or the subclass the engine needs (FSDP: one that builds the optimizer
+    with `optimizer_factory(model)` once the model is sharded, and runs FSDP on CPU)."""
+    return engine_of(recipe).trainer_class(
+        trainer_cls, recipe, use_cpu=use_cpu, optimizer_factory=optimizer_factory
+    )
 
 
 def prepare_final_save(trainer: Any) -> None:

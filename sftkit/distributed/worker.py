@@ -40,8 +40,9 @@ def join_process_group() -> str:
 def train_rank(run_dir: Path, *, resume: bool) -> None:
     from rich.console import Console
 
-    from sftkit.distributed.configs import CONFIG_DIR, fsdp_plan
+    from sftkit.distributed.configs import CONFIG_DIR
     from sftkit.distributed.session import WORKER_RECIPE
+    from sftkit.engine import engine_of
     from sftkit.recipe.load import load_recipe
     from sftkit.registry import default_registry
     from sftkit.training.context import RunContext
@@ -51,8 +52,7 @@ def train_rank(run_dir: Path, *, resume: bool) -> None:
     device = join_process_group()
     resolved = load_recipe(run_dir / CONFIG_DIR / WORKER_RECIPE, registry=default_registry())
     recipe = resolved.recipe
-    if recipe.distributed.engine == "fsdp":
-        os.environ.update(fsdp_plan(recipe).worker_environment())
+    os.environ.update(engine_of(recipe).worker_environment(recipe))
     paths = RunPaths(run_dir)
     if recipe.model.random_init:
         _write_random_base_once(recipe, paths.base)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from sftkit.engine import engine_of
 from sftkit.memory.compute import compute
 from sftkit.memory.variants import variant
 
@@ -109,7 +110,8 @@ def fit_search(
             model=model,
         ),
     }
-    if resolved.recipe.distributed.engine in ("fsdp", "deepspeed"):
+    r = resolved.recipe
+    if engine_of(r).searches_gpu_counts(r.distributed):
         results["hardware.num_gpus"] = _gpu_search(resolved, gpu=gpu, model=model)
     return results
 

@@ -7,12 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 from sftkit.components import Adapter, BaseStorage, Composition, Precision
 from sftkit.dtypes import DTYPE_BYTES, PRECISION_BYTES
+from sftkit.engine import Engine, engine_of
 from sftkit.memory.trainer import loss_head
 from sftkit.modelshape.shape import ModelShape
 from sftkit.specs import OptimizerSpec, StrategySpec
 
 if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe
+    from sftkit.recipe.schema import DistributedSection
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,8 @@ class Setup:
     attn_implementation: str
     padded: bool  # SDPA/eager get a 4-D attention mask (padding, or packed documents)
     num_gpus: int
-    engine: str
-    zero_stage: int | None
-    cpu_offload: bool
+    engine: Engine  # the recipe's engine object: how each term shards
+    distributed: DistributedSection  # the settings it reads
     on_gpu: bool
     evaluations: tuple[EvalWorkload, ...] = ()
     loss_head: str = "full"  # "fused": TRL's chunked log-prob head; "full": full logits
@@ -113,9 +114,8 @@ def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bo
         # flash attention takes unpadded sequences instead.
         padded=not r.model.attn_implementation.startswith("flash"),
         num_gpus=r.hardware.num_gpus,
-        engine=r.distributed.engine,
-        zero_stage=r.distributed.zero_stage,
-        cpu_offload=r.distributed.cpu_offload,
+        engine=engine_of(r),
+        distributed=r.distributed,
         on_gpu=on_gpu,
         evaluations=tuple(evaluations),
         loss_head=loss_head(),

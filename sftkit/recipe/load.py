@@ -16,13 +16,21 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, ValidationError
 
 from sftkit.components import Composition
-from sftkit.errors import DataError, Problem, RecipeError, SftkitError, UnknownComponentError
+from sftkit.errors import (
+    DataError,
+    PluginError,
+    Problem,
+    RecipeError,
+    SftkitError,
+    UnknownComponentError,
+)
 from sftkit.recipe.overrides import Override, apply_overrides, parse_override
-from sftkit.recipe.schema import ComponentRef, Recipe
+from sftkit.recipe.schema import ComponentRef, DistributedSection, Recipe
 from sftkit.recipe.yamlio import read_yaml
 from sftkit.registry import Catalog, Registry
 from sftkit.specs import (
     DatasetFormatSpec,
+    EngineSpec,
     EvaluatorSpec,
     OptimizerSpec,
     Options,
@@ -63,6 +71,7 @@ class ResolvedRecipe:
     data_format: Component[DatasetFormatSpec]
     template: Component[PromptTemplateSpec]
     evaluators: list[Component[EvaluatorSpec]]
+    engine: Component[EngineSpec]
     registry: Registry = field(repr=False, compare=False)
     overrides: tuple[str, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -152,9 +161,13 @@ def validate_recipe_data(
     except ValidationError as exc:
         problems.extend(_problems_from_validation(exc, Recipe))
         # Components can still be checked from the raw data, so report those problems too.
+        problems.extend(_engine_problems_raw(data, registry))
         problems.extend(_component_problems_raw(data, registry))
         raise RecipeError(_unique(problems), source=source) from None
 
+    engine = _resolve_engine(recipe.distributed, registry, problems)
+    if engine is not None:
+        recipe = recipe.model_copy(update={"distributed": engine[1]})
     strategy = _resolve(recipe.strategy, ("strategy",), registry.strategies, problems)
     optimizer = _resolve(recipe.optimizer, ("optimizer",), registry.optimizers, problems)
     data_format = _resolve(recipe.data.format, ("data", "format"), registry.formats, problems)
@@ -180,7 +193,7 @@ def validate_recipe_data(
             )
     if problems:
         raise RecipeError(_unique(problems), source=source)
-    assert strategy and parts and optimizer and data_format and template
+    assert strategy and parts and optimizer and data_format and template and engine
     resolved = ResolvedRecipe(
         recipe=recipe,
         source=source,
@@ -190,6 +203,7 @@ def validate_recipe_data(
         data_format=data_format,
         template=template,
         evaluators=[e for e in evaluators if e is not None],
+        engine=engine[0],
         registry=registry,
         overrides=overrides,
         raw=data,
@@ -232,6 +246,64 @@ def _resolve(
             problems.append(Problem(problem.path, problem.message + owner, problem.suggestion))
         return None
     return Component(entry.spec, options, entry.plugin)
+
+
+def _resolve_engine(
+    distributed: DistributedSection, registry: Registry, problems: list[Problem]
+) -> tuple[Component[EngineSpec], DistributedSection] | None:
+    """Look up `distributed.engine`, validate `distributed.options` with its options model and
+    the section with the engine's rules; the section as the resolved recipe holds it (the
+    engine's defaults and options written out, the engine object attached)."""
+    name = distributed.engine
+    try:
+        entry = registry.engines.entry(name)
+    except UnknownComponentError as exc:
+        suggestion = closest(name, exc.known)
+        problems.append(
+            Problem(
+                "distributed.engine",
+                f"unknown engine {name!r}; known: {', '.join(exc.known) or '(none)'}.",
+                f"Did you mean {suggestion!r}?" if suggestion else None,
+            )
+        )
+        return None
+    found: list[Problem] = []
+    options_model = entry.spec.options_model
+    try:
+        options = options_model.model_validate(distributed.options)
+    except ValidationError as exc:
+        owner = (
+            "" if entry.plugin.startswith("builtin.") else f" (options of plugin {entry.plugin!r})"
+        )
+        for p in _problems_from_validation(exc, options_model, prefix="distributed.options"):
+            found.append(Problem(p.path, p.message + owner, p.suggestion))
+    try:
+        engine = entry.spec.load()
+    except PluginError as exc:
+        problems.append(Problem("distributed.engine", str(exc), exc.hint))
+        return None
+    found.extend(engine.settings_problems(distributed))
+    problems.extend(found)
+    if found:
+        return None
+    settled = engine.with_defaults(distributed).model_copy(
+        update={"options": options.model_dump(mode="json")}
+    )
+    settled._engine = engine
+    return Component(entry.spec, options, entry.plugin), settled
+
+
+def _engine_problems_raw(data: dict[str, Any], registry: Registry) -> list[Problem]:
+    """The engine's problems in data that failed the schema elsewhere (when its own section
+    is valid), so that every problem is reported at once."""
+    node = data.get("distributed", {})
+    try:
+        distributed = DistributedSection.model_validate(node if node is not None else {})
+    except ValidationError:
+        return []  # the schema's errors already cover the section
+    problems: list[Problem] = []
+    _resolve_engine(distributed, registry, problems)
+    return problems
 
 
 def _component_problems_raw(data: dict[str, Any], registry: Registry) -> list[Problem]:
@@ -322,7 +394,7 @@ def _is_string_field(data: dict[str, Any], path: tuple[str, ...], registry: Regi
     for i, part in enumerate(path):
         if not _is_model(model):
             return False
-        if part == "options" and model is ComponentRef:
+        if part == "options" and model in (ComponentRef, DistributedSection):
             model = _options_model(data, path[:i], registry)
             continue
         if part.isdigit():
@@ -337,6 +409,12 @@ def _is_string_field(data: dict[str, Any], path: tuple[str, ...], registry: Regi
 
 
 def _options_model(data: dict[str, Any], path: tuple[str, ...], registry: Registry) -> Any:
+    if path == ("distributed",):  # the engine's options sit beside its name, `engine`
+        section = data.get("distributed")
+        name = section.get("engine", "none") if isinstance(section, dict) else None
+        if not isinstance(name, str) or name not in registry.engines:
+            return None
+        return registry.engines.get(name).options_model
     kind = COMPONENT_PATHS.get(path) or (
         "evaluators" if path[:2] == ("evaluation", "evaluators") else None
     )

@@ -9,7 +9,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 
 class Strict(BaseModel):
@@ -133,9 +141,22 @@ class DeepSpeedSection(Strict):
 
 
 class DistributedSection(Strict):
-    """How a run is spread over processes. `sftkit launch --nproc N` sets the world size."""
+    """How a run is spread over processes. `sftkit launch --nproc N` sets the world size.
 
-    engine: Literal["none", "ddp", "fsdp", "deepspeed"] = "none"
+    `engine` names a registered engine (`sftkit list engines`); which of the settings below
+    it reads, and what it refuses, is the engine object's to say (`sftkit.engine.Engine`),
+    checked when the recipe is resolved."""
+
+    engine: str = Field(
+        default="none",
+        min_length=1,
+        description="A registered engine: none, ddp, fsdp, deepspeed, or a plugin's.",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The engine's own options, validated by the options model its plugin "
+        "registered (the built-in engines take none: their settings are the keys below).",
+    )
     backend: Literal["auto", "nccl", "gloo"] = Field(
         default="auto", description="Collective backend; auto: nccl with CUDA, gloo on CPU."
     )
@@ -150,54 +171,23 @@ class DistributedSection(Strict):
     fsdp: FsdpSection = Field(default_factory=FsdpSection)
     deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _default_stage(cls, data: Any) -> Any:
-        # Written out so the resolved recipe (and the estimator) state the stage that runs.
-        if (
-            isinstance(data, dict)
-            and data.get("engine") == "deepspeed"
-            and data.get("zero_stage") is None
-        ):
-            return {**data, "zero_stage": 2}
+    # The Engine object `engine` names, set by sftkit.recipe.load when the recipe is resolved
+    # against a registry, so code holding only the Recipe can ask it (`sftkit.engine.engine_of`).
+    _engine: Any = PrivateAttr(default=None)
+
+    @property
+    def resolved_engine(self) -> Any:
+        """The engine object, or None for a section that was never resolved."""
+        return self._engine
+
+    @model_serializer(mode="wrap")
+    def _without_empty_options(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # A built-in engine's section dumps (recipe.yaml) as before engines took options, so
+        # runs started earlier still resume with the same recipe.
+        data: dict[str, Any] = handler(self)
+        if not data.get("options"):
+            data.pop("options", None)
         return data
-
-    # Field validators (not one model validator) so each problem names its own key.
-    @field_validator("zero_stage")
-    @classmethod
-    def _stage_needs_deepspeed(cls, value: int | None, info: ValidationInfo) -> int | None:
-        if value is not None and info.data.get("engine", "deepspeed") != "deepspeed":
-            raise ValueError("zero_stage is only meaningful with engine: deepspeed")
-        return value
-
-    @field_validator("cpu_offload")
-    @classmethod
-    def _offload_needs_sharding(cls, value: bool, info: ValidationInfo) -> bool:
-        if value and info.data.get("engine", "fsdp") not in ("fsdp", "deepspeed"):
-            raise ValueError(
-                "cpu_offload needs engine: fsdp or deepspeed (ddp keeps a full replica)"
-            )
-        return value
-
-    # Defaults written out (a run's recipe.yaml) are fine; changed values are a mistake.
-    @field_validator("fsdp")
-    @classmethod
-    def _fsdp_needs_fsdp(cls, value: FsdpSection, info: ValidationInfo) -> FsdpSection:
-        if value != FsdpSection() and info.data.get("engine", "fsdp") != "fsdp":
-            raise ValueError("the fsdp settings are only read with engine: fsdp")
-        return value
-
-    @field_validator("deepspeed")
-    @classmethod
-    def _deepspeed_needs_deepspeed(
-        cls, value: DeepSpeedSection, info: ValidationInfo
-    ) -> DeepSpeedSection:
-        if value != DeepSpeedSection() and info.data.get("engine", "deepspeed") != "deepspeed":
-            raise ValueError("the deepspeed settings are only read with engine: deepspeed")
-        stage3_offload = info.data.get("zero_stage") == 3 and info.data.get("cpu_offload")
-        if value.offload_params is not None and not stage3_offload:
-            raise ValueError("deepspeed.offload_params needs zero_stage: 3 and cpu_offload: true")
-        return value
 
 
 class EvaluationSection(Strict):
