@@ -17,8 +17,10 @@ Nothing here imports torch until a helper that trains or builds a model is calle
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,23 +48,57 @@ def fresh_manager(*, builtins: bool = True, disabled: tuple[str, ...] = ()) -> S
 
 
 def fresh_registry(*, builtins: bool = True) -> Registry:
-    return Registry.from_manager(fresh_manager(builtins=builtins))
+    """The built-ins' registry; like `registered`, it raises on a broken plugin."""
+    return Registry.from_manager(fresh_manager(builtins=builtins), strict=True)
+
+
+def register_all(manager: SftkitPluginManager, plugins: Sequence[Any]) -> None:
+    """Register each plugin under its ``__name__`` (a module's dotted name) or
+    ``test-plugin-N``; raise AssertionError with the failure when one is rejected."""
+    for i, plugin in enumerate(plugins):
+        name = getattr(plugin, "__name__", None) or f"test-plugin-{i}"
+        if not manager.register(plugin, name):
+            raise AssertionError("; ".join(f.describe() for f in manager.failures))
 
 
 @contextmanager
 def registered(*plugins: Any, builtins: bool = True) -> Iterator[Registry]:
     """Register `plugins` (modules or objects with hookimpls) on a fresh manager for the
-    duration of the block and yield its registry. Raises if a plugin fails to register."""
+    duration of the block and yield its registry. Strict, unlike the command line: a plugin
+    that is rejected, whose registration raises, or that registers a name another plugin
+    has raises here, so a plugin's own test fails at the cause."""
     manager = fresh_manager(builtins=builtins)
-    for i, plugin in enumerate(plugins):
-        name = getattr(plugin, "__name__", None) or f"test-plugin-{i}"
-        if not manager.register(plugin, name):
-            raise AssertionError("; ".join(f.describe() for f in manager.failures))
+    register_all(manager, plugins)
     try:
-        yield Registry.from_manager(manager)
+        yield Registry.from_manager(manager, strict=True)
     finally:
         for info in list(manager.infos):
             manager.unregister(info)
+
+
+@dataclass(frozen=True)
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def invoke_cli(*args: str, plugins: Sequence[Any] = (), builtins: bool = True) -> CliResult:
+    """Run ``sftkit ARGS`` in-process as a user would, with the built-ins and `plugins`
+    (registered as by `registered`; installed plugins are not autoloaded) and the global
+    options in `args` (``--disable-plugin``, ``--trace-plugins``) applied. Returns the exit
+    code and what was printed; errors become exit codes exactly as on the command line."""
+    from sftkit.cli import plugin_options, run_cli
+
+    disabled, _, trace = plugin_options(list(args))
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        manager = make_plugin_manager(
+            autoload=False, builtins=builtins, disabled=disabled, trace=trace
+        )
+        register_all(manager, [p for p in plugins if getattr(p, "__name__", None) not in disabled])
+        code = run_cli(list(args), manager=manager)
+    return CliResult(code, out.getvalue(), err.getvalue())
 
 
 def quickstart_recipe() -> Path:

@@ -15,7 +15,13 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from sftkit.errors import DataError, Problem, RecipeError, UnknownComponentError
+from sftkit.errors import (
+    DataError,
+    DuplicateComponentError,
+    Problem,
+    RecipeError,
+    UnknownComponentError,
+)
 from sftkit.recipe.overrides import Override, apply_overrides, parse_override
 from sftkit.recipe.schema import ComponentRef, Recipe
 from sftkit.recipe.yamlio import read_yaml
@@ -204,13 +210,17 @@ def _resolve(
         entry = catalog.entry(ref.name)
     except UnknownComponentError as exc:
         suggestion = closest(ref.name, exc.known)
+        notes = "".join(f" {note}" for note in catalog.failure_notes(ref.name))
         problems.append(
             Problem(
                 f"{dotted}.name",
-                f"unknown {catalog.spec_type.kind} {ref.name!r}; known: {', '.join(exc.known) or '(none)'}.",  # type: ignore[attr-defined]
+                f"unknown {catalog.spec_type.kind} {ref.name!r}; known: {', '.join(exc.known) or '(none)'}.{notes}",  # type: ignore[attr-defined]
                 f"Did you mean {suggestion!r}?" if suggestion else None,
             )
         )
+        return None
+    except DuplicateComponentError as exc:  # two plugins gave the name: the user picks one
+        problems.append(Problem(f"{dotted}.name", exc.message, exc.hint))
         return None
     options_model: type[Options] = entry.spec.options_model  # type: ignore[attr-defined]
     try:
