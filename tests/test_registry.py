@@ -12,6 +12,7 @@ from sftkit.plugins import DEFAULT_PLUGINS, make_plugin_manager
 from sftkit.registry import KINDS, Registry
 from sftkit.specs import (
     Blockwise8bitState,
+    DatasetFormatSpec,
     DenseMomentState,
     OptimizerSpec,
     Options,
@@ -67,6 +68,14 @@ def test_specs_declare_what_the_estimator_needs(registry):
 def test_quantized_base_cannot_be_trained_by_full_sft():
     with pytest.raises(SpecError, match="cannot be trained directly"):
         StrategySpec(name="bad", summary="", factory="a.b:c", base_storage="4bit", trains="all")
+
+
+def test_a_format_must_take_the_options_preparation_reads():
+    class Bare(Options):
+        path: str = "x"
+
+    with pytest.raises(SpecError, match="lacks dev_size, split_seed, skip_bad_rows"):
+        DatasetFormatSpec(name="bare", summary="", factory="a.b:c", options_model=Bare)
 
 
 def test_unknown_name_suggests_the_closest(registry):

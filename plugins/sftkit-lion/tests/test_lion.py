@@ -80,8 +80,9 @@ def test_lion_8bit_steps_on_cpu_and_state_matches_the_spec():
 
 
 def test_runs_end_to_end_on_cpu(quick_run):
-    # quick_run is a fixture from sftkit's test kit: a seconds-long `sftkit run`.
-    run_dir = quick_run(recipe=RECIPE)
+    # quick_run is a fixture from sftkit's test kit: a seconds-long `sftkit run`; `plugins`
+    # adds this one to the installed plugins, so the test passes before it is installed.
+    run_dir = quick_run(recipe=RECIPE, plugins=[plugin])
     run = json.loads((run_dir / "run.json").read_text())
     assert run["status"] == "completed" and run["optimizer"] == "lion-8bit"
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
