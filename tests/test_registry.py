@@ -349,3 +349,22 @@ def test_trace_plugins_shows_the_registration_calls():
     assert "<register strategies of plugin 'builtin.strategies'>" in result.stderr
     assert "<register strategies of plugin 'traced_plugin'>" in result.stderr
     assert "register_commands [hook]" in result.stderr
+
+
+def test_a_recipe_asking_for_a_name_a_failed_registration_gave_is_told_why():
+    from sftkit.testing import invoke_cli
+
+    def half(register):
+        register(_strategy("half-done"))
+        raise RuntimeError("kaput")
+
+    plugin = _plugin("half_plugin", register_strategies=half)
+    ok = invoke_cli("validate", "quickstart", plugins=[plugin])
+    assert ok.exit_code == 0, ok.stderr
+    result = invoke_cli("validate", "quickstart", "strategy.name=half-done", plugins=[plugin])
+    assert result.exit_code == 2
+    assert "unknown strategy 'half-done'" in result.stderr
+    assert "was registered by plugin 'half_plugin', whose registration then failed" in result.stderr
+    assert "kaput" in result.stderr
+    listed = invoke_cli("list", "strategies", plugins=[plugin])
+    assert listed.exit_code == 0 and "broken" in listed.stderr and "kaput" in listed.stderr
