@@ -7,45 +7,60 @@ Each hook has a section in docs/plugin-hooks.md whose heading is its signature.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the annotations only: importing this module stays cheap
     import click
 
-    from sftkit.recipe.schema import Recipe
+    from sftkit.errors import Problem
+    from sftkit.memory.budget import MemoryBudget
+    from sftkit.memory.terms import MemoryTerm
+    from sftkit.modelshape.shape import ModelShape
+    from sftkit.recipe.load import ResolvedRecipe
+    from sftkit.specs import (
+        DatasetFormatSpec,
+        EvaluatorSpec,
+        OptimizerSpec,
+        PromptTemplateSpec,
+        StrategySpec,
+    )
+    from sftkit.training.context import RunContext
 
 hookspec = pluggy.HookspecMarker("sftkit")
 hookimpl = pluggy.HookimplMarker("sftkit")
 
-Register = Callable[[Any], None]
+SpecT = TypeVar("SpecT")
+#: The `register` callable of a registration hook: ``Register[StrategySpec]`` is
+#: ``Callable[[StrategySpec], None]``.
+Register = Callable[[SpecT], None]
 
 # ---------------------------------------------------------------- registration (no torch)
 
 
 @hookspec
-def register_strategies(register: Register) -> None:
+def register_strategies(register: Callable[[StrategySpec], None]) -> None:
     """Call ``register(StrategySpec(...))`` once per strategy the plugin provides."""
 
 
 @hookspec
-def register_optimizers(register: Register) -> None:
+def register_optimizers(register: Callable[[OptimizerSpec], None]) -> None:
     """Call ``register(OptimizerSpec(...))`` once per optimizer the plugin provides."""
 
 
 @hookspec
-def register_dataset_formats(register: Register) -> None:
+def register_dataset_formats(register: Callable[[DatasetFormatSpec], None]) -> None:
     """Call ``register(DatasetFormatSpec(...))`` once per dataset format."""
 
 
 @hookspec
-def register_prompt_templates(register: Register) -> None:
+def register_prompt_templates(register: Callable[[PromptTemplateSpec], None]) -> None:
     """Call ``register(PromptTemplateSpec(...))`` once per prompt template."""
 
 
 @hookspec
-def register_evaluators(register: Register) -> None:
+def register_evaluators(register: Callable[[EvaluatorSpec], None]) -> None:
     """Call ``register(EvaluatorSpec(...))`` once per evaluator."""
 
 
@@ -63,13 +78,13 @@ def register_commands(cli: click.Group) -> None:
 
 
 @hookspec(firstresult=True)
-def resolve_model_shape(model: str, trust_remote_code: bool) -> Any:
+def resolve_model_shape(model: str, trust_remote_code: bool) -> ModelShape | None:
     """Return a ``ModelShape`` for ``model`` (hub id, directory or config.json), or None to
     let the next plugin try. Built-ins are ``trylast``."""
 
 
 @hookspec(firstresult=True)
-def device_memory_budget(device: str) -> Any:
+def device_memory_budget(device: str) -> MemoryBudget | None:
     """Return a ``MemoryBudget`` for a GPU name, a size such as ``40GB``, or ``"auto"`` (the
     present device), or None to let the next plugin try. Built-ins are ``trylast``."""
 
@@ -78,15 +93,15 @@ def device_memory_budget(device: str) -> Any:
 
 
 @hookspec
-def extra_memory_terms(recipe: Recipe, shape: Any) -> list[Any] | None:
-    """Return extra ``MemoryTerm``s the estimator adds for this recipe (e.g. a plugin's own
-    buffers), or None."""
+def extra_memory_terms(recipe: ResolvedRecipe, shape: ModelShape) -> list[MemoryTerm] | None:
+    """Return extra ``MemoryTerm``s the estimator adds for this resolved recipe (e.g. a
+    plugin's own buffers), or None."""
 
 
 @hookspec
-def validate_recipe(recipe: Recipe) -> list[Any] | None:
-    """Return a list of ``Problem``s found in a schema-valid recipe, or None. Every problem
-    from every plugin is reported together."""
+def validate_recipe(recipe: ResolvedRecipe) -> list[Problem] | None:
+    """Return a list of ``Problem``s found in a resolved recipe (schema, components and
+    options already valid), or None. Every problem from every plugin is reported together."""
 
 
 # ---------------------------------------------------------------- lifecycle
@@ -99,15 +114,16 @@ def configure(settings: dict[str, Any]) -> None:
 
 
 @hookspec
-def on_train_start(run: Any) -> None:
+def on_train_start(run: RunContext) -> None:
     """Called once before the first training step with the ``RunContext``."""
 
 
 @hookspec
-def on_log(run: Any, logs: dict[str, float]) -> None:
-    """Called on every trainer log event (loss, learning rate, throughput ...)."""
+def on_log(run: RunContext, logs: dict[str, float]) -> None:
+    """Called on every trainer log event (loss, learning rate, throughput ...), with the
+    global ``step`` and ``elapsed_s`` (seconds since training started) added."""
 
 
 @hookspec
-def on_train_end(run: Any, metrics: dict[str, float]) -> None:
+def on_train_end(run: RunContext, metrics: dict[str, float]) -> None:
     """Called once after training with the final metrics."""

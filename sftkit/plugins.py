@@ -42,11 +42,15 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
 
 @dataclass(frozen=True)
 class PluginFailure:
-    """A plugin that could not be loaded or registered, kept so commands can report it."""
+    """A plugin that could not be loaded or registered, kept so commands can report it.
+
+    `hook` is None when the plugin never loaded (import error, bad hook), else the
+    registration hook that raised: the plugin's other hooks still took part."""
 
     name: str
     distribution: str | None
     error: str
+    hook: str | None = None
 
     def describe(self) -> str:
         dist = f" (from distribution {self.distribution})" if self.distribution else ""
@@ -100,6 +104,26 @@ class SftkitPluginManager:
         module = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__
         self.infos[name] = PluginInfo(name, module, distribution, version, builtin)
         return True
+
+    def record_failure(self, failure: PluginFailure) -> None:
+        """Remember a failure once, however often the registry is rebuilt."""
+        if failure not in self.failures:
+            self.failures.append(failure)
+
+    def distribution_of(self, name: str) -> str | None:
+        info = self.infos.get(name)
+        return info.distribution if info else None
+
+    def callers_by_plugin(self, hook_name: str) -> list[tuple[str, Any]]:
+        """(plugin name, a caller of `hook_name` limited to that plugin) per implementation,
+        built-ins (``trylast``) first. Calling each through pluggy (not the bare function)
+        keeps `--trace-plugins` complete while the caller learns who gave what."""
+        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+        callers = []
+        for impl in impls:
+            others = [other.plugin for other in impls if other is not impl]
+            callers.append((impl.plugin_name, self.pm.subset_hook_caller(hook_name, others)))
+        return callers
 
     def unregister(self, name: str) -> None:
         plugin = self.pm.get_plugin(name)

@@ -37,6 +37,6 @@ def tiny_dataset() -> Any:
 
 @pytest.fixture
 def quick_run(tmp_path: Path) -> Any:
-    """A factory: ``quick_run("optimizer.name=my-opt")`` -> the run directory of a
-    seconds-long `sftkit run` of the quickstart."""
+    """A factory: ``quick_run("optimizer.name=my-opt", plugins=[my_plugin])`` -> the run
+    directory of a seconds-long `sftkit run` of the quickstart."""
     return lambda *overrides, **kwargs: testing.quick_run(tmp_path, *overrides, **kwargs)

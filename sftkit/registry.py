@@ -37,15 +37,33 @@ class Entry(Generic[S]):
     plugin: str
 
 
+@dataclass(frozen=True)
+class BrokenRegistration:
+    """A plugin whose registration hook for one kind raised: the names it had registered
+    before raising (dropped, since the plugin did not finish) and the error."""
+
+    plugin: str
+    distribution: str | None
+    error: str
+    names: tuple[str, ...]
+
+
 class Catalog(Generic[S]):
-    """All specs of one kind."""
+    """All specs of one kind.
+
+    Two plugins registering one name do not break the catalog: the name becomes a conflict,
+    an error only where it is looked up, naming both plugins and how to choose one.
+    """
 
     def __init__(self, kind: str, spec_type: type, manager: SftkitPluginManager | None) -> None:
         self.kind = kind
         self.spec_type = spec_type
-        self._entries: dict[str, Entry[S]] = {}
+        # name -> every entry registered under it, in registration order; more than one
+        # is a conflict.
+        self._providers: dict[str, list[Entry[S]]] = {}
         self._manager = manager
         self._noun: str = getattr(spec_type, "kind", kind)
+        self.broken: list[BrokenRegistration] = []
 
     def add(self, spec: S, plugin: str) -> None:
         if not isinstance(spec, self.spec_type):
@@ -54,47 +72,129 @@ class Catalog(Generic[S]):
                 f"expected {self.spec_type.__name__}."
             )
         name = spec.name  # type: ignore[attr-defined]
-        if name in self._entries:
-            other = self._entries[name].plugin
-            raise DuplicateComponentError(
-                f"{self._noun} {name!r} is registered by both plugin {other!r} and "
-                f"plugin {plugin!r}.",
-                hint=f"Disable one of them, e.g. `sftkit --disable-plugin {plugin} ...`.",
-            )
-        self._entries[name] = Entry(spec, plugin)
+        providers = self._providers.setdefault(name, [])
+        if any(entry.plugin == plugin for entry in providers):
+            raise PluginError(f"plugin {plugin!r} registered {self._noun} {name!r} twice.")
+        providers.append(Entry(spec, plugin))
+
+    def remove_plugin(self, plugin: str) -> tuple[str, ...]:
+        """Drop every entry `plugin` registered; return their names."""
+        removed = []
+        for name in list(self._providers):
+            kept = [entry for entry in self._providers[name] if entry.plugin != plugin]
+            if len(kept) != len(self._providers[name]):
+                removed.append(name)
+            if kept:
+                self._providers[name] = kept
+            else:
+                del self._providers[name]
+        return tuple(removed)
 
     def get(self, name: str) -> S:
         return self.entry(name).spec
 
     def entry(self, name: str) -> Entry[S]:
-        try:
-            return self._entries[name]
-        except KeyError:
-            known = sorted(self._entries)
-            error = UnknownComponentError(
-                self._noun,
-                name,
-                known,
-                closest(name, known),
+        providers = self._providers.get(name)
+        if providers and len(providers) == 1:
+            return providers[0]
+        if providers:
+            raise self.conflict_error(name)
+        raise self.unknown_error(name) from None
+
+    def conflicts(self) -> dict[str, tuple[Entry[S], ...]]:
+        """Names registered by more than one plugin, with every registration."""
+        return {
+            name: tuple(entries)
+            for name, entries in sorted(self._providers.items())
+            if len(entries) > 1
+        }
+
+    def conflict_error(self, name: str) -> DuplicateComponentError:
+        plugins = [entry.plugin for entry in self._providers[name]]
+        who = " and ".join(self._describe_plugin(plugin) for plugin in plugins)
+        choices = []
+        for keep in plugins:
+            drop = [other for other in plugins if other != keep]
+            flags = " ".join(f"--disable-plugin {other}" for other in drop)
+            choice = (
+                f"to use {keep}'s, run `sftkit {flags} ...` "
+                f"(or set SFTKIT_DISABLE_PLUGINS={','.join(drop)})"
             )
-            failures = self._manager.failures if self._manager else []
-            if failures:
-                error.hint = (
-                    (error.hint or "") + "\nNote: " + "; ".join(f.describe() for f in failures)
-                )
-            raise error from None
+            if any(self._is_builtin(other) for other in drop):
+                choice += ", which also drops the other components of that built-in plugin"
+            choices.append(choice)
+        return DuplicateComponentError(
+            f"{self._noun} {name!r} is registered by {len(plugins)} plugins: {who}.",
+            hint="Choose one: " + "; ".join(choices) + ".",
+        )
+
+    def unknown_error(self, name: str) -> UnknownComponentError:
+        known = self.names()
+        error = UnknownComponentError(self._noun, name, known, closest(name, known))
+        notes = self.failure_notes(name)
+        if notes:
+            error.hint = (error.hint or "") + "".join(f"\nNote: {note}" for note in notes)
+        return error
+
+    def failure_notes(self, name: str) -> list[str]:
+        """Why `name` may be missing: the broken plugin that had registered it, else every
+        plugin that failed before registering anything of this kind."""
+        known = [
+            f"{self._noun.capitalize()} {name!r} was registered by "
+            f"{self._describe_plugin(broken.plugin)}, whose registration then failed: "
+            f"{broken.error}"
+            for broken in self.broken
+            if name in broken.names
+        ]
+        if known:
+            return known
+        failures = self._manager.failures if self._manager else []
+        maybe = [f"plugin {b.plugin!r}: {b.error}" for b in self.broken]
+        maybe += [f.describe() for f in failures if f.hook is None]  # never loaded at all
+        if not maybe:
+            return []
+        return [f"Plugins that failed might provide {self._noun} {name!r}: " + "; ".join(maybe)]
+
+    def _is_builtin(self, plugin: str) -> bool:
+        info = self._manager.infos.get(plugin) if self._manager else None
+        return bool(info and info.builtin)
+
+    def _describe_plugin(self, plugin: str) -> str:
+        info = self._manager.infos.get(plugin) if self._manager else None
+        if info is None or not info.distribution:
+            origin = "built into sftkit" if info is not None and info.builtin else None
+        else:
+            origin = f"distribution {info.distribution}" + (
+                f" {info.version}" if info.version else ""
+            )
+        return f"plugin {plugin!r}" + (f" ({origin})" if origin else "")
 
     def names(self) -> list[str]:
-        return sorted(self._entries)
+        """Names that resolve (conflicting names are in `conflicts()`)."""
+        return sorted(name for name, entries in self._providers.items() if len(entries) == 1)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return isinstance(name, str) and len(self._providers.get(name, ())) == 1
 
     def __iter__(self) -> Iterator[Entry[S]]:
-        return iter(self._entries[name] for name in sorted(self._entries))
+        return iter(self._providers[name][0] for name in self.names())
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.names())
+
+
+class _Register:
+    """The `register` callable one plugin's registration hook receives: it files each spec
+    under that plugin. Its repr is what `--trace-plugins` prints."""
+
+    def __init__(self, catalog: Catalog[Any], plugin: str) -> None:
+        self.catalog, self.plugin = catalog, plugin
+
+    def __call__(self, spec: Any) -> None:
+        self.catalog.add(spec, self.plugin)
+
+    def __repr__(self) -> str:
+        return f"<register {self.catalog.kind} of plugin {self.plugin!r}>"
 
 
 class Registry:
@@ -118,42 +218,32 @@ class Registry:
         return catalog
 
     @classmethod
-    def from_manager(cls, manager: SftkitPluginManager, *, strict: bool = True) -> Registry:
-        """Collect every plugin's specs. A plugin that fails (raises, registers a duplicate or
-        an invalid spec) raises a PluginError naming it; with ``strict=False`` the failure is
-        recorded in ``manager.failures`` instead, so `sftkit plugins` can still list the rest."""
+    def from_manager(cls, manager: SftkitPluginManager, *, strict: bool = False) -> Registry:
+        """Collect every plugin's specs, each registration hook called through pluggy once
+        per plugin (so `--trace-plugins` shows it and the registry knows who gave what).
+
+        A plugin whose registration raises (or registers an invalid spec) is recorded in
+        ``manager.failures``; the names it registered before raising are dropped but
+        remembered, so looking one up says what happened. A name two plugins register is a
+        conflict, an error only where it is used. With ``strict=True`` (the test kit) the
+        first failure or conflict raises instead."""
         registry = cls(manager)
         for kind, (hook_name, _) in KINDS.items():
             catalog = registry.catalog(kind)
-            caller = getattr(manager.hook, hook_name)
-            # Built-ins are `trylast`, so they come first here: a third-party plugin that
-            # reuses a built-in name is the one reported as the duplicate.
-            # Each implementation gets a `register` bound to its plugin's name, so the
-            # registry knows who registered what (pluggy's plain call would lose that).
-            for impl in caller.get_hookimpls():
-
-                def register(
-                    spec: Any,
-                    _plugin: str = impl.plugin_name,
-                    _catalog: Catalog[Any] = catalog,
-                ) -> None:
-                    _catalog.add(spec, _plugin)
-
+            for plugin, call in manager.callers_by_plugin(hook_name):
                 try:
-                    impl.function(register=register)
+                    call(register=_Register(catalog, plugin))
                 except Exception as exc:
-                    error = _plugin_error(exc, impl.plugin_name, hook_name, manager)
+                    error = _plugin_error(exc, plugin, hook_name, manager)
                     if strict:
                         raise error from exc
-                    manager.failures.append(
-                        PluginFailure(impl.plugin_name, _distribution(manager, impl), str(error))
-                    )
+                    dist = manager.distribution_of(plugin)
+                    names = catalog.remove_plugin(plugin)
+                    catalog.broken.append(BrokenRegistration(plugin, dist, str(error), names))
+                    manager.record_failure(PluginFailure(plugin, dist, str(error), hook_name))
+            if strict and catalog.conflicts():
+                raise catalog.conflict_error(next(iter(catalog.conflicts())))
         return registry
-
-
-def _distribution(manager: SftkitPluginManager, impl: Any) -> str | None:
-    info = manager.infos.get(impl.plugin_name)
-    return info.distribution if info else None
 
 
 def _plugin_error(
@@ -161,10 +251,6 @@ def _plugin_error(
 ) -> PluginError:
     info = manager.infos.get(plugin)
     dist = f" (distribution {info.distribution})" if info and info.distribution else ""
-    if isinstance(exc, DuplicateComponentError):
-        # Name the installed distribution too, so the user knows what to uninstall.
-        where = f" Plugin {plugin!r} comes from {info.distribution}." if dist and info else ""
-        return DuplicateComponentError(f"{exc.args[0]}{where}", hint=exc.hint)
     if isinstance(exc, PluginError):
         return type(exc)(f"plugin {plugin!r}{dist}: {exc.args[0]}", hint=exc.hint)
     return PluginError(
@@ -174,5 +260,6 @@ def _plugin_error(
 
 
 def default_registry(**manager_options: Any) -> Registry:
-    """A registry from a fresh plugin manager (built-ins plus installed plugins)."""
+    """A registry from a fresh plugin manager (built-ins plus installed plugins); broken
+    plugins and conflicting names are recorded, not raised (as on the command line)."""
     return Registry.from_manager(make_plugin_manager(**manager_options))

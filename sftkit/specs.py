@@ -230,6 +230,8 @@ class DatasetFormatSpec:
     """A dataset format: how rows are read, validated and turned into prompt/completion."""
 
     kind: ClassVar[str] = "dataset format"
+    # What sftkit's preparation reads from every format's options (`sftkit.SplitOptions`).
+    SPLIT_FIELDS: ClassVar[tuple[str, ...]] = ("dev_size", "split_seed", "skip_bad_rows")
 
     name: str
     summary: str
@@ -238,6 +240,13 @@ class DatasetFormatSpec:
 
     def __post_init__(self) -> None:
         _check_name(self)
+        missing = [f for f in self.SPLIT_FIELDS if f not in self.options_model.model_fields]
+        if missing:
+            raise SpecError(
+                f"dataset format {self.name!r}: its options model "
+                f"{self.options_model.__name__} lacks {', '.join(missing)}; subclass "
+                "sftkit.SplitOptions, which holds the options every format's preparation uses."
+            )
 
 
 @dataclass(frozen=True)

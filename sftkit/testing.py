@@ -1,13 +1,18 @@
-"""Helpers for tests: sftkit's own and plugin authors'.
+"""Helpers for tests: sftkit's own and plugin authors' (docs/writing-a-plugin.md, "The test
+kit", documents each).
 
-    from sftkit.testing import registered, quick_run
+    from sftkit.testing import invoke_cli, quick_run, registered
 
     def test_my_strategy_is_listed():
         with registered(my_plugin_module) as registry:
             assert "my-strategy" in registry.strategies
 
+    def test_my_command(tmp_path):
+        result = invoke_cli("my-command", "quickstart", plugins=[my_plugin_module])
+        assert result.exit_code == 0, result.stderr
+
     def test_my_strategy_trains(tmp_path):
-        run_dir = quick_run(tmp_path, "strategy.name=my-strategy")
+        run_dir = quick_run(tmp_path, "strategy.name=my-strategy", plugins=[my_plugin_module])
         assert (run_dir / "final").is_dir()
 
 With sftkit installed, pytest also gets the fixtures of `sftkit.pytest_plugin`
@@ -17,8 +22,10 @@ Nothing here imports torch until a helper that trains or builds a model is calle
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,23 +53,77 @@ def fresh_manager(*, builtins: bool = True, disabled: tuple[str, ...] = ()) -> S
 
 
 def fresh_registry(*, builtins: bool = True) -> Registry:
-    return Registry.from_manager(fresh_manager(builtins=builtins))
+    """The built-ins' registry; like `registered`, it raises on a broken plugin."""
+    return Registry.from_manager(fresh_manager(builtins=builtins), strict=True)
+
+
+def register_all(manager: SftkitPluginManager, plugins: Sequence[Any]) -> None:
+    """Register each plugin under its ``__name__`` (a module's dotted name) or
+    ``test-plugin-N``; raise AssertionError with the failure when one is rejected."""
+    for i, plugin in enumerate(plugins):
+        name = getattr(plugin, "__name__", None) or f"test-plugin-{i}"
+        if not manager.register(plugin, name):
+            raise AssertionError("; ".join(f.describe() for f in manager.failures))
 
 
 @contextmanager
 def registered(*plugins: Any, builtins: bool = True) -> Iterator[Registry]:
     """Register `plugins` (modules or objects with hookimpls) on a fresh manager for the
-    duration of the block and yield its registry. Raises if a plugin fails to register."""
+    duration of the block and yield its registry. Strict, unlike the command line: a plugin
+    that is rejected, whose registration raises, or that registers a name another plugin
+    has raises here, so a plugin's own test fails at the cause."""
     manager = fresh_manager(builtins=builtins)
-    for i, plugin in enumerate(plugins):
-        name = getattr(plugin, "__name__", None) or f"test-plugin-{i}"
-        if not manager.register(plugin, name):
-            raise AssertionError("; ".join(f.describe() for f in manager.failures))
+    register_all(manager, plugins)
     try:
-        yield Registry.from_manager(manager)
+        yield Registry.from_manager(manager, strict=True)
     finally:
         for info in list(manager.infos):
             manager.unregister(info)
+
+
+@dataclass(frozen=True)
+class CliResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def invoke_cli(*args: str, plugins: Sequence[Any] = (), builtins: bool = True) -> CliResult:
+    """Run ``sftkit ARGS`` in-process as a user would, with the built-ins and `plugins`
+    (registered as by `registered`; installed plugins are not autoloaded) and the global
+    options in `args` (``--disable-plugin``, ``--trace-plugins``) applied. Returns the exit
+    code and what was printed; errors become exit codes exactly as on the command line."""
+    from sftkit.cli import run_cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        manager = _cli_manager(args, plugins, builtins=builtins, autoload=False)
+        code = run_cli(list(args), manager=manager)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+def _cli_manager(
+    args: Sequence[str], plugins: Sequence[Any], *, builtins: bool, autoload: bool | None
+) -> SftkitPluginManager:
+    """The manager `sftkit ARGS` would build, plus `plugins` (those not already loaded from
+    an entry point, and not disabled in `args`)."""
+    from sftkit.cli import plugin_options
+
+    disabled, from_args, trace = plugin_options(list(args))
+    manager = make_plugin_manager(
+        autoload=autoload if from_args is None else from_args,
+        builtins=builtins,
+        disabled=disabled,
+        trace=trace,
+    )
+    wanted = [
+        plugin
+        for plugin in plugins
+        if getattr(plugin, "__name__", None) not in disabled
+        and not manager.pm.is_registered(plugin)
+    ]
+    register_all(manager, wanted)
+    return manager
 
 
 def quickstart_recipe() -> Path:
@@ -106,8 +167,10 @@ def quick_run(
     *overrides: str,
     recipe: str | Path | None = None,
     cli_args: Sequence[str] = (),
+    plugins: Sequence[Any] = (),
 ) -> Path:
-    """Run `sftkit run` through the real CLI (installed plugins load as for a user) on the
+    """Run `sftkit run` through the real CLI (installed plugins load as for a user, and
+    `plugins` are added to them, so a plugin's test passes before it is installed) on the
     quickstart with FAST_OVERRIDES and yours; return the run directory. Raises
     AssertionError with the exit code when the run fails."""
     from sftkit.cli import run_cli
@@ -122,7 +185,8 @@ def quick_run(
         "--output-dir",
         str(run_dir),
     ]
-    code = run_cli(argv)
+    manager = _cli_manager(argv, plugins, builtins=True, autoload=None) if plugins else None
+    code = run_cli(argv, manager=manager)
     if code != 0:
         raise AssertionError(f"`sftkit {' '.join(argv)}` exited with {code}")
     return run_dir

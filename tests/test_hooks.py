@@ -6,16 +6,17 @@ import textwrap
 
 import pytest
 
+from sftkit import SplitOptions
 from sftkit.errors import Problem, RecipeError
 from sftkit.hookspecs import hookimpl
 from sftkit.plugins import make_plugin_manager
 from sftkit.recipe.load import load_recipe_text
 from sftkit.registry import Registry
-from sftkit.specs import DatasetFormatSpec, EvaluatorSpec, Options, PromptTemplateSpec
+from sftkit.specs import DatasetFormatSpec, EvaluatorSpec, PromptTemplateSpec
 from sftkit.testing import registered
 
 
-class QaOptions(Options):
+class QaOptions(SplitOptions):
     question_field: str = "question"
 
 

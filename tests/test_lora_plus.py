@@ -410,19 +410,18 @@ def rates_by_name(model: Any, optimizer: Any) -> dict[str, float]:
 
 
 def test_the_layer_decay_plugin_in_writing_a_plugin_runs(model_dir, tmp_path, monkeypatch):
-    blocks = python_blocks("writing-a-plugin.md", "Strategy objects")
-    assert [b.splitlines()[0].split(":")[0] for b in blocks] == [
-        "# my_plugin/plugin.py",
-        "# my_plugin/strategy.py",
+    blocks = [
+        b
+        for b in python_blocks(
+            "writing-a-plugin.md", "Part 2: one worked example per component kind"
+        )
+        if b.startswith("# file: acme_sftkit/layer_decay.py")
     ]
-    package = types.ModuleType("my_plugin")
-    package.__path__ = []
-    monkeypatch.setitem(sys.modules, "my_plugin", package)
-    for name, code in zip(("my_plugin.plugin", "my_plugin.strategy"), blocks, strict=True):
-        module = types.ModuleType(name)
-        monkeypatch.setitem(sys.modules, name, module)
-        exec(compile(code, name, "exec"), module.__dict__)
-    with registered(sys.modules["my_plugin.plugin"]) as registry:
+    assert len(blocks) == 1
+    module = types.ModuleType("acme_sftkit.layer_decay")
+    monkeypatch.setitem(sys.modules, "acme_sftkit.layer_decay", module)
+    exec(compile(blocks[0], "acme_sftkit/layer_decay.py", "exec"), module.__dict__)
+    with registered(module) as registry:
         text = recipe_text(
             model_dir,
             tmp_path / "run",

@@ -13,6 +13,7 @@ from sftkit.plugins import DEFAULT_PLUGINS, make_plugin_manager
 from sftkit.registry import KINDS, Registry
 from sftkit.specs import (
     Blockwise8bitState,
+    DatasetFormatSpec,
     DenseMomentState,
     OptimizerSpec,
     Options,
@@ -86,6 +87,14 @@ def test_a_strategy_must_train_something():
         spec.compose(None)
 
 
+def test_a_format_must_take_the_options_preparation_reads():
+    class Bare(Options):
+        path: str = "x"
+
+    with pytest.raises(SpecError, match="lacks dev_size, split_seed, skip_bad_rows"):
+        DatasetFormatSpec(name="bare", summary="", factory="a.b:c", options_model=Bare)
+
+
 def test_unknown_name_suggests_the_closest(registry):
     with pytest.raises(UnknownComponentError) as info:
         registry.strategies.get("qlora-nf5")
@@ -112,13 +121,53 @@ def test_duplicate_names_across_plugins_name_both():
     assert "builtin.strategies" in str(info.value) and "dup_plugin" in str(info.value)
 
 
-def test_lenient_registry_records_the_broken_plugin_and_keeps_the_rest():
+def test_a_duplicate_is_a_conflict_only_where_it_is_used():
     manager = fresh_manager()
     dup = _plugin("dup_plugin", register_strategies=lambda register: register(_strategy("lora")))
     manager.register(dup, "dup_plugin")
-    registry = Registry.from_manager(manager, strict=False)
-    assert "full-sft" in registry.strategies
-    assert [f.name for f in manager.failures] == ["dup_plugin"]
+    registry = Registry.from_manager(manager)
+    # everything else resolves; the shared name is not silently given to either plugin
+    assert registry.strategies.get("full-sft").name == "full-sft"
+    assert "lora" not in registry.strategies and "lora" not in registry.strategies.names()
+    assert [e.plugin for e in registry.strategies.conflicts()["lora"]] == [
+        "builtin.strategies",
+        "dup_plugin",
+    ]
+    assert manager.failures == []  # neither plugin is broken
+    with pytest.raises(DuplicateComponentError) as info:
+        registry.strategies.get("lora")
+    text = str(info.value)
+    assert "plugin 'builtin.strategies' (built into sftkit)" in text and "'dup_plugin'" in text
+    assert "--disable-plugin dup_plugin" in text and "SFTKIT_DISABLE_PLUGINS=dup_plugin" in text
+    assert info.value.exit_code == 2
+
+
+def test_a_registration_that_raises_drops_its_names_and_says_so_on_lookup():
+    def half(register):
+        register(_strategy("half-done"))
+        raise RuntimeError("kaput")
+
+    manager = fresh_manager()
+    manager.register(_plugin("half_plugin", register_strategies=half), "half_plugin")
+    registry = Registry.from_manager(manager)
+    assert "half-done" not in registry.strategies and "lora" in registry.strategies
+    (failure,) = manager.failures
+    assert failure.name == "half_plugin" and failure.hook == "register_strategies"
+    with pytest.raises(UnknownComponentError) as info:
+        registry.strategies.get("half-done")
+    assert "was registered by plugin 'half_plugin'" in str(info.value)
+    assert "RuntimeError in register_strategies: kaput" in str(info.value)
+    # another unknown name: the broken plugin is the one that might have provided it
+    with pytest.raises(
+        UnknownComponentError, match="Plugins that failed might provide strategy 'other'"
+    ):
+        registry.strategies.get("other")
+    # optimizers were not touched by the failure, so their lookups do not mention it
+    with pytest.raises(UnknownComponentError) as info:
+        registry.optimizers.get("other")
+    assert "half_plugin" not in str(info.value)
+    Registry.from_manager(manager)  # rebuilding records the failure once
+    assert len(manager.failures) == 1
 
 
 def test_a_plugin_that_raises_is_named():
@@ -219,3 +268,120 @@ def test_tracing_writes_hook_calls(capsys):
     Registry.from_manager(manager)
     manager.hook.validate_recipe(recipe=None)
     assert "validate_recipe" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- on the CLI
+
+
+class _EntryPoint:
+    """An installed plugin as importlib.metadata shows it: name, distribution, loader."""
+
+    def __init__(self, name, loader):
+        self.name, self.value, self._loader = name, f"{name}_mod:plugin", loader
+        self.dist = types.SimpleNamespace(name=f"sftkit-{name}", version="1.0")
+
+    def load(self):
+        return self._loader()
+
+
+@pytest.fixture
+def installed(monkeypatch):
+    """Pretend these plugins are installed (entry points), and let the CLI autoload them."""
+    import importlib.metadata as md
+
+    def install(**plugins):
+        points = [_EntryPoint(name, loader) for name, loader in plugins.items()]
+        monkeypatch.setattr(md, "entry_points", lambda group: points)
+        monkeypatch.delenv("SFTKIT_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+
+    return install
+
+
+def _shiny(plugin_name):
+    return lambda: _plugin(
+        plugin_name, register_strategies=lambda register: register(_strategy("shiny"))
+    )
+
+
+def _cli(capsys, *args):
+    from sftkit.cli import run_cli
+
+    code = run_cli(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_duplicate_breaks_only_the_recipes_that_use_it(installed, capsys):
+    installed(alpha=_shiny("alpha_mod"), beta=_shiny("beta_mod"))
+    code, out, err = _cli(capsys, "validate", "quickstart")
+    assert code == 0, err
+    code, out, err = _cli(capsys, "validate", "quickstart", "strategy.name=shiny")
+    assert code == 2
+    # both plugins, both distributions, and how to keep either one
+    assert "plugin 'alpha' (distribution sftkit-alpha 1.0)" in err
+    assert "plugin 'beta' (distribution sftkit-beta 1.0)" in err
+    assert (
+        "to use alpha's, run `sftkit --disable-plugin beta ...` (or set SFTKIT_DISABLE_PLUGINS=beta)"
+        in err
+    )
+    assert "--disable-plugin alpha" in err
+    code, out, err = _cli(
+        capsys, "--disable-plugin", "beta", "validate", "quickstart", "strategy.name=shiny"
+    )
+    assert code == 0, err
+    assert "strategy   shiny  [alpha]" in out
+
+
+def test_list_marks_a_conflicting_name(installed, capsys):
+    installed(alpha=_shiny("alpha_mod"), beta=_shiny("beta_mod"))
+    code, out, err = _cli(capsys, "list", "strategies")
+    assert code == 0, err
+    assert "shiny" in out and "conflict" in out and "full-sft" in out
+    assert "plugin 'alpha'" in err and "plugin 'beta'" in err
+
+
+def test_unknown_name_names_the_plugins_that_failed_and_might_provide_it(installed, capsys):
+    def broken():
+        raise ImportError("No module named 'missing_dep'")
+
+    installed(broken=broken)
+    code, _, err = _cli(capsys, "validate", "quickstart")
+    assert code == 0, err  # a broken plugin does not stop recipes that do not need it
+    code, _, err = _cli(capsys, "validate", "quickstart", "strategy.name=fancy")
+    assert code == 2
+    assert "unknown strategy 'fancy'" in err
+    assert "might provide strategy 'fancy'" in err and "plugin 'broken'" in err
+    assert "sftkit-broken" in err and "missing_dep" in err
+
+
+def test_trace_plugins_shows_the_registration_calls():
+    from sftkit.testing import invoke_cli
+
+    plugin = _plugin("traced_plugin", register_strategies=lambda register: register(_strategy()))
+    result = invoke_cli("--trace-plugins", "list", "strategies", plugins=[plugin])
+    assert result.exit_code == 0, result.stderr
+    assert "my-strategy" in result.stdout
+    # one traced call per plugin, each with the `register` that files under that plugin
+    assert result.stderr.count("register_strategies [hook]") == 2
+    assert "<register strategies of plugin 'builtin.strategies'>" in result.stderr
+    assert "<register strategies of plugin 'traced_plugin'>" in result.stderr
+    assert "register_commands [hook]" in result.stderr
+
+
+def test_a_recipe_asking_for_a_name_a_failed_registration_gave_is_told_why():
+    from sftkit.testing import invoke_cli
+
+    def half(register):
+        register(_strategy("half-done"))
+        raise RuntimeError("kaput")
+
+    plugin = _plugin("half_plugin", register_strategies=half)
+    ok = invoke_cli("validate", "quickstart", plugins=[plugin])
+    assert ok.exit_code == 0, ok.stderr
+    result = invoke_cli("validate", "quickstart", "strategy.name=half-done", plugins=[plugin])
+    assert result.exit_code == 2
+    assert "unknown strategy 'half-done'" in result.stderr
+    assert "was registered by plugin 'half_plugin', whose registration then failed" in result.stderr
+    assert "kaput" in result.stderr
+    listed = invoke_cli("list", "strategies", plugins=[plugin])
+    assert listed.exit_code == 0 and "broken" in listed.stderr and "kaput" in listed.stderr

@@ -17,17 +17,22 @@ import click
 
 from sftkit.cli.app import AppContext, build_cli
 from sftkit.errors import SftkitError
-from sftkit.plugins import make_plugin_manager
+from sftkit.plugins import SftkitPluginManager, make_plugin_manager
 
 EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_DOES_NOT_FIT = 0, 1, 2, 3
 
 
-def run_cli(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI with `argv` (default: sys.argv[1:]) and return the exit code."""
+def run_cli(
+    argv: Sequence[str] | None = None, *, manager: SftkitPluginManager | None = None
+) -> int:
+    """Run the CLI with `argv` (default: sys.argv[1:]) and return the exit code. `manager`
+    replaces the one built from the plugin options (`sftkit.testing.invoke_cli` passes one
+    holding the plugins under test)."""
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        disabled, autoload, trace = _plugin_options(args)
-        manager = make_plugin_manager(autoload=autoload, disabled=disabled, trace=trace)
+        if manager is None:
+            disabled, autoload, trace = plugin_options(args)
+            manager = make_plugin_manager(autoload=autoload, disabled=disabled, trace=trace)
         app = AppContext(manager)
         cli = build_cli(app)
         result = cli.main(args=args, prog_name="sftkit", standalone_mode=False, obj=app)
@@ -66,7 +71,7 @@ def main() -> None:
     sys.exit(run_cli())
 
 
-def _plugin_options(args: list[str]) -> tuple[list[str], bool | None, bool]:
+def plugin_options(args: list[str]) -> tuple[list[str], bool | None, bool]:
     """Read the plugin options before click runs: they decide which commands exist."""
     disabled: list[str] = []
     autoload: bool | None = None

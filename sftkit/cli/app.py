@@ -21,13 +21,11 @@ class AppContext:
 
     @property
     def registry(self) -> Registry:
+        """Every plugin's components. A broken plugin or a name two plugins register fails
+        only the commands and recipes that need it (see `Registry.from_manager`)."""
         if self._registry is None:
             self._registry = Registry.from_manager(self.manager)
         return self._registry
-
-    def lenient_registry(self) -> Registry:
-        """What loaded, with broken plugins recorded in `manager.failures` (for reports)."""
-        return Registry.from_manager(self.manager, strict=False)
 
 
 pass_app = click.make_pass_decorator(AppContext)
@@ -58,7 +56,7 @@ def cli(disable_plugin: tuple[str, ...], no_plugin_autoload: bool, trace_plugins
       sftkit run recipes/quickstart.yaml
     Recipes take overrides after the path: key.path=value, or ~key.path to delete.
     """
-    # The plugin options were applied before the group was built (see sftkit.cli._plugin_options).
+    # The plugin options were applied before the group was built (see sftkit.cli.plugin_options).
 
 
 def build_cli(app: AppContext) -> click.Group:
@@ -75,22 +73,23 @@ def build_cli(app: AppContext) -> click.Group:
     )
     for command in core.COMMANDS:
         group.add_command(command)
-    caller = app.manager.hook.register_commands
-    for impl in reversed(caller.get_hookimpls()):
+    # Call order (later plugins first), each plugin through its own pluggy caller so that
+    # `--trace-plugins` shows it and we know which commands each plugin added.
+    for plugin, call in reversed(app.manager.callers_by_plugin("register_commands")):
         before = set(group.commands)
         try:
-            impl.function(cli=group)
+            call(cli=group)
         except Exception as exc:  # a broken plugin must not take down every command
-            info = app.manager.infos.get(impl.plugin_name)
-            app.manager.failures.append(
+            app.manager.record_failure(
                 PluginFailure(
-                    impl.plugin_name,
-                    info.distribution if info else None,
+                    plugin,
+                    app.manager.distribution_of(plugin),
                     f"register_commands raised {type(exc).__name__}: {exc}",
+                    "register_commands",
                 )
             )
             continue
         added = sorted(set(group.commands) - before)
         if added:
-            app.commands_by_plugin[impl.plugin_name] = added
+            app.commands_by_plugin[plugin] = added
     return group

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sftkit.cli.app import AppContext, pass_app
@@ -51,13 +52,16 @@ def validate(app: AppContext, recipe: str, overrides: tuple[str, ...]) -> None:
 @pass_app
 def plugins_command(app: AppContext, show_all: bool) -> None:
     """Installed plugins, their versions, and what each registers."""
-    registry = app.lenient_registry()
+    registry = app.registry
     provided: dict[str, list[str]] = {}
     for kind in KINDS:
-        for entry in registry.catalog(kind):
-            provided.setdefault(entry.plugin, []).append(
-                f"{kind[:-1] if kind != 'strategies' else 'strategy'} {entry.spec.name}"
-            )
+        catalog = registry.catalog(kind)
+        noun = kind[:-1] if kind != "strategies" else "strategy"
+        for entry in catalog:
+            provided.setdefault(entry.plugin, []).append(f"{noun} {entry.spec.name}")
+        for name, entries in catalog.conflicts().items():
+            for entry in entries:
+                provided.setdefault(entry.plugin, []).append(f"{noun} {name} (conflict)")
     for plugin, commands in app.commands_by_plugin.items():
         provided.setdefault(plugin, []).extend(f"command {c}" for c in commands)
     table = Table(title="sftkit plugins", show_lines=False)
@@ -94,9 +98,22 @@ def list_command(app: AppContext, kind: str) -> None:
     table.add_column("name", style="bold")
     table.add_column("plugin")
     table.add_column("summary")
-    for entry in app.registry.catalog(kind):
+    catalog = app.registry.catalog(kind)
+    for entry in catalog:
         table.add_row(entry.spec.name, entry.plugin, entry.spec.summary)
+    conflicts = catalog.conflicts()
+    for name, entries in conflicts.items():
+        plugins = ", ".join(e.plugin for e in entries)
+        table.add_row(
+            name, f"[red]conflict[/red]: {escape(plugins)}", "unusable until one is disabled"
+        )
     Console().print(table)
+    notes = [catalog.conflict_error(name) for name in conflicts]
+    err = Console(stderr=True)
+    for note in notes:
+        err.print(f"[red]conflict[/red] {escape(str(note))}", highlight=False)
+    for broken in catalog.broken:
+        err.print(f"[red]broken[/red] {escape(broken.error)}", highlight=False)
 
 
 @click.command(name="recipes")

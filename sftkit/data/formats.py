@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sftkit.data.example import Example, Message
 from sftkit.data.readers import (
@@ -33,9 +33,24 @@ CALCULATOR = re.compile(r"<<[^<>]*>>")
 
 @dataclass
 class RawSplits:
+    """What a dataset format's ``read`` returns: the source's train examples, its test
+    examples (None when the source has no test split), and what was read and skipped.
+    sftkit splits dev off train, checks test against train, and writes the files."""
+
     train: list[Example]
     test: list[Example] | None
     report: ReadReport = field(default_factory=ReadReport)
+
+
+class DatasetFormat(Protocol):
+    """What a dataset-format factory returns: ``factory(options) -> DatasetFormat``.
+
+    `read` validates every row (`RowError` -> ``FILE:LINE: problem``, see
+    `sftkit.data.readers`); with `skip_bad_rows` it counts bad rows in ``report.skipped``
+    instead of raising `DataError`.
+    """
+
+    def read(self, *, skip_bad_rows: bool) -> RawSplits: ...
 
 
 def final_answer(answer: str) -> tuple[str, str]:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from sftkit.data.example import Example
+    from sftkit.evaluation.generate import Generation
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -41,6 +42,30 @@ class EvalTask:
     split: str
     max_seq_length: int = 1024
     progress: Progress | None = None
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        max_new_tokens: int,
+        batch_size: int = 8,
+        stop_at_answer: bool = False,
+    ) -> list[Generation]:
+        """Greedy completions of `prompts` by the task's model, in order, reporting progress;
+        each has ``text`` (new text only), ``new_tokens`` and ``finished`` (stopped by EOS,
+        or by the first complete ``#### N`` line with `stop_at_answer`, not by the budget).
+        Imports torch on first use, as the evaluators that call it do anyway."""
+        from sftkit.evaluation.generate import greedy_generate
+
+        return greedy_generate(
+            self.model,
+            self.tokenizer,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            stop_at_answer=stop_at_answer,
+            progress=self.progress,
+        )
 
 
 class Evaluator(Protocol):

@@ -8,9 +8,23 @@ default passed here.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+if TYPE_CHECKING:
+    import torch
+
+#: ``[{"params": [...], "weight_decay": 0.0}, {"params": [...]}]``: torch's parameter groups.
 ParamGroups = list[dict[str, Any]]
+
+
+class OptimizerFactory(Protocol):
+    """An optimizer spec's factory: ``build(param_groups, options) -> torch.optim.Optimizer``.
+
+    `param_groups` keep their own keys (the no-decay group's ``weight_decay: 0.0``), which
+    override the defaults the factory passes; `options` is the validated options model.
+    """
+
+    def __call__(self, param_groups: ParamGroups, options: Any, /) -> torch.optim.Optimizer: ...
 
 
 def build_torch_adamw(groups: ParamGroups, options: Any) -> Any:

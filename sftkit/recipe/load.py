@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from sftkit.components import Composition
 from sftkit.errors import (
     DataError,
+    DuplicateComponentError,
     PluginError,
     Problem,
     RecipeError,
@@ -227,13 +228,17 @@ def _resolve(
         entry = catalog.entry(ref.name)
     except UnknownComponentError as exc:
         suggestion = closest(ref.name, exc.known)
+        notes = "".join(f" {note}" for note in catalog.failure_notes(ref.name))
         problems.append(
             Problem(
                 f"{dotted}.name",
-                f"unknown {catalog.spec_type.kind} {ref.name!r}; known: {', '.join(exc.known) or '(none)'}.",  # type: ignore[attr-defined]
+                f"unknown {catalog.spec_type.kind} {ref.name!r}; known: {', '.join(exc.known) or '(none)'}.{notes}",  # type: ignore[attr-defined]
                 f"Did you mean {suggestion!r}?" if suggestion else None,
             )
         )
+        return None
+    except DuplicateComponentError as exc:  # two plugins gave the name: the user picks one
+        problems.append(Problem(f"{dotted}.name", exc.message, exc.hint))
         return None
     options_model: type[Options] = entry.spec.options_model  # type: ignore[attr-defined]
     try:

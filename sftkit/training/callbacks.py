@@ -61,18 +61,23 @@ class MetricsCallback(TrainerCallback):
 
 
 class HooksCallback(TrainerCallback):
-    """Calls the plugins' on_train_start / on_log / on_train_end hooks."""
+    """Calls the plugins' on_train_start / on_log / on_train_end hooks. `on_log` gets the
+    trainer's values plus ``step`` (global step) and ``elapsed_s``, as metrics.jsonl has."""
 
     def __init__(self, ctx: RunContext, hook: Any) -> None:
         self.ctx = ctx
         self.hook = hook
+        self.started = time.perf_counter()
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.started = time.perf_counter()
         self.hook.on_train_start(run=self.ctx)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         if logs is not None:
-            self.hook.on_log(run=self.ctx, logs=dict(logs))
+            elapsed = round(time.perf_counter() - self.started, 3)
+            event = {**logs, "step": state.global_step, "elapsed_s": elapsed}
+            self.hook.on_log(run=self.ctx, logs=event)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.hook.on_train_end(run=self.ctx, metrics=dict(self.ctx.metrics))

@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import sftkit_embed.plugin as plugin
 
-from sftkit.errors import RecipeError
-from sftkit.recipe.load import load_recipe
+from sftkit import RecipeError, estimate, load_recipe
 from sftkit.testing import registered
 
 HERE = Path(__file__).resolve().parent.parent
@@ -34,7 +33,6 @@ def test_option_typo_names_the_key():
 
 
 def test_r1_recipe_is_priced_with_the_copies():
-    from sftkit.memory import estimate
 
     with registered(plugin) as registry:
         embed = estimate(load_recipe(R1, registry=registry))
@@ -52,7 +50,6 @@ def test_r1_recipe_is_priced_with_the_copies():
 
 
 def test_sharding_splits_the_copies():
-    from sftkit.memory import estimate
 
     with registered(plugin) as registry:
         one = estimate(load_recipe(R1, ["optimizer.name=adamw"], registry=registry))
@@ -97,7 +94,7 @@ def test_predicted_bytes_equal_the_real_tensors_after_one_step(tmp_path, strateg
 
 
 def test_runs_end_to_end_on_cpu(quick_run):
-    run_dir = quick_run(recipe=QUICK)
+    run_dir = quick_run(recipe=QUICK, plugins=[plugin])  # works before it is installed
     run = json.loads((run_dir / "run.json").read_text())
     assert run["status"] == "completed" and run["strategy"] == "lora-embed"
     adapter = json.loads((run_dir / "final" / "adapter_config.json").read_text())

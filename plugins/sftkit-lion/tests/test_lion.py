@@ -8,13 +8,9 @@ from pathlib import Path
 
 import pytest
 import sftkit_lion.plugin as plugin
-from click.testing import CliRunner
 
-from sftkit.cli.app import AppContext, build_cli
-from sftkit.errors import RecipeError
-from sftkit.recipe.load import load_recipe
-from sftkit.specs import Blockwise8bitState, DenseMomentState
-from sftkit.testing import fresh_manager, registered
+from sftkit import Blockwise8bitState, DenseMomentState, RecipeError, estimate, load_recipe
+from sftkit.testing import invoke_cli, registered
 
 HERE = Path(__file__).resolve().parent.parent
 RECIPE = HERE / "recipes" / "quickstart_lion.yaml"
@@ -49,8 +45,6 @@ def test_option_typo_gets_did_you_mean_naming_the_optimizer():
 
 
 def test_estimator_prices_lion_from_its_spec():
-    from sftkit.memory import estimate
-
     with registered(plugin) as registry:
         lion = estimate(load_recipe(RECIPE, registry=registry))
         adamw = estimate(
@@ -86,8 +80,9 @@ def test_lion_8bit_steps_on_cpu_and_state_matches_the_spec():
 
 
 def test_runs_end_to_end_on_cpu(quick_run):
-    # quick_run is a fixture from sftkit's test kit: a seconds-long `sftkit run`.
-    run_dir = quick_run(recipe=RECIPE)
+    # quick_run is a fixture from sftkit's test kit: a seconds-long `sftkit run`; `plugins`
+    # adds this one to the installed plugins, so the test passes before it is installed.
+    run_dir = quick_run(recipe=RECIPE, plugins=[plugin])
     run = json.loads((run_dir / "run.json").read_text())
     assert run["status"] == "completed" and run["optimizer"] == "lion-8bit"
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -102,14 +97,12 @@ def test_lion_convert_command(tmp_path):
         text.replace("lr: 1.0e-3", "lr: 3.0e-3").replace("[0.9, 0.99]", "[0.9, 0.98]")
     )
     out = tmp_path / "lion.yaml"
-    manager = fresh_manager()
-    manager.register(plugin, "lion")
-    app = AppContext(manager)
-    cli = build_cli(app)  # the plugin's command arrives through register_commands
-    result = CliRunner().invoke(cli, ["lion-convert", str(adamw_recipe), "-o", str(out)], obj=app)
-    assert result.exit_code == 0, result.output
-    converted = load_recipe(out, registry=app.registry)
+    # the plugin's command arrives through register_commands, as for an installed plugin
+    result = invoke_cli("lion-convert", str(adamw_recipe), "-o", str(out), plugins=[plugin])
+    assert result.exit_code == 0, result.stderr
+    with registered(plugin) as registry:
+        converted = load_recipe(out, registry=registry)
     assert converted.optimizer.spec.name == "lion-8bit"
     assert converted.optimizer.options.lr == pytest.approx(1e-3)
-    again = CliRunner().invoke(cli, ["lion-convert", str(adamw_recipe), "-o", str(out)], obj=app)
-    assert again.exit_code != 0 and "never overwrites" in str(again.exception)
+    again = invoke_cli("lion-convert", str(adamw_recipe), "-o", str(out), plugins=[plugin])
+    assert again.exit_code == 2 and "never overwrites" in again.stderr

@@ -12,10 +12,17 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from sftkit.builtin.strategies import LoraOptions, QLoraOptions, lora_adapters, nf4_storage
-from sftkit.components import Adapter, TrainedCopies
-from sftkit.hookspecs import Register, hookimpl
-from sftkit.specs import StrategySpec
+from sftkit import (
+    Adapter,
+    LoraOptions,
+    QLoraOptions,
+    Register,
+    StrategySpec,
+    TrainedCopies,
+    hookimpl,
+    lora_adapters,
+    nf4_storage,
+)
 
 EMBEDDING_MODULES = ("embed_tokens", "lm_head")
 

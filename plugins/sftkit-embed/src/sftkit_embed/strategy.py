@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sftkit.strategies.lora import Lora, QLora
+from sftkit import Lora, QLora
 
 
 class _TrainModules:

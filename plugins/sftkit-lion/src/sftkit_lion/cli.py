@@ -8,9 +8,13 @@ effective decay, the same. The converted recipe is validated before it is writte
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import yaml
+
+if TYPE_CHECKING:
+    from sftkit import AppContext
 
 # AdamW-family optimizer -> the Lion with the same memory placement.
 _LION_FOR = {
@@ -37,10 +41,9 @@ _LION_FOR = {
     help="Write the converted recipe here (default: print it).",
 )
 @click.pass_obj
-def lion_convert(app, recipe: str, ratio: float, output: Path | None) -> None:  # type: ignore[no-untyped-def]
+def lion_convert(app: AppContext, recipe: str, ratio: float, output: Path | None) -> None:
     """Print (or write) RECIPE with its AdamW optimizer replaced by the matching Lion."""
-    from sftkit.errors import DataError, RecipeError, SftkitError
-    from sftkit.recipe.load import find_recipe, load_recipe_text
+    from sftkit import DataError, RecipeError, SftkitError, find_recipe, load_recipe_text
 
     path = find_recipe(recipe)
     text = path.read_text(encoding="utf-8")

@@ -10,7 +10,7 @@ def _bnb() -> Any:
     try:
         import bitsandbytes as bnb
     except ImportError as exc:
-        from sftkit.errors import MissingDependencyError
+        from sftkit import MissingDependencyError
 
         raise MissingDependencyError("bitsandbytes", "the Lion optimizers") from exc
     return bnb

@@ -8,11 +8,12 @@ when a run needs it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 from pydantic import Field
 
-from sftkit.hookspecs import hookimpl
-from sftkit.specs import Blockwise8bitState, DenseMomentState, OptimizerSpec, Options
+from sftkit import Blockwise8bitState, DenseMomentState, OptimizerSpec, Options, hookimpl
 
 
 class LionOptions(Options):
@@ -64,7 +65,7 @@ OPTIMIZERS = (
 
 
 @hookimpl
-def register_optimizers(register):  # type: ignore[no-untyped-def]
+def register_optimizers(register: Callable[[OptimizerSpec], None]) -> None:
     for spec in OPTIMIZERS:
         register(spec)
 
