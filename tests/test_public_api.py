@@ -78,9 +78,7 @@ def test_public_name_is_documented(name):
 
 def _plugin_sources() -> list[Path]:
     return sorted(
-        path
-        for package in (ROOT / "plugins").iterdir()
-        for path in (package / "src").rglob("*.py")
+        path for package in (ROOT / "plugins").iterdir() for path in (package / "src").rglob("*.py")
     )
 
 
