@@ -73,7 +73,7 @@ def estimate_memory(
         result.fit_search = fit_search(resolved, gpu=gpu, model=model)
     comparison = None
     if measure:
-        from sftkit.memory.measure import measure_recipe
+        from sftkit.training.measure import measure_recipe
 
         comparison = measure_recipe(resolved, result, model=model)
     if as_json:

@@ -1,6 +1,7 @@
 """Measure mode: build the recipe's model and optimizer on the present device, run one real
 forward, backward and optimizer step (and a second forward/backward) on random tokens, and
-compare with the prediction.
+compare with the prediction. It lives next to training, not in `sftkit.memory`, because it
+builds the model and optimizer the way a run does; the estimator itself stays torch-free.
 
 On CUDA it compares per-phase peaks (allocated, reserved, device used); everywhere it compares
 the static terms byte for byte (weights, trainable parameters, gradients, optimizer state)
