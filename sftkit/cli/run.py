@@ -12,7 +12,7 @@ import click
 
 from sftkit.cli.app import AppContext, pass_app
 from sftkit.cli.core import recipe_arguments
-from sftkit.errors import MissingDependencyError
+from sftkit.errors import EXIT_SIGNAL_BASE, MissingDependencyError
 
 
 @click.command(name="run")
@@ -87,7 +87,7 @@ def run_command(
 def _terminated(signum: int, frame: object) -> None:
     # A killed run (a scheduler's SIGTERM) unwinds like Ctrl-C, so run.json says "failed"
     # and the run can be resumed, instead of staying "running" forever.
-    raise SystemExit(128 + signum)
+    raise SystemExit(EXIT_SIGNAL_BASE + signum)
 
 
 def _duration(seconds: float) -> str:
