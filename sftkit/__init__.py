@@ -1,3 +1,3 @@
 """sftkit: a plugin-style toolkit for supervised fine-tuning of large language models."""
 
-__version__ = "0.1.0"
+from sftkit._version import __version__ as __version__

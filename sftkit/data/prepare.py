@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from sftkit import __version__
+from sftkit._version import __version__
 from sftkit.data.example import Example
 from sftkit.data.readers import sha256_file
 from sftkit.errors import DataError

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from sftkit import __version__
+from sftkit._version import __version__
 from sftkit.errors import RunDirectoryError
 
 if TYPE_CHECKING:
