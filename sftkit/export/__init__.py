@@ -14,13 +14,13 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sftkit.dtypes import DTYPE_NAMES, torch_dtype
 from sftkit.errors import RunDirectoryError, SftkitError
 from sftkit.export.card import model_card
 from sftkit.reporting.rundir import load_run
 
 # Left behind: the trainer's pickled arguments, and PEFT's own stub card (we write ours).
 SKIPPED_FILES = frozenset({"training_args.bin", "README.md"})
-DTYPES = ("bfloat16", "float16", "float32")
 RECIPE_COPY = "sftkit_recipe.yaml"  # the run's resolved recipe, to reproduce it
 
 
@@ -57,8 +57,8 @@ def export_run(
             f"(status: {record.run.get('status', 'unknown')}).",
             hint="Export a completed run, or finish this one with `sftkit run`.",
         )
-    if dtype is not None and dtype not in DTYPES:
-        raise SftkitError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}.")
+    if dtype is not None and dtype not in DTYPE_NAMES:
+        raise SftkitError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPE_NAMES)}.")
     out = output_dir or default_output_dir(run_dir, merge)
     if out.exists():
         raise RunDirectoryError(
@@ -122,8 +122,6 @@ def _copy_final(final: Path, out: Path) -> None:
 def _write_merged(
     run_dir: Path, out: Path, dtype: str | None, max_shard_size: str, *, recipe_dtype: str
 ) -> tuple[str, str | None]:
-    import torch
-
     from sftkit.export.merge import describe_quantization, merge_adapters
     from sftkit.training.model import load_trained
 
@@ -133,9 +131,11 @@ def _write_merged(
         # A quantized base has no dtype of its own: it is dequantized to bf16. A dense base
         # keeps the dtype the recipe loads it in.
         dtype = (
-            "bfloat16" if quantized else (recipe_dtype if recipe_dtype in DTYPES else "bfloat16")
+            "bfloat16"
+            if quantized
+            else (recipe_dtype if recipe_dtype in DTYPE_NAMES else "bfloat16")
         )
-    merged = merge_adapters(model, getattr(torch, dtype))
+    merged = merge_adapters(model, torch_dtype(dtype))
     merged.save_pretrained(out, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(out)
     return dtype, quantized

@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from sftkit.dtypes import DTYPE_BYTES
 from sftkit.errors import SftkitError
 from sftkit.memory import quantization
 from sftkit.memory.setup import Setup
@@ -80,16 +81,13 @@ def lora_targets(setup: Setup) -> list[TensorGroup]:
     return chosen
 
 
-COMPUTE_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
-
-
 def _quantized_bias_bytes(setup: Setup, g: TensorGroup, upcast: int) -> int:
     """A quantized layer's bias follows its input at the first forward: bitsandbytes'
     ``Linear4bit.forward`` casts it to the compute dtype, ``Linear8bitLt.forward`` to the
     input's dtype (the fp32 stream after k-bit preparation, bf16 attention output for
     o_proj, fp16 MLP product for down_proj)."""
     if setup.strategy.base_storage == "4bit":
-        return COMPUTE_DTYPE_BYTES.get(setup.quantization.compute_dtype, upcast)
+        return DTYPE_BYTES.get(setup.quantization.compute_dtype, upcast)
     if g.module == "o_proj":
         return setup.compute_bytes if setup.autocast else setup.model_dtype_bytes
     if g.module == "down_proj":

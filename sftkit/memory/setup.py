@@ -5,15 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sftkit.dtypes import DTYPE_BYTES, PRECISION_BYTES
 from sftkit.memory.trainer import loss_head
 from sftkit.modelshape.shape import ModelShape
 from sftkit.specs import OptimizerSpec, Quantization, StrategySpec
 
 if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe
-
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-PRECISION_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 
 
 @dataclass(frozen=True)
