@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sftkit.devices import is_cpu
 from sftkit.errors import Problem
 from sftkit.hookspecs import hookimpl
 
@@ -17,7 +18,7 @@ def distributed_problems(resolved: ResolvedRecipe) -> list[Problem]:
     r = resolved.recipe
     d = r.distributed
     spec = resolved.strategy.spec
-    on_cpu = r.hardware.gpu.strip().lower() == "cpu"
+    on_cpu = is_cpu(r.hardware.gpu)
     shards_params = d.engine == "fsdp" or (d.engine == "deepspeed" and d.zero_stage == 3)
     problems: list[Problem] = []
     if shards_params and spec.base_storage == "int8":

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from sftkit.devices import is_cpu
 from sftkit.distributed.configs import (
     ACCELERATE_CONFIG,
     CONFIG_DIR,
@@ -121,7 +122,7 @@ def plan_launch(request: LaunchRequest, *, registry: Registry) -> LaunchPlan:
     """Resolve the recipe for this launch and build the command. Starts and writes nothing."""
     extra = [f"output_dir={request.output_dir}"] if request.output_dir is not None else []
     first = load_recipe(request.recipe, (*request.overrides, *extra), registry=registry)
-    use_cpu = first.recipe.hardware.gpu.strip().lower() == "cpu"
+    use_cpu = is_cpu(first.recipe.hardware.gpu)
     nproc = request.nproc if request.nproc is not None else _visible_gpus(use_cpu)
     port = request.master_port
     if port is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING
 
+from sftkit.devices import is_cpu
 from sftkit.errors import MissingDependencyError, SftkitError
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ BNB_CPU_4BIT_BLOCK = 64
 def check_cpu_4bit_inference(resolved: ResolvedRecipe, device: str) -> None:
     """Refuse, with the reason, to run a 4-bit base in eval mode on the CPU when a quantized
     layer's input width does not fit bitsandbytes' CPU kernel."""
-    if device != "cpu" or resolved.strategy.spec.base_storage != "4bit":
+    if not is_cpu(device) or resolved.strategy.spec.base_storage != "4bit":
         return
     from sftkit.memory.compute import shape_for
 

@@ -14,8 +14,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sftkit.devices import CPU, is_cpu
 from sftkit.distributed.trainer import load_device_map
-from sftkit.errors import SftkitError
+from sftkit.dtypes import torch_dtype
+from sftkit.errors import ModelLoadError, SftkitError
 from sftkit.modelshape.sources import BUILTIN_PREFIX, builtin_model_dir
 from sftkit.specs import load_factory
 from sftkit.strategies.base import Strategy
@@ -30,10 +32,6 @@ BASE_DIR = "base"
 FINAL_DIR = "final"
 
 
-class ModelLoadError(SftkitError):
-    """A model or tokenizer cannot be loaded (missing, offline, incompatible)."""
-
-
 def resolve_model_path(name_or_path: str) -> str:
     """``builtin:NAME`` -> the bundled directory; anything else as given (hub id or path)."""
     if name_or_path.startswith(BUILTIN_PREFIX):
@@ -41,23 +39,12 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    import torch
-
-    dtypes: dict[str, torch.dtype] = {
-        "bfloat16": torch.bfloat16,
-        "float16": torch.float16,
-        "float32": torch.float32,
-    }
-    return dtypes[name]
-
-
 def training_device(recipe: Recipe) -> str:
     """'cpu' when the recipe says so, else CUDA, which must then be present."""
     import torch
 
-    if recipe.hardware.gpu.lower() == "cpu":
-        return "cpu"
+    if is_cpu(recipe.hardware.gpu):
+        return CPU
     if torch.cuda.is_available():
         return "cuda"
     raise SftkitError(

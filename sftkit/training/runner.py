@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from sftkit.devices import is_cpu
 from sftkit.errors import DoesNotFitError, MissingDependencyError, SftkitError
 from sftkit.training.context import RunContext
 from sftkit.training.rundir import (
@@ -208,7 +209,7 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     trainer_class = engine_trainer_class(
         SFTTrainer,
         recipe,
-        use_cpu=ctx.device == "cpu",
+        use_cpu=is_cpu(ctx.device),
         optimizer_factory=lambda sharded: build_optimizer(resolved, sharded),
     )
     trainer = trainer_class(
@@ -248,7 +249,7 @@ def sft_config(ctx: RunContext, *, learning_rate: float) -> Any:
         _require("liger_kernel", "liger-kernel", "training.liger_kernels")
     from sftkit.distributed.trainer import trainer_arguments
 
-    engine = trainer_arguments(ctx.recipe, ctx.paths.root, use_cpu=ctx.device == "cpu")
+    engine = trainer_arguments(ctx.recipe, ctx.paths.root, use_cpu=is_cpu(ctx.device))
     checkpointing = engine.pop("gradient_checkpointing", t.gradient_checkpointing)
     return SFTConfig(
         output_dir=str(ctx.paths.checkpoints),
@@ -264,7 +265,7 @@ def sft_config(ctx: RunContext, *, learning_rate: float) -> Any:
         data_seed=t.seed,
         bf16=t.precision == "bf16",
         fp16=t.precision == "fp16",
-        use_cpu=ctx.device == "cpu",
+        use_cpu=is_cpu(ctx.device),
         **_checkpointing_args(SFTConfig, checkpointing),
         logging_steps=t.logging_steps,
         logging_first_step=True,
