@@ -33,7 +33,7 @@ from sftkit.distributed.trainer import (
 from sftkit.errors import LaunchError, RecipeError
 from sftkit.recipe.load import load_recipe, validate_recipe_data
 from sftkit.recipe.schema import Recipe
-from sftkit.training.rundir import resolved_recipe_data
+from sftkit.training.runfiles import resolved_recipe_data
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 FULL = RECIPES / "r1_gsm8k_full.yaml"

@@ -67,8 +67,9 @@ def make_run(root: Path, strategy: str, extra: str = "") -> Path:
     """A finished run directory as `sftkit run` leaves it, without spending time training:
     the strategy's model is built, its LoRA B matrices (zero at init) are randomized so the
     adapter really changes the output, and final/ is saved the way the runner saves it."""
+    from sftkit.runpaths import RunPaths
     from sftkit.training.model import build_model, load_tokenizer
-    from sftkit.training.rundir import RunPaths, write_recipe
+    from sftkit.training.runfiles import write_recipe
 
     out = root / strategy
     resolved = load_recipe_text(

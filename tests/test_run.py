@@ -253,7 +253,8 @@ def test_refuses_to_overwrite_a_run(models, tmp_path, capsys):
 
 def test_resume_refuses_another_recipe(registry, models, tmp_path):
     from sftkit.errors import RunDirectoryError
-    from sftkit.training.rundir import RunPaths, check_run_dir, write_recipe
+    from sftkit.runpaths import RunPaths
+    from sftkit.training.runfiles import check_run_dir, write_recipe
 
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints" / "checkpoint-2").mkdir(parents=True)

@@ -18,10 +18,7 @@ import yaml
 
 from sftkit.distributed.topology import Topology
 from sftkit.recipe.schema import Recipe
-
-ACCELERATE_CONFIG = "accelerate_config.yaml"
-DEEPSPEED_CONFIG = "deepspeed_config.json"
-CONFIG_DIR = "distributed"  # inside the run directory
+from sftkit.runpaths import ACCELERATE_CONFIG, DEEPSPEED_CONFIG
 
 MixedPrecision = Literal["no", "bf16", "fp16"]
 

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
-from sftkit.distributed.configs import CONFIG_DIR, DEEPSPEED_CONFIG, fsdp_plan
+from sftkit.distributed.configs import fsdp_plan
 from sftkit.distributed.rank import local_rank, world_size
 from sftkit.recipe.schema import Recipe
+from sftkit.runpaths import RunPaths
 
 
 def backend(recipe: Recipe, *, use_cpu: bool) -> Literal["nccl", "gloo"]:
@@ -72,7 +73,7 @@ def load_device_map(recipe: Recipe, device: str, *, quantized: bool) -> dict[str
 
 
 def deepspeed_config_path(run_dir: Path) -> Path:
-    return run_dir / CONFIG_DIR / DEEPSPEED_CONFIG
+    return RunPaths(run_dir).launch.deepspeed_config
 
 
 def trainer_arguments(recipe: Recipe, run_dir: Path, *, use_cpu: bool) -> dict[str, Any]:

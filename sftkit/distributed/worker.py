@@ -40,20 +40,19 @@ def join_process_group() -> str:
 def train_rank(run_dir: Path, *, resume: bool) -> None:
     from rich.console import Console
 
-    from sftkit.distributed.configs import CONFIG_DIR, fsdp_plan
-    from sftkit.distributed.session import WORKER_RECIPE
+    from sftkit.distributed.configs import fsdp_plan
     from sftkit.recipe.load import load_recipe
     from sftkit.registry import default_registry
+    from sftkit.runpaths import RunPaths, last_checkpoint
     from sftkit.training.context import RunContext
-    from sftkit.training.rundir import RunPaths, last_checkpoint
     from sftkit.training.runner import execute_run
 
     device = join_process_group()
-    resolved = load_recipe(run_dir / CONFIG_DIR / WORKER_RECIPE, registry=default_registry())
+    paths = RunPaths(run_dir)
+    resolved = load_recipe(paths.launch.worker_recipe, registry=default_registry())
     recipe = resolved.recipe
     if recipe.distributed.engine == "fsdp":
         os.environ.update(fsdp_plan(recipe).worker_environment())
-    paths = RunPaths(run_dir)
     if recipe.model.random_init:
         _write_random_base_once(recipe, paths.base)
     ctx = RunContext(

@@ -26,6 +26,7 @@ from sftkit.memory.setup import Setup, setup_from_recipe
 from sftkit.memory.static import StaticBytes, static_bytes
 from sftkit.memory.terms import PHASE_LABELS
 from sftkit.memory.units import gib
+from sftkit.runpaths import RunPaths
 
 if TYPE_CHECKING:
     import torch
@@ -278,7 +279,7 @@ def measure_recipe(
     with tempfile.TemporaryDirectory(prefix="sftkit-measure-") as tmp:
         if on_gpu:
             torch.cuda.reset_peak_memory_stats()
-        net = build_model(resolved, None, base_dir=Path(tmp) / "base")
+        net = build_model(resolved, None, base_dir=RunPaths(Path(tmp)).base)
         peaks: dict[str, tuple[int, int, int]] = {}
         if on_gpu:
             peaks["load"] = _cuda_peaks()

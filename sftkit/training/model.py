@@ -19,6 +19,7 @@ from sftkit.distributed.trainer import load_device_map
 from sftkit.dtypes import torch_dtype
 from sftkit.errors import ModelLoadError, SftkitError
 from sftkit.modelshape.sources import BUILTIN_PREFIX, builtin_model_dir
+from sftkit.runpaths import RunPaths
 from sftkit.specs import load_factory
 from sftkit.strategies.base import Strategy
 
@@ -27,9 +28,6 @@ if TYPE_CHECKING:
 
     from sftkit.recipe.load import ResolvedRecipe
     from sftkit.recipe.schema import Recipe
-
-BASE_DIR = "base"
-FINAL_DIR = "final"
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -203,10 +201,10 @@ def run_recipe(run_dir: Path) -> ResolvedRecipe:
     from sftkit.recipe.load import load_recipe
     from sftkit.registry import default_registry
 
-    path = Path(run_dir) / "recipe.yaml"
+    path = RunPaths(Path(run_dir)).recipe
     if not path.is_file():
         raise SftkitError(
-            f"{run_dir} is not a run directory: it has no recipe.yaml.",
+            f"{run_dir} is not a run directory: it has no {path.name}.",
             hint="Pass the directory `sftkit run` wrote (its output_dir).",
         )
     return load_recipe(str(path), registry=default_registry())
@@ -225,7 +223,7 @@ def load_base(run_dir_or_resolved: Path | str | ResolvedRecipe) -> tuple[Any, An
     tokenizer = load_tokenizer(recipe)
     base_dir = None
     if recipe.model.random_init:
-        base_dir = run_dir / BASE_DIR if run_dir else _scratch_base_dir(recipe)
+        base_dir = RunPaths(run_dir).base if run_dir else _scratch_base_dir(recipe)
     model = load_base_model(recipe, load_strategy(resolved), tokenizer, base_dir=base_dir)
     model.eval()
     return model, tokenizer
@@ -235,17 +233,18 @@ def load_trained(run_dir: Path | str) -> tuple[Any, Any]:
     """A finished run's model: the base plus its final adapter, or its full final model; with
     the tokenizer saved next to it; in eval mode."""
     run_dir = Path(run_dir)
-    final = run_dir / FINAL_DIR
+    paths = RunPaths(run_dir)
+    final = paths.final
     if not final.is_dir():
         raise SftkitError(
-            f"{run_dir} has no {FINAL_DIR}/ directory: the run has not finished.",
+            f"{run_dir} has no {final.name}/ directory: the run has not finished.",
             hint="Resume it with `sftkit run RECIPE --output-dir DIR --resume`.",
         )
     resolved = run_recipe(run_dir)
     recipe = resolved.recipe
     tokenizer = with_pad_token(_tokenizer_from(final, recipe))
     model: Any
-    if (final / "adapter_config.json").is_file():
+    if paths.final_is_adapter:
         from peft import PeftModel
 
         base, _ = load_base(run_dir)

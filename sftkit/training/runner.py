@@ -26,12 +26,11 @@ from rich.console import Console
 
 from sftkit.devices import is_cpu
 from sftkit.errors import DoesNotFitError, MissingDependencyError, SftkitError
+from sftkit.runpaths import RunPaths, last_checkpoint
 from sftkit.training.context import RunContext
-from sftkit.training.rundir import (
-    RunPaths,
+from sftkit.training.runfiles import (
     check_run_dir,
     environment,
-    last_checkpoint,
     now,
     update_run_json,
     write_json,
@@ -176,7 +175,7 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     )
     tokenizer = load_tokenizer(recipe)
     template = load_factory(resolved.template.spec.factory)(resolved.template.options)
-    examples = read_examples(prepared.directory / "train.jsonl")
+    examples = read_examples(prepared.split_path("train"))
     dataset = tokenized_dataset(
         examples, template, tokenizer, completion_only_loss=recipe.data.completion_only_loss
     )
