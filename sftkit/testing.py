@@ -88,7 +88,7 @@ def tiny_recipe(
 def tiny_model(resolved: Any, directory: Path) -> tuple[Any, Any]:
     """(model, tokenizer) for `resolved` with its strategy applied; a random-init base is
     written once under `directory`."""
-    from sftkit.training.model import build_model, load_tokenizer
+    from sftkit.modeling import build_model, load_tokenizer
 
     tokenizer = load_tokenizer(resolved.recipe)
     return build_model(resolved, tokenizer, base_dir=Path(directory) / "base"), tokenizer

@@ -25,9 +25,9 @@ pytest.importorskip("accelerate")
 from tiny_models import config_dir, recipe_text  # noqa: E402
 
 from sftkit.cli import run_cli  # noqa: E402
+from sftkit.modeling import load_trained  # noqa: E402
 from sftkit.recipe.load import load_recipe  # noqa: E402
 from sftkit.testing import fresh_registry  # noqa: E402
-from sftkit.training.model import load_trained  # noqa: E402
 from sftkit.training.runner import run_recipe  # noqa: E402
 
 STEPS = 6

@@ -116,7 +116,7 @@ def test_a_single_row_batch(tmp_path, head):
 
 
 def check(tmp_path, config, strategy, options, dtype, attn, head, *, batch):
-    from sftkit.training.model import build_model
+    from sftkit.modeling import build_model
 
     if head == "fused":
         pytest.importorskip("trl")

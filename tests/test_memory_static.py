@@ -98,7 +98,7 @@ def model_dirs(tmp_path_factory):
 
 
 def run_one_step(resolved, base_dir):
-    from sftkit.training.model import build_model
+    from sftkit.modeling import build_model
     from sftkit.training.optimizer import build_optimizer
 
     torch.manual_seed(0)

@@ -35,7 +35,7 @@ from sftkit.training.measure import measured_static  # noqa: E402
 def test_static_terms_equal_the_model_sfttrainer_trains(tmp_path, strategy, options, optimizer):
     from trl import SFTConfig, SFTTrainer
 
-    from sftkit.training.model import build_model, load_tokenizer
+    from sftkit.modeling import build_model, load_tokenizer
     from sftkit.training.optimizer import build_optimizer
 
     text = f"""

@@ -79,7 +79,7 @@ def eval_command(
 
     components = select_evaluators(resolved, evaluators, split=split, limit=limit)
 
-    from sftkit.training.model import load_base, load_trained
+    from sftkit.modeling import load_base, load_trained
 
     if run_dir is not None and not base:
         stage, label = "manual", "fine-tuned"

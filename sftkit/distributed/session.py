@@ -227,8 +227,8 @@ def _evaluate_final(plan: LaunchPlan, *, echo: Callable[[str], None]) -> None:
     import torch
 
     from sftkit.evaluation.runner import evaluate_in_run
+    from sftkit.modeling import load_trained
     from sftkit.reporting.report import write_report
-    from sftkit.training.model import load_trained
 
     echo("evaluation after training: loading final/ in one process")
     try:
@@ -282,7 +282,7 @@ def _prepare_run(plan: LaunchPlan, *, echo: Callable[[str], None]) -> None:
         from rich.console import Console
 
         from sftkit.data.prepare import prepare_data
-        from sftkit.training.model import training_device
+        from sftkit.modeling import training_device
         from sftkit.training.runfiles import resolved_recipe_data
         from sftkit.training.runner import start_run
     except ImportError as exc:

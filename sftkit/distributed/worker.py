@@ -70,7 +70,7 @@ def _write_random_base_once(recipe: Any, directory: Path) -> None:
     """Rank 0 writes the seeded random base; the others wait, then load it like a download."""
     import torch.distributed as dist
 
-    from sftkit.training.model import load_tokenizer, random_base
+    from sftkit.modeling import load_tokenizer, random_base
 
     if is_main_process():
         random_base(recipe, load_tokenizer(recipe), directory)

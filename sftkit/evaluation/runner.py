@@ -117,7 +117,7 @@ def run_evaluations(
 
     `progress(label, total)` may return a per-evaluator progress callback.
     """
-    from sftkit.training.kernels import check_cpu_4bit_inference
+    from sftkit.modeling.kernels import check_cpu_4bit_inference
 
     device = getattr(model, "device", None)
     check_cpu_4bit_inference(resolved, getattr(device, "type", "cpu"))

@@ -125,7 +125,7 @@ def _write_merged(
     run_dir: Path, out: Path, dtype: str | None, max_shard_size: str, *, recipe_dtype: str
 ) -> tuple[str, str | None]:
     from sftkit.export.merge import describe_quantization, merge_adapters
-    from sftkit.training.model import load_trained
+    from sftkit.modeling import load_trained
 
     model, tokenizer = load_trained(run_dir)
     quantized = describe_quantization(model)

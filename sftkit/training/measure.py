@@ -266,7 +266,7 @@ def measure_recipe(
     import torch
 
     from sftkit.memory.compute import shape_for
-    from sftkit.training.model import build_model, training_device
+    from sftkit.modeling import build_model, training_device
     from sftkit.training.optimizer import build_optimizer
 
     device = training_device(resolved.recipe)

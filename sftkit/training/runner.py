@@ -74,8 +74,8 @@ def start_run(
     """Everything before loading a weight: claim the run directory, pre-flight the memory
     estimate, write recipe.yaml / memory.json / environment.json / run.json (running).
     `sftkit launch` calls this once, then `execute_run` in every rank."""
-    from sftkit.training.kernels import check_cpu_4bit_inference, check_kernels
-    from sftkit.training.model import training_device
+    from sftkit.modeling import training_device
+    from sftkit.modeling.kernels import check_cpu_4bit_inference, check_kernels
 
     recipe = resolved.recipe
     paths = RunPaths(Path(recipe.output_dir))
@@ -156,10 +156,10 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     from trl import SFTTrainer
 
     from sftkit.data.prepare import prepare_data, read_examples
+    from sftkit.modeling import build_model, load_tokenizer
     from sftkit.specs import load_factory
     from sftkit.training.callbacks import HooksCallback, MetricsCallback, RichProgressCallback
     from sftkit.training.dataset import tokenized_dataset
-    from sftkit.training.model import build_model, load_tokenizer
     from sftkit.training.optimizer import build_optimizer, optimizer_lr
 
     resolved, recipe, paths = ctx.resolved, ctx.recipe, ctx.paths
