@@ -231,7 +231,7 @@ def _accelerate_env(config_file: Path, monkeypatch) -> dict[str, str]:
     args = launch_command_parser().parse_args(argv)
     args, _, _ = _validate_launch_command(args)
     assert args.use_fsdp and args.num_processes == 2 and args.module
-    assert args.training_script == "sftkit.distributed.worker"
+    assert args.training_script == "sftkit.launch.worker"
     return prepare_multi_gpu_env(args)
 
 
@@ -425,7 +425,7 @@ def test_torchrun_command_parses_with_torchrun():
     args = get_args_parser().parse_args(cmd.argv[3:])
     assert (args.nnodes, args.nproc_per_node, args.node_rank) == ("2", "8", 1)
     assert (args.master_addr, args.master_port) == ("node0", 29400)
-    assert args.module and args.training_script == "sftkit.distributed.worker"
+    assert args.module and args.training_script == "sftkit.launch.worker"
     assert args.training_script_args == ["runs/x", "--resume"]
 
 

@@ -1,4 +1,4 @@
-"""One rank of a launched run: ``python -m sftkit.distributed.worker RUN_DIR [--resume]``.
+"""One rank of a launched run: ``python -m sftkit.launch.worker RUN_DIR [--resume]``.
 
 `sftkit launch` has already claimed RUN_DIR, checked memory, written recipe.yaml and the
 engine configs, and prepared the data, so a worker only joins the process group, reads the
@@ -79,7 +79,7 @@ def _write_random_base_once(recipe: Any, directory: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sftkit.distributed.worker")
+    parser = argparse.ArgumentParser(prog="python -m sftkit.launch.worker")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
@@ -87,7 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Rank 0 speaks for the run; the others' library warnings would repeat its own.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         warnings.filterwarnings("ignore")
-    from sftkit.errors import SftkitError
+    from sftkit.errors import EXIT_INTERNAL, EXIT_OK, SftkitError
 
     try:
         train_rank(args.run_dir, resume=args.resume)
@@ -97,10 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:
         print(f"[rank {rank()}] internal error:", file=sys.stderr)
         traceback.print_exc()
-        return 1
+        return EXIT_INTERNAL
     finally:
         _leave_process_group()
-    return 0
+    return EXIT_OK
 
 
 def _leave_process_group() -> None:
