@@ -89,6 +89,11 @@ class SpecError(PluginError):
     """A component spec is inconsistent (e.g. full training over a quantized base)."""
 
 
+class ParamGroupsError(PluginError):
+    """A strategy's optimizer parameter groups miss a trainable parameter, repeat one, or
+    hold a frozen one."""
+
+
 class ModelShapeError(SftkitError):
     """The model's architecture cannot be read or is not one the estimator knows."""
 

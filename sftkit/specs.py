@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from sftkit.components import Adapter, BaseStorage, Composition, Dense, FullTraining
 from sftkit.errors import PluginError, SpecError
 
 
@@ -55,7 +56,14 @@ def load_factory(ref: str) -> Any:
 
 
 class OptimizerState(Protocol):
-    """How much persistent state an optimizer keeps for one trainable tensor."""
+    """How much persistent state an optimizer keeps for one trainable tensor.
+
+    Optional methods the estimator uses when a state defines them: ``paged_bytes(numel,
+    param_bytes)`` (the part a paged optimizer puts in unified memory; default: all of it),
+    ``shared_bytes(numels)`` (state shared by all tensors, e.g. quantization maps; default 0),
+    ``factored_bytes(shape)`` (state that depends on the shape, not only the element count),
+    and the attribute ``temporaries_per_group`` (True when ``step()`` builds its temporaries
+    for a whole group of tensors at once, as torch's foreach kernels do)."""
 
     def state_bytes(self, numel: int, param_bytes: int) -> int: ...
 
@@ -73,11 +81,18 @@ class DenseMomentState:
     temporaries: int = 0  # full-size temporaries per parameter during step() (foreach)
     step_bytes: int = 0  # per-tensor step counter tensor (torch Adam/AdamW: fp32 scalar, 4)
 
+    # torch's multi-tensor (foreach) kernels build temporaries for a whole group at once
+    temporaries_per_group: ClassVar[bool] = True
+
     def state_bytes(self, numel: int, param_bytes: int) -> int:
         return self.moments * numel * (self.dtype_bytes or param_bytes) + self.step_bytes
 
     def step_temporary_bytes(self, numel: int, param_bytes: int) -> int:
         return self.temporaries * numel * (self.dtype_bytes or param_bytes)
+
+    def paged_bytes(self, numel: int, param_bytes: int) -> int:
+        """The moment buffers (the step counter stays an ordinary tensor)."""
+        return self.moments * numel * (self.dtype_bytes or param_bytes)
 
 
 @dataclass(frozen=True)
@@ -90,6 +105,10 @@ class Blockwise8bitState:
     block_size: int = 256
     min_8bit_size: int = 4096
 
+    # the two 256-entry fp32 quantization maps (qmap1 "dynamic", qmap2 "udynamic") that all
+    # tensors kept in 8 bits share
+    QMAP_BYTES: ClassVar[int] = 2 * 256 * 4
+
     def state_bytes(self, numel: int, param_bytes: int) -> int:
         if numel < self.min_8bit_size:
             return self.moments * numel * 4
@@ -98,6 +117,13 @@ class Blockwise8bitState:
 
     def step_temporary_bytes(self, numel: int, param_bytes: int) -> int:
         return 0
+
+    def paged_bytes(self, numel: int, param_bytes: int) -> int:
+        """The moment buffers; the fp32 block maxima (absmax1/2) stay ordinary tensors."""
+        return self.moments * numel * (1 if numel >= self.min_8bit_size else 4)
+
+    def shared_bytes(self, numels: list[int]) -> int:
+        return self.QMAP_BYTES if any(n >= self.min_8bit_size for n in numels) else 0
 
 
 @dataclass(frozen=True)
@@ -131,53 +157,45 @@ class FactoredState:
 # --------------------------------------------------------------------------- specs
 
 
-BaseStorage = Literal["dense", "int8", "4bit"]
+def dense_storage(options: Any) -> BaseStorage:
+    """The default storage: the base stays dense in ``model.dtype``."""
+    return Dense()
 
 
-@dataclass(frozen=True)
-class Quantization:
-    """How the frozen base weights of linear layers are stored."""
-
-    method: Literal["none", "bnb-4bit", "bnb-8bit"] = "none"
-    quant_type: Literal["nf4", "fp4"] = "nf4"
-    double_quant: bool = False
-    blocksize: int = 64
-    compute_dtype: str = "bfloat16"
-
-
-def _no_quantization(options: Any) -> Quantization:
-    return Quantization()
+def full_training(options: Any) -> tuple[Adapter, ...]:
+    """The default adapters: every base weight trains."""
+    return (FullTraining(),)
 
 
 @dataclass(frozen=True)
 class StrategySpec:
-    """A fine-tuning strategy: which weights train and how the frozen base is stored."""
+    """A fine-tuning strategy: how the frozen base is stored and what trains.
+
+    `storage` and `adapters` are pure functions of the validated options that describe the
+    strategy's parts (`sftkit.components`); the memory estimator prices any strategy from
+    them alone and never calls the factory.
+    """
 
     kind: ClassVar[str] = "strategy"
 
     name: str
     summary: str
-    factory: str  # "pkg.module:build" -> build(options) -> sftkit.strategies.base.Strategy
+    factory: str  # "pkg.module:build" -> build(options) -> a runtime strategy object
     options_model: type[Options] = NoOptions
-    base_storage: BaseStorage = "dense"
-    trains: Literal["all", "adapters"] = "all"
-    # Pure functions of the validated options; the estimator calls them, never the factory.
-    quantization: Callable[[Any], Quantization] = _no_quantization
-    adapter: Literal["lora"] | None = None
+    storage: Callable[[Any], BaseStorage] = dense_storage
+    adapters: Callable[[Any], Sequence[Adapter]] = full_training
     tags: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
         _check_name(self)
-        # The compatibility rule lives here, not in the runner: every parameter of a
-        # quantized base is frozen integer storage, so nothing can train it directly.
-        if self.trains == "all" and self.base_storage != "dense":
-            raise SpecError(
-                f"strategy {self.name!r} trains all weights but stores the base as "
-                f"{self.base_storage}: quantized weights cannot be trained directly. "
-                "Use trains='adapters' (LoRA over the quantized base)."
-            )
-        if self.trains == "adapters" and self.adapter is None:
-            raise SpecError(f"strategy {self.name!r} trains adapters but names no adapter kind.")
+
+    def compose(self, options: Any) -> Composition:
+        """The strategy's parts for `options` (an instance of `options_model`). Raises
+        `SpecError` when they contradict each other (e.g. training a quantized base)."""
+        try:
+            return Composition(self.storage(options), tuple(self.adapters(options)))
+        except SpecError as exc:
+            raise SpecError(f"strategy {self.name!r}: {exc.message}", hint=exc.hint) from None
 
 
 @dataclass(frozen=True)

@@ -126,3 +126,35 @@ def quick_run(
     if code != 0:
         raise AssertionError(f"`sftkit {' '.join(argv)}` exited with {code}")
     return run_dir
+
+
+def static_bytes_after_one_step(resolved: Any, base_dir: Path) -> tuple[Any, Any]:
+    """(predicted, measured) `StaticBytes` of `resolved`'s strategy and optimizer: the
+    estimator's weights, trainable, gradient and optimizer-state bytes, and those of the real
+    tensors after one optimizer step of the model sftkit builds (on CPU, the tiny model of the
+    recipe). A plugin's test asserts ``predicted == measured`` to prove its strategy is priced
+    exactly. Imports torch."""
+    import torch
+
+    from sftkit.memory.compute import shape_for
+    from sftkit.memory.setup import setup_from_recipe
+    from sftkit.memory.static import static_bytes
+    from sftkit.modeling import build_model
+    from sftkit.training.measure import (
+        autocast_context,
+        measured_static,
+        prepare_for_training,
+        random_batch,
+    )
+    from sftkit.training.optimizer import build_optimizer
+
+    torch.manual_seed(0)
+    setup = setup_from_recipe(resolved, shape_for(resolved), on_gpu=False)
+    model = build_model(resolved, None, base_dir=base_dir)
+    optimizer = build_optimizer(resolved, model)
+    prepare_for_training(model, setup)
+    with autocast_context(setup, "cpu"):
+        out = model(**random_batch(setup, "cpu"))
+    out.loss.backward()
+    optimizer.step()
+    return static_bytes(setup), measured_static(model, optimizer)

@@ -64,12 +64,12 @@ def test_sftkit_run_refuses_liger_on_cpu_before_writing_anything(tmp_path, capsy
 
 def test_cpu_4bit_inference_is_refused_for_widths_bitsandbytes_cannot_repack(registry):
     from sftkit.errors import SftkitError
-    from sftkit.modeling.kernels import check_cpu_4bit_inference
+    from sftkit.modeling.kernels import check_inference_device
     from sftkit.recipe.load import load_recipe
 
     qlora = load_recipe("quickstart", ["strategy.name=qlora-nf4"], registry=registry)
     with pytest.raises(SftkitError, match="multiple of 64") as info:
-        check_cpu_4bit_inference(qlora, "cpu")
+        check_inference_device(qlora, "cpu")
     assert "352" in str(info.value) and "evaluation.after_training=false" in str(info.value)
-    check_cpu_4bit_inference(qlora, "cuda")  # the CUDA kernels have no such limit
-    check_cpu_4bit_inference(load_recipe("quickstart", registry=registry), "cpu")  # dense base
+    check_inference_device(qlora, "cuda")  # the CUDA kernels have no such limit
+    check_inference_device(load_recipe("quickstart", registry=registry), "cpu")  # dense base

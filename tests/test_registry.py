@@ -6,6 +6,7 @@ import types
 
 import pytest
 
+from sftkit.components import Bnb4bit, Dense, LlmInt8, LoRA
 from sftkit.errors import DuplicateComponentError, PluginError, SpecError, UnknownComponentError
 from sftkit.hookspecs import hookimpl
 from sftkit.plugins import DEFAULT_PLUGINS, make_plugin_manager
@@ -19,7 +20,7 @@ from sftkit.specs import (
 )
 from sftkit.testing import fresh_manager, registered
 
-BUILTIN_STRATEGIES = {"full-sft", "lora", "qlora-nf4", "lora-8bit"}
+BUILTIN_STRATEGIES = {"full-sft", "lora", "lora-plus", "qlora-nf4", "lora-8bit"}
 BUILTIN_OPTIMIZERS = {
     "adamw",
     "adamw-8bit",
@@ -40,7 +41,10 @@ def _plugin(name: str, **hooks) -> types.ModuleType:
 
 def _strategy(name: str = "my-strategy") -> StrategySpec:
     return StrategySpec(
-        name=name, summary="test", factory="my_pkg.mod:build", trains="adapters", adapter="lora"
+        name=name,
+        summary="test",
+        factory="my_pkg.mod:build",
+        adapters=lambda options: (LoRA(rank=8),),
     )
 
 
@@ -55,9 +59,15 @@ def test_builtins_are_registered_through_hooks(registry):
 
 
 def test_specs_declare_what_the_estimator_needs(registry):
-    assert registry.strategies.get("qlora-nf4").base_storage == "4bit"
-    assert registry.strategies.get("lora-8bit").base_storage == "int8"
-    assert registry.strategies.get("full-sft").trains == "all"
+    def parts(name):
+        spec = registry.strategies.get(name)
+        return spec.compose(spec.options_model())
+
+    assert isinstance(parts("qlora-nf4").storage, Bnb4bit)
+    assert parts("qlora-nf4").storage.double_quant
+    assert isinstance(parts("lora-8bit").storage, LlmInt8)
+    assert parts("full-sft").trains_base and isinstance(parts("full-sft").storage, Dense)
+    assert [type(a) for a in parts("lora").adapters] == [LoRA]
     adamw = registry.optimizers.entry("adamw").spec
     assert isinstance(adamw.state_for(adamw.options_model()), DenseMomentState)
     paged = registry.optimizers.get("paged-adamw-8bit")
@@ -65,8 +75,15 @@ def test_specs_declare_what_the_estimator_needs(registry):
 
 
 def test_quantized_base_cannot_be_trained_by_full_sft():
+    spec = StrategySpec(name="bad", summary="", factory="a.b:c", storage=lambda o: Bnb4bit())
     with pytest.raises(SpecError, match="cannot be trained directly"):
-        StrategySpec(name="bad", summary="", factory="a.b:c", base_storage="4bit", trains="all")
+        spec.compose(None)
+
+
+def test_a_strategy_must_train_something():
+    spec = StrategySpec(name="idle", summary="", factory="a.b:c", adapters=lambda o: ())
+    with pytest.raises(SpecError, match="must train something"):
+        spec.compose(None)
 
 
 def test_unknown_name_suggests_the_closest(registry):
@@ -136,7 +153,7 @@ def test_wrong_hook_signature_is_recorded():
 def test_blocked_plugins_do_not_load(monkeypatch):
     manager = make_plugin_manager(autoload=False, disabled=["builtin.optimizers"])
     registry = Registry.from_manager(manager)
-    assert len(registry.optimizers) == 0 and len(registry.strategies) == 4
+    assert len(registry.optimizers) == 0 and len(registry.strategies) == len(BUILTIN_STRATEGIES)
     monkeypatch.setenv("SFTKIT_DISABLE_PLUGINS", "builtin.strategies, builtin.formats")
     registry = Registry.from_manager(make_plugin_manager(autoload=False))
     assert len(registry.strategies) == 0 and len(registry.formats) == 0

@@ -21,28 +21,9 @@ def distributed_problems(resolved: ResolvedRecipe) -> list[Problem]:
     on_cpu = is_cpu(r.hardware.gpu)
     shards_params = d.engine == "fsdp" or (d.engine == "deepspeed" and d.zero_stage == 3)
     problems: list[Problem] = []
-    if shards_params and spec.base_storage == "int8":
-        problems.append(
-            Problem(
-                "distributed.engine",
-                f"strategy {spec.name!r} keeps an LLM.int8 base, whose int8 weights and row "
-                f"scales {d.engine} cannot shard.",
-                "Use strategy qlora-nf4 (its 4-bit weights are stored as bf16 and shard), or "
-                "engine: ddp, or deepspeed with zero_stage: 2.",
-            )
-        )
-    if shards_params and spec.base_storage == "4bit":
-        compute = spec.quantization(resolved.strategy.options).compute_dtype
-        if compute != r.model.dtype:
-            problems.append(
-                Problem(
-                    "strategy.options.compute_dtype",
-                    f"a sharded 4-bit base is stored in its compute dtype ({compute}), which must "
-                    f"equal model.dtype ({r.model.dtype}) so every parameter the engine flattens "
-                    "has one dtype.",
-                    f"Set strategy.options.compute_dtype={r.model.dtype}.",
-                )
-            )
+    if shards_params:
+        storage = resolved.strategy_parts.storage
+        problems += storage.problems_when_sharded(spec.name, d.engine, r.model.dtype)
     if on_cpu and d.backend == "nccl":
         problems.append(
             Problem(

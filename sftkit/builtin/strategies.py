@@ -1,13 +1,19 @@
-"""Built-in strategies: full-sft, lora (bf16 base), qlora-nf4 (4-bit base), lora-8bit."""
+"""Built-in strategies: full-sft, lora (bf16 base), lora-plus (LoRA+ rates), qlora-nf4 (4-bit
+base), lora-8bit."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
+from sftkit.components import Bnb4bit, LlmInt8, LoRA
+from sftkit.errors import Problem
 from sftkit.hookspecs import Register, hookimpl
-from sftkit.specs import NoOptions, Options, Quantization, StrategySpec
+from sftkit.specs import NoOptions, Options, StrategySpec
+
+if TYPE_CHECKING:
+    from sftkit.recipe.load import ResolvedRecipe
 
 
 class LoraOptions(Options):
@@ -29,6 +35,14 @@ class LoraOptions(Options):
         return self
 
 
+class LoraPlusOptions(LoraOptions):
+    """LoRA+ (Hayou, Ghosh, Yu 2024): LoRA whose B matrices train at a higher rate."""
+
+    ratio: float = Field(
+        default=16.0, gt=0, description="Learning rate of the B matrices / that of the A matrices."
+    )
+
+
 class QLoraOptions(LoraOptions):
     """LoRA over a bitsandbytes 4-bit base."""
 
@@ -43,18 +57,22 @@ class Lora8bitOptions(LoraOptions):
     llm_int8_threshold: float = Field(default=6.0, ge=0, description="Outlier threshold.")
 
 
-def qlora_quantization(options: QLoraOptions) -> Quantization:
-    """The 4-bit storage QLoRA options describe (public: plugins over NF4 reuse it)."""
-    return Quantization(
-        method="bnb-4bit",
+def lora_adapters(options: LoraOptions) -> tuple[LoRA]:
+    """The LoRA adapter the options describe (public: strategies built on LoRA reuse it)."""
+    return (LoRA.from_options(options),)
+
+
+def nf4_storage(options: QLoraOptions) -> Bnb4bit:
+    """The 4-bit base QLoRA options describe (public: plugins over NF4 reuse it)."""
+    return Bnb4bit(
         quant_type=options.quant_type,
         double_quant=options.double_quant,
         compute_dtype=options.compute_dtype,
     )
 
 
-def _int8_quantization(options: Lora8bitOptions) -> Quantization:
-    return Quantization(method="bnb-8bit")
+def int8_storage(options: Lora8bitOptions) -> LlmInt8:
+    return LlmInt8(threshold=options.llm_int8_threshold)
 
 
 STRATEGIES = (
@@ -63,8 +81,6 @@ STRATEGIES = (
         summary="Train every weight of a bf16/fp32 model.",
         factory="sftkit.strategies.full_sft:build",
         options_model=NoOptions,
-        base_storage="dense",
-        trains="all",
         tags=frozenset({"full"}),
     ),
     StrategySpec(
@@ -72,9 +88,15 @@ STRATEGIES = (
         summary="LoRA adapters over a frozen base kept in the model dtype (bf16).",
         factory="sftkit.strategies.lora:build_lora",
         options_model=LoraOptions,
-        base_storage="dense",
-        trains="adapters",
-        adapter="lora",
+        adapters=lora_adapters,
+        tags=frozenset({"lora"}),
+    ),
+    StrategySpec(
+        name="lora-plus",
+        summary="LoRA+: LoRA over a bf16 base, B matrices at `ratio` x the learning rate (16).",
+        factory="sftkit.strategies.lora_plus:build_lora_plus",
+        options_model=LoraPlusOptions,
+        adapters=lora_adapters,  # its memory is LoRA's; only the learning rates differ
         tags=frozenset({"lora"}),
     ),
     StrategySpec(
@@ -82,10 +104,8 @@ STRATEGIES = (
         summary="QLoRA: LoRA over a 4-bit NF4 base with double quantization and bf16 compute.",
         factory="sftkit.strategies.lora:build_qlora",
         options_model=QLoraOptions,
-        base_storage="4bit",
-        trains="adapters",
-        quantization=qlora_quantization,
-        adapter="lora",
+        storage=nf4_storage,
+        adapters=lora_adapters,
         tags=frozenset({"lora", "quantized", "4bit"}),
     ),
     StrategySpec(
@@ -93,10 +113,8 @@ STRATEGIES = (
         summary="LoRA over an 8-bit LLM.int8 base.",
         factory="sftkit.strategies.lora:build_lora_8bit",
         options_model=Lora8bitOptions,
-        base_storage="int8",
-        trains="adapters",
-        quantization=_int8_quantization,
-        adapter="lora",
+        storage=int8_storage,
+        adapters=lora_adapters,
         tags=frozenset({"lora", "quantized", "8bit"}),
     ),
 )
@@ -106,3 +124,22 @@ STRATEGIES = (
 def register_strategies(register: Register) -> None:
     for spec in STRATEGIES:
         register(spec)
+
+
+@hookimpl(trylast=True)
+def validate_recipe(recipe: ResolvedRecipe | None) -> list[Problem] | None:
+    """lora-plus multiplies the optimizer's learning rate: refuse an optimizer without one
+    (Adafactor's relative step) before anything loads."""
+    if recipe is None or not isinstance(recipe.strategy.options, LoraPlusOptions):
+        return None
+    if getattr(recipe.optimizer.options, "lr", None) is not None:
+        return None
+    return [
+        Problem(
+            "optimizer.options.lr",
+            f"lora-plus trains the B matrices at {recipe.strategy.options.ratio:g} x the "
+            f"optimizer's learning rate, but optimizer {recipe.optimizer.spec.name!r} has none.",
+            "Give the optimizer a fixed lr (Adafactor: lr: 1.0e-3, relative_step: false), "
+            "or use the strategy lora.",
+        )
+    ]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from sftkit.dtypes import DTYPE_NAMES
+from sftkit.dtypes import DTYPES
 
 
 @click.command(name="export")
@@ -23,7 +23,7 @@ from sftkit.dtypes import DTYPE_NAMES
 )
 @click.option(
     "--dtype",
-    type=click.Choice(DTYPE_NAMES),
+    type=click.Choice(DTYPES),
     help="Dtype of a merged model (default: the recipe's; bfloat16 over a quantized base).",
 )
 @click.option(

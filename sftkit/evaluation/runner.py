@@ -117,10 +117,10 @@ def run_evaluations(
 
     `progress(label, total)` may return a per-evaluator progress callback.
     """
-    from sftkit.modeling.kernels import check_cpu_4bit_inference
+    from sftkit.modeling.kernels import check_inference_device
 
     device = getattr(model, "device", None)
-    check_cpu_4bit_inference(resolved, getattr(device, "type", "cpu"))
+    check_inference_device(resolved, getattr(device, "type", "cpu"))
     template = build_template(resolved)
     stored: list[StoredResult] = []
     for component in components:

@@ -14,7 +14,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sftkit.dtypes import DTYPE_NAMES, torch_dtype
+from sftkit.dtypes import DTYPES, torch_dtype
 from sftkit.errors import RunDirectoryError, SftkitError
 from sftkit.export.card import model_card
 from sftkit.reporting.record import load_run
@@ -59,8 +59,8 @@ def export_run(
             f"(status: {record.run.get('status', 'unknown')}).",
             hint="Export a completed run, or finish this one with `sftkit run`.",
         )
-    if dtype is not None and dtype not in DTYPE_NAMES:
-        raise SftkitError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPE_NAMES)}.")
+    if dtype is not None and dtype not in DTYPES:
+        raise SftkitError(f"unknown dtype {dtype!r}; expected one of {', '.join(DTYPES)}.")
     out = output_dir or default_output_dir(run_dir, merge)
     if out.exists():
         raise RunDirectoryError(
@@ -133,9 +133,7 @@ def _write_merged(
         # A quantized base has no dtype of its own: it is dequantized to bf16. A dense base
         # keeps the dtype the recipe loads it in.
         dtype = (
-            "bfloat16"
-            if quantized
-            else (recipe_dtype if recipe_dtype in DTYPE_NAMES else "bfloat16")
+            "bfloat16" if quantized else (recipe_dtype if recipe_dtype in DTYPES else "bfloat16")
         )
     merged = merge_adapters(model, torch_dtype(dtype))
     merged.save_pretrained(out, max_shard_size=max_shard_size)

@@ -27,11 +27,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sftkit.memory.layout import LaidTensor, adapter_bytes, lora_targets
+from sftkit.components import LaidTensor, LowRankLayer
+from sftkit.dtypes import FP32
+from sftkit.dtypes import INT64 as INDEX  # int64 token ids and labels
 from sftkit.memory.setup import Setup
-
-FP32 = 4
-INDEX = 8  # int64 token ids and labels
 
 
 @dataclass(frozen=True)
@@ -39,71 +38,71 @@ class Dtypes:
     stream: int  # residual stream (embedding output) dtype
     linear_out: int  # dtype a decoder linear layer returns
     compute: int  # matmul dtype (autocast)
-    adapter: int  # LoRA weights
+    lora: int  # low-rank adapter weights
     mask: int  # dropout mask element
 
 
 def dtypes(setup: Setup) -> Dtypes:
-    model = setup.model_dtype_bytes
-    # prepare_model_for_kbit_training makes the embedding fp32, so the stream is fp32.
-    stream = FP32 if setup.quantized else model
-    compute = setup.compute_bytes if setup.autocast else model
-    # bitsandbytes 4-bit casts the output back to the input dtype; LLM.int8 computes and
-    # returns fp16; dense layers return autocast's dtype.
-    if setup.strategy.base_storage == "int8":
-        linear_out = 2
-    elif setup.quantized:
-        linear_out = stream
-    else:
-        linear_out = compute
-    adapter = adapter_bytes(setup)
+    storage, p = setup.storage, setup.precision
+    # The stream is the embedding's output: fp32 when k-bit preparation upcast it.
+    stream = storage.stream_bytes(p)
+    linear_out = storage.linear_output_bytes(p, stream)
+    lora = storage.adapter_weight_bytes(p)
     # CUDA native_dropout keeps a bool mask; the CPU kernel multiplies by a noise tensor of
     # the input's dtype (the adapter dtype: PEFT casts the input to it first).
-    mask = 1 if setup.on_gpu else adapter
-    return Dtypes(stream, linear_out, compute, adapter, mask)
+    mask = 1 if setup.on_gpu else lora
+    return Dtypes(stream, linear_out, p.matmul_bytes, lora, mask)
 
 
-def _lora_by_module(setup: Setup) -> dict[str, int]:
-    if setup.strategy.adapter != "lora":
-        return {}
-    return {g.module: g.shape[1] for g in lora_targets(setup)}
+def _lora_by_module(setup: Setup) -> dict[str, LowRankLayer]:
+    return setup.composition.low_rank_layers(setup.shape)
 
 
 def _consumers(
-    setup: Setup, d: Dtypes, width: int, in_bytes: int, modules: list[str], lora: dict[str, int]
+    setup: Setup,
+    d: Dtypes,
+    width: int,
+    in_bytes: int,
+    modules: list[str],
+    lora: dict[str, LowRankLayer],
 ) -> tuple[int, bool]:
     """Bytes per token saved by the linear layers in `modules` that read one input tensor:
     their private copies, and whether the input tensor itself is saved (counted once by the
     caller, who knows whether something else saves it already)."""
-    rank = int(getattr(setup.strategy_options, "rank", 0))
-    dropout = float(getattr(setup.strategy_options, "dropout", 0.0))
-    trains_base = setup.strategy.trains == "all"
-    int8 = setup.strategy.base_storage == "int8"
+    trains_base = setup.trains_base
+    keeps_input = setup.storage.linear_saves_input
     shared_raw = False  # the input tensor itself is saved (once, however many keep it)
     private = 0
     for module in modules:
-        if int8 or (trains_base and not setup.autocast):
+        if keeps_input or (trains_base and not setup.autocast):
             shared_raw = True
         elif trains_base:  # autocast: a private bf16 copy unless the input already is bf16
             if in_bytes == d.compute:
                 shared_raw = True
             else:
                 private += d.compute * width
-        if module not in lora:
+        layer = lora.get(module)
+        if layer is None:
             continue
-        if dropout > 0:
+        branch = d.compute if setup.autocast else d.lora  # what lora_A multiplies
+        if layer.dropout > 0:
             private += d.mask * width
-            private += (d.compute if setup.autocast else d.adapter) * width
-        elif in_bytes == d.adapter and (not setup.autocast or d.adapter == d.compute):
+            private += branch * width
+        elif in_bytes == d.lora and branch == d.lora:
             shared_raw = True  # lora_A keeps the input itself
         else:  # a private copy: PEFT's cast to the adapter dtype, or autocast's
-            private += (d.compute if setup.autocast else d.adapter) * width
-        private += (d.compute if setup.autocast else d.adapter) * rank
+            private += branch * width
+        private += branch * layer.rank
     return private, shared_raw
 
 
 def _consumer_bytes(
-    setup: Setup, d: Dtypes, width: int, in_bytes: int, modules: list[str], lora: dict[str, int]
+    setup: Setup,
+    d: Dtypes,
+    width: int,
+    in_bytes: int,
+    modules: list[str],
+    lora: dict[str, LowRankLayer],
 ) -> int:
     private, shared_raw = _consumers(setup, d, width, in_bytes, modules, lora)
     return private + (in_bytes * width if shared_raw else 0)
@@ -115,7 +114,7 @@ def norm_saved_per_token(setup: Setup) -> int:
     h, stream = setup.shape.hidden_size, dtypes(setup).stream
     if setup.liger:
         return stream * h + FP32
-    return FP32 * h + FP32 + (stream * h if setup.strategy.trains == "all" else 0)
+    return FP32 * h + FP32 + (stream * h if setup.trains_base else 0)
 
 
 def layer_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
@@ -171,7 +170,7 @@ def layer_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
 def first_layer_input_grads(setup: Setup) -> bool:
     """Does the first layer's input require grad? With a frozen embedding only when the
     trainer enables input gradients, which TRL and PEFT do for gradient checkpointing."""
-    return setup.strategy.trains == "all" or setup.checkpointing
+    return setup.trains("embed_tokens") or setup.checkpointing
 
 
 def first_layer_reduction(setup: Setup, batch: int, seq: int) -> int:
@@ -184,18 +183,17 @@ def first_layer_reduction(setup: Setup, batch: int, seq: int) -> int:
     h = s.hidden_size
     lora = _lora_by_module(setup)
     modules = ["qkv_proj"] if s.fused_qkv else ["q_proj", "k_proj", "v_proj"]
-    rank = int(getattr(setup.strategy_options, "rank", 0))
-    dropout = float(getattr(setup.strategy_options, "dropout", 0.0))
     per_token = norm_saved_per_token(setup)
-    if setup.strategy.base_storage == "int8":
+    if setup.storage.linear_saves_input:
         per_token += d.stream * h
     weights = 0
     for module in modules:
-        if module in lora:
-            if dropout > 0:
+        layer = lora.get(module)
+        if layer is not None:
+            if layer.dropout > 0:
                 per_token += d.mask * h
-            if setup.autocast and d.adapter != d.compute:
-                weights += rank * h * d.compute
+            if setup.autocast and d.lora != d.compute:
+                weights += layer.rank * h * d.compute
     return per_token * batch * seq + weights
 
 
@@ -220,11 +218,11 @@ def head_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
     lm_head input and the loss's own saved tensors."""
     s, d = setup.shape, dtypes(setup)
     h, n = s.hidden_size, batch * seq
-    trains_base = setup.strategy.trains == "all"
-    total = INDEX * n if trains_base else 0  # input_ids (the embedding's backward needs them)
+    # input_ids: the embedding's backward needs them when its weight trains
+    total = INDEX * n if setup.trains("embed_tokens") else 0
     total += 2 * seq * s.head_dim * d.stream  # cos, sin (shared by every layer)
     total += norm_saved_per_token(setup) * n  # final norm
-    if trains_base and setup.loss_head == "full":
+    if setup.trains("lm_head") and setup.loss_head == "full":
         total += (d.compute if setup.autocast else d.stream) * h * n  # lm_head input
     total += loss_saved_bytes(setup, batch, seq)
     return total
@@ -284,18 +282,26 @@ def loss_transient_bytes(setup: Setup, batch: int, seq: int) -> int:
     p = loss_positions(batch, seq)
     rows, cols = min(p, FUSED_TOKEN_CHUNK), min(v, FUSED_VOCAB_CHUNK)
     c = d.compute
-    head_bytes = setup.model_dtype_bytes if not setup.quantized else FP32
+    head_bytes = lm_head_bytes(setup)
     total = rows * cols * c  # mm_buf
     if d.stream != c:
         total += rows * h * c  # hidden chunk cast
     if head_bytes != c:
         total += cols * h * c  # lm_head weight chunk cast
     total += p * h * (FP32 + d.stream)  # fp32 grad of the hidden states and its cast back
-    if setup.strategy.trains == "all":
+    if setup.trains("lm_head"):
         total += v * h * (FP32 + head_bytes)  # fp32 lm_head gradient and its cast
     if not setup.on_gpu:
         total += 4 * rows * cols * FP32  # the CPU fold works on fp32 copies of the tile
     return total
+
+
+def lm_head_bytes(setup: Setup) -> int:
+    """Element size of the lm_head weight the forward multiplies: its trained copy's when an
+    adapter copies it, else the storage's plain dtype."""
+    if any("lm_head" in a.trained_modules() for a in setup.adapters):
+        return setup.storage.trained_copy_bytes(setup.precision)
+    return setup.storage.plain_bytes(setup.precision)
 
 
 def autocast_weight_copy_bytes(setup: Setup, tensors: list[LaidTensor]) -> int:
@@ -305,8 +311,12 @@ def autocast_weight_copy_bytes(setup: Setup, tensors: list[LaidTensor]) -> int:
     if not setup.autocast:
         return 0
     total = 0
+    # A module with a trained copy runs the copy: its frozen original is never multiplied.
+    copied = {m for a in setup.adapters for m in a.trained_modules()}
     for t in tensors:
-        if t.dtype_bytes != FP32 or t.kind == "buffer" or t.kind == "quant_constants":
+        if t.dtype_bytes != FP32 or t.kind in ("buffer", "quant_constants"):
+            continue
+        if t.kind != "copy" and t.name.removesuffix(".weight").split(".")[-1] in copied:
             continue
         is_linear = t.kind == "adapter" or ".lora_" in t.name or _is_matmul_weight(t)
         if t.name.startswith("lm_head") and setup.loss_head == "fused":
@@ -324,7 +334,4 @@ def _is_matmul_weight(t: LaidTensor) -> bool:
 def dequantized_weight_bytes(setup: Setup) -> int:
     """bitsandbytes dequantizes one quantized weight at a time to the compute dtype for the
     matmul (forward and the input gradient in backward): the largest one is transient."""
-    if not setup.quantized:
-        return 0
-    largest = max((g.numel for g in setup.shape.census() if g.role == "linear"), default=0)
-    return largest * setup.compute_bytes
+    return setup.storage.dequantized_bytes(setup.shape, setup.precision)

@@ -175,8 +175,13 @@ def suggest(
     found.sort(key=lambda cs: (cs[0], -cs[1].peak_bytes))
     out: list[Suggestion] = []
     per: dict[int, int] = {}
+    # Two changes with the same predicted memory are one suggestion (lora-plus prices
+    # exactly as lora): the first registered is shown, and neither crowds out another.
+    seen: set[tuple[int, int, str, int]] = set()
     for category, s in found:
-        if per.get(category, 0) < PER_CATEGORY:
+        key = (category, s.peak_bytes, s.peak_phase, s.spill_bytes)
+        if key not in seen and per.get(category, 0) < PER_CATEGORY:
+            seen.add(key)
             per[category] = per.get(category, 0) + 1
             out.append(s)
     return out

@@ -71,16 +71,9 @@ def notes_for(setup: Setup, on_gpu: bool) -> list[str]:
         if setup.loss_head == "fused"
         else "loss computed on full fp32 logits (transformers' ForCausalLMLoss)."
     )
-    if setup.quantized and setup.strategy.adapter:
-        notes.append(
-            "adapters priced in bf16: SFTTrainer casts a k-bit model's LoRA weights to bf16."
-        )
-    if setup.strategy.base_storage == "int8":
-        notes.append(
-            "LLM.int8 also keeps outlier columns of each input (data-dependent, not counted)."
-        )
-    if getattr(setup.strategy_options, "use_dora", False):
-        notes.append("DoRA's weight-norm computation adds activations that are not counted.")
+    notes.extend(setup.storage.notes(setup.composition.has_adapters))
+    for adapter in setup.adapters:
+        notes.extend(adapter.notes())
     return notes
 
 

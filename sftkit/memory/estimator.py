@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sftkit.memory import activations as act
-from sftkit.memory.layout import LaidTensor, adapter_bytes, layout
+from sftkit.memory.layout import LaidTensor, layout
 from sftkit.memory.moments import activation_moments
 from sftkit.memory.optimizer import OptimizerCost, optimizer_cost
 from sftkit.memory.overheads import (
@@ -16,7 +16,7 @@ from sftkit.memory.overheads import (
     WORKSPACE_BYTES,
     allocator_margin,
 )
-from sftkit.memory.parts import DTYPE_NAMES, Part, count_words, div
+from sftkit.memory.parts import Part, count_words, div
 from sftkit.memory.setup import Setup
 from sftkit.memory.sharding import Sharding, sharding
 from sftkit.memory.terms import PHASES, MemoryTerm, Pool
@@ -35,59 +35,23 @@ class Breakdown:
 
 
 def _weight_parts(setup: Setup, tensors: list[LaidTensor], sh: Sharding) -> list[Part]:
-    s = setup.shape
+    """One part per kind of tensor the storage lays out, then one per adapter, then the
+    model's own buffers; each named and explained by the part that created it."""
+    storage, p, shape = setup.storage, setup.precision, setup.shape
     by_kind: dict[str, int] = {}
     for t in tensors:
         by_kind[t.kind] = by_kind.get(t.kind, 0) + t.total_bytes
     parts = []
-    dtype = DTYPE_NAMES.get(setup.model_dtype_bytes, "?")
-    linear_params = sum(g.total for g in s.census() if g.role == "linear")
-    quant = setup.quantization
-    if "base" in by_kind:
-        if setup.strategy.base_storage == "4bit":
-            name = f"{quant.quant_type.upper()} 4-bit weights of {count_words(linear_params)} linear-layer parameters"
-            formula = "ceil(n/2) bytes per tensor of n weights (two 4-bit codes per byte)"
-        elif setup.strategy.base_storage == "int8":
-            name = f"LLM.int8 weights of {count_words(linear_params)} linear-layer parameters"
-            formula = "1 byte per weight"
-        else:
-            name = f"{dtype} weights of {count_words(s.parameters)} parameters"
-            formula = f"{setup.model_dtype_bytes} bytes x parameters"
-        parts.append(Part(name, div(by_kind["base"], sh.weights), "weights", formula))
-    if "quant_constants" in by_kind:
-        if setup.strategy.base_storage == "4bit":
-            dq = "double-quantized " if quant.double_quant else ""
-            name = f"{quant.quant_type.upper()} {dq}quantization constants (absmax per {quant.blocksize} weights, code tables)"
-            formula = (
-                "per tensor: ceil(n/64) uint8 absmax + 4*ceil(n/64/256) + 1024 + 4 + 64 bytes"
-                if quant.double_quant
-                else "per tensor: 4*ceil(n/64) fp32 absmax + 64 bytes code"
-            )
-        else:
-            name = "LLM.int8 row scales (SCB, fp32 per output row)"
-            formula = "4 bytes x output features per linear layer"
-        parts.append(Part(name, div(by_kind["quant_constants"], sh.weights), "weights", formula))
-    if "unquantized" in by_kind:
-        parts.append(
-            Part(
-                "fp32 embeddings, norms and lm_head (upcast for k-bit training)",
-                div(by_kind["unquantized"], sh.weights),
-                "weights",
-                "4 bytes x non-linear parameters (peft.prepare_model_for_kbit_training)",
-            )
-        )
-    if "adapter" in by_kind:
-        adapter_params = sum(t.numel * t.count for t in tensors if t.kind == "adapter")
-        rank = getattr(setup.strategy_options, "rank", "?")
-        parts.append(
-            Part(
-                f"LoRA adapters, rank {rank}, {DTYPE_NAMES[adapter_bytes(setup)]} "
-                f"({count_words(adapter_params)} trainable parameters)",
-                div(by_kind["adapter"], sh.weights),
-                "trainable",
-                "dtype bytes x r x (in + out) per adapted linear layer",
-            )
-        )
+    for kind in STORAGE_KINDS:
+        if kind in by_kind:
+            name, formula = storage.weight_label(kind, shape, p)
+            parts.append(Part(name, div(by_kind[kind], sh.weights), "weights", formula))
+    for adapter in setup.adapters:
+        added = adapter.tensors(shape, storage, p)
+        if added:
+            name, formula = adapter.label(added, storage, p)
+            total = sum(t.total_bytes for t in added)
+            parts.append(Part(name, div(total, sh.weights), "trainable", formula))
     if "buffer" in by_kind:
         parts.append(
             Part(
@@ -95,6 +59,10 @@ def _weight_parts(setup: Setup, tensors: list[LaidTensor], sh: Sharding) -> list
             )
         )
     return parts
+
+
+# The kinds a storage lays out, in the order the estimate lists them.
+STORAGE_KINDS = ("base", "quant_constants", "unquantized")
 
 
 def _optimizer_parts(

@@ -21,12 +21,8 @@ from typing import Any
 
 from sftkit.memory.layout import LaidTensor
 from sftkit.memory.setup import Setup
-from sftkit.specs import Blockwise8bitState, DenseMomentState
 
 PAGED_MIN_NUMEL = 100_000  # bitsandbytes: `if not self.is_paged or p.numel() < 1e5`
-# bitsandbytes 8-bit optimizers share two 256-entry fp32 quantization maps (qmap1 "dynamic",
-# qmap2 "udynamic") between all tensors kept in 8 bits.
-QMAP_BYTES = 2 * 256 * 4
 
 
 @dataclass(frozen=True)
@@ -51,15 +47,11 @@ def _state_bytes(state: Any, t: LaidTensor) -> int:
 
 
 def _paged_part(state: Any, t: LaidTensor) -> int:
-    """Bytes of one tensor's state that bitsandbytes puts in the paged pool."""
+    """Bytes of one tensor's state that a paged optimizer puts in unified memory."""
     if t.numel < PAGED_MIN_NUMEL:
         return 0
-    if isinstance(state, Blockwise8bitState):
-        item = 1 if t.numel >= state.min_8bit_size else 4
-        return state.moments * t.numel * item
-    if isinstance(state, DenseMomentState):
-        return state.moments * t.numel * (state.dtype_bytes or t.dtype_bytes)
-    return _state_bytes(state, t)
+    paged = getattr(state, "paged_bytes", None)
+    return int(paged(t.numel, t.dtype_bytes)) if callable(paged) else _state_bytes(state, t)
 
 
 def optimizer_cost(setup: Setup, tensors: list[LaidTensor]) -> OptimizerCost:
@@ -74,11 +66,10 @@ def optimizer_cost(setup: Setup, tensors: list[LaidTensor]) -> OptimizerCost:
         part = _paged_part(state, t) if spec.paged else 0
         device += (total - part) * t.count
         paged += part * t.count
-    if isinstance(state, Blockwise8bitState) and any(
-        t.numel >= state.min_8bit_size for t in trainable
-    ):
-        device += QMAP_BYTES
-    if isinstance(state, DenseMomentState):
+    shared = getattr(state, "shared_bytes", None)
+    if callable(shared):
+        device += int(shared([t.numel for t in trainable]))
+    if getattr(state, "temporaries_per_group", False):
         # torch steps one param group at a time (sftkit puts 1-D tensors in a no-decay group)
         # and, inside it, one dtype at a time: the largest such batch builds its temporaries.
         groups: dict[tuple[bool, int], int] = defaultdict(int)

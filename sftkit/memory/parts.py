@@ -6,17 +6,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from sftkit.components.storage import count_words
 from sftkit.memory.terms import Category, Pool
 
-DTYPE_NAMES = {1: "int8", 2: "bf16", 4: "fp32"}
-
-
-def count_words(n: int) -> str:
-    """8030261248 -> '8.0 B'; 41943040 -> '41.9 M'."""
-    for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return str(n)
+__all__ = ["Part", "count_words", "div"]
 
 
 @dataclass(frozen=True)

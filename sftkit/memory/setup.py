@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from sftkit.components import Adapter, BaseStorage, Composition, Precision
 from sftkit.dtypes import DTYPE_BYTES, PRECISION_BYTES
 from sftkit.memory.trainer import loss_head
 from sftkit.modelshape.shape import ModelShape
-from sftkit.specs import OptimizerSpec, Quantization, StrategySpec
+from sftkit.specs import OptimizerSpec, StrategySpec
 
 if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe
@@ -28,8 +29,8 @@ class EvalWorkload:
 @dataclass(frozen=True)
 class Setup:
     shape: ModelShape
-    strategy: StrategySpec
-    strategy_options: Any
+    strategy: StrategySpec  # for its name; its parts are `composition`
+    composition: Composition
     optimizer: OptimizerSpec
     optimizer_options: Any
     model_dtype_bytes: int
@@ -54,17 +55,28 @@ class Setup:
         return self.micro_batch_size * self.seq_len
 
     @property
-    def quantization(self) -> Quantization:
-        return self.strategy.quantization(self.strategy_options)
+    def storage(self) -> BaseStorage:
+        return self.composition.storage
 
     @property
-    def quantized(self) -> bool:
-        return self.strategy.base_storage != "dense"
+    def adapters(self) -> tuple[Adapter, ...]:
+        return self.composition.adapters
+
+    @property
+    def trains_base(self) -> bool:
+        return self.composition.trains_base
+
+    def trains(self, module: str) -> bool:
+        """Does `module`'s own weight (``embed_tokens``, ``lm_head``, ...) train?"""
+        return self.composition.trains_module(module)
+
+    @property
+    def precision(self) -> Precision:
+        return Precision(self.model_dtype_bytes, self.compute_bytes)
 
     @property
     def autocast(self) -> bool:
-        """HF Trainer (accelerate) runs the forward under autocast for bf16/fp16 precision."""
-        return self.compute_bytes < 4
+        return self.precision.autocast
 
 
 def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bool) -> Setup:
@@ -87,7 +99,7 @@ def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bo
     return Setup(
         shape=shape,
         strategy=resolved.strategy.spec,
-        strategy_options=resolved.strategy.options,
+        composition=resolved.strategy_parts,
         optimizer=resolved.optimizer.spec,
         optimizer_options=resolved.optimizer.options,
         model_dtype_bytes=DTYPE_BYTES[r.model.dtype],

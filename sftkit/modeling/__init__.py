@@ -14,6 +14,7 @@ from sftkit.modeling.load import (
     load_tokenizer,
     random_base,
     resolve_model_path,
+    strategy_context,
     training_device,
     with_pad_token,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "random_base",
     "resolve_model_path",
     "run_recipe",
+    "strategy_context",
     "training_device",
     "with_pad_token",
 ]

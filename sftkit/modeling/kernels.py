@@ -12,7 +12,6 @@ from __future__ import annotations
 import importlib.util
 from typing import TYPE_CHECKING
 
-from sftkit.devices import is_cpu
 from sftkit.errors import MissingDependencyError, SftkitError
 
 if TYPE_CHECKING:
@@ -34,32 +33,17 @@ def check_kernels(recipe: Recipe, device: str) -> None:
         raise MissingDependencyError("liger-kernel", "training.liger_kernels")
 
 
-# bitsandbytes (0.50) repacks 4-bit weights for its CPU inference kernel in blocks of 64 input
-# features; a linear layer whose input width is not a multiple of 64 fails there with a bare
-# RuntimeError, in eval mode only (training takes another path).
-BNB_CPU_4BIT_BLOCK = 64
-
-
-def check_cpu_4bit_inference(resolved: ResolvedRecipe, device: str) -> None:
-    """Refuse, with the reason, to run a 4-bit base in eval mode on the CPU when a quantized
-    layer's input width does not fit bitsandbytes' CPU kernel."""
-    if not is_cpu(device) or resolved.strategy.spec.base_storage != "4bit":
-        return
+def check_inference_device(resolved: ResolvedRecipe, device: str) -> None:
+    """Refuse, with the reason, to evaluate a model whose base storage cannot run a no-grad
+    forward on `device` (the storage says why: e.g. bitsandbytes' CPU 4-bit kernel)."""
     from sftkit.memory.compute import shape_for
 
-    widths = sorted(
-        {
-            g.shape[1]
-            for g in shape_for(resolved).census()
-            if g.role == "linear" and g.shape[1] % BNB_CPU_4BIT_BLOCK
-        }
-    )
-    if widths:
+    storage = resolved.strategy_parts.storage
+    reason = storage.inference_problem(shape_for(resolved), device)
+    if reason:
         raise SftkitError(
-            f"{resolved.source}: evaluating a 4-bit ({resolved.strategy.spec.name}) model on "
-            f"the CPU needs every quantized layer's input width to be a multiple of "
-            f"{BNB_CPU_4BIT_BLOCK} (bitsandbytes' CPU 4-bit kernel), and "
-            f"{resolved.recipe.model.name_or_path} has {', '.join(map(str, widths))}.",
+            f"{resolved.source}: cannot evaluate the {resolved.strategy.spec.name} model "
+            f"({resolved.recipe.model.name_or_path}) on {device}: {reason}.",
             hint="Evaluate on a GPU, or turn evaluation off for this CPU run with "
             "evaluation.before_training=false evaluation.after_training=false.",
         )

@@ -14,12 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftkit.devices import CPU, is_cpu
-from sftkit.distributed.trainer import load_device_map
+from sftkit.distributed.trainer import load_device_map, shards_parameters
 from sftkit.dtypes import torch_dtype
 from sftkit.errors import ModelLoadError, SftkitError
 from sftkit.modelshape.sources import BUILTIN_PREFIX, builtin_model_dir
 from sftkit.specs import load_factory
-from sftkit.strategies.base import Strategy
+from sftkit.strategies.base import StrategyContext, StrategyProtocol
 
 if TYPE_CHECKING:
     import torch
@@ -50,15 +50,25 @@ def training_device(recipe: Recipe) -> str:
     )
 
 
-def load_strategy(resolved: ResolvedRecipe) -> Strategy:
+def load_strategy(resolved: ResolvedRecipe) -> StrategyProtocol:
     component = resolved.strategy
     strategy = load_factory(component.spec.factory)(component.options)
-    if not isinstance(strategy, Strategy):
+    if not isinstance(strategy, StrategyProtocol):
         raise SftkitError(
             f"strategy {component.spec.name!r} (plugin {component.plugin!r}): its factory "
-            f"returned {type(strategy).__name__}, not a sftkit.strategies.Strategy."
+            f"returned {type(strategy).__name__}, not a strategy object (subclass "
+            "sftkit.strategies.Strategy, or implement sftkit.strategies.StrategyProtocol)."
         )
     return strategy
+
+
+def strategy_context(recipe: Recipe, device: str | None = None) -> StrategyContext:
+    """What a strategy is told about this process's run (see `StrategyContext`)."""
+    return StrategyContext(
+        recipe=recipe,
+        device=device or training_device(recipe),
+        shards_parameters=shards_parameters(recipe),
+    )
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -122,7 +132,12 @@ def random_base(recipe: Recipe, tokenizer: Any, directory: Path) -> Path:
 
 
 def load_base_model(
-    recipe: Recipe, strategy: Strategy, tokenizer: Any, *, base_dir: Path | None
+    recipe: Recipe,
+    strategy: StrategyProtocol,
+    tokenizer: Any,
+    *,
+    base_dir: Path | None,
+    quantized: bool,
 ) -> torch.nn.Module:
     """The untrained base, loaded the way the strategy stores it (dense or quantized)."""
     from transformers import AutoModelForCausalLM
@@ -133,8 +148,8 @@ def load_base_model(
         "attn_implementation": recipe.model.attn_implementation,
         "trust_remote_code": recipe.model.trust_remote_code,
         # This rank's GPU, or host memory when a sharding engine places the shards.
-        "device_map": load_device_map(recipe, device, quantized=strategy.quantized),
-        **strategy.load_kwargs(recipe),
+        "device_map": load_device_map(recipe, device, quantized=quantized),
+        **strategy.load_kwargs(strategy_context(recipe, device)),
     }
     if recipe.model.random_init:
         if base_dir is None:
@@ -183,9 +198,15 @@ def build_model(
     import torch
 
     strategy = load_strategy(resolved)
-    base = load_base_model(resolved.recipe, strategy, tokenizer, base_dir=base_dir)
+    base = load_base_model(
+        resolved.recipe,
+        strategy,
+        tokenizer,
+        base_dir=base_dir,
+        quantized=resolved.strategy_parts.storage.quantized,
+    )
     # Adapters start from the recipe's seed whatever loading drew from the generator (a
     # random base written in this process, or already written by another rank), so a
     # launched run's adapters are those `sftkit run` would make.
     torch.manual_seed(resolved.recipe.training.seed)
-    return strategy.apply(base, resolved.recipe)
+    return strategy.apply(base, strategy_context(resolved.recipe))

@@ -55,7 +55,13 @@ def load_base(run_dir_or_resolved: Path | str | ResolvedRecipe) -> tuple[Any, An
     base_dir = None
     if recipe.model.random_init:
         base_dir = RunPaths(run_dir).base if run_dir else _scratch_base_dir(recipe)
-    model = load_base_model(recipe, load_strategy(resolved), tokenizer, base_dir=base_dir)
+    model = load_base_model(
+        recipe,
+        load_strategy(resolved),
+        tokenizer,
+        base_dir=base_dir,
+        quantized=resolved.strategy_parts.storage.quantized,
+    )
     model.eval()
     return model, tokenizer
 

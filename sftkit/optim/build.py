@@ -1,8 +1,9 @@
 """Optimizer factories: ``build_x(param_groups, options) -> torch.optim.Optimizer``.
 
 Each is the factory of one optimizer plugin (`sftkit.builtin.optimizers`). `param_groups`
-come from `sftkit.training.optimizer.param_groups`: the group of biases and norm weights
-carries its own ``weight_decay: 0.0``, which overrides the default passed here.
+come from the strategy's ``param_groups`` or sftkit's default grouping; a group's own ``lr``
+or ``weight_decay`` (biases and norm weights carry ``weight_decay: 0.0``) overrides the
+default passed here.
 """
 
 from __future__ import annotations

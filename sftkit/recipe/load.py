@@ -15,7 +15,8 @@ from typing import Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from sftkit.errors import DataError, Problem, RecipeError, UnknownComponentError
+from sftkit.components import Composition
+from sftkit.errors import DataError, Problem, RecipeError, SftkitError, UnknownComponentError
 from sftkit.recipe.overrides import Override, apply_overrides, parse_override
 from sftkit.recipe.schema import ComponentRef, Recipe
 from sftkit.recipe.yamlio import read_yaml
@@ -57,6 +58,7 @@ class ResolvedRecipe:
     recipe: Recipe
     source: str
     strategy: Component[StrategySpec]
+    strategy_parts: Composition  # the strategy's storage and adapters for its options
     optimizer: Component[OptimizerSpec]
     data_format: Component[DatasetFormatSpec]
     template: Component[PromptTemplateSpec]
@@ -161,6 +163,12 @@ def validate_recipe_data(
         _resolve(ref, ("evaluation", "evaluators", str(i)), registry.evaluators, problems)
         for i, ref in enumerate(recipe.evaluation.evaluators)
     ]
+    parts: Composition | None = None
+    if strategy:
+        try:
+            parts = strategy.spec.compose(strategy.options)
+        except SftkitError as exc:
+            problems.append(Problem("strategy.name", exc.message, exc.hint))
     if strategy and optimizer:
         reason = optimizer.spec.incompatibility(strategy.spec)
         if reason:
@@ -172,11 +180,12 @@ def validate_recipe_data(
             )
     if problems:
         raise RecipeError(_unique(problems), source=source)
-    assert strategy and optimizer and data_format and template
+    assert strategy and parts and optimizer and data_format and template
     resolved = ResolvedRecipe(
         recipe=recipe,
         source=source,
         strategy=strategy,
+        strategy_parts=parts,
         optimizer=optimizer,
         data_format=data_format,
         template=template,

@@ -6,24 +6,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from sftkit.strategies.base import Strategy
+from sftkit.dtypes import torch_dtype
+from sftkit.strategies.base import Strategy, StrategyContext
 
 if TYPE_CHECKING:
     import torch
 
-    from sftkit.recipe.schema import Recipe
-
-
-def _dtype(name: str) -> Any:
-    import torch
-
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
-
 
 class Lora(Strategy):
     """LoRA over a dense base."""
-
-    trains_adapters = True
 
     def lora_config(self) -> Any:
         from peft import LoraConfig
@@ -41,15 +32,15 @@ class Lora(Strategy):
             task_type="CAUSAL_LM",
         )
 
-    def prepare_base(self, model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
+    def prepare_base(self, model: torch.nn.Module, ctx: StrategyContext) -> torch.nn.Module:
         for param in model.parameters():
             param.requires_grad_(False)
         return model
 
-    def apply(self, model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
+    def apply(self, model: torch.nn.Module, ctx: StrategyContext) -> torch.nn.Module:
         from peft import get_peft_model
 
-        model = self.prepare_base(model, recipe)
+        model = self.prepare_base(model, ctx)
         peft_model: torch.nn.Module = get_peft_model(model, self.lora_config())
         return peft_model
 
@@ -57,52 +48,47 @@ class Lora(Strategy):
 class QuantizedLora(Lora):
     """LoRA over a bitsandbytes-quantized base, prepared the way k-bit training needs."""
 
-    quantized = True
-
-    def prepare_base(self, model: torch.nn.Module, recipe: Recipe) -> torch.nn.Module:
+    def prepare_base(self, model: torch.nn.Module, ctx: StrategyContext) -> torch.nn.Module:
         from peft import prepare_model_for_kbit_training
 
-        from sftkit.distributed.trainer import shards_parameters
-
-        if shards_parameters(recipe):
+        if ctx.shards_parameters:
             # FSDP / ZeRO-3 flatten each unit of parameters into one dtype: keep the
             # non-quantized weights in the model dtype (no fp32 upcast; TRL does the same
             # for sharded QLoRA) and only freeze the base.
-            return super().prepare_base(model, recipe)
+            return super().prepare_base(model, ctx)
         # Freezes the base, upcasts the remaining fp16/bf16 weights (norms, embeddings, LM
         # head) to fp32 for stable training, and enables input gradients so gradient
         # checkpointing works through the frozen embeddings.
         prepared: torch.nn.Module = prepare_model_for_kbit_training(
             model,
-            use_gradient_checkpointing=recipe.training.gradient_checkpointing,
+            use_gradient_checkpointing=ctx.recipe.training.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
         return prepared
 
 
 class QLora(QuantizedLora):
-    def load_kwargs(self, recipe: Recipe) -> dict[str, Any]:
+    def load_kwargs(self, ctx: StrategyContext) -> dict[str, Any]:
         from transformers import BitsAndBytesConfig
 
-        from sftkit.distributed.trainer import quant_storage_dtype
-
         o = self.options
-        # Sharded (FSDP, ZeRO-3): the packed 4-bit bytes stored as bf16 elements, so the
-        # engine can flatten and shard them with the rest of the model.
-        storage = quant_storage_dtype(recipe, o.compute_dtype)
+        # Sharded (FSDP, ZeRO-3): the packed 4-bit bytes stored as elements of the compute
+        # dtype (bitsandbytes reads the bytes whatever the storage dtype), so the engine
+        # flattens and shards them with the rest of the model; else bitsandbytes' uint8.
+        storage = o.compute_dtype if ctx.shards_parameters else None
         return {
             "quantization_config": BitsAndBytesConfig(
                 load_in_4bit=True,
                 bnb_4bit_quant_type=o.quant_type,
                 bnb_4bit_use_double_quant=o.double_quant,
-                bnb_4bit_compute_dtype=_dtype(o.compute_dtype),
-                **({"bnb_4bit_quant_storage": _dtype(storage)} if storage else {}),
+                bnb_4bit_compute_dtype=torch_dtype(o.compute_dtype),
+                **({"bnb_4bit_quant_storage": torch_dtype(storage)} if storage else {}),
             )
         }
 
 
 class Lora8bit(QuantizedLora):
-    def load_kwargs(self, recipe: Recipe) -> dict[str, Any]:
+    def load_kwargs(self, ctx: StrategyContext) -> dict[str, Any]:
         from transformers import BitsAndBytesConfig
 
         return {

@@ -250,13 +250,14 @@ def prepare_for_training(model: Any, setup: Setup) -> None:
     import torch
 
     model.train()
-    if setup.quantized:
+    # SFTTrainer's own test: transformers marks a bitsandbytes-loaded model.
+    if getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False):
         for name, param in model.named_parameters():
             if param.requires_grad and "lora_magnitude_vector" not in name:
                 param.data = param.data.to(torch.bfloat16)
     if setup.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if setup.strategy.trains == "adapters" and hasattr(model, "enable_input_require_grads"):
+        if not setup.trains_base and hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
 
 

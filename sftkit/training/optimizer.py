@@ -1,49 +1,47 @@
 """Building the optimizer from the recipe's optimizer plugin.
 
 The trainer receives this object (``optimizers=(optimizer, None)``), never a string name,
-so what trains is exactly what the registry and the memory estimator describe.
+so what trains is exactly what the registry and the memory estimator describe. The
+parameter groups (the strategy's, or sftkit's default decay/no-decay split) are fixed here,
+before the optimizer exists: the trainer's scheduler then scales each group's own rate, and
+the groups are part of the optimizer state a checkpoint saves and ``--resume`` restores.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sftkit.errors import SftkitError
 from sftkit.specs import load_factory
+from sftkit.strategies.groups import check_param_groups, default_param_groups
 
 if TYPE_CHECKING:
     import torch
 
     from sftkit.recipe.load import ResolvedRecipe
 
-
-def param_groups(model: torch.nn.Module) -> list[dict[str, Any]]:
-    """Trainable parameters in two groups: matrices decay; biases and norm weights (1-D) do
-    not (the no-decay group carries ``weight_decay: 0.0``, overriding the optimizer's)."""
-    decay: list[torch.nn.Parameter] = []
-    no_decay: list[torch.nn.Parameter] = []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim < 2 or name.endswith(".bias") else decay).append(param)
-    groups: list[dict[str, Any]] = []
-    if decay:
-        groups.append({"params": decay})
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+# The default grouping, under the name tests and callers have always used.
+param_groups = default_param_groups
 
 
 def build_optimizer(resolved: ResolvedRecipe, model: torch.nn.Module) -> torch.optim.Optimizer:
     import torch
 
+    from sftkit.modeling import load_strategy, strategy_context
+
     component = resolved.optimizer
-    groups = param_groups(model)
-    if not groups:
-        raise SftkitError(
-            f"strategy {resolved.strategy.spec.name!r} left no trainable parameters.",
-        )
-    optimizer = load_factory(component.spec.factory)(groups, component.options)
+    name = resolved.strategy.spec.name
+    if not any(p.requires_grad for p in model.parameters()):
+        raise SftkitError(f"strategy {name!r} left no trainable parameters.")
+    options = component.options
+    # Optimizer options without an lr (or with lr: null, a relative step size) give None.
+    base_lr = getattr(options, "lr", None)
+    weight_decay = getattr(options, "weight_decay", None)
+    strategy = load_strategy(resolved)
+    custom = strategy.param_groups(model, strategy_context(resolved.recipe), base_lr, weight_decay)
+    groups = default_param_groups(model) if custom is None else custom
+    groups = check_param_groups(groups, model, strategy=name)
+    optimizer = load_factory(component.spec.factory)(groups, options)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise SftkitError(
             f"optimizer {component.spec.name!r} (plugin {component.plugin!r}): its factory "

@@ -75,7 +75,7 @@ def start_run(
     estimate, write recipe.yaml / memory.json / environment.json / run.json (running).
     `sftkit launch` calls this once, then `execute_run` in every rank."""
     from sftkit.modeling import training_device
-    from sftkit.modeling.kernels import check_cpu_4bit_inference, check_kernels
+    from sftkit.modeling.kernels import check_inference_device, check_kernels
 
     recipe = resolved.recipe
     paths = RunPaths(Path(recipe.output_dir))
@@ -86,7 +86,7 @@ def start_run(
     if recipe.evaluation.evaluators and (
         recipe.evaluation.before_training or recipe.evaluation.after_training
     ):
-        check_cpu_4bit_inference(resolved, device)
+        check_inference_device(resolved, device)
     paths.root.mkdir(parents=True, exist_ok=True)
     if not resume:
         write_recipe(paths, resolved)

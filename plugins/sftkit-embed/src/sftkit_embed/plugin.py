@@ -1,21 +1,20 @@
-"""Registration and memory pricing. No torch here: this module loads on every CLI start.
+"""Registration. No torch here: this module loads on every CLI start.
 
 Teaching a model new special tokens (chat markers, tool-call tags) needs their embedding rows
 and LM-head rows to train, which LoRA alone cannot do. PEFT's ``modules_to_save`` keeps the
-original module frozen and trains a full copy of it. That copy, its gradient and its
-optimizer state are memory the built-in LoRA arithmetic does not know about, so this plugin
-prices them through `extra_memory_terms`.
+original module frozen and trains a full copy of it. The strategies declare that copy as one
+more part (`TrainedCopies`) next to the LoRA adapter, and sftkit prices its weights,
+gradients, optimizer state and sharding like any other trainable tensor: this plugin does no
+memory arithmetic of its own.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from pydantic import Field
 
-from sftkit.builtin.strategies import LoraOptions, QLoraOptions, qlora_quantization
-from sftkit.hookspecs import hookimpl
-from sftkit.memory.terms import MemoryTerm
+from sftkit.builtin.strategies import LoraOptions, QLoraOptions, lora_adapters, nf4_storage
+from sftkit.components import Adapter, TrainedCopies
+from sftkit.hookspecs import Register, hookimpl
 from sftkit.specs import StrategySpec
 
 EMBEDDING_MODULES = ("embed_tokens", "lm_head")
@@ -33,15 +32,18 @@ class QLoraEmbedOptions(QLoraOptions, EmbedOptions):
     pass
 
 
+def embed_adapters(options: EmbedOptions) -> tuple[Adapter, ...]:
+    """LoRA plus trained copies of the chosen modules."""
+    return (*lora_adapters(options), TrainedCopies(tuple(options.train_modules)))
+
+
 STRATEGIES = (
     StrategySpec(
         name="lora-embed",
         summary="LoRA over a dense base, plus fully trained embeddings and LM head.",
         factory="sftkit_embed.strategy:build_lora_embed",
         options_model=EmbedOptions,
-        base_storage="dense",
-        trains="adapters",
-        adapter="lora",
+        adapters=embed_adapters,
         tags=frozenset({"lora", "embeddings"}),
     ),
     StrategySpec(
@@ -49,70 +51,14 @@ STRATEGIES = (
         summary="QLoRA (NF4 base) plus fully trained embeddings and LM head.",
         factory="sftkit_embed.strategy:build_qlora_embed",
         options_model=QLoraEmbedOptions,
-        base_storage="4bit",
-        trains="adapters",
-        quantization=qlora_quantization,
-        adapter="lora",
+        storage=nf4_storage,
+        adapters=embed_adapters,
         tags=frozenset({"lora", "quantized", "4bit", "embeddings"}),
     ),
 )
 
 
 @hookimpl
-def register_strategies(register):  # type: ignore[no-untyped-def]
+def register_strategies(register: Register) -> None:
     for spec in STRATEGIES:
         register(spec)
-
-
-def copy_dtype_bytes(recipe: Any) -> int:
-    """The dtype PEFT's copy has: that of the module it copies. A k-bit base goes through
-    `prepare_model_for_kbit_training`, which upcasts every non-quantized weight to fp32."""
-    if recipe.strategy.spec.base_storage != "dense":
-        return 4
-    return {"bfloat16": 2, "float16": 2, "float32": 4}[recipe.recipe.model.dtype]
-
-
-@hookimpl
-def extra_memory_terms(recipe: Any, shape: Any) -> list[MemoryTerm] | None:
-    if recipe.strategy.spec.name not in {s.name for s in STRATEGIES}:
-        return None
-    wanted = set(recipe.strategy.options.train_modules)
-    groups = [g for g in shape.census() if g.module in wanted]
-    if not groups:
-        return None
-    item = copy_dtype_bytes(recipe)
-    optimizer = recipe.optimizer.spec
-    state = optimizer.state_for(recipe.optimizer.options)
-    numels = [g.numel for g in groups for _ in range(g.count)]
-    weights = sum(numels) * item
-    grads = weights
-    state_bytes = sum(state.state_bytes(n, item) for n in numels)
-    modules = "+".join(sorted(wanted))
-    words = f"{sum(numels) / 1e6:.1f} M parameters"
-    return [
-        MemoryTerm(
-            name=f"trainable copy of {modules} ({words})",
-            bytes=weights,
-            phases=("load", "forward_backward", "optimizer_step", "later_steps", "evaluation"),
-            category="trainable",
-            formula=f"{sum(numels)} x {item} B (PEFT modules_to_save copy)",
-            source="embed",
-        ),
-        MemoryTerm(
-            name=f"gradients of the {modules} copy",
-            bytes=grads,
-            phases=("forward_backward", "optimizer_step", "later_steps"),
-            category="gradients",
-            formula=f"{sum(numels)} x {item} B",
-            source="embed",
-        ),
-        MemoryTerm(
-            name=f"{optimizer.name} state of the {modules} copy",
-            bytes=state_bytes,
-            phases=("optimizer_step", "later_steps", "evaluation"),
-            category="optimizer",
-            formula=f"{type(state).__name__} over {len(numels)} tensors",
-            pool="paged" if optimizer.paged else "device",
-            source="embed",
-        ),
-    ]
