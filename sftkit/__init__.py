@@ -11,7 +11,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from sftkit._version import __version__ as __version__
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     # ruff cannot see that `__all__` re-exports these; tests/test_public_api.py keeps this

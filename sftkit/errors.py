@@ -1,18 +1,27 @@
-"""The one family of errors the library raises.
+"""The one family of errors the library raises, and the exit codes they map to.
 
 Library code raises these; only the CLI turns them into messages and exit codes. Each class
 carries the exit code the CLI uses, so mapping an error to a code is never a string switch.
+The codes themselves are defined here and nowhere else (the CLI and the launch worker import
+them).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+EXIT_OK = 0
+EXIT_INTERNAL = 1  # a bug, or a run that broke after its input was accepted
+EXIT_BAD_INPUT = 2
+EXIT_DOES_NOT_FIT = 3
+EXIT_SIGNAL_BASE = 128  # the shell's convention: killed by signal N exits 128 + N
+EXIT_INTERRUPTED = EXIT_SIGNAL_BASE + 2  # SIGINT (Ctrl-C)
+
 
 class SftkitError(Exception):
     """Base of every error sftkit raises on purpose. Exit code 2: the input was wrong."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_INPUT
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         super().__init__(message)
@@ -100,7 +109,11 @@ class RunDirectoryError(SftkitError):
 class DoesNotFitError(SftkitError):
     """The memory estimate exceeds the budget. Exit code 3."""
 
-    exit_code = 3
+    exit_code = EXIT_DOES_NOT_FIT
+
+
+class ModelLoadError(SftkitError):
+    """A model or tokenizer cannot be loaded (missing, offline, incompatible)."""
 
 
 class MissingDependencyError(SftkitError):
@@ -120,4 +133,4 @@ class LaunchError(SftkitError):
 class WorkerFailedError(LaunchError):
     """A launched worker process failed. Exit code 1: the input was accepted, the run broke."""
 
-    exit_code = 1
+    exit_code = EXIT_INTERNAL

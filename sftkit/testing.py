@@ -149,7 +149,7 @@ def tiny_recipe(
 def tiny_model(resolved: Any, directory: Path) -> tuple[Any, Any]:
     """(model, tokenizer) for `resolved` with its strategy applied; a random-init base is
     written once under `directory`."""
-    from sftkit.training.model import build_model, load_tokenizer
+    from sftkit.modeling import build_model, load_tokenizer
 
     tokenizer = load_tokenizer(resolved.recipe)
     return build_model(resolved, tokenizer, base_dir=Path(directory) / "base"), tokenizer
@@ -201,15 +201,15 @@ def static_bytes_after_one_step(resolved: Any, base_dir: Path) -> tuple[Any, Any
     import torch
 
     from sftkit.memory.compute import shape_for
-    from sftkit.memory.measure import (
+    from sftkit.memory.setup import setup_from_recipe
+    from sftkit.memory.static import static_bytes
+    from sftkit.modeling import build_model
+    from sftkit.training.measure import (
         autocast_context,
         measured_static,
         prepare_for_training,
         random_batch,
     )
-    from sftkit.memory.setup import setup_from_recipe
-    from sftkit.memory.static import static_bytes
-    from sftkit.training.model import build_model
     from sftkit.training.optimizer import build_optimizer
 
     torch.manual_seed(0)

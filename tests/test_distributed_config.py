@@ -34,7 +34,7 @@ from sftkit.errors import LaunchError, RecipeError
 from sftkit.recipe.load import load_recipe, validate_recipe_data
 from sftkit.recipe.schema import Recipe
 from sftkit.testing import fresh_registry
-from sftkit.training.rundir import resolved_recipe_data
+from sftkit.training.runfiles import resolved_recipe_data
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 FULL = RECIPES / "r1_gsm8k_full.yaml"
@@ -239,7 +239,7 @@ def _accelerate_env(config_file: Path, monkeypatch) -> dict[str, str]:
     args = launch_command_parser().parse_args(argv)
     args, _, _ = _validate_launch_command(args)
     assert args.use_fsdp and args.num_processes == 2 and args.module
-    assert args.training_script == "sftkit.distributed.worker"
+    assert args.training_script == "sftkit.launch.worker"
     return prepare_multi_gpu_env(args)
 
 
@@ -433,7 +433,7 @@ def test_torchrun_command_parses_with_torchrun():
     args = get_args_parser().parse_args(cmd.argv[3:])
     assert (args.nnodes, args.nproc_per_node, args.node_rank) == ("2", "8", 1)
     assert (args.master_addr, args.master_port) == ("node0", 29400)
-    assert args.module and args.training_script == "sftkit.distributed.worker"
+    assert args.module and args.training_script == "sftkit.launch.worker"
     assert args.training_script_args == ["runs/x", "--resume"]
 
 

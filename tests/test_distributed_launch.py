@@ -25,9 +25,9 @@ pytest.importorskip("accelerate")
 from tiny_models import config_dir, recipe_text  # noqa: E402
 
 from sftkit.cli import run_cli  # noqa: E402
+from sftkit.modeling import load_trained  # noqa: E402
 from sftkit.recipe.load import load_recipe  # noqa: E402
 from sftkit.testing import fresh_registry  # noqa: E402
-from sftkit.training.model import load_trained  # noqa: E402
 from sftkit.training.runner import run_recipe  # noqa: E402
 
 STEPS = 6
@@ -191,7 +191,7 @@ def test_dry_run_prints_config_and_command_and_writes_nothing(workspace, capsys)
     out = captured.out
     assert code == 0, captured.err
     assert "distributed_type: FSDP" in out and "fsdp_version: 2" in out
-    assert "-m sftkit.distributed.worker" in out and "--num_processes 4" in out
+    assert "-m sftkit.launch.worker" in out and "--num_processes 4" in out
     assert "4 per node" in out and "= 32 sequences per optimizer step" in out
     assert not (workspace / "runs" / "dry").exists()
 

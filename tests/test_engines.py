@@ -13,19 +13,19 @@ import yaml
 
 from sftkit.cli import run_cli
 from sftkit.distributed.configs import accelerate_config
-from sftkit.distributed.session import LaunchRequest, plan_launch
 from sftkit.distributed.topology import Topology
 from sftkit.distributed.trainer import shards_parameters, trainer_arguments
 from sftkit.engine import Engine, Sharding, engine_of
 from sftkit.errors import Problem, RecipeError, SpecError
 from sftkit.hookspecs import hookimpl
+from sftkit.launch.session import LaunchRequest, plan_launch
 from sftkit.memory import estimate
 from sftkit.memory.fit import fit_search
 from sftkit.recipe.load import load_recipe, validate_recipe_data
 from sftkit.recipe.schema import Recipe
 from sftkit.specs import EngineSpec, Options
 from sftkit.testing import registered
-from sftkit.training.rundir import resolved_recipe_data
+from sftkit.training.runfiles import resolved_recipe_data
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 FULL = RECIPES / "r1_gsm8k_full.yaml"

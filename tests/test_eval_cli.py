@@ -42,10 +42,11 @@ def test_evaluation_and_report_modules_import_no_torch() -> None:
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished full-SFT run directory (untrained weights: the plumbing is under test)."""
     torch = pytest.importorskip("torch")
+    from sftkit.modeling import build_model, load_tokenizer
     from sftkit.recipe.load import load_recipe_text
+    from sftkit.runpaths import RunPaths
     from sftkit.testing import fresh_registry
-    from sftkit.training.model import build_model, load_tokenizer
-    from sftkit.training.rundir import RunPaths, write_recipe
+    from sftkit.training.runfiles import write_recipe
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -51,7 +51,7 @@ def one_thread() -> Any:
 def tiny_config(root: Path) -> Path:
     """The bundled tiny Llama with an MLP width that is a multiple of 64: bitsandbytes' CPU
     4-bit inference kernel (used in eval mode) cannot repack rows of 352 = 5.5 blocks."""
-    from sftkit.training.model import resolve_model_path
+    from sftkit.modeling import resolve_model_path
 
     config = json.loads(
         (Path(resolve_model_path("builtin:tiny-llama")) / "config.json").read_text()
@@ -67,8 +67,9 @@ def make_run(root: Path, strategy: str, extra: str = "") -> Path:
     """A finished run directory as `sftkit run` leaves it, without spending time training:
     the strategy's model is built, its LoRA B matrices (zero at init) are randomized so the
     adapter really changes the output, and final/ is saved the way the runner saves it."""
-    from sftkit.training.model import build_model, load_tokenizer
-    from sftkit.training.rundir import RunPaths, write_recipe
+    from sftkit.modeling import build_model, load_tokenizer
+    from sftkit.runpaths import RunPaths
+    from sftkit.training.runfiles import write_recipe
 
     out = root / strategy
     resolved = load_recipe_text(
@@ -126,7 +127,7 @@ def trained_logits(run: Path, dtype: str = "float32") -> tuple[Any, Any]:
     compute dtype) and how far the adapter moves them. With `dtype` bfloat16 a dense model is
     cast first, so a bf16 export is compared with bf16 arithmetic, not with fp32."""
     from sftkit.export.merge import describe_quantization
-    from sftkit.training.model import load_trained
+    from sftkit.modeling import load_trained
 
     model, tokenizer = load_trained(run)
     if describe_quantization(model) is None:
@@ -180,7 +181,7 @@ def test_merged_export_loads_in_transformers_and_matches_base_plus_adapter(
 
 
 def test_adapter_export_loads_with_peft(runs: dict[str, Path], tmp_path: Path) -> None:
-    from sftkit.training.model import load_base
+    from sftkit.modeling import load_base
 
     run = runs["lora"]
     expected, _ = trained_logits(run)

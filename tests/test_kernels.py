@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from sftkit.errors import MissingDependencyError, SftkitError
+from sftkit.modeling.kernels import check_kernels
 from sftkit.recipe.load import load_recipe
-from sftkit.training.kernels import check_kernels
 
 QUICKSTART = Path(__file__).resolve().parent.parent / "recipes" / "quickstart.yaml"
 
@@ -64,8 +64,8 @@ def test_sftkit_run_refuses_liger_on_cpu_before_writing_anything(tmp_path, capsy
 
 def test_cpu_4bit_inference_is_refused_for_widths_bitsandbytes_cannot_repack(registry):
     from sftkit.errors import SftkitError
+    from sftkit.modeling.kernels import check_inference_device
     from sftkit.recipe.load import load_recipe
-    from sftkit.training.kernels import check_inference_device
 
     qlora = load_recipe("quickstart", ["strategy.name=qlora-nf4"], registry=registry)
     with pytest.raises(SftkitError, match="multiple of 64") as info:

@@ -25,12 +25,12 @@ from sftkit.builtin.strategies import LoraOptions, LoraPlusOptions, lora_adapter
 from sftkit.data.char_tokenizer import build_char_tokenizer  # noqa: E402
 from sftkit.errors import ParamGroupsError, RecipeError, SftkitError  # noqa: E402
 from sftkit.hookspecs import hookimpl  # noqa: E402
+from sftkit.modeling import build_model  # noqa: E402
 from sftkit.recipe.load import load_recipe_text  # noqa: E402
 from sftkit.specs import StrategySpec  # noqa: E402
 from sftkit.strategies import StrategyContext, check_param_groups  # noqa: E402
 from sftkit.strategies.lora import Lora  # noqa: E402
 from sftkit.testing import registered  # noqa: E402
-from sftkit.training.model import build_model  # noqa: E402
 from sftkit.training.optimizer import build_optimizer  # noqa: E402
 from sftkit.training.runner import run_recipe  # noqa: E402
 

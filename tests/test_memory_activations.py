@@ -19,7 +19,10 @@ pytest.importorskip("bitsandbytes")
 
 from sftkit.memory.compute import shape_for  # noqa: E402
 from sftkit.memory.layout import layout  # noqa: E402
-from sftkit.memory.measure import (  # noqa: E402
+from sftkit.memory.setup import setup_from_recipe  # noqa: E402
+from sftkit.recipe.load import load_recipe_text  # noqa: E402
+from sftkit.testing import fresh_registry  # noqa: E402
+from sftkit.training.measure import (  # noqa: E402
     autocast_context,
     install_loss_head,
     predicted_saved_bytes,
@@ -27,9 +30,6 @@ from sftkit.memory.measure import (  # noqa: E402
     random_batch,
     saved_activation_bytes,
 )
-from sftkit.memory.setup import setup_from_recipe  # noqa: E402
-from sftkit.recipe.load import load_recipe_text  # noqa: E402
-from sftkit.testing import fresh_registry  # noqa: E402
 
 LLAMA = {
     "architectures": ["LlamaForCausalLM"],
@@ -116,7 +116,7 @@ def test_a_single_row_batch(tmp_path, head):
 
 
 def check(tmp_path, config, strategy, options, dtype, attn, head, *, batch):
-    from sftkit.training.model import build_model
+    from sftkit.modeling import build_model
 
     if head == "fused":
         pytest.importorskip("trl")

@@ -16,16 +16,16 @@ pytest.importorskip("bitsandbytes")
 
 from sftkit.errors import RecipeError  # noqa: E402
 from sftkit.memory.compute import shape_for  # noqa: E402
-from sftkit.memory.measure import (  # noqa: E402
+from sftkit.memory.setup import setup_from_recipe  # noqa: E402
+from sftkit.memory.static import static_bytes  # noqa: E402
+from sftkit.recipe.load import load_recipe_text  # noqa: E402
+from sftkit.testing import fresh_registry  # noqa: E402
+from sftkit.training.measure import (  # noqa: E402
     autocast_context,
     measured_static,
     prepare_for_training,
     random_batch,
 )
-from sftkit.memory.setup import setup_from_recipe  # noqa: E402
-from sftkit.memory.static import static_bytes  # noqa: E402
-from sftkit.recipe.load import load_recipe_text  # noqa: E402
-from sftkit.testing import fresh_registry  # noqa: E402
 
 STRATEGIES = ["full-sft", "lora", "qlora-nf4", "lora-8bit"]
 OPTIMIZERS = ["adamw", "adamw-8bit", "paged-adamw-8bit", "paged-adamw-32bit", "adafactor", "sgd"]
@@ -98,7 +98,7 @@ def model_dirs(tmp_path_factory):
 
 
 def run_one_step(resolved, base_dir):
-    from sftkit.training.model import build_model
+    from sftkit.modeling import build_model
     from sftkit.training.optimizer import build_optimizer
 
     torch.manual_seed(0)

@@ -15,11 +15,11 @@ pytest.importorskip("bitsandbytes")
 datasets = pytest.importorskip("datasets")
 
 from sftkit.memory.compute import shape_for  # noqa: E402
-from sftkit.memory.measure import measured_static  # noqa: E402
 from sftkit.memory.setup import setup_from_recipe  # noqa: E402
 from sftkit.memory.static import static_bytes  # noqa: E402
 from sftkit.recipe.load import load_recipe_text  # noqa: E402
 from sftkit.testing import fresh_registry  # noqa: E402
+from sftkit.training.measure import measured_static  # noqa: E402
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -35,7 +35,7 @@ from sftkit.testing import fresh_registry  # noqa: E402
 def test_static_terms_equal_the_model_sfttrainer_trains(tmp_path, strategy, options, optimizer):
     from trl import SFTConfig, SFTTrainer
 
-    from sftkit.training.model import build_model, load_tokenizer
+    from sftkit.modeling import build_model, load_tokenizer
     from sftkit.training.optimizer import build_optimizer
 
     text = f"""

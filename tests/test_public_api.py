@@ -23,7 +23,8 @@ def test_import_sftkit_is_light_and_every_name_is_torch_free():
     probe = (
         "import sys, time\n"
         "t = time.perf_counter(); import sftkit; took = time.perf_counter() - t\n"
-        "assert len([m for m in sys.modules if m.startswith('sftkit')]) == 1, sorted(sys.modules)\n"
+        "loaded = {m for m in sys.modules if m.startswith('sftkit')}\n"
+        "assert loaded == {'sftkit', 'sftkit._version'}, sorted(loaded)\n"
         "assert 'pydantic' not in sys.modules\n"
         "for name in sftkit.__all__: getattr(sftkit, name)\n"
         f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"

@@ -21,9 +21,9 @@ from tiny_models import config_dir, recipe_text, saved_model_dir  # noqa: E402
 from sftkit.cli import run_cli  # noqa: E402
 from sftkit.data.char_tokenizer import build_char_tokenizer  # noqa: E402
 from sftkit.hookspecs import hookimpl  # noqa: E402
+from sftkit.modeling import load_trained  # noqa: E402
 from sftkit.recipe.load import load_recipe_text  # noqa: E402
 from sftkit.testing import registered  # noqa: E402
-from sftkit.training.model import load_trained  # noqa: E402
 from sftkit.training.runner import run_recipe  # noqa: E402
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -253,7 +253,8 @@ def test_refuses_to_overwrite_a_run(models, tmp_path, capsys):
 
 def test_resume_refuses_another_recipe(registry, models, tmp_path):
     from sftkit.errors import RunDirectoryError
-    from sftkit.training.rundir import RunPaths, check_run_dir, write_recipe
+    from sftkit.runpaths import RunPaths
+    from sftkit.training.runfiles import check_run_dir, write_recipe
 
     run_dir = tmp_path / "run"
     (run_dir / "checkpoints" / "checkpoint-2").mkdir(parents=True)
@@ -372,7 +373,7 @@ def test_a_terminated_run_is_marked_failed(models, tmp_path):
 
 @pytest.mark.slow
 def test_load_base_is_the_untrained_seeded_base(registry, models, tmp_path):
-    from sftkit.training.model import load_base
+    from sftkit.modeling import load_base
 
     run_dir = tmp_path / "run"
     resolved = load_recipe_text(

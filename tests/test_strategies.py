@@ -16,8 +16,8 @@ from tiny_models import recipe_text, saved_model_dir  # noqa: E402
 
 from sftkit.builtin.optimizers import AdafactorOptions  # noqa: E402
 from sftkit.data.char_tokenizer import build_char_tokenizer  # noqa: E402
+from sftkit.modeling import build_model  # noqa: E402
 from sftkit.recipe.load import load_recipe_text  # noqa: E402
-from sftkit.training.model import build_model  # noqa: E402
 from sftkit.training.optimizer import build_optimizer, param_groups  # noqa: E402
 
 

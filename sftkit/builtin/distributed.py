@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sftkit.devices import is_cpu
 from sftkit.engine import engine_of
 from sftkit.errors import Problem
 from sftkit.hookspecs import hookimpl
@@ -32,7 +33,7 @@ def distributed_problems(resolved: ResolvedRecipe) -> list[Problem]:
     problems: list[Problem] = []
     if engine.shards_parameters(r):
         problems.extend(storage_problems_when_sharded(resolved))
-    if r.hardware.gpu.strip().lower() == "cpu" and r.distributed.backend == "nccl":
+    if is_cpu(r.hardware.gpu) and r.distributed.backend == "nccl":
         problems.append(
             Problem(
                 "distributed.backend",

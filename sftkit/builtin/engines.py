@@ -23,11 +23,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sftkit.distributed.configs import CONFIG_DIR, DEEPSPEED_CONFIG, deepspeed_config, fsdp_plan
+from sftkit.distributed.configs import deepspeed_config, fsdp_plan
 from sftkit.distributed.rank import world_size
 from sftkit.engine import Engine, Sharding, replicated
 from sftkit.errors import LaunchError, Problem
 from sftkit.hookspecs import Register, hookimpl
+from sftkit.runpaths import DEEPSPEED_CONFIG, LaunchPaths, RunPaths
 from sftkit.specs import EngineSpec
 
 if TYPE_CHECKING:
@@ -284,13 +285,13 @@ class DeepSpeed(Engine):
             )
         return {
             "deepspeed_config": {
-                "deepspeed_config_file": str(config_dir / DEEPSPEED_CONFIG),
+                "deepspeed_config_file": str(LaunchPaths(config_dir).deepspeed_config),
                 "zero3_init_flag": recipe.distributed.zero_stage == 3,
             }
         }
 
     def trainer_arguments(self, recipe: Recipe, run_dir: Path, *, use_cpu: bool) -> dict[str, Any]:
-        path = run_dir / CONFIG_DIR / DEEPSPEED_CONFIG
+        path = RunPaths(run_dir).launch.deepspeed_config
         if not path.is_file():
             raise LaunchError(
                 f"the DeepSpeed configuration {str(path)!r} does not exist.",

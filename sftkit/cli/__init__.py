@@ -16,10 +16,8 @@ from collections.abc import Sequence
 import click
 
 from sftkit.cli.app import AppContext, build_cli
-from sftkit.errors import SftkitError
+from sftkit.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, SftkitError
 from sftkit.plugins import SftkitPluginManager, make_plugin_manager
-
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_DOES_NOT_FIT = 0, 1, 2, 3
 
 
 def run_cli(
@@ -54,7 +52,7 @@ def run_cli(
         return exc.exit_code
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
-        return 130
+        return EXIT_INTERRUPTED
     except Exception as exc:
         click.echo(
             f"internal error: {type(exc).__name__}: {exc}\n"

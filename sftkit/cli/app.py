@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import click
 
-from sftkit import __version__
+from sftkit._version import __version__
 from sftkit.plugins import PluginFailure, SftkitPluginManager
 from sftkit.registry import Registry
 

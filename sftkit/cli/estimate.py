@@ -11,9 +11,8 @@ import click
 
 from sftkit.cli.app import AppContext, pass_app
 from sftkit.cli.core import recipe_arguments
+from sftkit.errors import EXIT_DOES_NOT_FIT, EXIT_INTERNAL
 from sftkit.recipe.load import load_recipe
-
-EXIT_DOES_NOT_FIT = 3
 
 
 @click.command(name="estimate-memory")
@@ -73,7 +72,7 @@ def estimate_memory(
         result.fit_search = fit_search(resolved, gpu=gpu, model=model)
     comparison = None
     if measure:
-        from sftkit.memory.measure import measure_recipe
+        from sftkit.training.measure import measure_recipe
 
         comparison = measure_recipe(resolved, result, model=model)
     if as_json:
@@ -87,6 +86,6 @@ def estimate_memory(
             click.echo("")
             click.echo(comparison.render())
     if comparison is not None and not comparison.ok:
-        raise click.exceptions.Exit(1)
+        raise click.exceptions.Exit(EXIT_INTERNAL)
     if not result.fits:
         raise click.exceptions.Exit(EXIT_DOES_NOT_FIT)

@@ -12,10 +12,7 @@ import click
 
 from sftkit.cli.app import AppContext, pass_app
 from sftkit.errors import RunDirectoryError
-
-
-def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and (path / "recipe.yaml").is_file()
+from sftkit.runpaths import EvalPaths, RunPaths, is_run_dir
 
 
 @click.command(name="eval")
@@ -72,7 +69,7 @@ def eval_command(
             f"{path} is a directory but not a run directory (it has no recipe.yaml).",
             hint="Pass a run directory written by `sftkit run`, or a recipe file.",
         )
-    recipe_path = run_dir / "recipe.yaml" if run_dir else target
+    recipe_path = RunPaths(run_dir).recipe if run_dir else target
     if run_dir is not None:
         # The run's prepared data lives in the run directory, wherever it has been moved.
         overrides = (f"output_dir={run_dir}", *overrides)
@@ -82,7 +79,7 @@ def eval_command(
 
     components = select_evaluators(resolved, evaluators, split=split, limit=limit)
 
-    from sftkit.training.model import load_base, load_trained
+    from sftkit.modeling import load_base, load_trained
 
     if run_dir is not None and not base:
         stage, label = "manual", "fine-tuned"
@@ -93,7 +90,9 @@ def eval_command(
         click.echo(f"Loading the base model {resolved.recipe.model.name_or_path} ...", err=True)
         model, tokenizer = load_base(run_dir if run_dir is not None else resolved)
     if output_dir is None:
-        output_dir = run_dir / "eval" if run_dir is not None else Path(f"eval-{Path(target).stem}")
+        output_dir = (
+            RunPaths(run_dir).eval if run_dir is not None else Path(f"eval-{Path(target).stem}")
+        )
     results = evaluate_and_show(
         resolved,
         model,
@@ -104,8 +103,8 @@ def eval_command(
         components=components,
     )
     for stored in results:
-        click.echo(f"wrote {stored.path / 'predictions.jsonl'}")
-    if run_dir is not None and output_dir == run_dir / "eval":
+        click.echo(f"wrote {EvalPaths(stored.path).predictions}")
+    if run_dir is not None and output_dir == RunPaths(run_dir).eval:
         from sftkit.reporting import write_report
 
         report = write_report(run_dir)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from sftkit.dtypes import DTYPES
+
 
 @click.command(name="export")
 @click.argument("run_dir", type=click.Path(path_type=Path, exists=True, file_okay=False))
@@ -21,7 +23,7 @@ import click
 )
 @click.option(
     "--dtype",
-    type=click.Choice(["bfloat16", "float16", "float32"]),
+    type=click.Choice(DTYPES),
     help="Dtype of a merged model (default: the recipe's; bfloat16 over a quantized base).",
 )
 @click.option(

@@ -88,7 +88,7 @@ def launch_command(
       sftkit launch RECIPE --nproc 8 --dry-run
     Exit codes: 0 trained, 2 bad input, 3 does not fit, 1 a worker failed.
     """
-    from sftkit.distributed.session import LaunchRequest, plan_launch, run_launch
+    from sftkit.launch.session import LaunchRequest, plan_launch, run_launch
 
     request = LaunchRequest(
         recipe=recipe,

@@ -12,7 +12,8 @@ import click
 
 from sftkit.cli.app import AppContext, pass_app
 from sftkit.cli.core import recipe_arguments
-from sftkit.errors import MissingDependencyError
+from sftkit.devices import is_cpu
+from sftkit.errors import EXIT_SIGNAL_BASE, MissingDependencyError
 
 
 @click.command(name="run")
@@ -60,7 +61,7 @@ def run_command(
     started = time.perf_counter()
     extra = (f"output_dir={output_dir}",) if output_dir is not None else ()
     resolved = load_recipe(recipe, (*overrides, *extra), registry=app.registry)
-    if resolved.recipe.hardware.gpu.lower() == "cpu" and "torch" not in sys.modules:
+    if is_cpu(resolved.recipe.hardware.gpu) and "torch" not in sys.modules:
         # OpenMP threads that spin while they wait make a CPU run several times slower as
         # soon as anything else uses the cores. Quickstart model, 2 cores, light load:
         # 1.8 s/step spinning, 0.32 s/step passive, 0.31 s/step with one thread. Must be set
@@ -87,7 +88,7 @@ def run_command(
 def _terminated(signum: int, frame: object) -> None:
     # A killed run (a scheduler's SIGTERM) unwinds like Ctrl-C, so run.json says "failed"
     # and the run can be resumed, instead of staying "running" forever.
-    raise SystemExit(128 + signum)
+    raise SystemExit(EXIT_SIGNAL_BASE + signum)
 
 
 def _duration(seconds: float) -> str:

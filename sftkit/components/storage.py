@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from sftkit.components.tensors import LaidTensor, Precision
+from sftkit.devices import is_cpu
 from sftkit.dtypes import DTYPE_BYTES, DTYPE_NAMES, FP32
 from sftkit.errors import Problem
 from sftkit.modelshape.shape import ModelShape, TensorGroup
@@ -256,7 +257,7 @@ class Bnb4bit(_KbitStorage):
         ]
 
     def inference_problem(self, shape: ModelShape, device: str) -> str | None:
-        if device != "cpu":
+        if not is_cpu(device):
             return None
         widths = sorted(
             {

@@ -18,10 +18,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from sftkit import __version__
+from sftkit._version import __version__
 from sftkit.data.example import Example
 from sftkit.data.readers import sha256_file
 from sftkit.errors import DataError
+from sftkit.runpaths import RunPaths
 from sftkit.specs import load_factory
 
 if TYPE_CHECKING:
@@ -48,11 +49,21 @@ class PreparedData:
     def counts(self) -> dict[str, int]:
         return dict(self.manifest["counts"])
 
+    def split_path(self, split: Split) -> Path:
+        return split_path(self.directory, split)
+
+
+def split_path(directory: Path, split: Split) -> Path:
+    """Where a prepared split lives: ``<prepared dir>/<split>.jsonl``."""
+    return directory / f"{split}.jsonl"
+
 
 def prepared_dir(resolved: ResolvedRecipe) -> Path:
     data = resolved.recipe.data
     return (
-        Path(data.prepared_dir) if data.prepared_dir else Path(resolved.recipe.output_dir) / "data"
+        Path(data.prepared_dir)
+        if data.prepared_dir
+        else RunPaths(Path(resolved.recipe.output_dir)).data
     )
 
 
@@ -112,8 +123,13 @@ def prepare_data(
         )
     directory.mkdir(parents=True, exist_ok=True)
     files: dict[str, Any] = {}
-    for name, rows in (("train", train), ("dev", dev), ("test", test)):
-        path = directory / f"{name}.jsonl"
+    splits: tuple[tuple[Split, list[Example]], ...] = (
+        ("train", train),
+        ("dev", dev),
+        ("test", test),
+    )
+    for name, rows in splits:
+        path = split_path(directory, name)
         _write_jsonl(path, rows)
         files[path.name] = {"rows": len(rows), "sha256": sha256_file(path)}
     manifest = {
@@ -180,7 +196,7 @@ def load_split(resolved: ResolvedRecipe, split: Split) -> list[Example]:
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}.")
     prepared = ensure_prepared(resolved)
-    return read_examples(prepared.directory / f"{split}.jsonl")
+    return read_examples(prepared.split_path(split))
 
 
 def read_examples(path: Path) -> list[Example]:

@@ -58,7 +58,7 @@ def length_stats(encoded: list[Encoded], max_length: int) -> dict[str, Any]:
 
 
 def preview(resolved: ResolvedRecipe, console: Console, *, count: int, split: str) -> None:
-    from sftkit.training.model import load_tokenizer
+    from sftkit.modeling import load_tokenizer
 
     recipe = resolved.recipe
     tokenizer = load_tokenizer(recipe)

@@ -2,7 +2,7 @@
 
 Both run with the interpreter that runs sftkit (``python -m accelerate.commands.launch`` /
 ``python -m torch.distributed.run``), so a virtual environment never picks up another
-installation's launcher. Every worker runs ``python -m sftkit.distributed.worker RUN_DIR``.
+installation's launcher. Every worker runs ``python -m sftkit.launch.worker RUN_DIR``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from sftkit.distributed.topology import Topology
 
 Launcher = Literal["accelerate", "torchrun"]
 LAUNCHERS: tuple[Launcher, ...] = ("accelerate", "torchrun")
-WORKER_MODULE = "sftkit.distributed.worker"
+WORKER_MODULE = "sftkit.launch.worker"
 ENV_BACKEND = "SFTKIT_DIST_BACKEND"  # the worker's torch.distributed backend
 
 

@@ -14,12 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from sftkit.runpaths import EvalPaths, RunPaths
+
 if TYPE_CHECKING:
     from sftkit.data.example import Example
     from sftkit.evaluation.generate import Generation
-
-METRICS_FILE = "metrics.json"
-PREDICTIONS_FILE = "predictions.jsonl"
 
 Progress = Callable[[int, int], None]  # (done, total)
 
@@ -127,7 +126,8 @@ def write_result(
 ) -> Path:
     """Write metrics.json and predictions.jsonl into `out_dir` (created; files replaced)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with (out_dir / PREDICTIONS_FILE).open("w", encoding="utf-8") as handle:
+    paths = EvalPaths(out_dir)
+    with paths.predictions.open("w", encoding="utf-8") as handle:
         for row in result.predictions:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     document = {
@@ -143,14 +143,14 @@ def write_result(
         "elapsed_s": round(result.elapsed_s, 3),
         **(extra or {}),
     }
-    (out_dir / METRICS_FILE).write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    paths.metrics.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     return out_dir
 
 
 def read_result(out_dir: Path) -> StoredEval | None:
     """The evaluation stored in `out_dir`, or None if it has no readable metrics.json."""
     try:
-        doc = json.loads((out_dir / METRICS_FILE).read_text(encoding="utf-8"))
+        doc = json.loads(EvalPaths(out_dir).metrics.read_text(encoding="utf-8"))
         return StoredEval(
             path=out_dir,
             stage=str(doc["stage"]),
@@ -173,7 +173,7 @@ def read_run_evals(run_dir: Path) -> list[StoredEval]:
     order = {"before": 0, "after": 1, "base": 2, "manual": 3}
     found = [
         stored
-        for sub in sorted((run_dir / "eval").glob("*/"))
+        for sub in sorted(RunPaths(run_dir).eval.glob("*/"))
         if (stored := read_result(sub)) is not None
     ]
     return sorted(found, key=lambda e: (e.evaluator, order.get(e.stage, 9), e.stage))

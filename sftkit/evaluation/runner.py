@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from sftkit.errors import RecipeError, SftkitError
 from sftkit.evaluation.base import EvalResult, EvalTask, Progress, write_result
 from sftkit.recipe.load import Component, ResolvedRecipe, _problems_from_validation
+from sftkit.runpaths import EvalPaths, RunPaths
 from sftkit.specs import EvaluatorSpec, load_factory
 
 DEFAULT_EVALUATOR = "gsm8k"
@@ -116,7 +117,7 @@ def run_evaluations(
 
     `progress(label, total)` may return a per-evaluator progress callback.
     """
-    from sftkit.training.kernels import check_inference_device
+    from sftkit.modeling.kernels import check_inference_device
 
     device = getattr(model, "device", None)
     check_inference_device(resolved, getattr(device, "type", "cpu"))
@@ -142,7 +143,7 @@ def run_evaluations(
             result.options = options.model_dump()
         path = write_result(
             result,
-            out_root / f"{stage}-{component.spec.name}",
+            EvalPaths.under(out_root, stage, component.spec.name).root,
             stage=stage,
             model=model_label,
             extra={"recipe": resolved.source, "plugin": component.plugin, **(extra or {})},
@@ -185,7 +186,7 @@ def evaluate_in_run(
         tokenizer,
         stage=stage,
         model_label=label,
-        out_root=run_dir / "eval",
+        out_root=RunPaths(run_dir).eval,
         components=resolved.evaluators,
     )
     if echo is not None:

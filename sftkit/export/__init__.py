@@ -14,13 +14,14 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sftkit.dtypes import DTYPES, torch_dtype
 from sftkit.errors import RunDirectoryError, SftkitError
 from sftkit.export.card import model_card
-from sftkit.reporting.rundir import load_run
+from sftkit.reporting.record import load_run
+from sftkit.runpaths import RunPaths
 
 # Left behind: the trainer's pickled arguments, and PEFT's own stub card (we write ours).
 SKIPPED_FILES = frozenset({"training_args.bin", "README.md"})
-DTYPES = ("bfloat16", "float16", "float32")
 RECIPE_COPY = "sftkit_recipe.yaml"  # the run's resolved recipe, to reproduce it
 
 
@@ -36,7 +37,7 @@ class ExportResult:
 
 
 def default_output_dir(run_dir: Path, merge: bool) -> Path:
-    return run_dir / "export" / ("merged" if merge else "adapter")
+    return RunPaths(run_dir).export(merged=merge)
 
 
 def export_run(
@@ -50,7 +51,8 @@ def export_run(
     private: bool = True,
 ) -> ExportResult:
     record = load_run(run_dir)
-    final = run_dir / "final"
+    paths = RunPaths(run_dir)
+    final = paths.final
     if not final.is_dir():
         raise RunDirectoryError(
             f"{run_dir} has no final/ model to export: the run did not complete "
@@ -65,7 +67,7 @@ def export_run(
             f"{out} already exists; sftkit never writes over an existing export.",
             hint="Remove it, or pass another --output-dir.",
         )
-    adapter = (final / "adapter_config.json").is_file()
+    adapter = paths.final_is_adapter
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(partial, ignore_errors=True)
@@ -90,7 +92,7 @@ def export_run(
             repo_id=push_to_hub,
         )
         (partial / "README.md").write_text(card, encoding="utf-8")
-        shutil.copy2(run_dir / "recipe.yaml", partial / RECIPE_COPY)
+        shutil.copy2(paths.recipe, partial / RECIPE_COPY)
         if out.exists():  # appeared while we worked
             raise RunDirectoryError(f"{out} appeared during the export; not replacing it.")
         partial.rename(out)
@@ -122,10 +124,8 @@ def _copy_final(final: Path, out: Path) -> None:
 def _write_merged(
     run_dir: Path, out: Path, dtype: str | None, max_shard_size: str, *, recipe_dtype: str
 ) -> tuple[str, str | None]:
-    import torch
-
     from sftkit.export.merge import describe_quantization, merge_adapters
-    from sftkit.training.model import load_trained
+    from sftkit.modeling import load_trained
 
     model, tokenizer = load_trained(run_dir)
     quantized = describe_quantization(model)
@@ -135,7 +135,7 @@ def _write_merged(
         dtype = (
             "bfloat16" if quantized else (recipe_dtype if recipe_dtype in DTYPES else "bfloat16")
         )
-    merged = merge_adapters(model, getattr(torch, dtype))
+    merged = merge_adapters(model, torch_dtype(dtype))
     merged.save_pretrained(out, max_shard_size=max_shard_size)
     tokenizer.save_pretrained(out)
     return dtype, quantized

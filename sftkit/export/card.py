@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from sftkit import __version__
-from sftkit.reporting.rundir import RunRecord
+from sftkit._version import __version__
+from sftkit.reporting.record import RunRecord
 from sftkit.reporting.summary import (
     EVAL_HEADERS,
     before_after,

@@ -13,6 +13,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from sftkit.devices import is_cpu
 from sftkit.errors import SftkitError
 from sftkit.memory.units import MiB, is_size, parse_size
 from sftkit.suggest import closest
@@ -121,7 +122,7 @@ def present_device() -> MemoryBudget:
 def builtin_budget(device: str) -> MemoryBudget:
     """The built-in answer for a device string; raises a SftkitError naming what is known."""
     key = _norm(device)
-    if key == "cpu":
+    if is_cpu(device):
         return host_budget()
     if key == "auto":
         return present_device()

@@ -19,6 +19,8 @@ from pydantic import (
     model_validator,
 )
 
+from sftkit.dtypes import DtypeName, Precision
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -40,7 +42,7 @@ class ModelSection(Strict):
     tokenizer: str | None = Field(
         default=None, description="Tokenizer hub id or directory; defaults to name_or_path."
     )
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+    dtype: DtypeName = "bfloat16"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_3"] = "sdpa"
     trust_remote_code: bool = False
     random_init: bool = Field(
@@ -69,7 +71,7 @@ class TrainingSection(Strict):
     max_steps: int | None = Field(default=None, ge=1, description="Overrides epochs when set.")
     max_seq_length: int = Field(default=1024, ge=8)
     gradient_checkpointing: bool = True
-    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    precision: Precision = "bf16"
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
     max_grad_norm: float | None = Field(default=1.0, gt=0)

@@ -5,7 +5,7 @@ Torch-free: a report is built from the files in a run directory only.
 
 from __future__ import annotations
 
+from sftkit.reporting.record import RunRecord, load_run
 from sftkit.reporting.report import ReportFiles, write_report
-from sftkit.reporting.rundir import RunRecord, load_run
 
 __all__ = ["ReportFiles", "RunRecord", "load_run", "write_report"]

@@ -9,7 +9,7 @@ from typing import Any
 from sftkit.evaluation.display import delta, headline, interval
 from sftkit.reporting.document import Document, Heading, Image, Paragraph, Table
 from sftkit.reporting.plots import plot_learning_rate, plot_loss
-from sftkit.reporting.rundir import RunRecord
+from sftkit.reporting.record import RunRecord
 from sftkit.reporting.summary import duration, gib, number
 
 # Recipe keys that never matter for a comparison.

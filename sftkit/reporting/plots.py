@@ -10,9 +10,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-LOSS_PNG = "loss.png"
-LR_PNG = "lr.png"
-
 
 def _figure() -> tuple[Any, Any]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftkit.reporting.document import Code, Document, Heading, Image, Paragraph, Table
-from sftkit.reporting.plots import LOSS_PNG, LR_PNG, plot_learning_rate, plot_loss
-from sftkit.reporting.rundir import RECIPE_FILE, RunRecord, load_run
+from sftkit.reporting.plots import plot_learning_rate, plot_loss
+from sftkit.reporting.record import RunRecord, load_run
 from sftkit.reporting.summary import (
     EVAL_HEADERS,
     before_after,
@@ -16,9 +16,8 @@ from sftkit.reporting.summary import (
     recipe_rows,
     training_rows,
 )
+from sftkit.runpaths import RECIPE_FILE, RunPaths
 
-REPORT_MD = "report.md"
-REPORT_HTML = "report.html"
 ENVIRONMENT_KEYS = (
     "python",
     "torch",
@@ -46,16 +45,17 @@ class ReportFiles:
 def write_report(run_dir: Path) -> ReportFiles:
     """(Re)build the run's report and plots from what is in the run directory."""
     record = load_run(run_dir)
+    paths = RunPaths(run_dir)
     plots = [
         p
         for p in (
-            plot_loss([("", record.events)], run_dir / LOSS_PNG, title="training loss"),
-            plot_learning_rate([("", record.events)], run_dir / LR_PNG, title="learning rate"),
+            plot_loss([("", record.events)], paths.loss_plot, title="training loss"),
+            plot_learning_rate([("", record.events)], paths.lr_plot, title="learning rate"),
         )
         if p is not None
     ]
     document = build_document(record, plots)
-    files = ReportFiles(run_dir / REPORT_MD, run_dir / REPORT_HTML, plots)
+    files = ReportFiles(paths.report_markdown, paths.report_html, plots)
     files.markdown.write_text(document.to_markdown(), encoding="utf-8")
     files.html.write_text(document.to_html(), encoding="utf-8")
     return files

@@ -7,7 +7,7 @@ from typing import Any
 
 from sftkit.evaluation.base import StoredEval
 from sftkit.evaluation.display import delta, details, headline, interval
-from sftkit.reporting.rundir import RunRecord
+from sftkit.reporting.record import RunRecord
 
 GiB = 1024**3
 

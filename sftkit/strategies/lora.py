@@ -6,16 +6,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from sftkit.dtypes import torch_dtype
 from sftkit.strategies.base import Strategy, StrategyContext
 
 if TYPE_CHECKING:
     import torch
-
-
-def _dtype(name: str) -> Any:
-    import torch
-
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 
 
 class Lora(Strategy):
@@ -86,8 +81,8 @@ class QLora(QuantizedLora):
                 load_in_4bit=True,
                 bnb_4bit_quant_type=o.quant_type,
                 bnb_4bit_use_double_quant=o.double_quant,
-                bnb_4bit_compute_dtype=_dtype(o.compute_dtype),
-                **({"bnb_4bit_quant_storage": _dtype(storage)} if storage else {}),
+                bnb_4bit_compute_dtype=torch_dtype(o.compute_dtype),
+                **({"bnb_4bit_quant_storage": torch_dtype(storage)} if storage else {}),
             )
         }
 

@@ -1,2 +1,4 @@
-"""Training: model and tokenizer loading, optimizer construction, the run directory, and the
-runner that drives TRL's `SFTTrainer`. Imports torch; only commands that train import it."""
+"""Training: the runner that drives TRL's `SFTTrainer` from a resolved recipe to a run
+directory, the optimizer built from its plugin, the run's files and callbacks, and measure
+mode (`estimate-memory --measure`). Models come from `sftkit.modeling`. Imports torch; only
+commands that train or measure import it."""

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sftkit.training.rundir import RunPaths
+from sftkit.runpaths import RunPaths
 
 if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe

@@ -27,7 +27,7 @@ param_groups = default_param_groups
 def build_optimizer(resolved: ResolvedRecipe, model: torch.nn.Module) -> torch.optim.Optimizer:
     import torch
 
-    from sftkit.training.model import load_strategy, strategy_context
+    from sftkit.modeling import load_strategy, strategy_context
 
     component = resolved.optimizer
     name = resolved.strategy.spec.name

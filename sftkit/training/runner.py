@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from sftkit.devices import is_cpu
 from sftkit.errors import DoesNotFitError, MissingDependencyError, SftkitError
+from sftkit.runpaths import RunPaths, last_checkpoint
 from sftkit.training.context import RunContext
-from sftkit.training.rundir import (
-    RunPaths,
+from sftkit.training.runfiles import (
     check_run_dir,
     environment,
-    last_checkpoint,
     now,
     update_run_json,
     write_json,
@@ -74,8 +74,8 @@ def start_run(
     """Everything before loading a weight: claim the run directory, pre-flight the memory
     estimate, write recipe.yaml / memory.json / environment.json / run.json (running).
     `sftkit launch` calls this once, then `execute_run` in every rank."""
-    from sftkit.training.kernels import check_inference_device, check_kernels
-    from sftkit.training.model import training_device
+    from sftkit.modeling import training_device
+    from sftkit.modeling.kernels import check_inference_device, check_kernels
 
     recipe = resolved.recipe
     paths = RunPaths(Path(recipe.output_dir))
@@ -156,10 +156,10 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     from trl import SFTTrainer
 
     from sftkit.data.prepare import prepare_data, read_examples
+    from sftkit.modeling import build_model, load_tokenizer
     from sftkit.specs import load_factory
     from sftkit.training.callbacks import HooksCallback, MetricsCallback, RichProgressCallback
     from sftkit.training.dataset import tokenized_dataset
-    from sftkit.training.model import build_model, load_tokenizer
     from sftkit.training.optimizer import build_optimizer, optimizer_lr
 
     resolved, recipe, paths = ctx.resolved, ctx.recipe, ctx.paths
@@ -175,7 +175,7 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     )
     tokenizer = load_tokenizer(recipe)
     template = load_factory(resolved.template.spec.factory)(resolved.template.options)
-    examples = read_examples(prepared.directory / "train.jsonl")
+    examples = read_examples(prepared.split_path("train"))
     dataset = tokenized_dataset(
         examples, template, tokenizer, completion_only_loss=recipe.data.completion_only_loss
     )
@@ -208,7 +208,7 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     trainer_class = engine_trainer_class(
         SFTTrainer,
         recipe,
-        use_cpu=ctx.device == "cpu",
+        use_cpu=is_cpu(ctx.device),
         optimizer_factory=lambda sharded: build_optimizer(resolved, sharded),
     )
     trainer = trainer_class(
@@ -248,7 +248,7 @@ def sft_config(ctx: RunContext, *, learning_rate: float) -> Any:
         _require("liger_kernel", "liger-kernel", "training.liger_kernels")
     from sftkit.distributed.trainer import trainer_arguments
 
-    engine = trainer_arguments(ctx.recipe, ctx.paths.root, use_cpu=ctx.device == "cpu")
+    engine = trainer_arguments(ctx.recipe, ctx.paths.root, use_cpu=is_cpu(ctx.device))
     checkpointing = engine.pop("gradient_checkpointing", t.gradient_checkpointing)
     return SFTConfig(
         output_dir=str(ctx.paths.checkpoints),
@@ -264,7 +264,7 @@ def sft_config(ctx: RunContext, *, learning_rate: float) -> Any:
         data_seed=t.seed,
         bf16=t.precision == "bf16",
         fp16=t.precision == "fp16",
-        use_cpu=ctx.device == "cpu",
+        use_cpu=is_cpu(ctx.device),
         **_checkpointing_args(SFTConfig, checkpointing),
         logging_steps=t.logging_steps,
         logging_first_step=True,

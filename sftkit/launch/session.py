@@ -21,9 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from sftkit.devices import is_cpu
 from sftkit.distributed.configs import (
-    ACCELERATE_CONFIG,
-    CONFIG_DIR,
     accelerate_config,
     write_configs,
 )
@@ -40,15 +39,12 @@ from sftkit.distributed.trainer import backend as choose_backend
 from sftkit.engine import engine_of
 from sftkit.errors import LaunchError, MissingDependencyError, WorkerFailedError
 from sftkit.recipe.load import load_recipe
+from sftkit.runpaths import LaunchPaths, RunPaths
 
 if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe
     from sftkit.registry import Registry
 
-LAUNCH_SCRIPT = "launch.sh"
-# The resolved recipe of this launch, which the workers read. recipe.yaml keeps the recipe the
-# run started with; a resumed launch may change training.max_steps/epochs.
-WORKER_RECIPE = "worker_recipe.yaml"
 DEFAULT_MULTI_NODE_PORT = 29500
 
 
@@ -84,6 +80,10 @@ class LaunchPlan:
     def run_dir(self) -> Path:
         return Path(self.resolved.recipe.output_dir)
 
+    @property
+    def files(self) -> LaunchPaths:
+        return LaunchPaths(self.config_dir)
+
     def render(self) -> str:
         """What `--dry-run` prints: the engine, the generated files, the command."""
         r = self.resolved.recipe
@@ -100,7 +100,7 @@ class LaunchPlan:
             f"{r.training.micro_batch_size * r.training.gradient_accumulation_steps * t.world_size}"
             " sequences per optimizer step",
             "",
-            f"# {self.config_dir / ACCELERATE_CONFIG}",
+            f"# {self.files.accelerate_config}",
         ]
         config = accelerate_config(r, t, config_dir=self.config_dir, use_cpu=self.use_cpu)
         lines.append(yaml.safe_dump(config, sort_keys=False).rstrip())
@@ -114,7 +114,7 @@ def plan_launch(request: LaunchRequest, *, registry: Registry) -> LaunchPlan:
     """Resolve the recipe for this launch and build the command. Starts and writes nothing."""
     extra = [f"output_dir={request.output_dir}"] if request.output_dir is not None else []
     first = load_recipe(request.recipe, (*request.overrides, *extra), registry=registry)
-    use_cpu = first.recipe.hardware.gpu.strip().lower() == "cpu"
+    use_cpu = is_cpu(first.recipe.hardware.gpu)
     nproc = request.nproc if request.nproc is not None else _visible_gpus(use_cpu)
     port = request.master_port
     if port is None:
@@ -152,7 +152,7 @@ def plan_launch(request: LaunchRequest, *, registry: Registry) -> LaunchPlan:
     run_dir = Path(resolved.recipe.output_dir)
     # Only node 0 writes into the run directory (which may not exist yet when others start).
     config_dir = (
-        run_dir / CONFIG_DIR
+        RunPaths(run_dir).launch.root
         if topology.is_first_node
         else Path(tempfile.gettempdir()) / f"sftkit-launch-{os.getpid()}"
     )
@@ -161,7 +161,7 @@ def plan_launch(request: LaunchRequest, *, registry: Registry) -> LaunchPlan:
         request.launcher,
         topology,
         worker_arguments(run_dir, resume=request.resume),
-        accelerate_config=config_dir / ACCELERATE_CONFIG,
+        accelerate_config=LaunchPaths(config_dir).accelerate_config,
         use_cpu=use_cpu,
         backend=backend,
     )
@@ -188,7 +188,7 @@ def run_launch(plan: LaunchPlan, *, echo: Callable[[str], None]) -> dict[str, An
     generated = write_configs(
         plan.resolved.recipe, plan.topology, plan.config_dir, use_cpu=plan.use_cpu
     )
-    script = plan.config_dir / LAUNCH_SCRIPT
+    script = plan.files.launch_script
     script.write_text(
         "#!/bin/sh\n# The command `sftkit launch` ran on this node.\n"
         f"cd {shlex.quote(os.getcwd())}\n{plan.command.shell()}\n",
@@ -229,8 +229,8 @@ def _evaluate_final(plan: LaunchPlan, *, echo: Callable[[str], None]) -> None:
     import torch
 
     from sftkit.evaluation.runner import evaluate_in_run
+    from sftkit.modeling import load_trained
     from sftkit.reporting.report import write_report
-    from sftkit.training.model import load_trained
 
     echo("evaluation after training: loading final/ in one process")
     try:
@@ -287,8 +287,8 @@ def _prepare_run(plan: LaunchPlan, *, echo: Callable[[str], None]) -> None:
         from rich.console import Console
 
         from sftkit.data.prepare import prepare_data
-        from sftkit.training.model import training_device
-        from sftkit.training.rundir import resolved_recipe_data
+        from sftkit.modeling import training_device
+        from sftkit.training.runfiles import resolved_recipe_data
         from sftkit.training.runner import start_run
     except ImportError as exc:
         raise MissingDependencyError(exc.name or "torch", "sftkit launch") from exc
@@ -297,7 +297,7 @@ def _prepare_run(plan: LaunchPlan, *, echo: Callable[[str], None]) -> None:
         training_device(recipe)  # a clear error here beats one per rank
     start_run(plan.resolved, resume=plan.resume, force=plan.force, console=Console(stderr=True))
     plan.config_dir.mkdir(parents=True, exist_ok=True)
-    (plan.config_dir / WORKER_RECIPE).write_text(
+    plan.files.worker_recipe.write_text(
         "# The resolved recipe the workers of this launch read (written by sftkit launch).\n"
         + yaml.safe_dump(resolved_recipe_data(plan.resolved), sort_keys=False),
         encoding="utf-8",
@@ -308,7 +308,7 @@ def _prepare_run(plan: LaunchPlan, *, echo: Callable[[str], None]) -> None:
 
 def _settle_run_json(plan: LaunchPlan, returncode: int) -> dict[str, Any]:
     """A rank killed by its launcher cannot record its failure; record it here."""
-    from sftkit.training.rundir import RunPaths, now, read_json, update_run_json
+    from sftkit.training.runfiles import now, read_json, update_run_json
 
     paths = RunPaths(plan.run_dir)
     record = read_json(paths.run)

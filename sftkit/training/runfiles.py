@@ -1,6 +1,6 @@
-"""The run directory: claiming it (never silently overwriting another run), and the files
+"""Claiming a run directory (never silently overwriting another run), and writing the files
 that describe a run besides its checkpoints: recipe.yaml, memory.json, environment.json,
-run.json. Layout: see docs/recipes.md ("The run directory")."""
+run.json. Where each file lives is `sftkit.runpaths`'s business."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import json
 import os
 import platform
 import sys
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -16,15 +15,16 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from sftkit import __version__
+from sftkit._version import __version__
 from sftkit.errors import RunDirectoryError
+from sftkit.runpaths import DATA_DIR, RunPaths, last_checkpoint
 
 if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe
 
 # Entries a directory may already hold without being another run: prepared data
 # (`sftkit prepare-data` writes <output_dir>/data by default).
-REUSABLE = frozenset({"data"})
+REUSABLE = frozenset({DATA_DIR})
 # Keys that may change when a run is resumed (training longer is what resuming is for).
 RESUME_MAY_CHANGE = (("training", "max_steps"), ("training", "epochs"))
 PACKAGES = (
@@ -38,51 +38,6 @@ PACKAGES = (
     "tokenizers",
     "safetensors",
 )
-
-
-@dataclass(frozen=True)
-class RunPaths:
-    root: Path
-
-    @property
-    def recipe(self) -> Path:
-        return self.root / "recipe.yaml"
-
-    @property
-    def memory(self) -> Path:
-        return self.root / "memory.json"
-
-    @property
-    def environment(self) -> Path:
-        return self.root / "environment.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def run(self) -> Path:
-        return self.root / "run.json"
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def final(self) -> Path:
-        return self.root / "final"
-
-    @property
-    def base(self) -> Path:
-        return self.root / "base"
-
-    @property
-    def eval(self) -> Path:
-        return self.root / "eval"
 
 
 def now() -> str:
@@ -160,17 +115,6 @@ def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
             out.extend(_differences(a.get(key), b.get(key), f"{prefix}{key}."))
         return out
     return [prefix.rstrip(".")] if a != b else []
-
-
-def last_checkpoint(paths: RunPaths) -> Path | None:
-    if not paths.checkpoints.is_dir():
-        return None
-    steps = [
-        (int(p.name.split("-", 1)[1]), p)
-        for p in paths.checkpoints.iterdir()
-        if p.is_dir() and p.name.startswith("checkpoint-") and p.name.split("-", 1)[1].isdigit()
-    ]
-    return max(steps)[1] if steps else None
 
 
 def write_json(path: Path, data: Any) -> None:

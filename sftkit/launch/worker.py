@@ -1,4 +1,4 @@
-"""One rank of a launched run: ``python -m sftkit.distributed.worker RUN_DIR [--resume]``.
+"""One rank of a launched run: ``python -m sftkit.launch.worker RUN_DIR [--resume]``.
 
 `sftkit launch` has already claimed RUN_DIR, checked memory, written recipe.yaml and the
 engine configs, and prepared the data, so a worker only joins the process group, reads the
@@ -40,20 +40,18 @@ def join_process_group() -> str:
 def train_rank(run_dir: Path, *, resume: bool) -> None:
     from rich.console import Console
 
-    from sftkit.distributed.configs import CONFIG_DIR
-    from sftkit.distributed.session import WORKER_RECIPE
     from sftkit.engine import engine_of
     from sftkit.recipe.load import load_recipe
     from sftkit.registry import default_registry
+    from sftkit.runpaths import RunPaths, last_checkpoint
     from sftkit.training.context import RunContext
-    from sftkit.training.rundir import RunPaths, last_checkpoint
     from sftkit.training.runner import execute_run
 
     device = join_process_group()
-    resolved = load_recipe(run_dir / CONFIG_DIR / WORKER_RECIPE, registry=default_registry())
+    paths = RunPaths(run_dir)
+    resolved = load_recipe(paths.launch.worker_recipe, registry=default_registry())
     recipe = resolved.recipe
     os.environ.update(engine_of(recipe).worker_environment(recipe))
-    paths = RunPaths(run_dir)
     if recipe.model.random_init:
         _write_random_base_once(recipe, paths.base)
     ctx = RunContext(
@@ -71,7 +69,7 @@ def _write_random_base_once(recipe: Any, directory: Path) -> None:
     """Rank 0 writes the seeded random base; the others wait, then load it like a download."""
     import torch.distributed as dist
 
-    from sftkit.training.model import load_tokenizer, random_base
+    from sftkit.modeling import load_tokenizer, random_base
 
     if is_main_process():
         random_base(recipe, load_tokenizer(recipe), directory)
@@ -80,7 +78,7 @@ def _write_random_base_once(recipe: Any, directory: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sftkit.distributed.worker")
+    parser = argparse.ArgumentParser(prog="python -m sftkit.launch.worker")
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
@@ -88,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Rank 0 speaks for the run; the others' library warnings would repeat its own.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         warnings.filterwarnings("ignore")
-    from sftkit.errors import SftkitError
+    from sftkit.errors import EXIT_INTERNAL, EXIT_OK, SftkitError
 
     try:
         train_rank(args.run_dir, resume=args.resume)
@@ -98,10 +96,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:
         print(f"[rank {rank()}] internal error:", file=sys.stderr)
         traceback.print_exc()
-        return 1
+        return EXIT_INTERNAL
     finally:
         _leave_process_group()
-    return 0
+    return EXIT_OK
 
 
 def _leave_process_group() -> None:

@@ -1,5 +1,5 @@
 """Loading tokenizers and models: the base (dense or quantized, from the hub, a directory or
-random weights), the strategy applied on top, and a finished run's trained model.
+random weights) and the strategy applied on top. A finished run's models: `trained`.
 
 The same functions serve the 8B hub model on a GPU and the tiny bundled model on a CPU:
 `from_pretrained` with the strategy's `BitsAndBytesConfig`, `revision` and
@@ -10,12 +10,13 @@ run's adapter reloads later onto the identical weights.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sftkit.devices import CPU, is_cpu
 from sftkit.distributed.trainer import load_device_map, shards_parameters
-from sftkit.errors import SftkitError
+from sftkit.dtypes import torch_dtype
+from sftkit.errors import ModelLoadError, SftkitError
 from sftkit.modelshape.sources import BUILTIN_PREFIX, builtin_model_dir
 from sftkit.specs import load_factory
 from sftkit.strategies.base import StrategyContext, StrategyProtocol
@@ -26,13 +27,6 @@ if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe
     from sftkit.recipe.schema import Recipe
 
-BASE_DIR = "base"
-FINAL_DIR = "final"
-
-
-class ModelLoadError(SftkitError):
-    """A model or tokenizer cannot be loaded (missing, offline, incompatible)."""
-
 
 def resolve_model_path(name_or_path: str) -> str:
     """``builtin:NAME`` -> the bundled directory; anything else as given (hub id or path)."""
@@ -41,23 +35,12 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
-def torch_dtype(name: str) -> torch.dtype:
-    import torch
-
-    dtypes: dict[str, torch.dtype] = {
-        "bfloat16": torch.bfloat16,
-        "float16": torch.float16,
-        "float32": torch.float32,
-    }
-    return dtypes[name]
-
-
 def training_device(recipe: Recipe) -> str:
     """'cpu' when the recipe says so, else CUDA, which must then be present."""
     import torch
 
-    if recipe.hardware.gpu.lower() == "cpu":
-        return "cpu"
+    if is_cpu(recipe.hardware.gpu):
+        return CPU
     if torch.cuda.is_available():
         return "cuda"
     raise SftkitError(
@@ -184,11 +167,11 @@ def load_base_model(
             hint="Check model.name_or_path, model.revision and model.attn_implementation; "
             "offline, point name_or_path at a local directory.",
         ) from exc
-    _align_special_tokens(model, tokenizer)
+    align_special_tokens(model, tokenizer)
     return model
 
 
-def _align_special_tokens(model: Any, tokenizer: Any) -> None:
+def align_special_tokens(model: Any, tokenizer: Any) -> None:
     if tokenizer is None:
         return
     for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
@@ -227,98 +210,3 @@ def build_model(
     # launched run's adapters are those `sftkit run` would make.
     torch.manual_seed(resolved.recipe.training.seed)
     return strategy.apply(base, strategy_context(resolved.recipe))
-
-
-# --------------------------------------------------------------------------- finished runs
-
-
-def run_recipe(run_dir: Path) -> ResolvedRecipe:
-    """The resolved recipe a run directory was trained with."""
-    from sftkit.recipe.load import load_recipe
-    from sftkit.registry import default_registry
-
-    path = Path(run_dir) / "recipe.yaml"
-    if not path.is_file():
-        raise SftkitError(
-            f"{run_dir} is not a run directory: it has no recipe.yaml.",
-            hint="Pass the directory `sftkit run` wrote (its output_dir).",
-        )
-    return load_recipe(str(path), registry=default_registry())
-
-
-def load_base(run_dir_or_resolved: Path | str | ResolvedRecipe) -> tuple[Any, Any]:
-    """The untrained base exactly as the run started from it (quantized per its strategy),
-    with the tokenizer, in eval mode."""
-    run_dir: Path | None = None
-    if isinstance(run_dir_or_resolved, (str, Path)):
-        run_dir = Path(run_dir_or_resolved)
-        resolved = run_recipe(run_dir)
-    else:
-        resolved = run_dir_or_resolved
-    recipe = resolved.recipe
-    tokenizer = load_tokenizer(recipe)
-    base_dir = None
-    if recipe.model.random_init:
-        base_dir = run_dir / BASE_DIR if run_dir else _scratch_base_dir(recipe)
-    model = load_base_model(
-        recipe,
-        load_strategy(resolved),
-        tokenizer,
-        base_dir=base_dir,
-        quantized=resolved.strategy_parts.storage.quantized,
-    )
-    model.eval()
-    return model, tokenizer
-
-
-def load_trained(run_dir: Path | str) -> tuple[Any, Any]:
-    """A finished run's model: the base plus its final adapter, or its full final model; with
-    the tokenizer saved next to it; in eval mode."""
-    run_dir = Path(run_dir)
-    final = run_dir / FINAL_DIR
-    if not final.is_dir():
-        raise SftkitError(
-            f"{run_dir} has no {FINAL_DIR}/ directory: the run has not finished.",
-            hint="Resume it with `sftkit run RECIPE --output-dir DIR --resume`.",
-        )
-    resolved = run_recipe(run_dir)
-    recipe = resolved.recipe
-    tokenizer = with_pad_token(_tokenizer_from(final, recipe))
-    model: Any
-    if (final / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        base, _ = load_base(run_dir)
-        model = PeftModel.from_pretrained(base, str(final))
-    else:
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(
-            str(final),
-            dtype=torch_dtype(recipe.model.dtype),
-            trust_remote_code=recipe.model.trust_remote_code,
-            device_map={"": training_device(recipe)},
-        )
-    _align_special_tokens(model, tokenizer)
-    model.eval()
-    return model, tokenizer
-
-
-def _tokenizer_from(directory: Path, recipe: Recipe) -> Any:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(
-        str(directory), trust_remote_code=recipe.model.trust_remote_code
-    )
-
-
-def _scratch_base_dir(recipe: Recipe) -> Path:
-    """Where a random base lives when there is no run directory: keyed by what defines it."""
-    import hashlib
-    import tempfile
-
-    key = json.dumps(
-        [recipe.model.name_or_path, recipe.model.revision, recipe.model.dtype, recipe.training.seed]
-    )
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / "sftkit-random-bases" / digest

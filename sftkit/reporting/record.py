@@ -15,8 +15,7 @@ import yaml
 
 from sftkit.errors import RunDirectoryError
 from sftkit.evaluation.base import StoredEval, read_run_evals
-
-RECIPE_FILE = "recipe.yaml"
+from sftkit.runpaths import RECIPE_FILE, RunPaths
 
 
 @dataclass
@@ -54,7 +53,8 @@ class RunRecord:
 
 def load_run(path: Path) -> RunRecord:
     """Read the run directory at `path`; a missing recipe.yaml means it is not one."""
-    recipe_path = path / RECIPE_FILE
+    paths = RunPaths(path)
+    recipe_path = paths.recipe
     if not recipe_path.is_file():
         raise RunDirectoryError(
             f"{path} is not a run directory: it has no {RECIPE_FILE}.",
@@ -68,10 +68,10 @@ def load_run(path: Path) -> RunRecord:
     if not isinstance(recipe, dict):
         raise RunDirectoryError(f"{recipe_path} does not hold a recipe mapping.")
     record = RunRecord(path=path, recipe=recipe)
-    record.run = _json(path / "run.json", warnings) or {}
-    record.memory = _json(path / "memory.json", warnings)
-    record.environment = _json(path / "environment.json", warnings)
-    record.events = read_events(path / "metrics.jsonl", warnings)
+    record.run = _json(paths.run, warnings) or {}
+    record.memory = _json(paths.memory, warnings)
+    record.environment = _json(paths.environment, warnings)
+    record.events = read_events(paths.metrics, warnings)
     record.evals = read_run_evals(path)
     record.warnings = warnings
     return record

@@ -1,6 +1,7 @@
 """Measure mode: build the recipe's model and optimizer on the present device, run one real
 forward, backward and optimizer step (and a second forward/backward) on random tokens, and
-compare with the prediction.
+compare with the prediction. It lives next to training, not in `sftkit.memory`, because it
+builds the model and optimizer the way a run does; the estimator itself stays torch-free.
 
 On CUDA it compares per-phase peaks (allocated, reserved, device used); everywhere it compares
 the static terms byte for byte (weights, trainable parameters, gradients, optimizer state)
@@ -25,6 +26,7 @@ from sftkit.memory.setup import Setup, setup_from_recipe
 from sftkit.memory.static import StaticBytes, static_bytes
 from sftkit.memory.terms import PHASE_LABELS
 from sftkit.memory.units import gib
+from sftkit.runpaths import RunPaths
 
 if TYPE_CHECKING:
     import torch
@@ -265,7 +267,7 @@ def measure_recipe(
     import torch
 
     from sftkit.memory.compute import shape_for
-    from sftkit.training.model import build_model, training_device
+    from sftkit.modeling import build_model, training_device
     from sftkit.training.optimizer import build_optimizer
 
     device = training_device(resolved.recipe)
@@ -278,7 +280,7 @@ def measure_recipe(
     with tempfile.TemporaryDirectory(prefix="sftkit-measure-") as tmp:
         if on_gpu:
             torch.cuda.reset_peak_memory_stats()
-        net = build_model(resolved, None, base_dir=Path(tmp) / "base")
+        net = build_model(resolved, None, base_dir=RunPaths(Path(tmp)).base)
         peaks: dict[str, tuple[int, int, int]] = {}
         if on_gpu:
             peaks["load"] = _cuda_peaks()

@@ -1,0 +1,195 @@
+"""The run directory's layout: every file and folder in it is named here and nowhere else.
+
+```
+<run>/recipe.yaml          the resolved recipe (its presence makes a directory a run)
+<run>/memory.json          the memory estimate the run was admitted with
+<run>/environment.json     versions, platform, device
+<run>/run.json             status, times, the training summary
+<run>/metrics.jsonl        one JSON object per log event
+<run>/tensorboard/         TensorBoard event files
+<run>/data/                prepared splits (unless data.prepared_dir says elsewhere)
+<run>/base/                a random_init run's seeded base weights
+<run>/checkpoints/checkpoint-<step>/
+<run>/final/               the trained adapter (adapter_config.json) or model, + tokenizer
+<run>/eval/<stage>-<evaluator>/metrics.json, predictions.jsonl
+<run>/distributed/         what `sftkit launch` generated (accelerate/DeepSpeed configs,
+                           launch.sh, worker_recipe.yaml)
+<run>/report.md, report.html, loss.png, lr.png
+<run>/export/adapter/, export/merged/   `sftkit export` without / with --merge
+```
+
+Code that reads or writes a run directory asks `RunPaths` (and `EvalPaths`, `LaunchPaths`
+for the folders whose layout is reused outside a run). This module imports nothing from
+sftkit and no torch, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+RECIPE_FILE = "recipe.yaml"
+DATA_DIR = "data"  # the one entry a new run may find already there (prepared data)
+# transformers names checkpoints `checkpoint-<global step>` (PREFIX_CHECKPOINT_DIR).
+CHECKPOINT_PREFIX = "checkpoint-"
+# PEFT's marker of a saved adapter (PeftModel.save_pretrained writes it).
+ADAPTER_CONFIG = "adapter_config.json"
+# The launch configs' folder and files (`sftkit launch`).
+CONFIG_DIR = "distributed"
+ACCELERATE_CONFIG = "accelerate_config.yaml"
+DEEPSPEED_CONFIG = "deepspeed_config.json"
+# One evaluation's results.
+EVAL_METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+
+
+@dataclass(frozen=True)
+class EvalPaths:
+    """One evaluation's folder, ``<out_root>/<stage>-<evaluator>/``: under ``<run>/eval/``
+    for a run, or wherever ``sftkit eval --output-dir`` points."""
+
+    root: Path
+
+    @classmethod
+    def under(cls, out_root: Path, stage: str, evaluator: str) -> EvalPaths:
+        return cls(Path(out_root) / f"{stage}-{evaluator}")
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / EVAL_METRICS_FILE
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / PREDICTIONS_FILE
+
+
+@dataclass(frozen=True)
+class LaunchPaths:
+    """What `sftkit launch` writes for the launcher: ``<run>/distributed/`` on node 0, a
+    scratch folder on the other nodes."""
+
+    root: Path
+
+    @property
+    def accelerate_config(self) -> Path:
+        return self.root / ACCELERATE_CONFIG
+
+    @property
+    def deepspeed_config(self) -> Path:
+        return self.root / DEEPSPEED_CONFIG
+
+    @property
+    def launch_script(self) -> Path:
+        return self.root / "launch.sh"
+
+    @property
+    def worker_recipe(self) -> Path:
+        """The resolved recipe of this launch, which the workers read (recipe.yaml keeps the
+        recipe the run started with; a resumed launch may change max_steps/epochs)."""
+        return self.root / "worker_recipe.yaml"
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The paths of the run directory at `root` (nothing is created or checked)."""
+
+    root: Path
+
+    @property
+    def recipe(self) -> Path:
+        return self.root / RECIPE_FILE
+
+    @property
+    def memory(self) -> Path:
+        return self.root / "memory.json"
+
+    @property
+    def environment(self) -> Path:
+        return self.root / "environment.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def data(self) -> Path:
+        """Where the run's data is prepared unless ``data.prepared_dir`` is set."""
+        return self.root / DATA_DIR
+
+    @property
+    def base(self) -> Path:
+        return self.root / "base"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def checkpoint(self, step: int) -> Path:
+        return self.checkpoints / f"{CHECKPOINT_PREFIX}{step}"
+
+    @property
+    def final(self) -> Path:
+        return self.root / "final"
+
+    @property
+    def final_is_adapter(self) -> bool:
+        """Does final/ hold a PEFT adapter (to load over the base) rather than a full model?"""
+        return (self.final / ADAPTER_CONFIG).is_file()
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    def evaluation(self, stage: str, evaluator: str) -> EvalPaths:
+        return EvalPaths.under(self.eval, stage, evaluator)
+
+    @property
+    def launch(self) -> LaunchPaths:
+        return LaunchPaths(self.root / CONFIG_DIR)
+
+    @property
+    def report_markdown(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def loss_plot(self) -> Path:
+        return self.root / "loss.png"
+
+    @property
+    def lr_plot(self) -> Path:
+        return self.root / "lr.png"
+
+    def export(self, *, merged: bool) -> Path:
+        """`sftkit export`'s default output folder."""
+        return self.root / "export" / ("merged" if merged else "adapter")
+
+
+def is_run_dir(path: Path) -> bool:
+    """A run directory is one with a recipe.yaml (what `sftkit run` writes first)."""
+    return Path(path).is_dir() and RunPaths(Path(path)).recipe.is_file()
+
+
+def last_checkpoint(paths: RunPaths) -> Path | None:
+    """The checkpoint with the highest step, or None."""
+    if not paths.checkpoints.is_dir():
+        return None
+    steps = [
+        (int(p.name[len(CHECKPOINT_PREFIX) :]), p)
+        for p in paths.checkpoints.iterdir()
+        if p.is_dir()
+        and p.name.startswith(CHECKPOINT_PREFIX)
+        and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+    ]
+    return max(steps)[1] if steps else None
