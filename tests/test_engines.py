@@ -20,7 +20,7 @@ from sftkit.errors import Problem, RecipeError, SpecError
 from sftkit.hookspecs import hookimpl
 from sftkit.launch.session import LaunchRequest, plan_launch
 from sftkit.memory import estimate
-from sftkit.memory.fit import fit_search
+from sftkit.memory.advice import fit_search
 from sftkit.recipe.load import load_recipe, validate_recipe_data
 from sftkit.recipe.schema import Recipe
 from sftkit.specs import EngineSpec, Options
