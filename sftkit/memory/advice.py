@@ -334,29 +334,36 @@ def _shorter_sequence(
 
 
 def _more_gpus(resolved: ResolvedRecipe, gpu: str | None, model: str | None) -> list[Suggestion]:
+    """The fewest GPUs that fit with each way a registered engine scales out (the engines
+    declare them: `Engine.scale_out`)."""
+    from sftkit.engine import ENGINE_SETTINGS
+
     out = []
     distributed = resolved.raw.get("distributed")
-    has_stage = isinstance(distributed, dict) and "zero_stage" in distributed
-    fsdp: dict[str, Any] = {"distributed.engine": "fsdp"}
-    if has_stage:  # an override may only delete a key the recipe has
-        fsdp["distributed.zero_stage"] = DELETE
-    engines = (
-        ("FSDP full shard", fsdp),
-        ("DeepSpeed ZeRO-3", {"distributed.engine": "deepspeed", "distributed.zero_stage": 3}),
-    )
-    for label, changes in engines:
-        found = fewest_gpus(resolved, changes, gpu=gpu, model=model)
-        if found is None:
-            continue
-        n, est = found
-        out.append(
-            _suggestion(
-                Candidate(
-                    5, f"{n} GPUs with {label} (per-GPU peak)", {"hardware.num_gpus": n, **changes}
-                ),
-                est,
+    present = set(distributed) if isinstance(distributed, dict) else set()
+    for entry in resolved.registry.engines:
+        engine = entry.spec.load()
+        for label, settings in engine.scale_out():
+            changes: dict[str, Any] = {"distributed.engine": entry.spec.name}
+            # settings the recipe has that the new engine does not read go (an override may
+            # only delete a key the recipe has)
+            for key in sorted(present & set(ENGINE_SETTINGS) - engine.reads - set(settings)):
+                changes[f"distributed.{key}"] = DELETE
+            changes.update({f"distributed.{k}": v for k, v in settings.items()})
+            found = fewest_gpus(resolved, changes, gpu=gpu, model=model)
+            if found is None:
+                continue
+            n, est = found
+            out.append(
+                _suggestion(
+                    Candidate(
+                        5,
+                        f"{n} GPUs with {label} (per-GPU peak)",
+                        {"hardware.num_gpus": n, **changes},
+                    ),
+                    est,
+                )
             )
-        )
     return out
 
 
