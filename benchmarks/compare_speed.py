@@ -207,7 +207,6 @@ def speed_spec(
     }
 
 
-
 def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     if args_list[:1] == ["--worker"]:

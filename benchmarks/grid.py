@@ -115,7 +115,9 @@ def grid_points(seq_lens: tuple[int, ...] = SEQ_LENS) -> list[Point]:
     return points
 
 
-def session_points(seq_map: dict[int, int] | None = None, *, first_only: bool = False) -> list[Point]:
+def session_points(
+    seq_map: dict[int, int] | None = None, *, first_only: bool = False
+) -> list[Point]:
     """Grid points in the order the one-call session runs them, most informative first (the
     GPU issue's order): QLoRA and LoRA at 1 x 2048 with checkpointing, QLoRA at 4 x 512
     without, full SFT with paged AdamW 8-bit at 1 x 512, lora-8bit at 1 x 1024, the low-memory
