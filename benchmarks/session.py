@@ -104,7 +104,7 @@ class Config:
 
 
 @dataclass
-class Outcome:
+class ProcessOutcome:
     code: int
     reason: str  # "exit code N", "timed out after N s", "killed at the deadline"
     log_tail: str
@@ -166,7 +166,7 @@ class Session:
             self._last_refusal = reason
         return False
 
-    def run(self, command: list[str], timeout_s: float, *, what: str) -> Outcome:
+    def run(self, command: list[str], timeout_s: float, *, what: str) -> ProcessOutcome:
         """Run `command` with its output appended to run.log; kill its process group at
         `timeout_s` or at the deadline, whichever comes first."""
         limit = max(1.0, min(timeout_s, self.config.deadline_s - self.elapsed()))
@@ -192,7 +192,7 @@ class Session:
             handle.seek(offset)
             tail = handle.read()[-4000:].decode("utf-8", errors="replace")
         self.say(f"{what}: {reason}, {seconds} s")
-        return Outcome(code, reason, tail, seconds)
+        return ProcessOutcome(code, reason, tail, seconds)
 
     def record(self, kind: str, name: str, started_s: float, payload: dict[str, Any]) -> dict:
         line = {

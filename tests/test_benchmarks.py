@@ -729,6 +729,28 @@ def test_regression_check_catches_a_miss_on_a_cpu_point():
 
 
 @pytest.mark.gpu
+def test_session_on_cuda_one_point_per_stage(tmp_path):
+    """The one-call session on CUDA with the tiny model: CUDA peaks in every phase, the cap
+    applied, every verdict right, and the regression check passing on what it measured."""
+    from benchmarks.regression import check_line, reestimate
+
+    out = tmp_path / "out"
+    lines, _ = _rehearse(
+        out, tmp_path / "bench", DEVICE="cuda", STAGES="setup,model,cap,grid", LIMIT="1"
+    )
+    points = [line for line in lines if line["kind"] in ("cap", "grid")]
+    assert [line["kind"] for line in points] == ["cap", "grid"]
+    assert points[0]["device"]["cap_bytes"] == 40 * 2**30
+    for line in points:
+        measured = line["measured"]
+        assert measured["completed"], measured.get("error")
+        for phase in measured["phases"].values():
+            assert 0 < phase["peak_allocated"] <= phase["peak_reserved"] < phase["peak_device_used"]
+        check = check_line(line, reestimate(line))
+        assert check.verdict == "right" and check.judged
+
+
+@pytest.mark.gpu
 def test_phase_meter_sees_cuda_allocations():
     import torch
 
