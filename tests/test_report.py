@@ -103,7 +103,9 @@ def test_report_has_the_recipe_memory_curves_and_before_after(tmp_path: Path) ->
     md = files.markdown.read_text()
     assert md.startswith("# Run report: run")
     assert "lora (rank=8, alpha=16)" in md
-    assert "4 x 2 accumulation x 1 GPU = 8 sequences per step" in md
+    # A CPU run (hardware.gpu: cpu) says so, not "1 GPU".
+    assert "4 x 2 accumulation = 8 sequences per step" in md
+    assert "| hardware | CPU |" in md and "GPU =" not in md
     assert "3.00 GiB (optimizer step)" in md
     assert "load 512.0 MiB, optimizer step 3.00 GiB" in md
     assert "40.00 GiB (fits)" in md

@@ -6,6 +6,7 @@ what was expected, what was found, and a "did you mean" where one is close.
 
 from __future__ import annotations
 
+import copy
 import types
 import typing
 from collections.abc import Iterable, Sequence
@@ -155,9 +156,7 @@ def load_recipe_text(
             source=source,
         )
     parsed = [o if isinstance(o, Override) else parse_override(o) for o in overrides]
-    before = data
-    data = apply_overrides(data, parsed, is_string=lambda p: _is_string_field(data, p, registry))
-    notes = drop_switched_options(before, data, parsed)
+    data, notes = apply_component_overrides(data, parsed, registry)
     resolved = validate_recipe_data(
         data, registry=registry, source=source, overrides=tuple(map(str, parsed))
     )
@@ -189,35 +188,42 @@ def _node(data: Any, path: tuple[str, ...]) -> Any:
     return data
 
 
-def drop_switched_options(
-    before: dict[str, Any], after: dict[str, Any], overrides: Sequence[Override]
-) -> list[str]:
-    """An override that switches a component (``data.format.name=chat``) without setting any
-    of its options drops the options the recipe gave the previous one: they belong to that
-    component, and would otherwise fail the new one's options model as unknown keys. Edits
-    `after` in place; returns a note per component switched this way."""
+def apply_component_overrides(
+    data: dict[str, Any], overrides: Sequence[Override], registry: Registry
+) -> tuple[dict[str, Any], list[str]]:
+    """`data` with `overrides` applied, and a note per component they switched.
+
+    An override that switches a component (``data.format.name=chat``) drops the options the
+    recipe gives the previous one: they belong to it, and the new one's options model would
+    reject them as unknown keys. Options set on the command line stay (``data.format.name=
+    prompt-completion data.format.options.train_file=x.jsonl``)."""
+    applied = apply_overrides(
+        data, overrides, is_string=lambda p: _is_string_field(data, p, registry)
+    )
     notes = []
-    for path, name_key in _component_nodes(after):
-        dotted = ".".join(path)
-        if not any(o.path == (*path, name_key) and not o.delete for o in overrides):
-            continue
-        old, new = _node(before, path), _node(after, path)
-        if not isinstance(old, dict) or not isinstance(new, dict):
+    cleared = copy.deepcopy(data)
+    for path, name_key in _component_nodes(applied):
+        old, new = _node(data, path), _node(applied, path)
+        if not (isinstance(old, dict) and isinstance(new, dict)):
             continue
         if old.get(name_key) == new.get(name_key) or not old.get("options"):
             continue
-        if any(o.path[: len(path) + 1] == (*path, "options") for o in overrides):
-            continue  # the user gave the new component's options
-        dropped = (
-            ", ".join(map(str, old["options"])) if isinstance(old["options"], dict) else "options"
-        )
-        new.pop("options", None)
+        if not any(o.path == (*path, name_key) and not o.delete for o in overrides):
+            continue
+        dropped = old["options"]
+        keys = ", ".join(map(str, dropped)) if isinstance(dropped, dict) else repr(dropped)
+        _node(cleared, path).pop("options", None)
+        dotted = ".".join(path)
         notes.append(
-            f"{dotted}.{name_key}={new.get(name_key)}: dropped the options the recipe gives "
-            f"{old.get(name_key)!r} ({dropped}); {new.get(name_key)!r} starts from its defaults. "
-            f"Set its own with {dotted}.options.KEY=VALUE."
+            f"{dotted}.{name_key}={new.get(name_key)}: dropped the recipe's options for "
+            f"{old.get(name_key)} ({keys}); {new.get(name_key)} takes its defaults, plus any "
+            f"{dotted}.options.KEY=VALUE on the command line."
         )
-    return notes
+    if not notes:
+        return applied, []
+    return apply_overrides(
+        cleared, overrides, is_string=lambda p: _is_string_field(cleared, p, registry)
+    ), notes
 
 
 def validate_recipe_data(

@@ -95,6 +95,13 @@ def start_run(
     log_to(paths.log)
     if recipe.model.trust_remote_code:
         console.print(trust_remote_code_notice(recipe), highlight=False)
+    if getattr(resolved.optimizer.spec, "paged", False) and is_cpu(device):
+        # bitsandbytes says so in a UserWarning (now in the log file); say it plainly.
+        console.print(
+            f"[yellow]note:[/yellow] {recipe.optimizer.name} pages its state to host memory "
+            "only on CUDA; on the CPU it runs unpaged.",
+            highlight=False,
+        )
     if not resume:
         write_recipe(paths, resolved)
     write_json(paths.memory, estimate)
