@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +26,8 @@ SIGNATURES = (
     (errno.EROFS, re.compile(r"Read-only file system|ReadOnlyFilesystem|os error 30|Errno 30")),
     (errno.EACCES, re.compile(r"Permission denied|PermissionDenied|os error 13|Errno 13")),
 )
+WRITE_FAILED = re.compile(r"file write failed|failed writing file")
+LOW_SPACE = 256 * 2**20  # bytes free below which a failed write means a full disk
 ELSEWHERE = "or choose another output directory"
 
 _writing: list[Path] = []  # the directories the running command writes into (innermost last)
@@ -59,7 +62,20 @@ def from_exception(exc: BaseException) -> FileSystemError | None:
     for code, pattern in SIGNATURES:
         if pattern.search(text):
             return describe(code, None, os.strerror(code))
+    # torch.save on a full disk says only "file write failed"; the free space tells.
+    if WRITE_FAILED.search(text) and _writing and _free_bytes(_writing[-1]) < LOW_SPACE:
+        return describe(errno.ENOSPC, None, os.strerror(errno.ENOSPC))
     return None
+
+
+def _free_bytes(directory: Path) -> int:
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        return shutil.disk_usage(existing).free
+    except OSError:
+        return 1 << 62
 
 
 def describe(code: int, filename: object, strerror: str) -> FileSystemError:

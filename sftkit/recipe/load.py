@@ -210,6 +210,8 @@ def apply_component_overrides(
             continue
         if not any(o.path == (*path, name_key) and not o.delete for o in overrides):
             continue
+        if any(o.delete and o.path[: len(path) + 1] == (*path, "options") for o in overrides):
+            continue  # `~data.format.options` on the line: the user deletes them already
         dropped = old["options"]
         keys = ", ".join(map(str, dropped)) if isinstance(dropped, dict) else repr(dropped)
         _node(cleared, path).pop("options", None)
