@@ -46,7 +46,9 @@ def as_missing_dependency(exc: BaseException, purpose: str) -> MissingDependency
         if isinstance(current, ModuleNotFoundError) and current.name:
             top = current.name.split(".")[0]
             if top in TRAINING_STACK or top in OPTIONAL:
-                return MissingDependencyError(top, purpose)
+                # Name everything the stack lacks, so one install fixes it.
+                absent = [top, *(m for m in missing(RUN_STACK) if m != top)]
+                return MissingDependencyError(", ".join(absent), purpose)
         current = current.__cause__ or current.__context__
         seen += 1
     return None

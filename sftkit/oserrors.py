@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sftkit.errors import FileSystemError
+from sftkit.errors import FileSystemError, SftkitError
 
 # Message signatures of errno values in errors that are not OSError (torch, safetensors).
 SIGNATURES = (
@@ -36,10 +36,18 @@ _writing: list[Path] = []  # the directories the running command writes into (in
 @contextmanager
 def writing_to(directory: Path | str) -> Iterator[None]:
     """Name the directory the command in this block writes into, for errors that do not
-    name a file (a write to an already open file failing with 'no space left')."""
+    name a file (a write to an already open file failing with 'no space left'): an OS
+    error leaving the block leaves it as a `FileSystemError` that says where."""
     _writing.append(Path(directory))
     try:
         yield
+    except SftkitError:
+        raise
+    except Exception as exc:
+        error = from_exception(exc)
+        if error is None:
+            raise
+        raise error from exc
     finally:
         _writing.pop()
 

@@ -174,9 +174,9 @@ class Display:
         return bool(self.console.is_terminal)
 
     def say(self, text: str, *, markup: bool = True) -> None:
-        """One message line, above the live stages. Plain output is never wrapped by rich (a
-        log line stays one line); a terminal gets rich's wrapping at its width."""
-        self.console.print(text, markup=markup, highlight=False, soft_wrap=not self.live)
+        """One message line, above the live stages. rich does not wrap it (a log line stays
+        one line, a long path is not broken at its slashes); a terminal wraps it itself."""
+        self.console.print(text, markup=markup, highlight=False, soft_wrap=True)
 
     def open(
         self,

@@ -164,3 +164,14 @@ def test_report_and_compare_commands(tmp_path: Path, capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     assert "strategy.options.rank" in out and "gsm8k accuracy" in out
     assert (tmp_path / "c" / "compare.html").is_file()
+
+
+def test_a_short_runs_loss_plot_has_whole_steps_only(tmp_path: Path) -> None:
+    from sftkit.reporting.plots import _figure, _whole_steps
+
+    figure, axes = _figure()
+    axes.plot([1.0, 2.0, 3.0], [4.9, 4.8, 4.3])
+    _whole_steps(axes)
+    figure.canvas.draw()
+    ticks = [t for t in axes.get_xticks() if axes.get_xlim()[0] <= t <= axes.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks

@@ -82,8 +82,9 @@ def start_run(
 
     recipe = resolved.recipe
     paths = RunPaths(Path(recipe.output_dir))
+    say = progress.console_display(console).say  # plain lines stay whole off a terminal
     check_run_dir(paths, resolved, resume=resume)
-    estimate = preflight(resolved, force=force, echo=console.print)
+    estimate = preflight(resolved, force=force, echo=say)
     device = training_device(recipe)
     check_kernels(recipe, device)  # before anything is written or loaded
     if recipe.evaluation.evaluators and (
@@ -94,13 +95,12 @@ def start_run(
     quiet_libraries()  # the CLI did already; a run started from Python gets the same
     log_to(paths.log)
     if recipe.model.trust_remote_code:
-        console.print(trust_remote_code_notice(recipe), highlight=False)
+        say(trust_remote_code_notice(recipe))
     if getattr(resolved.optimizer.spec, "paged", False) and is_cpu(device):
         # bitsandbytes says so in a UserWarning (now in the log file); say it plainly.
-        console.print(
+        say(
             f"[yellow]note:[/yellow] {recipe.optimizer.name} pages its state to host memory "
-            "only on CUDA; on the CPU it runs unpaged.",
-            highlight=False,
+            "only on CUDA; on the CPU it runs unpaged."
         )
     if not resume:
         write_recipe(paths, resolved)
@@ -128,8 +128,10 @@ def execute_run(ctx: RunContext, *, console: Console, callbacks: Sequence[Any] =
     from sftkit.distributed.rank import is_main_process
 
     main = is_main_process()
+    display = progress.console_display(console)  # the launch worker's, or run_recipe's
     try:
-        train(ctx, console=console, extra_callbacks=callbacks)
+        with progress.use(display):
+            train(ctx, console=console, extra_callbacks=callbacks)
     except BaseException as exc:
         if main:
             update_run_json(
@@ -139,7 +141,7 @@ def execute_run(ctx: RunContext, *, console: Console, callbacks: Sequence[Any] =
     if not main:
         return "completed"
     record = update_run_json(ctx.paths, status="completed", finished=now(), error=None)
-    after_run(ctx, echo=console.print)
+    after_run(ctx, echo=display.say)
     return str(record["status"])
 
 
@@ -178,7 +180,7 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     from sftkit.training.sft_trainer import sftkit_trainer_class
 
     resolved, recipe, paths = ctx.resolved, ctx.recipe, ctx.paths
-    display = progress.current()
+    display = progress.console_display(console)
     set_seed(recipe.training.seed)
     prepared = prepare_data(resolved)
     for warning in prepared.warnings:
@@ -241,7 +243,7 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     ctx.model, ctx.trainer = trainer.model, trainer
 
     if ctx.resumed_from is None and is_main_process():
-        evaluate_stage(ctx, "before", echo=console.print)
+        evaluate_stage(ctx, "before", echo=display.say)
     output = trainer.train(
         resume_from_checkpoint=str(ctx.resumed_from) if ctx.resumed_from else None
     )
@@ -251,7 +253,7 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     if is_main_process():
         update_run_json(paths, **run_summary(ctx, output))
         if evaluates_in_process(recipe):  # else `sftkit launch` evaluates final/ afterwards
-            evaluate_stage(ctx, "after", echo=console.print)
+            evaluate_stage(ctx, "after", echo=display.say)
 
 
 def sft_config(ctx: RunContext, *, learning_rate: float) -> Any:
