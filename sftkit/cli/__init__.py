@@ -107,6 +107,8 @@ def _command(args: list[str]) -> str:
 
 
 def main() -> None:
+    if verbose_option(sys.argv[1:])[1]:
+        os.environ["SFTKIT_VERBOSE"] = "1"  # for the processes `sftkit launch` starts
     sys.exit(run_cli())
 
 
