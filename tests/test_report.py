@@ -175,3 +175,9 @@ def test_a_short_runs_loss_plot_has_whole_steps_only(tmp_path: Path) -> None:
     figure.canvas.draw()
     ticks = [t for t in axes.get_xticks() if axes.get_xlim()[0] <= t <= axes.get_xlim()[1]]
     assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_an_empty_option_shows_as_an_empty_string() -> None:
+    from sftkit.reporting.summary import component
+
+    assert component({"name": "tutor", "options": {"instruction": ""}}) == 'tutor (instruction="")'

@@ -301,3 +301,29 @@ def test_eval_of_a_recipe_writes_beside_its_runs() -> None:
     assert recipe_eval_dir("runs/quickstart", "recipes/quickstart.yaml") == Path(
         "runs/eval-quickstart"
     )
+
+
+def test_a_missing_test_split_is_said_once(tmp_path: Path) -> None:
+    # A subprocess: under pytest the logging plugin would catch a second, logged copy.
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"prompt": "1+1?", "completion": "#### 2"}\n' * 3)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from sftkit.cli import main; main()",
+            "prepare-data",
+            QUICKSTART,
+            "data.format.name=prompt-completion",
+            f"data.format.options.train_file={train}",
+            "data.format.options.dev_size=1",
+            "--output",
+            str(tmp_path / "prepared"),
+        ],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout + result.stderr).count("no test split") == 1, result.stderr

@@ -34,7 +34,8 @@ def run_cli(
     args, verbose = verbose_option(list(sys.argv[1:] if argv is None else argv))
     # Before anything imports transformers & co.: their logging, warnings and bars go to
     # the log file of the directory the command writes into (sftkit.quiet).
-    quiet_libraries(verbose=verbose)
+    # Records held from before (an earlier in-process command) belong to no log of this one.
+    quiet_libraries(verbose=verbose).held.clear()
     try:
         with use(Display()):
             return _run(args, manager)

@@ -41,13 +41,12 @@ def train_rank(run_dir: Path, *, resume: bool) -> None:
     from rich.console import Console
 
     from sftkit.engine import engine_of
+    from sftkit.quiet import log_to, quiet_libraries
     from sftkit.recipe.load import load_recipe
     from sftkit.registry import default_registry
     from sftkit.runpaths import RunPaths, last_checkpoint
     from sftkit.training.context import RunContext
     from sftkit.training.runner import execute_run
-
-    from sftkit.quiet import log_to, quiet_libraries
 
     quiet_libraries()  # main() did; here too for a caller that comes in through this
     paths = RunPaths(run_dir)
