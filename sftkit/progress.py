@@ -177,6 +177,9 @@ class Display:
         """One message line, above the live stages. rich does not wrap it (a log line stays
         one line, a long path is not broken at its slashes); a terminal wraps it itself."""
         self.console.print(text, markup=markup, highlight=False, soft_wrap=True)
+        now = time.monotonic()
+        for stage in self.stages:  # a line was just printed: no stage is silent
+            stage.last_plain = now
 
     def open(
         self,

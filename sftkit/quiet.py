@@ -44,7 +44,6 @@ VERBOSE_FORMAT = "[%(name)s] %(levelname)s: %(message)s"
 QUIET_ENVIRONMENT = {
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
 }
 # transformers' bar descriptions -> the stage names sftkit shows.
 BAR_NAMES = {"Loading weights": "load weights", "Writing model shards": "write shards"}
@@ -112,6 +111,8 @@ def quiet_libraries(*, verbose: bool | None = None) -> LibraryLog:
     if verbose and _handler.echo is None:
         echo = logging.StreamHandler(sys.stderr)
         echo.setFormatter(logging.Formatter(VERBOSE_FORMAT))
+        # sftkit's own records (stage markers) are for the file: the terminal shows the stages.
+        echo.addFilter(lambda record: not record.name.startswith("sftkit"))
         _handler.echo = echo
     elif not verbose:
         _handler.echo = None
