@@ -104,7 +104,9 @@ def _report(exc: SftkitError) -> int:
 
 
 def _command(args: list[str]) -> str:
-    return next((a for a in args if not a.startswith("-")), "")
+    """The subcommand's name in `args` (global options and their values skipped)."""
+    values = {i + 1 for i, a in enumerate(args) if a == "--disable-plugin"}
+    return next((a for i, a in enumerate(args) if not a.startswith("-") and i not in values), "")
 
 
 def main() -> None:

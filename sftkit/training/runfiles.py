@@ -18,14 +18,15 @@ import yaml
 from sftkit._version import __version__
 from sftkit.errors import RunDirectoryError
 from sftkit.oserrors import check_can_create
-from sftkit.runpaths import DATA_DIR, RunPaths, last_checkpoint
+from sftkit.runpaths import DATA_DIR, LOG_FILE, RunPaths, last_checkpoint
 
 if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe
 
 # Entries a directory may already hold without being another run: prepared data
-# (`sftkit prepare-data` writes <output_dir>/data by default).
-REUSABLE = frozenset({DATA_DIR})
+# (`sftkit prepare-data` writes <output_dir>/data by default), and the log of a run that
+# stopped before writing recipe.yaml (appended to).
+REUSABLE = frozenset({DATA_DIR, LOG_FILE})
 # Keys that may change when a run is resumed (training longer is what resuming is for).
 RESUME_MAY_CHANGE = (("training", "max_steps"), ("training", "epochs"))
 PACKAGES = (
