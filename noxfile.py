@@ -7,6 +7,7 @@ Pass pytest arguments after `--`, e.g. `nox -s tests -- -k recipe -x`.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import nox
@@ -14,16 +15,29 @@ import nox
 nox.options.sessions = ["tests", "plugins", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
+
+class _NoUvNotice(logging.Filter):
+    """nox looks for uv before every session, whatever the backend, and says "uv binary not
+    found." when it is absent; these sessions use virtualenv and do not need it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != "uv binary not found."
+
+
+logging.getLogger("nox").addFilter(_NoUvNotice())
+
 # Install torch before anything that depends on it: an unpinned `torch` from the package
 # index is the CUDA build with several GB of extra packages. On the project's CPU machines
 # `torch==2.13.0` resolves to the CPU wheel in the local wheelhouse. Override with e.g.
-# SFTKIT_TORCH_SPEC="torch>=2.6" on a machine that has the build you want.
+# SFTKIT_TORCH_SPEC="torch>=2.6" on a machine that has the build you want. Elsewhere, point
+# SFTKIT_TORCH_INDEX at PyTorch's CPU wheel index (README.md, "Install").
 TORCH_SPEC = os.environ.get("SFTKIT_TORCH_SPEC", "torch==2.13.0")
+TORCH_INDEX = os.environ.get("SFTKIT_TORCH_INDEX")
 SOURCES = ["sftkit", "tests", "plugins", "benchmarks", "noxfile.py"]
 
 
 def _install_sftkit(session: nox.Session, extras: str = "dev") -> None:
-    session.install(TORCH_SPEC)
+    session.install(TORCH_SPEC, *(("--index-url", TORCH_INDEX) if TORCH_INDEX else ()))
     session.install("-e", f".[{extras}]")
 
 

@@ -119,11 +119,54 @@ class ModelLoadError(SftkitError):
 class MissingDependencyError(SftkitError):
     """An optional heavy dependency (torch, peft, ...) is needed for this command."""
 
-    def __init__(self, package: str, purpose: str) -> None:
-        super().__init__(
-            f"{purpose} needs the Python package {package!r}, which is not installed.",
-            hint="Install the training stack with `pip install 'sftkit[train]'`.",
+    def __init__(self, package: str, purpose: str, *, hint: str | None = None) -> None:
+        packages = [p.strip() for p in package.split(",") if p.strip()]
+        self.packages = packages
+        what = (
+            f"the Python package {packages[0]!r}, which is not installed"
+            if len(packages) == 1
+            else f"the Python packages {', '.join(map(repr, packages))}, which are not installed"
         )
+        super().__init__(f"{purpose} needs {what}.", hint=hint or install_hint(packages))
+
+
+# The CPU build of torch: on Linux an unpinned `pip install torch` is the CUDA build with
+# several GB of GPU libraries.
+TORCH_CPU_INSTALL = "pip install torch --index-url https://download.pytorch.org/whl/cpu"
+TRAINING_STACK = frozenset(
+    {"torch", "transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes"}
+    | {"safetensors", "tensorboard", "matplotlib", "tokenizers", "huggingface_hub"}
+)
+
+
+def install_hint(packages: list[str]) -> str:
+    """What to run to get `packages` (import names)."""
+    stack = "`pip install 'sftkit[train]'` (`pip install -e '.[train]'` in a checkout)"
+    # The training stack pulls torch in: without torch here, that would be the CUDA build.
+    if "torch" in packages or (
+        any(p in TRAINING_STACK for p in packages) and not _importable("torch")
+    ):
+        return (
+            f"Install torch first: on a machine without a GPU the CPU build, `{TORCH_CPU_INSTALL}`; "
+            f"on a GPU machine the build for its CUDA version. Then the training stack: {stack}."
+        )
+    if any(p in TRAINING_STACK for p in packages):
+        return f"Install the training stack: {stack}."
+    return f"Install it: `pip install {' '.join(p.replace('_', '-') for p in packages)}`."
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+class FileSystemError(SftkitError):
+    """The file system refused: no space left, read-only, permission denied, a path through a
+    file. Exit code 2: the user can fix it (`sftkit.oserrors` words the message)."""
 
 
 class LaunchError(SftkitError):

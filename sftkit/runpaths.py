@@ -6,6 +6,7 @@
 <run>/environment.json     versions, platform, device
 <run>/run.json             status, times, the training summary
 <run>/metrics.jsonl        one JSON object per log event
+<run>/sftkit.log           what the libraries logged and warned (kept off the terminal)
 <run>/tensorboard/         TensorBoard event files
 <run>/data/                prepared splits (unless data.prepared_dir says elsewhere)
 <run>/base/                a random_init run's seeded base weights
@@ -41,6 +42,14 @@ DEEPSPEED_CONFIG = "deepspeed_config.json"
 # One evaluation's results.
 EVAL_METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.jsonl"
+# Library logging, warnings and sftkit's stage markers (`sftkit.quiet`), in any directory a
+# command writes into: a run, or `sftkit eval`'s output folder for a recipe.
+LOG_FILE = "sftkit.log"
+
+
+def log_file(directory: Path) -> Path:
+    """The log file of a directory sftkit writes into (a run, or an evaluation's output)."""
+    return Path(directory) / LOG_FILE
 
 
 @dataclass(frozen=True)
@@ -114,6 +123,10 @@ class RunPaths:
     @property
     def run(self) -> Path:
         return self.root / "run.json"
+
+    @property
+    def log(self) -> Path:
+        return log_file(self.root)
 
     @property
     def tensorboard(self) -> Path:

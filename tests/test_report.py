@@ -103,7 +103,9 @@ def test_report_has_the_recipe_memory_curves_and_before_after(tmp_path: Path) ->
     md = files.markdown.read_text()
     assert md.startswith("# Run report: run")
     assert "lora (rank=8, alpha=16)" in md
-    assert "4 x 2 accumulation x 1 GPU = 8 sequences per step" in md
+    # A CPU run (hardware.gpu: cpu) says so, not "1 GPU".
+    assert "4 x 2 accumulation = 8 sequences per step" in md
+    assert "| hardware | CPU |" in md and "GPU =" not in md
     assert "3.00 GiB (optimizer step)" in md
     assert "load 512.0 MiB, optimizer step 3.00 GiB" in md
     assert "40.00 GiB (fits)" in md
@@ -162,3 +164,20 @@ def test_report_and_compare_commands(tmp_path: Path, capsys: pytest.CaptureFixtu
     out = capsys.readouterr().out
     assert "strategy.options.rank" in out and "gsm8k accuracy" in out
     assert (tmp_path / "c" / "compare.html").is_file()
+
+
+def test_a_short_runs_loss_plot_has_whole_steps_only(tmp_path: Path) -> None:
+    from sftkit.reporting.plots import _figure, _whole_steps
+
+    figure, axes = _figure()
+    axes.plot([1.0, 2.0, 3.0], [4.9, 4.8, 4.3])
+    _whole_steps(axes)
+    figure.canvas.draw()
+    ticks = [t for t in axes.get_xticks() if axes.get_xlim()[0] <= t <= axes.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_an_empty_option_shows_as_an_empty_string() -> None:
+    from sftkit.reporting.summary import component
+
+    assert component({"name": "tutor", "options": {"instruction": ""}}) == 'tutor (instruction="")'

@@ -2,8 +2,9 @@
 
 `main()` builds the plugin manager (after reading the plugin options from argv, like pytest's
 `-p`), builds the click group, lets plugins add commands, runs it, and maps errors to exit
-codes: 0 ok, 2 bad input, 3 does not fit, 1 internal error. Heavy libraries (torch, ...) are
-imported only inside the commands that train.
+codes: 0 ok, 2 bad input (a missing package and a refusing file system included), 3 does not
+fit, 1 internal error. Heavy libraries (torch, ...) are imported only inside the commands that
+train; what they log goes to the command's log file (`sftkit.quiet`), not the terminal.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ import click
 
 from sftkit.cli.app import AppContext, build_cli
 from sftkit.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, SftkitError
+from sftkit.extras import as_missing_dependency
+from sftkit.oserrors import from_exception
 from sftkit.plugins import SftkitPluginManager, make_plugin_manager
+from sftkit.progress import Display, current, use
+from sftkit.quiet import hidden_messages, log_path, log_to, quiet_libraries
 
 
 def run_cli(
@@ -26,7 +31,26 @@ def run_cli(
     """Run the CLI with `argv` (default: sys.argv[1:]) and return the exit code. `manager`
     replaces the one built from the plugin options (`sftkit.testing.invoke_cli` passes one
     holding the plugins under test)."""
-    args = list(sys.argv[1:] if argv is None else argv)
+    args, verbose = verbose_option(list(sys.argv[1:] if argv is None else argv))
+    # Before anything imports transformers & co.: their logging, warnings and bars go to
+    # the log file of the directory the command writes into (sftkit.quiet).
+    # Records held from before (an earlier in-process command) belong to no log of this one.
+    quiet_libraries(verbose=verbose).held.clear()
+    try:
+        with use(Display()):
+            return _run(args, manager)
+    finally:
+        hidden = hidden_messages()
+        log_to(None)
+        if hidden and not verbose:
+            click.echo(
+                f"note: {hidden} library warning{'s' if hidden != 1 else ''} not shown "
+                "(--verbose shows them).",
+                err=True,
+            )
+
+
+def _run(args: list[str], manager: SftkitPluginManager | None) -> int:
     try:
         if manager is None:
             disabled, autoload, trace = plugin_options(args)
@@ -46,18 +70,24 @@ def run_cli(
         click.echo("Aborted.", err=True)
         return EXIT_INTERNAL
     except SftkitError as exc:
-        click.echo(f"error: {exc}", err=True)
-        if os.environ.get("SFTKIT_DEBUG"):
-            traceback.print_exc()
-        return exc.exit_code
+        return _report(exc)
     except KeyboardInterrupt:
+        current().close()
         click.echo("Interrupted.", err=True)
         return EXIT_INTERRUPTED
     except Exception as exc:
+        current().close()  # the error goes below the progress lines, not among them
+        # The user's to fix, though no sftkit code raised it: a package this command needs
+        # is missing, or the file system refused (full, read-only, permissions, ...).
+        known = as_missing_dependency(exc, f"`sftkit {_command(args)}`") or from_exception(exc)
+        if known is not None:
+            known.__cause__ = exc
+            return _report(known)
+        log = log_path()
         click.echo(
             f"internal error: {type(exc).__name__}: {exc}\n"
             "This is a bug in sftkit or a plugin. Re-run with SFTKIT_DEBUG=1 for the traceback "
-            "and report it.",
+            "and report it" + (f", with {log}." if log else "."),
             err=True,
         )
         if os.environ.get("SFTKIT_DEBUG"):
@@ -65,8 +95,32 @@ def run_cli(
         return EXIT_INTERNAL
 
 
+def _report(exc: SftkitError) -> int:
+    current().close()
+    click.echo(f"error: {exc}", err=True)
+    if os.environ.get("SFTKIT_DEBUG"):
+        traceback.print_exception(exc.__cause__ or exc)
+    return exc.exit_code
+
+
+def _command(args: list[str]) -> str:
+    """The subcommand's name in `args` (global options and their values skipped)."""
+    values = {i + 1 for i, a in enumerate(args) if a == "--disable-plugin"}
+    return next((a for i, a in enumerate(args) if not a.startswith("-") and i not in values), "")
+
+
 def main() -> None:
+    if verbose_option(sys.argv[1:])[1]:
+        os.environ["SFTKIT_VERBOSE"] = "1"  # for the processes `sftkit launch` starts
     sys.exit(run_cli())
+
+
+def verbose_option(args: list[str]) -> tuple[list[str], bool]:
+    """Take ``--verbose`` out of `args`, wherever it stands before ``--`` (after the command
+    too, where a user types it); SFTKIT_VERBOSE=1 means the same."""
+    end = args.index("--") if "--" in args else len(args)
+    verbose = "--verbose" in args[:end] or os.environ.get("SFTKIT_VERBOSE", "") not in ("", "0")
+    return [a for i, a in enumerate(args) if i >= end or a != "--verbose"], verbose
 
 
 def plugin_options(args: list[str]) -> tuple[list[str], bool | None, bool]:

@@ -46,7 +46,16 @@ pass_app = click.make_pass_decorator(AppContext)
     help="Load only built-in plugins (also SFTKIT_DISABLE_PLUGIN_AUTOLOAD=1).",
 )
 @click.option("--trace-plugins", is_flag=True, help="Print every hook call to stderr.")
-def cli(disable_plugin: tuple[str, ...], no_plugin_autoload: bool, trace_plugins: bool) -> None:
+@click.option(
+    "--verbose",
+    is_flag=True,
+    help="Also show what the libraries (transformers, datasets, bitsandbytes, ...) log and "
+    "warn, and their own progress bars; it always goes to the run's sftkit.log. Allowed "
+    "after the command too (also SFTKIT_VERBOSE=1).",
+)
+def cli(
+    disable_plugin: tuple[str, ...], no_plugin_autoload: bool, trace_plugins: bool, verbose: bool
+) -> None:
     """sftkit: supervised fine-tuning that checks the run fits before it loads a weight.
 
     \b
@@ -56,7 +65,8 @@ def cli(disable_plugin: tuple[str, ...], no_plugin_autoload: bool, trace_plugins
       sftkit run recipes/quickstart.yaml
     Recipes take overrides after the path: key.path=value, or ~key.path to delete.
     """
-    # The plugin options were applied before the group was built (see sftkit.cli.plugin_options).
+    # The plugin options were applied before the group was built (see sftkit.cli.plugin_options),
+    # and --verbose before anything ran (sftkit.cli.verbose_option).
 
 
 def build_cli(app: AppContext) -> click.Group:

@@ -22,17 +22,29 @@ def recipe_arguments(func: Any) -> Any:
     return click.argument("recipe", metavar="RECIPE")(func)
 
 
+def show_notes(resolved: Any) -> None:
+    """What loading changed that the user did not write (`ResolvedRecipe.notes`)."""
+    for note in resolved.notes:
+        click.echo(f"note: {note}", err=True)
+
+
 @click.command()
 @recipe_arguments
 @pass_app
 def validate(app: AppContext, recipe: str, overrides: tuple[str, ...]) -> None:
     """Check a recipe and its overrides: schema, components, options, compatibility."""
     resolved = load_recipe(recipe, overrides, registry=app.registry)
+    show_notes(resolved)
     r = resolved.recipe
     click.echo(f"{resolved.source}: OK")
     click.echo(
         f"  model      {r.model.name_or_path} ({r.model.dtype}, {r.model.attn_implementation})"
     )
+    if r.model.trust_remote_code:
+        click.echo(
+            "  model code trust_remote_code: true (Python code that comes with the model runs "
+            "when it loads)"
+        )
     click.echo(f"  strategy   {r.strategy.name}  [{resolved.strategy.plugin}]")
     click.echo(f"  optimizer  {r.optimizer.name}  [{resolved.optimizer.plugin}]")
     click.echo(f"  data       {r.data.format.name} with template {r.data.template.name}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from sftkit.cli.app import AppContext, pass_app
-from sftkit.cli.core import recipe_arguments
+from sftkit.cli.core import recipe_arguments, show_notes
 
 
 @click.command(name="prepare-data")
@@ -41,6 +41,7 @@ def prepare_data_command(
     from sftkit.recipe.load import load_recipe
 
     resolved = load_recipe(recipe, overrides, registry=app.registry)
+    show_notes(resolved)
     prepared = prepare_data(
         resolved, directory=output, force=force, skip_bad_rows=skip_bad_rows or None
     )
@@ -86,8 +87,12 @@ def preview_command(
     """
     from rich.console import Console
 
+    from sftkit.extras import TOKENIZER_STACK, require
+
+    require("`sftkit preview`", TOKENIZER_STACK)
     from sftkit.data.preview import preview
     from sftkit.recipe.load import load_recipe
 
     resolved = load_recipe(recipe, overrides, registry=app.registry)
+    show_notes(resolved)
     preview(resolved, Console(), count=count, split=split)

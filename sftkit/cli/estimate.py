@@ -10,7 +10,7 @@ import json
 import click
 
 from sftkit.cli.app import AppContext, pass_app
-from sftkit.cli.core import recipe_arguments
+from sftkit.cli.core import recipe_arguments, show_notes
 from sftkit.errors import EXIT_DOES_NOT_FIT, EXIT_INTERNAL
 from sftkit.recipe.load import load_recipe
 
@@ -65,6 +65,7 @@ def estimate_memory(
     from sftkit.memory import estimate
 
     resolved = load_recipe(recipe, overrides, registry=app.registry)
+    show_notes(resolved)
     result = estimate(resolved, gpu=gpu, model=model)
     if fit:
         from sftkit.memory.advice import fit_search

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import click
 
 from sftkit.cli.app import AppContext, pass_app
 from sftkit.errors import RunDirectoryError
-from sftkit.runpaths import EvalPaths, RunPaths, is_run_dir
+from sftkit.runpaths import EvalPaths, RunPaths, is_run_dir, log_file
 
 
 @click.command(name="eval")
@@ -36,7 +35,8 @@ from sftkit.runpaths import EvalPaths, RunPaths, is_run_dir
 @click.option(
     "--output-dir",
     type=click.Path(path_type=Path, file_okay=False),
-    help="Where results go (default: RUN_DIR/eval, or ./eval-<recipe name> for a recipe).",
+    help="Where results go (default: RUN_DIR/eval; for a recipe, eval-<recipe name>/ beside "
+    "the recipe's output_dir, e.g. runs/eval-quickstart/).",
 )
 @pass_app
 def eval_command(
@@ -55,13 +55,16 @@ def eval_command(
     Prints accuracy with its 95% confidence interval and n, and writes metrics.json and
     predictions.jsonl (question, gold, extracted answer, raw output, correct) under
     RUN_DIR/eval/<stage>-<evaluator>/ (stage: manual for the fine-tuned model, base for
-    --base or a recipe). Examples:
+    --base or a recipe; a recipe's go to runs/eval-<recipe name>/ when its output_dir is
+    under runs/). Examples:
       sftkit eval runs/quickstart --limit 50
       sftkit eval runs/quickstart --base --limit 50
       sftkit eval recipes/quickstart.yaml --split dev
     """
+    from sftkit.extras import require
     from sftkit.recipe.load import load_recipe
 
+    require("`sftkit eval`")
     path = Path(target)
     run_dir = path if is_run_dir(path) else None
     if run_dir is None and path.is_dir():
@@ -79,20 +82,35 @@ def eval_command(
 
     components = select_evaluators(resolved, evaluators, split=split, limit=limit)
 
-    from sftkit.modeling import load_base, load_trained
+    from sftkit.modeling import load_base, load_trained, trust_remote_code_notice
+    from sftkit.oserrors import check_can_create, writing_to
+    from sftkit.progress import current
+    from sftkit.quiet import log_to
 
-    if run_dir is not None and not base:
-        stage, label = "manual", "fine-tuned"
-        click.echo(f"Loading the fine-tuned model of {run_dir} ...", err=True)
-        model, tokenizer = load_trained(run_dir)
-    else:
-        stage, label = "base", "base"
-        click.echo(f"Loading the base model {resolved.recipe.model.name_or_path} ...", err=True)
-        model, tokenizer = load_base(run_dir if run_dir is not None else resolved)
     if output_dir is None:
         output_dir = (
-            RunPaths(run_dir).eval if run_dir is not None else Path(f"eval-{Path(target).stem}")
+            RunPaths(run_dir).eval
+            if run_dir is not None
+            else recipe_eval_dir(resolved.recipe.output_dir, target)
         )
+    check_can_create(output_dir, "evaluation output directory")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    log_to(log_file(run_dir if run_dir is not None else output_dir))
+    display = current()
+    if resolved.recipe.model.trust_remote_code:
+        display.say(trust_remote_code_notice(resolved.recipe))
+    with writing_to(output_dir), display.stage("load model"):
+        if run_dir is not None and not base:
+            stage, label = "manual", "fine-tuned"
+            model, tokenizer = load_trained(run_dir)
+        else:
+            stage, label = "base", "base"
+            model, tokenizer = load_base(run_dir if run_dir is not None else resolved)
+    display.say(
+        f"model: the {label} model of {run_dir}"
+        if run_dir is not None
+        else f"model: {resolved.recipe.model.name_or_path} (base)"
+    )
     results = evaluate_and_show(
         resolved,
         model,
@@ -111,6 +129,13 @@ def eval_command(
         click.echo(f"updated {report.markdown}")
 
 
+def recipe_eval_dir(output_dir: str, target: str) -> Path:
+    """Where `sftkit eval RECIPE` writes by default: ``eval-<recipe name>/`` beside the
+    recipe's output directory (runs/eval-quickstart/ for runs/quickstart), so it lands
+    with the runs (ignored by git), not in the current directory."""
+    return Path(output_dir).parent / f"eval-{Path(target).stem}"
+
+
 def evaluate_and_show(
     resolved: Any,
     model: Any,
@@ -121,23 +146,20 @@ def evaluate_and_show(
     out_root: Path,
     components: Sequence[Any],
 ) -> list[Any]:
-    """Run the evaluators with a progress bar, then print the results table."""
+    """Run the evaluators, each a stage of the progress display, then print the results."""
     from rich.console import Console
 
     from sftkit.evaluation.runner import run_evaluations
 
-    console = Console(stderr=True)
-    with _progress(console) as progress:
-        results = run_evaluations(
-            resolved,
-            model,
-            tokenizer,
-            stage=stage,
-            model_label=label,
-            out_root=out_root,
-            components=components,
-            progress=progress,
-        )
+    results = run_evaluations(
+        resolved,
+        model,
+        tokenizer,
+        stage=stage,
+        model_label=label,
+        out_root=out_root,
+        components=components,
+    )
     title = f"{label} model, stage {stage}"
     table = results_table([s.result for s in results], title=title)
     # Piped into a log, rich would wrap a nine-column table at 80 characters.
@@ -165,23 +187,3 @@ def results_table(results: Sequence[Any], *, title: str) -> Any:
             details(result.primary, result.metrics),
         )
     return table
-
-
-@contextmanager
-def _progress(console: Any) -> Iterator[Any]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-
-        def start(label: str, total: int) -> Any:
-            task = bar.add_task(label, total=total)
-            return lambda done, _total: bar.update(task, completed=done)
-
-        yield start

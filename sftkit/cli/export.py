@@ -59,19 +59,28 @@ def export_command(
     weights are those the adapters were trained against. An existing output directory is
     never overwritten.
     """
-    from sftkit.export import export_run
+    from sftkit.export import default_output_dir, export_run
+    from sftkit.oserrors import check_can_create, writing_to
+    from sftkit.quiet import log_to
+    from sftkit.runpaths import RunPaths
 
     if merge:
-        click.echo(f"Loading and merging {run_dir} ...", err=True)
-    result = export_run(
-        run_dir,
-        merge=merge,
-        output_dir=output_dir,
-        dtype=dtype,
-        max_shard_size=max_shard_size,
-        push_to_hub=push_to_hub,
-        private=not public,
-    )
+        from sftkit.extras import require
+
+        require("`sftkit export --merge`")
+    target = output_dir or default_output_dir(run_dir, merge)
+    check_can_create(target.parent, "export directory")
+    log_to(RunPaths(run_dir).log)
+    with writing_to(target.parent):
+        result = export_run(
+            run_dir,
+            merge=merge,
+            output_dir=output_dir,
+            dtype=dtype,
+            max_shard_size=max_shard_size,
+            push_to_hub=push_to_hub,
+            private=not public,
+        )
     kind = "merged model" if result.merged and result.adapter else "adapter"
     if not result.adapter:
         kind = "model"  # a full fine-tune: nothing to merge

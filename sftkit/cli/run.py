@@ -11,9 +11,9 @@ from pathlib import Path
 import click
 
 from sftkit.cli.app import AppContext, pass_app
-from sftkit.cli.core import recipe_arguments
+from sftkit.cli.core import recipe_arguments, show_notes
 from sftkit.devices import is_cpu
-from sftkit.errors import EXIT_SIGNAL_BASE, MissingDependencyError
+from sftkit.errors import EXIT_SIGNAL_BASE
 
 
 @click.command(name="run")
@@ -54,27 +54,29 @@ def run_command(
       sftkit run recipes/quickstart.yaml --resume
     Exit codes: 0 trained, 2 bad input, 3 does not fit (see `sftkit estimate-memory`).
     """
-    from rich.console import Console
-
+    from sftkit.extras import require
+    from sftkit.oserrors import writing_to
+    from sftkit.progress import current
     from sftkit.recipe.load import load_recipe
 
+    require("`sftkit run`")  # the light core has no torch: say what to install, exit 2
     started = time.perf_counter()
     extra = (f"output_dir={output_dir}",) if output_dir is not None else ()
     resolved = load_recipe(recipe, (*overrides, *extra), registry=app.registry)
+    show_notes(resolved)
     if is_cpu(resolved.recipe.hardware.gpu) and "torch" not in sys.modules:
         # OpenMP threads that spin while they wait make a CPU run several times slower as
         # soon as anything else uses the cores. Quickstart model, 2 cores, light load:
         # 1.8 s/step spinning, 0.32 s/step passive, 0.31 s/step with one thread. Must be set
         # before torch loads libgomp; an explicit OMP_WAIT_POLICY wins.
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    try:
-        from sftkit.training.runner import run_recipe
-    except ImportError as exc:
-        raise MissingDependencyError(exc.name or "torch", "sftkit run") from exc
-    console = Console(stderr=True)
+    from sftkit.training.runner import run_recipe
+
+    console = current().console
     previous = signal.signal(signal.SIGTERM, _terminated)
     try:
-        result = run_recipe(resolved, resume=resume, force=force, console=console)
+        with writing_to(resolved.recipe.output_dir):
+            result = run_recipe(resolved, resume=resume, force=force, console=console)
     finally:
         signal.signal(signal.SIGTERM, previous)
     elapsed = time.perf_counter() - started

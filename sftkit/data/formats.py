@@ -211,10 +211,21 @@ class _FileFormat:
         self, split: str, name: str, skip_bad_rows: bool, report: ReadReport
     ) -> list[Example]:
         path = Path(name).expanduser()
+        key = f"data.format.options.{split}_file"
+        if path.is_dir():
+            inside = sorted(
+                p.name for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".parquet")
+            )
+            raise DataError(
+                f"{key}: {name!r} is a directory; this format reads one JSONL or Parquet file."
+                + (f" It holds {', '.join(inside[:5])}." if inside else ""),
+                hint=f"Set {key} to the file itself"
+                + (f", e.g. {str(path / inside[0])!r}." if inside else "."),
+            )
         if not path.is_file():
             raise DataError(
-                f"{split} file {name!r} does not exist (looked at {path.resolve()}).",
-                hint=f"Set data.format.options.{split}_file to a JSONL or Parquet file.",
+                f"{key}: {split} file {name!r} does not exist (looked at {path.resolve()}).",
+                hint=f"Set {key} to a JSONL or Parquet file.",
             )
         rows = _with_ids(iter_file(path), split, offset=0)
         got = convert_rows(

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from sftkit import progress
 from sftkit._version import __version__
 from sftkit.data.example import Example
 from sftkit.data.readers import sha256_file
@@ -100,6 +101,13 @@ def prepare_data(
             hint="Re-prepare it with `sftkit prepare-data RECIPE --force`, or set "
             "data.prepared_dir to another directory.",
         )
+    with progress.current().stage("prepare data"):
+        return _prepare(resolved, directory, expected, skip_bad_rows)
+
+
+def _prepare(
+    resolved: ResolvedRecipe, directory: Path, expected: str, skip_bad_rows: bool | None
+) -> PreparedData:
     options = resolved.data_format.options
     skip = options.skip_bad_rows if skip_bad_rows is None else skip_bad_rows
     fmt = load_factory(resolved.data_format.spec.factory)(options)
@@ -150,7 +158,7 @@ def prepare_data(
     }
     _write_json(directory / MANIFEST, manifest)
     for warning in warnings:
-        log.warning(warning)
+        log.info(warning)  # to the log file; the caller shows PreparedData.warnings
     return PreparedData(directory, manifest, warnings)
 
 

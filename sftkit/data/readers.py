@@ -58,17 +58,31 @@ def sha256_file(path: Path) -> str:
 
 
 def iter_jsonl(path: Path) -> Iterator[RawRow | tuple[str, str]]:
-    """Rows of a JSONL file; a line that is not a JSON value yields (location, problem)."""
+    """Rows of a JSONL file; a line that is not UTF-8 text or not a JSON value yields
+    (location, problem)."""
     try:
-        handle = path.open("r", encoding="utf-8")
+        handle = path.open("rb")
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}.") from exc
     with handle:
         index = 0
-        for line_no, line in enumerate(handle, start=1):
+        offset = 0  # of the line's first byte in the file
+        for line_no, raw in enumerate(handle, start=1):
+            start, offset = offset, offset + len(raw)
+            location = f"{path}:{line_no}"
+            try:
+                line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                yield (
+                    location,
+                    (
+                        f"not UTF-8 text (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}, "
+                        f"byte {start + exc.start} of the file); save the file as UTF-8"
+                    ),
+                )
+                continue
             if not line.strip():
                 continue
-            location = f"{path}:{line_no}"
             try:
                 data = json.loads(line)
             except json.JSONDecodeError as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -20,7 +20,12 @@ if TYPE_CHECKING:
     from sftkit.data.example import Example
     from sftkit.evaluation.generate import Generation
 
-Progress = Callable[[int, int], None]  # (done, total)
+
+class Progress(Protocol):
+    """How an evaluator reports progress: examples `done` of `total`, and optionally its
+    metrics so far (``accuracy=0.45``, ``loss=1.2``), shown beside the bar."""
+
+    def __call__(self, done: int, total: int, /, **so_far: float) -> None: ...
 
 
 class PromptTemplate(Protocol):

@@ -9,7 +9,7 @@ complete: the first such line is what is scored, so what follows cannot change t
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,8 +79,11 @@ def greedy_generate(
     stop_at_answer: bool = False,
     starts_in_think: bool = False,
     progress: Progress | None = None,
+    on_batch: Callable[[Sequence[int], Sequence[Generation]], None] | None = None,
 ) -> list[Generation]:
-    """Greedy completions of `prompts`, in order."""
+    """Greedy completions of `prompts`, in order. After each batch, `on_batch(indices,
+    generations)` gets the batch's positions in `prompts` and its completions (an evaluator
+    scores as it goes), then `progress(done, total)` is called."""
     eos = eos_ids(model, tokenizer)
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     results: list[Generation | None] = [None] * len(prompts)
@@ -114,9 +117,13 @@ def greedy_generate(
                     generation_config=config,
                     stopping_criteria=criteria,
                 )
+                finished = []
                 for row, index in enumerate(batch):
                     new = output[row, prompt_len:].tolist()
-                    results[index] = _finish(new, tokenizer, eos, pad_id, max_new_tokens)
+                    finished.append(_finish(new, tokenizer, eos, pad_id, max_new_tokens))
+                    results[index] = finished[-1]
+                if on_batch is not None:
+                    on_batch(batch, finished)
                 done += len(batch)
                 if progress is not None:
                     progress(done, len(prompts))

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from sftkit.errors import DataError
 from sftkit.evaluation.base import EvalResult, EvalTask, question_text
 from sftkit.evaluation.extract import extract_answer, gold_answer, prompt_opens_think
-from sftkit.evaluation.generate import greedy_generate
+from sftkit.evaluation.generate import Generation, greedy_generate
 from sftkit.evaluation.stats import accuracy
 
 
@@ -32,6 +33,20 @@ class Gsm8kEvaluator:
         prompts = [task.template.prompt_text(e, task.tokenizer) for e in task.examples]
         # R1-distill chat templates open <think> in the prompt; the output starts inside it.
         in_think = bool(prompts) and all(prompt_opens_think(p) for p in prompts)
+        found: list[Any] = [None] * len(prompts)
+        correct = 0
+        done = 0
+
+        def score_batch(indices: Sequence[int], batch: Sequence[Generation]) -> None:
+            # Scored batch by batch, so the progress display shows the accuracy so far.
+            nonlocal correct, done
+            for index, generation in zip(indices, batch, strict=True):
+                found[index] = extract_answer(generation.text, starts_in_think=in_think)
+                correct += found[index].answer is not None and found[index].answer == golds[index]
+            done += len(indices)
+            if task.progress is not None:
+                task.progress(done, len(prompts), accuracy=correct / done)
+
         generations = greedy_generate(
             task.model,
             task.tokenizer,
@@ -40,28 +55,28 @@ class Gsm8kEvaluator:
             batch_size=self.options.batch_size,
             stop_at_answer=self.options.stop_at_answer,
             starts_in_think=in_think,
-            progress=task.progress,
+            on_batch=score_batch,
         )
         predictions: list[dict[str, Any]] = []
-        correct = 0
-        for example, gold, generation in zip(task.examples, golds, generations, strict=True):
-            found = extract_answer(generation.text, starts_in_think=in_think)
-            hit = found.answer is not None and found.answer == gold
-            correct += hit
+        for example, gold, generation, extraction in zip(
+            task.examples, golds, generations, found, strict=True
+        ):
+            hit = extraction.answer is not None and extraction.answer == gold
             predictions.append(
                 {
                     "id": example.id,
                     "question": question_text(example),
                     "gold": gold,
-                    "extracted": found.answer,
-                    "method": found.method,
+                    "extracted": extraction.answer,
+                    "method": extraction.method,
                     "correct": hit,
                     "output": generation.text,
                     "new_tokens": generation.new_tokens,
                     "finished": generation.finished,
                 }
             )
-        score = accuracy(correct, len(predictions), self.options.confidence)
+        hits = sum(bool(p["correct"]) for p in predictions)
+        score = accuracy(hits, len(predictions), self.options.confidence)
         unfinished = sum(not p["finished"] for p in predictions)
         metrics: dict[str, float] = {
             **score.to_dict(),

@@ -77,7 +77,8 @@ class EvalLossEvaluator:
                         total_loss += float(sums[row])
                         total_tokens += n
                     if task.progress is not None:
-                        task.progress(len(predictions), len(rows))
+                        so_far = {"loss": total_loss / total_tokens} if total_tokens else {}
+                        task.progress(len(predictions), len(rows), **so_far)
         finally:
             if was_training:
                 model.train()

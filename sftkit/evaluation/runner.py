@@ -15,6 +15,7 @@ from pydantic import ValidationError
 
 from sftkit.errors import RecipeError, SftkitError
 from sftkit.evaluation.base import EvalResult, EvalTask, Progress, write_result
+from sftkit.progress import Stage, current
 from sftkit.recipe.load import Component, ResolvedRecipe, _problems_from_validation
 from sftkit.runpaths import EvalPaths, RunPaths
 from sftkit.specs import EvaluatorSpec, load_factory
@@ -115,13 +116,15 @@ def run_evaluations(
 ) -> list[StoredResult]:
     """Run each evaluator on its split and write ``<out_root>/<stage>-<evaluator>/``.
 
-    `progress(label, total)` may return a per-evaluator progress callback.
+    Each evaluation is a stage of the current progress display (examples done, the metric
+    so far, ETA); `progress(label, total)` replaces that with a per-evaluator callback.
     """
     from sftkit.modeling.kernels import check_inference_device
 
     device = getattr(model, "device", None)
     check_inference_device(resolved, getattr(device, "type", "cpu"))
     template = build_template(resolved)
+    display = current()
     stored: list[StoredResult] = []
     for component in components:
         options = component.options
@@ -129,16 +132,17 @@ def run_evaluations(
         examples = load_examples(resolved, split, getattr(options, "limit", None))
         evaluator = build_evaluator(component)
         label = f"{stage} {component.spec.name} ({split}, {len(examples)} examples)"
-        task = EvalTask(
-            model=model,
-            tokenizer=tokenizer,
-            examples=examples,
-            template=template,
-            split=split,
-            max_seq_length=resolved.recipe.training.max_seq_length,
-            progress=progress(label, len(examples)) if progress else None,
-        )
-        result: EvalResult = evaluator.evaluate(task)
+        with display.stage(f"{stage} {component.spec.name}", len(examples)) as shown:
+            task = EvalTask(
+                model=model,
+                tokenizer=tokenizer,
+                examples=examples,
+                template=template,
+                split=split,
+                max_seq_length=resolved.recipe.training.max_seq_length,
+                progress=progress(label, len(examples)) if progress else stage_progress(shown),
+            )
+            result: EvalResult = evaluator.evaluate(task)
         if not result.options:
             result.options = options.model_dump()
         path = write_result(
@@ -150,6 +154,24 @@ def run_evaluations(
         )
         stored.append(StoredResult(result, stage, path))
     return stored
+
+
+def stage_progress(stage: Stage) -> Progress:
+    """An evaluator's progress reports, shown on a stage: ``acc 45.0%``, ``loss 1.234``."""
+
+    def report(done: int, total: int, /, **so_far: float) -> None:
+        stage.update(
+            done, total=total, note="  ".join(so_far_text(k, v) for k, v in so_far.items())
+        )
+
+    return report
+
+
+def so_far_text(metric: str, value: float) -> str:
+    from sftkit.evaluation.display import headline
+
+    name = "acc" if metric == "accuracy" else metric
+    return f"{name} {headline(metric, {metric: value})}"
 
 
 def summary_line(stored: StoredResult) -> str:

@@ -14,6 +14,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sftkit import progress
 from sftkit.dtypes import DTYPES, torch_dtype
 from sftkit.errors import RunDirectoryError, SftkitError
 from sftkit.export.card import model_card
@@ -127,7 +128,9 @@ def _write_merged(
     from sftkit.export.merge import describe_quantization, merge_adapters
     from sftkit.modeling import load_trained
 
-    model, tokenizer = load_trained(run_dir)
+    display = progress.current()
+    with display.stage("load model"):
+        model, tokenizer = load_trained(run_dir)
     quantized = describe_quantization(model)
     if dtype is None:
         # A quantized base has no dtype of its own: it is dequantized to bf16. A dense base
@@ -135,7 +138,9 @@ def _write_merged(
         dtype = (
             "bfloat16" if quantized else (recipe_dtype if recipe_dtype in DTYPES else "bfloat16")
         )
-    merged = merge_adapters(model, torch_dtype(dtype))
-    merged.save_pretrained(out, max_shard_size=max_shard_size)
-    tokenizer.save_pretrained(out)
+    with display.stage("merge"):
+        merged = merge_adapters(model, torch_dtype(dtype))
+    with display.stage("save"):
+        merged.save_pretrained(out, max_shard_size=max_shard_size)
+        tokenizer.save_pretrained(out)
     return dtype, quantized

@@ -41,14 +41,18 @@ def train_rank(run_dir: Path, *, resume: bool) -> None:
     from rich.console import Console
 
     from sftkit.engine import engine_of
+    from sftkit.quiet import log_to, quiet_libraries
     from sftkit.recipe.load import load_recipe
     from sftkit.registry import default_registry
     from sftkit.runpaths import RunPaths, last_checkpoint
     from sftkit.training.context import RunContext
     from sftkit.training.runner import execute_run
 
-    device = join_process_group()
+    quiet_libraries()  # main() did; here too for a caller that comes in through this
     paths = RunPaths(run_dir)
+    if is_main_process():
+        log_to(paths.log)  # the libraries' messages, as in `sftkit run`
+    device = join_process_group()
     resolved = load_recipe(paths.launch.worker_recipe, registry=default_registry())
     recipe = resolved.recipe
     os.environ.update(engine_of(recipe).worker_environment(recipe))
@@ -82,6 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
+    from sftkit.quiet import quiet_libraries
+
+    # Before torch & co. load: their logging, warnings and bars go to the run's sftkit.log.
+    quiet_libraries(verbose=os.environ.get("SFTKIT_VERBOSE", "") not in ("", "0"))
     if not is_main_process():
         # Rank 0 speaks for the run; the others' library warnings would repeat its own.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

@@ -145,6 +145,11 @@ def builtin_budget(device: str) -> MemoryBudget:
     if key == "auto":
         return present_device()
     if is_size(device):
+        if parse_size(device) <= 0:
+            raise SftkitError(
+                f"GPU memory size {device!r} (--gpu or hardware.gpu) is not positive.",
+                hint="Give a size such as 40GB, or a GPU name.",
+            )
         return MemoryBudget(device.strip(), parse_size(device), "gpu", "size given")
     budget = catalog_budget(device)
     if budget is not None:

@@ -178,7 +178,9 @@ def sharding(setup: Setup) -> Sharding:
 
 def describe(setup: Setup) -> str:
     if setup.num_gpus == 1:
-        return "1 GPU"
+        return "1 GPU" if setup.on_gpu else "CPU"
     offload = ", optimizer offloaded to CPU" if sharding(setup).state_on_host else ""
     label = setup.engine.sharding_label(setup.distributed)
+    if not setup.on_gpu:
+        return f"{setup.num_gpus} CPU processes, {label}{offload}; figures are per process"
     return f"{setup.num_gpus} GPUs, {label}{offload}; figures are per GPU"

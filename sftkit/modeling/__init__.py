@@ -16,6 +16,7 @@ from sftkit.modeling.load import (
     resolve_model_path,
     strategy_context,
     training_device,
+    trust_remote_code_notice,
     with_pad_token,
 )
 from sftkit.modeling.trained import load_base, load_trained, run_recipe
@@ -32,5 +33,6 @@ __all__ = [
     "run_recipe",
     "strategy_context",
     "training_device",
+    "trust_remote_code_notice",
     "with_pad_token",
 ]

@@ -71,6 +71,14 @@ def strategy_context(recipe: Recipe, device: str | None = None) -> StrategyConte
     )
 
 
+def trust_remote_code_notice(recipe: Recipe) -> str:
+    """Said once when a command loads a model with ``model.trust_remote_code: true``."""
+    return (
+        "[yellow]note:[/yellow] model.trust_remote_code is true: Python code that comes with "
+        f"{recipe.model.name_or_path} runs in this process when its tokenizer and model load."
+    )
+
+
 # --------------------------------------------------------------------------- tokenizer
 
 

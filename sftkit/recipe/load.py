@@ -6,10 +6,11 @@ what was expected, what was found, and a "did you mean" where one is close.
 
 from __future__ import annotations
 
+import copy
 import types
 import typing
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -76,6 +77,9 @@ class ResolvedRecipe:
     registry: Registry = field(repr=False, compare=False)
     overrides: tuple[str, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # What loading changed that the user did not write (options dropped with a switched
+    # component); the CLI shows each as a note.
+    notes: tuple[str, ...] = ()
 
 
 def bundled_recipes_dir() -> Path:
@@ -114,9 +118,18 @@ def load_recipe(
 ) -> ResolvedRecipe:
     path = find_recipe(str(name_or_path))
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read recipe {str(path)!r}: {exc}.") from exc
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read recipe {str(path)!r}: {exc.strerror or exc}.") from exc
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{path}:{line}: the recipe is not UTF-8 text (byte 0x{raw[exc.start]:02x} at "
+            f"byte {exc.start} of the file).",
+            hint="Save the recipe as UTF-8.",
+        ) from exc
     return load_recipe_text(text, overrides, registry=registry, source=str(path))
 
 
@@ -143,10 +156,76 @@ def load_recipe_text(
             source=source,
         )
     parsed = [o if isinstance(o, Override) else parse_override(o) for o in overrides]
-    data = apply_overrides(data, parsed, is_string=lambda p: _is_string_field(data, p, registry))
-    return validate_recipe_data(
+    data, notes = apply_component_overrides(data, parsed, registry)
+    resolved = validate_recipe_data(
         data, registry=registry, source=source, overrides=tuple(map(str, parsed))
     )
+    return replace(resolved, notes=tuple(notes)) if notes else resolved
+
+
+def _component_nodes(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
+    """(path, name key) of every component reference in `data`: strategy, optimizer,
+    data.format, data.template, each evaluator, and the engine (``distributed.engine``)."""
+    nodes = [(path, "name") for path in COMPONENT_PATHS]
+    evaluators = (
+        (data.get("evaluation") or {}).get("evaluators")
+        if isinstance(data.get("evaluation"), dict)
+        else None
+    )
+    if isinstance(evaluators, list):
+        nodes += [(("evaluation", "evaluators", str(i)), "name") for i in range(len(evaluators))]
+    return [*nodes, (("distributed",), "engine")]
+
+
+def _node(data: Any, path: tuple[str, ...]) -> Any:
+    for part in path:
+        if isinstance(data, dict):
+            data = data.get(part)
+        elif isinstance(data, list) and part.isdigit() and int(part) < len(data):
+            data = data[int(part)]
+        else:
+            return None
+    return data
+
+
+def apply_component_overrides(
+    data: dict[str, Any], overrides: Sequence[Override], registry: Registry
+) -> tuple[dict[str, Any], list[str]]:
+    """`data` with `overrides` applied, and a note per component they switched.
+
+    An override that switches a component (``data.format.name=chat``) drops the options the
+    recipe gives the previous one: they belong to it, and the new one's options model would
+    reject them as unknown keys. Options set on the command line stay (``data.format.name=
+    prompt-completion data.format.options.train_file=x.jsonl``)."""
+    applied = apply_overrides(
+        data, overrides, is_string=lambda p: _is_string_field(data, p, registry)
+    )
+    notes = []
+    cleared = copy.deepcopy(data)
+    for path, name_key in _component_nodes(applied):
+        old, new = _node(data, path), _node(applied, path)
+        if not (isinstance(old, dict) and isinstance(new, dict)):
+            continue
+        if old.get(name_key) == new.get(name_key) or not old.get("options"):
+            continue
+        if not any(o.path == (*path, name_key) and not o.delete for o in overrides):
+            continue
+        if any(o.delete and o.path[: len(path) + 1] == (*path, "options") for o in overrides):
+            continue  # `~data.format.options` on the line: the user deletes them already
+        dropped = old["options"]
+        keys = ", ".join(map(str, dropped)) if isinstance(dropped, dict) else repr(dropped)
+        _node(cleared, path).pop("options", None)
+        dotted = ".".join(path)
+        notes.append(
+            f"{dotted}.{name_key}={new.get(name_key)}: dropped the recipe's options for "
+            f"{old.get(name_key)} ({keys}); {new.get(name_key)} takes its defaults, plus any "
+            f"{dotted}.options.KEY=VALUE on the command line."
+        )
+    if not notes:
+        return applied, []
+    return apply_overrides(
+        cleared, overrides, is_string=lambda p: _is_string_field(cleared, p, registry)
+    ), notes
 
 
 def validate_recipe_data(

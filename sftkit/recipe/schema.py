@@ -75,7 +75,9 @@ class TrainingSection(Strict):
     lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
     max_grad_norm: float | None = Field(default=1.0, gt=0)
-    seed: int = 42
+    seed: int = Field(
+        default=42, ge=0, le=2**32 - 1, description="Seeds Python, NumPy and torch (NumPy's range)."
+    )
     logging_steps: int = Field(default=10, ge=1)
     save_steps: int | None = Field(default=None, ge=1, description="None: save at the end only.")
     save_total_limit: int | None = Field(default=2, ge=1)

@@ -20,6 +20,13 @@ def _figure() -> tuple[Any, Any]:
     return figure, figure.add_subplot()
 
 
+def _whole_steps(axes: Any) -> None:
+    """Ticks on whole steps only: a short run's axis would otherwise read 0.5, 1.5, ..."""
+    from matplotlib.ticker import MaxNLocator
+
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _series(events: Sequence[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
     xs, ys = [], []
     for event in events:
@@ -49,6 +56,7 @@ def plot_loss(
     if min(values) > 0 and max(values) / min(values) > 30:
         axes.set_yscale("log")  # a loss falling 100x is a flat line at the bottom otherwise
         axes.grid(alpha=0.15, which="minor")
+    _whole_steps(axes)
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("loss (log scale)" if axes.get_yscale() == "log" else "loss")
     axes.set_title(title)
@@ -70,6 +78,7 @@ def plot_learning_rate(
             drawn = True
     if not drawn:
         return None
+    _whole_steps(axes)
     axes.set_xlabel("optimizer step")
     axes.set_ylabel("learning rate")
     axes.set_title(title)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sftkit.devices import is_cpu
 from sftkit.evaluation.base import StoredEval
 from sftkit.evaluation.display import delta, details, headline, interval
 from sftkit.reporting.record import RunRecord
@@ -48,6 +49,8 @@ def component(ref: Any) -> str:
 
 
 def _short(value: Any) -> str:
+    if value == "":
+        return '""'  # `instruction=""`, not `instruction=`
     text = str(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
@@ -61,6 +64,13 @@ def recipe_rows(record: RunRecord) -> list[tuple[str, str]]:
     micro = training.get("micro_batch_size", 1)
     accum = training.get("gradient_accumulation_steps", 1)
     gpus = hardware.get("num_gpus", 1)
+    on_cpu = is_cpu(str(hardware.get("gpu", "")))
+    if on_cpu:
+        devices = f" x {gpus} processes" if gpus > 1 else ""
+        where = f"{gpus} CPU processes" if gpus > 1 else "CPU"
+    else:
+        devices = f" x {gpus} GPU{'s' if gpus != 1 else ''}"
+        where = f"{gpus} x {hardware.get('gpu', '?')}"
     length = f"{training.get('max_steps')} steps" if training.get("max_steps") else None
     rows = [
         (
@@ -77,7 +87,7 @@ def recipe_rows(record: RunRecord) -> list[tuple[str, str]]:
         ),
         (
             "batch",
-            f"{micro} x {accum} accumulation x {gpus} GPU = {micro * accum * gpus} sequences per "
+            f"{micro} x {accum} accumulation{devices} = {micro * accum * gpus} sequences per "
             f"step, max length {training.get('max_seq_length', '?')}",
         ),
         (
@@ -91,7 +101,7 @@ def recipe_rows(record: RunRecord) -> list[tuple[str, str]]:
             f"{training.get('precision', '?')}, gradient checkpointing "
             f"{'on' if training.get('gradient_checkpointing') else 'off'}",
         ),
-        ("hardware", f"{gpus} x {hardware.get('gpu', '?')}"),
+        ("hardware", where),
     ]
     return rows
 

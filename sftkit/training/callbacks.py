@@ -1,5 +1,5 @@
-"""Trainer callbacks: metrics.jsonl with throughput, the plugin lifecycle hooks, and a rich
-progress bar. They run in that order, so the hooks and TensorBoard see tokens_per_second."""
+"""Trainer callbacks: metrics.jsonl with throughput, the plugin lifecycle hooks, and the
+training stage of sftkit's progress display. They run in that order, so the hooks and TensorBoard see tokens_per_second."""
 
 from __future__ import annotations
 
@@ -9,16 +9,9 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 from transformers import TrainerCallback
 
+from sftkit.progress import Display, Stage, console_display, current
 from sftkit.training.context import RunContext
 
 # Key names in metrics.jsonl (the trainer's own names, plus ours).
@@ -84,53 +77,37 @@ class HooksCallback(TrainerCallback):
 
 
 class RichProgressCallback(TrainerCallback):
-    """A progress bar over optimizer steps, with the last loss, lr and throughput; each log
-    event is also printed as one line (visible in CI logs where the bar is not)."""
+    """Training as a stage of sftkit's progress display: optimizer steps done of the total,
+    with the last loss; each log event is also printed as one line (the only output where
+    there is no terminal, as in CI logs)."""
 
-    def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
-        self.progress: Progress | None = None
-        self.task: Any = None
+    def __init__(self, display: Display | Console | None = None) -> None:
+        if isinstance(display, Console):
+            display = console_display(display)
+        self.display = display or current()
+        self.stage: Stage | None = None
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if not self.console.is_terminal:
-            return  # logs, CI: the per-log lines alone
-        self.progress = Progress(
-            TextColumn("[bold]train[/bold]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TextColumn("eta"),
-            TimeRemainingColumn(),
-            TextColumn("{task.fields[status]}"),
-            console=self.console,
-            transient=False,
-        )
-        self.progress.start()
-        self.task = self.progress.add_task(
-            "train", total=state.max_steps, completed=state.global_step, status=""
+        self.stage = self.display.open(
+            "train", state.max_steps or None, done=state.global_step, keep=True
         )
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, completed=state.global_step)
+        if self.stage is not None:
+            self.stage.update(state.global_step)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         if not logs or "loss" not in logs:
             return
-        status = _status(logs)
-        line = f"step {state.global_step}/{state.max_steps}  {status}"
-        if self.progress is not None:
-            self.progress.update(self.task, status=status)
-            self.progress.console.print(line, highlight=False)
-        else:
-            self.console.print(line, highlight=False)
+        if self.stage is not None:
+            self.stage.update(note=f"loss {logs['loss']:.4f}")
+        self.display.say(f"step {state.global_step}/{state.max_steps}  {_status(logs)}")
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, completed=state.global_step)
-            self.progress.stop()
-            self.progress = None
+        if self.stage is not None:
+            self.stage.update(state.global_step)
+            self.stage.close()
+            self.stage = None
 
 
 def _status(logs: dict[str, Any]) -> str:

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from sftkit import progress
 from sftkit.data.example import Example
-from sftkit.data.tokenize import encode_all
+from sftkit.data.tokenize import encode_example
 from sftkit.errors import DataError
+
+SHOWN_EVERY = 256  # examples between progress updates
 
 
 def tokenized_dataset(
@@ -18,7 +21,16 @@ def tokenized_dataset(
 
     if not examples:
         raise DataError("the train split is empty: there is nothing to train on.")
-    encoded = encode_all(template, examples, tokenizer, completion_only_loss=completion_only_loss)
+    encoded = []
+    with progress.current().stage("tokenize", len(examples)) as stage:
+        for i, example in enumerate(examples, start=1):
+            encoded.append(
+                encode_example(
+                    template, example, tokenizer, completion_only_loss=completion_only_loss
+                )
+            )
+            if i % SHOWN_EVERY == 0 or i == len(examples):
+                stage.update(i)
     return Dataset.from_dict(
         {
             "input_ids": [e.input_ids for e in encoded],

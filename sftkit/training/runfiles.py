@@ -17,14 +17,16 @@ import yaml
 
 from sftkit._version import __version__
 from sftkit.errors import RunDirectoryError
-from sftkit.runpaths import DATA_DIR, RunPaths, last_checkpoint
+from sftkit.oserrors import check_can_create
+from sftkit.runpaths import DATA_DIR, LOG_FILE, RunPaths, last_checkpoint
 
 if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe
 
 # Entries a directory may already hold without being another run: prepared data
-# (`sftkit prepare-data` writes <output_dir>/data by default).
-REUSABLE = frozenset({DATA_DIR})
+# (`sftkit prepare-data` writes <output_dir>/data by default), and the log of a run that
+# stopped before writing recipe.yaml (appended to).
+REUSABLE = frozenset({DATA_DIR, LOG_FILE})
 # Keys that may change when a run is resumed (training longer is what resuming is for).
 RESUME_MAY_CHANGE = (("training", "max_steps"), ("training", "epochs"))
 PACKAGES = (
@@ -63,16 +65,22 @@ def check_run_dir(paths: RunPaths, resolved: ResolvedRecipe, *, resume: bool) ->
     needs this run's own directory, with a checkpoint and the same recipe.
     """
     root = paths.root
+    check_can_create(root, "output directory")  # a file in the way, read-only, permissions
     occupied = (
         sorted(p.name for p in root.iterdir() if p.name not in REUSABLE) if root.is_dir() else []
     )
-    if root.exists() and not root.is_dir():
-        raise RunDirectoryError(f"output directory {root} exists and is not a directory.")
     if not resume:
+        shown = f"{', '.join(occupied[:5])}{', ...' if len(occupied) > 5 else ''}"
+        if occupied and not paths.recipe.is_file():
+            raise RunDirectoryError(
+                f"output directory {root} is not empty ({shown}) and is not a run directory; "
+                "a run starts in a new or empty directory.",
+                hint="Choose a new directory with --output-dir (or output_dir=...).",
+            )
         if occupied:
             raise RunDirectoryError(
-                f"output directory {root} already holds a run ({', '.join(occupied[:5])}"
-                f"{', ...' if len(occupied) > 5 else ''}); sftkit never overwrites a run.",
+                f"output directory {root} already holds a run ({shown}); sftkit never "
+                "overwrites a run.",
                 hint="Continue it with --resume, choose another directory with --output-dir, "
                 "or delete it yourself.",
             )

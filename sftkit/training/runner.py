@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 
+from sftkit import progress
 from sftkit.devices import is_cpu
 from sftkit.errors import DoesNotFitError, MissingDependencyError, SftkitError
+from sftkit.quiet import log_to, quiet_libraries
 from sftkit.runpaths import RunPaths, last_checkpoint
 from sftkit.training.context import RunContext
 from sftkit.training.runfiles import (
@@ -62,9 +64,10 @@ def run_recipe(
     callbacks: Sequence[Any] = (),
 ) -> RunResult:
     """Train `resolved` into ``resolved.recipe.output_dir``; see the module docstring."""
-    console = console or Console(stderr=True)
-    ctx = start_run(resolved, resume=resume, force=force, console=console)
-    status = execute_run(ctx, console=console, callbacks=callbacks)
+    console = console or progress.current().console
+    with progress.use(progress.console_display(console)):
+        ctx = start_run(resolved, resume=resume, force=force, console=console)
+        status = execute_run(ctx, console=console, callbacks=callbacks)
     return RunResult(ctx.paths.root, status, dict(ctx.metrics), ctx)
 
 
@@ -74,13 +77,14 @@ def start_run(
     """Everything before loading a weight: claim the run directory, pre-flight the memory
     estimate, write recipe.yaml / memory.json / environment.json / run.json (running).
     `sftkit launch` calls this once, then `execute_run` in every rank."""
-    from sftkit.modeling import training_device
+    from sftkit.modeling import training_device, trust_remote_code_notice
     from sftkit.modeling.kernels import check_inference_device, check_kernels
 
     recipe = resolved.recipe
     paths = RunPaths(Path(recipe.output_dir))
+    say = progress.console_display(console).say  # plain lines stay whole off a terminal
     check_run_dir(paths, resolved, resume=resume)
-    estimate = preflight(resolved, force=force, echo=console.print)
+    estimate = preflight(resolved, force=force, echo=say)
     device = training_device(recipe)
     check_kernels(recipe, device)  # before anything is written or loaded
     if recipe.evaluation.evaluators and (
@@ -88,6 +92,16 @@ def start_run(
     ):
         check_inference_device(resolved, device)
     paths.root.mkdir(parents=True, exist_ok=True)
+    quiet_libraries()  # the CLI did already; a run started from Python gets the same
+    log_to(paths.log)
+    if recipe.model.trust_remote_code:
+        say(trust_remote_code_notice(recipe))
+    if getattr(resolved.optimizer.spec, "paged", False) and is_cpu(device):
+        # bitsandbytes says so in a UserWarning (now in the log file); say it plainly.
+        say(
+            f"[yellow]note:[/yellow] {recipe.optimizer.name} pages its state to host memory "
+            "only on CUDA; on the CPU it runs unpaged."
+        )
     if not resume:
         write_recipe(paths, resolved)
     write_json(paths.memory, estimate)
@@ -114,8 +128,10 @@ def execute_run(ctx: RunContext, *, console: Console, callbacks: Sequence[Any] =
     from sftkit.distributed.rank import is_main_process
 
     main = is_main_process()
+    display = progress.console_display(console)  # the launch worker's, or run_recipe's
     try:
-        train(ctx, console=console, extra_callbacks=callbacks)
+        with progress.use(display):
+            train(ctx, console=console, extra_callbacks=callbacks)
     except BaseException as exc:
         if main:
             update_run_json(
@@ -125,7 +141,7 @@ def execute_run(ctx: RunContext, *, console: Console, callbacks: Sequence[Any] =
     if not main:
         return "completed"
     record = update_run_json(ctx.paths, status="completed", finished=now(), error=None)
-    after_run(ctx, echo=console.print)
+    after_run(ctx, echo=display.say)
     return str(record["status"])
 
 
@@ -161,15 +177,16 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     from sftkit.training.callbacks import HooksCallback, MetricsCallback, RichProgressCallback
     from sftkit.training.dataset import tokenized_dataset
     from sftkit.training.optimizer import build_optimizer, optimizer_lr
+    from sftkit.training.sft_trainer import sftkit_trainer_class
 
     resolved, recipe, paths = ctx.resolved, ctx.recipe, ctx.paths
-    _quiet_library_progress_bars()
+    display = progress.console_display(console)
     set_seed(recipe.training.seed)
     prepared = prepare_data(resolved)
     for warning in prepared.warnings:
-        console.print(f"[yellow]data warning:[/yellow] {warning}")
+        display.say(f"[yellow]data warning:[/yellow] {warning}")
     counts = prepared.counts
-    console.print(
+    display.say(
         f"data: {counts['train']} train / {counts['dev']} dev / {counts['test']} test "
         f"examples in {prepared.directory}"
     )
@@ -180,11 +197,12 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
         examples, template, tokenizer, completion_only_loss=recipe.data.completion_only_loss
     )
     started = time.perf_counter()
-    model = build_model(
-        resolved, tokenizer, base_dir=paths.base if recipe.model.random_init else None
-    )
-    optimizer = build_optimizer(resolved, model)
-    console.print(_describe_model(model, recipe, time.perf_counter() - started))
+    with display.stage("load model"):
+        model = build_model(
+            resolved, tokenizer, base_dir=paths.base if recipe.model.random_init else None
+        )
+        optimizer = build_optimizer(resolved, model)
+    display.say(_describe_model(model, recipe, time.perf_counter() - started))
     args = sft_config(ctx, learning_rate=optimizer_lr(optimizer))
     ctx.tokenizer = tokenizer
     from sftkit.distributed.rank import is_main_process
@@ -203,10 +221,10 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
         manager = resolved.registry.manager
         if manager is not None:
             callbacks.append(HooksCallback(ctx, manager.hook))
-        callbacks.append(RichProgressCallback(console))
+        callbacks.append(RichProgressCallback(display))
     callbacks.extend(extra_callbacks)
     trainer_class = engine_trainer_class(
-        SFTTrainer,
+        sftkit_trainer_class(SFTTrainer),
         recipe,
         use_cpu=is_cpu(ctx.device),
         optimizer_factory=lambda sharded: build_optimizer(resolved, sharded),
@@ -225,7 +243,7 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     ctx.model, ctx.trainer = trainer.model, trainer
 
     if ctx.resumed_from is None and is_main_process():
-        evaluate_stage(ctx, "before", echo=console.print)
+        evaluate_stage(ctx, "before", echo=display.say)
     output = trainer.train(
         resume_from_checkpoint=str(ctx.resumed_from) if ctx.resumed_from else None
     )
@@ -235,7 +253,7 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     if is_main_process():
         update_run_json(paths, **run_summary(ctx, output))
         if evaluates_in_process(recipe):  # else `sftkit launch` evaluates final/ afterwards
-            evaluate_stage(ctx, "after", echo=console.print)
+            evaluate_stage(ctx, "after", echo=display.say)
 
 
 def sft_config(ctx: RunContext, *, learning_rate: float) -> Any:
@@ -306,16 +324,6 @@ def _tensorboard(paths: RunPaths) -> Any:
     return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(paths.tensorboard)))
 
 
-def _quiet_library_progress_bars() -> None:
-    """transformers' and datasets' own tqdm bars (loading shards, mapping) would interleave
-    with ours; the run prints one line per step instead."""
-    import datasets
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-
-
 def _require(module: str, package: str, purpose: str) -> None:
     import importlib.util
 
@@ -324,11 +332,12 @@ def _require(module: str, package: str, purpose: str) -> None:
 
 
 def _describe_model(model: Any, recipe: Any, seconds: float) -> str:
+    """Two short lines, so that neither wraps on an 80-column terminal for common names."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return (
-        f"model: {recipe.model.name_or_path} ({recipe.strategy.name}) loaded in {seconds:.1f}s; "
-        f"{trainable:,} of {total:,} parameters train ({100 * trainable / max(total, 1):.2f}%)"
+        f"model: {recipe.model.name_or_path} ({recipe.strategy.name}), loaded in {seconds:.1f}s\n"
+        f"  {trainable:,} of {total:,} parameters train ({100 * trainable / max(total, 1):.2f}%)"
     )
 
 
