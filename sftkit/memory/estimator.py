@@ -70,11 +70,7 @@ def notes_for(setup: Setup, on_gpu: bool) -> list[str]:
             "assumes a 4-D attention mask (padded or packed batches): SDPA repeats k/v per "
             "head and keeps an s x s mask per layer."
         )
-    notes.append(
-        "loss computed by TRL's chunked log-prob head (no full logits)."
-        if setup.loss_head == "fused"
-        else "loss computed on full fp32 logits (transformers' ForCausalLMLoss)."
-    )
+    notes.append(setup.loss.note())
     notes.extend(setup.storage.notes(setup.composition.has_adapters))
     for adapter in setup.adapters:
         notes.extend(adapter.notes())

@@ -52,7 +52,6 @@ def _moments(
     lg, hg, eg = _grad_profile(tensors, L)
     lg, hg, eg = (div(x, sh.gradients) for x in (lg, hg, eg))
     tokens = f"{b} x {s} tokens"
-    vocab = f"{setup.shape.vocab_size:,}"
 
     def saved_layers(j: int, recomputing: bool) -> list[Part]:
         if setup.checkpointing:
@@ -111,7 +110,7 @@ def _moments(
     start = [
         *saved_layers(L, recomputing=False),
         Part("token ids, rotary tables, final norm", head, "activations", ""),
-        *_loss_parts(setup, loss, loss_tmp, vocab, tokens),
+        *_loss_parts(setup, loss, loss_tmp),
         *common,
         *grads(0),
     ]
@@ -131,35 +130,12 @@ def _moments(
     return [start, top, bottom, end]
 
 
-def _loss_parts(setup: Setup, saved: int, transient: int, vocab: str, tokens: str) -> list[Part]:
-    if setup.loss_head == "fused":
-        return [
-            Part(
-                f"loss: TRL chunked log-prob head, saved hidden states and log-Z ({tokens})",
-                saved,
-                "logits",
-                "per position: hidden x stream dtype + targets + fp32 log-Z and entropy",
-            ),
-            Part(
-                f"loss: 4096 x 32768 logits tiles and gradient accumulators (vocabulary {vocab})",
-                transient,
-                "logits",
-                "compute-dtype tile + casts + fp32 grad of the hidden states (and of lm_head)",
-            ),
-        ]
+def _loss_parts(setup: Setup, saved: int, transient: int) -> list[Part]:
+    q = act.loss_query(setup, setup.micro_batch_size, setup.seq_len)
+    (saved_name, saved_formula), (tmp_name, tmp_formula) = setup.loss.labels(q)
     return [
-        Part(
-            f"loss: fp32 log-probabilities over {vocab} tokens ({tokens})",
-            saved,
-            "logits",
-            "4 x vocab per token + labels (logits.float() then log_softmax)",
-        ),
-        Part(
-            f"cross-entropy backward: fp32 gradients over {vocab} tokens",
-            transient,
-            "logits",
-            "2 x 4 x vocab per token",
-        ),
+        Part(saved_name, saved, "logits", saved_formula),
+        Part(tmp_name, transient, "logits", tmp_formula),
     ]
 
 

@@ -82,7 +82,13 @@ class TrainingSection(Strict):
     report_to: list[Tracker] = Field(default_factory=lambda: list[Tracker](["tensorboard"]))
     liger_kernels: bool = Field(
         default=False,
-        description="Use Liger's fused RMSNorm/SwiGLU/RoPE and fused linear cross-entropy.",
+        description="Use Liger's fused RMSNorm/SwiGLU/RoPE kernels (the loss head is `loss`).",
+    )
+    loss: Literal["auto", "full", "chunked", "liger"] = Field(
+        default="auto",
+        description="The loss head: auto (the installed trainer's: TRL's chunked log-prob head "
+        "from TRL 1.15), full (fp32 logits), chunked (sftkit's chunked cross-entropy, never "
+        "the tokens x vocabulary logits), liger (Liger's fused linear cross-entropy, CUDA).",
     )
 
 

@@ -212,14 +212,20 @@ def predicted_saved_bytes(setup: Setup, tensors: list[Any]) -> int:
 
 
 def install_loss_head(model: Any, setup: Setup) -> dict[str, Any]:
-    """Compute the loss the way sftkit's runner does: with TRL's chunked log-prob head when
-    the installed TRL uses one (`sftkit.memory.setup`). Returns the extra forward kwargs."""
-    if setup.loss_head != "fused":
-        return {}
-    from trl.trainer.utils import add_fused_lm_head
+    """Compute the loss the way sftkit's runner does: TRL's chunked log-prob head when the
+    installed TRL uses one, sftkit's head when the recipe names one (`training.loss`), else
+    the model's own loss. Returns the extra forward kwargs."""
+    from sftkit.components.loss import TrlChunkedLogProb
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))
+    if isinstance(setup.loss, TrlChunkedLogProb):
+        from trl.trainer.utils import add_fused_lm_head
+
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))
+        return {"fused_lm_head": True}
+    from sftkit.training.loss import install
+
+    install(model, setup.loss.name)
     return {"fused_lm_head": True}
 
 

@@ -76,6 +76,7 @@ def start_run(
     `sftkit launch` calls this once, then `execute_run` in every rank."""
     from sftkit.modeling import training_device
     from sftkit.modeling.kernels import check_inference_device, check_kernels
+    from sftkit.training.loss import check_loss_head
 
     recipe = resolved.recipe
     paths = RunPaths(Path(recipe.output_dir))
@@ -83,6 +84,7 @@ def start_run(
     estimate = preflight(resolved, force=force, echo=console.print)
     device = training_device(recipe)
     check_kernels(recipe, device)  # before anything is written or loaded
+    check_loss_head(resolved, device)
     if recipe.evaluation.evaluators and (
         recipe.evaluation.before_training or recipe.evaluation.after_training
     ):
@@ -160,6 +162,7 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     from sftkit.specs import load_factory
     from sftkit.training.callbacks import HooksCallback, MetricsCallback, RichProgressCallback
     from sftkit.training.dataset import tokenized_dataset
+    from sftkit.training.loss import apply_loss_head
     from sftkit.training.optimizer import build_optimizer, optimizer_lr
 
     resolved, recipe, paths = ctx.resolved, ctx.recipe, ctx.paths
@@ -219,6 +222,7 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
         optimizers=trainer_optimizers(recipe, optimizer),  # FSDP builds it once sharded
         callbacks=callbacks,
     )
+    apply_loss_head(trainer, resolved)  # training.loss: sftkit's head in place of TRL's
     # Our progress bar and metrics replace the trainer's tqdm bar and printed dicts.
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -247,6 +251,7 @@ def sft_config(ctx: RunContext, *, learning_rate: float) -> Any:
     if t.liger_kernels:
         _require("liger_kernel", "liger-kernel", "training.liger_kernels")
     from sftkit.distributed.trainer import trainer_arguments
+    from sftkit.training.loss import trl_config_kwargs
 
     engine = trainer_arguments(ctx.recipe, ctx.paths.root, use_cpu=is_cpu(ctx.device))
     checkpointing = engine.pop("gradient_checkpointing", t.gradient_checkpointing)
@@ -281,6 +286,7 @@ def sft_config(ctx: RunContext, *, learning_rate: float) -> Any:
         dataset_num_proc=None,
         dataloader_num_workers=0,
         use_liger_kernel=t.liger_kernels,
+        **trl_config_kwargs(),
         **engine,  # DDP/FSDP/DeepSpeed settings for launched runs (sftkit.distributed)
     )
 
