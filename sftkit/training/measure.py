@@ -259,6 +259,10 @@ def prepare_for_training(model: Any, setup: Setup) -> None:
         for name, param in model.named_parameters():
             if param.requires_grad and "lora_magnitude_vector" not in name:
                 param.data = param.data.to(torch.bfloat16)
+    # ... and what sftkit's runner does after it (`sftkit.training.techniques`)
+    from sftkit.training.techniques import restore_declared_dtypes
+
+    restore_declared_dtypes(model, setup.composition, setup.precision)
     if setup.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if not setup.trains_base and hasattr(model, "enable_input_require_grads"):

@@ -162,7 +162,7 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     from sftkit.specs import load_factory
     from sftkit.training.callbacks import HooksCallback, MetricsCallback, RichProgressCallback
     from sftkit.training.dataset import tokenized_dataset
-    from sftkit.training.loss import apply_loss_head
+    from sftkit.training.techniques import after_trainer_built
     from sftkit.training.optimizer import build_optimizer, optimizer_lr
 
     resolved, recipe, paths = ctx.resolved, ctx.recipe, ctx.paths
@@ -222,7 +222,7 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
         optimizers=trainer_optimizers(recipe, optimizer),  # FSDP builds it once sharded
         callbacks=callbacks,
     )
-    apply_loss_head(trainer, resolved)  # training.loss: sftkit's head in place of TRL's
+    after_trainer_built(trainer, resolved)  # the recipe's loss head and adapter dtype
     # Our progress bar and metrics replace the trainer's tqdm bar and printed dicts.
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
