@@ -103,6 +103,8 @@ def _moments(
         )
 
     def grads(n: int) -> list[Part]:
+        if setup.optimizer_in_backward:  # one gradient at a time, from the first one on
+            n = grads_total if n else 0
         n = grads_total if accumulated else n
         name = grad_name if n == grads_total else "gradients so far in backward"
         return [Part(name, n, "gradients", "one gradient per trainable parameter")] if n else []

@@ -75,14 +75,24 @@ def _optimizer_parts(
     """(gradients, persistent optimizer parts, step temporaries)."""
     name = setup.optimizer.name
     trainable = count_words(opt.trainable_parameters)
-    grads = [
-        Part(
-            f"gradients of {trainable} trainable parameters",
-            div(opt.gradient_bytes, sh.gradients),
-            "gradients",
-            "one gradient per trainable parameter, in its dtype",
-        )
-    ]
+    if setup.optimizer_in_backward:
+        grads = [
+            Part(
+                "gradient of one tensor at a time (optimizer in backward)",
+                opt.live_gradient_bytes,
+                "gradients",
+                "the largest trainable tensor's gradient: each is stepped and freed in backward",
+            )
+        ]
+    else:
+        grads = [
+            Part(
+                f"gradients of {trainable} trainable parameters",
+                div(opt.gradient_bytes, sh.gradients),
+                "gradients",
+                "one gradient per trainable parameter, in its dtype",
+            )
+        ]
     state_pool: Pool = "host" if sh.state_on_host else "device"
     persistent = []
     if opt.state_device_bytes:
@@ -231,7 +241,10 @@ def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
             setup, tensors, grads_total, grads[0].name, sh, accumulated=True
         )
         fb = max((fb_first, fb_acc), key=lambda ps: sum(p.bytes for p in ps))
-    phases["forward_backward"] = [*weights, *fb, *extras]
+    # With the optimizer in backward the first backward already steps (and builds the state
+    # of) every parameter, one tensor's temporaries at a time.
+    stepping = [*persistent, *temps] if setup.optimizer_in_backward else []
+    phases["forward_backward"] = [*weights, *stepping, *fb, *extras]
     phases["optimizer_step"] = [
         *weights,
         *grads,
@@ -240,6 +253,8 @@ def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
         *[e for e in extras if e.name == "DDP gradient buckets"],
     ]
     phases["later_steps"] = [*weights, *persistent, *fb, *extras]
+    if setup.optimizer_in_backward:
+        phases["later_steps"].extend(temps)
     phases["evaluation"] = [*weights, *persistent, *_eval_parts(setup)]
     for term in extra:
         for phase in term.phases:
@@ -306,6 +321,7 @@ def static_bytes(setup: Setup) -> StaticBytes:
     return StaticBytes(
         weights=sum(t.total_bytes for t in tensors),
         trainable=opt.trainable_bytes,
-        gradients=opt.gradient_bytes,
+        # the optimizer in backward frees every gradient once it has stepped it
+        gradients=0 if setup.optimizer_in_backward else opt.gradient_bytes,
         optimizer_state=opt.state_bytes,
     )

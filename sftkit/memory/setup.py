@@ -77,6 +77,8 @@ class Setup:
     evaluations: tuple[EvalWorkload, ...] = ()
     loss: LossHead = FULL  # how the loss is computed (training.loss, resolved)
     liger: bool = False  # Liger's RMSNorm / SwiGLU / RoPE kernels replace transformers'
+    optimizer_in_backward: bool = False  # each parameter stepped, its gradient freed, in backward
+    activation_offload: bool = False  # checkpointed layer inputs kept in host memory
 
     @property
     def tokens(self) -> int:
@@ -147,6 +149,8 @@ def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bo
         evaluations=tuple(evaluations),
         loss=loss_head(t.loss),
         liger=t.liger_kernels,
+        optimizer_in_backward=t.optimizer_in_backward,
+        activation_offload=t.activation_offload,
     )
 
 

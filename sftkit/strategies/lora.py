@@ -64,13 +64,13 @@ class QuantizedLora(Lora):
         if not self.options.upcast_non_quantized:
             # What prepare_model_for_kbit_training does, less its fp32 upcast: freeze, and
             # let checkpointing see gradients through the frozen embeddings.
-            model = super().prepare_base(model, ctx)
+            frozen: Any = super().prepare_base(model, ctx)
             if ctx.recipe.training.gradient_checkpointing:
-                model.enable_input_require_grads()
-                model.gradient_checkpointing_enable(
+                frozen.enable_input_require_grads()
+                frozen.gradient_checkpointing_enable(
                     gradient_checkpointing_kwargs={"use_reentrant": False}
                 )
-            return model
+            return frozen
         # Freezes the base, upcasts the remaining fp16/bf16 weights (norms, embeddings, LM
         # head) to fp32 for stable training, and enables input gradients so gradient
         # checkpointing works through the frozen embeddings.

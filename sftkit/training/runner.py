@@ -162,8 +162,8 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     from sftkit.specs import load_factory
     from sftkit.training.callbacks import HooksCallback, MetricsCallback, RichProgressCallback
     from sftkit.training.dataset import tokenized_dataset
-    from sftkit.training.techniques import after_trainer_built
     from sftkit.training.optimizer import build_optimizer, optimizer_lr
+    from sftkit.training.techniques import after_trainer_built
 
     resolved, recipe, paths = ctx.resolved, ctx.recipe, ctx.paths
     _quiet_library_progress_bars()
