@@ -55,14 +55,35 @@ def _moments(
 
     def saved_layers(j: int, recomputing: bool) -> list[Part]:
         if setup.checkpointing:
-            parts = [
-                Part(
-                    f"checkpointed inputs of {j} layers ({tokens})",
-                    j * act.checkpointed_layer_bytes(setup, b, s),
-                    "activations",
-                    "stream dtype x hidden per token per layer",
-                )
-            ]
+            one = act.checkpointed_layer_bytes(setup, b, s)
+            if setup.activation_offload:  # in host memory; one back while its layer recomputes
+                parts = [
+                    Part(
+                        f"checkpointed inputs of {L} layers, offloaded ({tokens})",
+                        L * one,
+                        "activations",
+                        "stream dtype x hidden per token per layer, pinned host memory",
+                        "host",
+                    )
+                ]
+                if recomputing:
+                    parts.append(
+                        Part(
+                            "offloaded input brought back for the layer being recomputed",
+                            one,
+                            "activations",
+                            "stream dtype x hidden per token",
+                        )
+                    )
+            else:
+                parts = [
+                    Part(
+                        f"checkpointed inputs of {j} layers ({tokens})",
+                        j * one,
+                        "activations",
+                        "stream dtype x hidden per token per layer",
+                    )
+                ]
             if recomputing:
                 parts.append(
                     Part(
@@ -142,7 +163,8 @@ def _loss_parts(setup: Setup, saved: int, transient: int) -> list[Part]:
 
 
 def _total(parts: list[Part]) -> int:
-    return sum(p.bytes for p in parts)
+    """Device bytes: the moment that peaks on the device (host memory is its own pool)."""
+    return sum(p.bytes for p in parts if p.pool == "device")
 
 
 def activation_moments(
@@ -163,5 +185,8 @@ def activation_peak_bytes(setup: Setup) -> int:
     tensors = layout(setup)
     moments = _moments(setup, tensors, 0, "", sharding(setup), accumulated=False)
     return max(
-        sum(p.bytes for p in parts if p.category in ("activations", "logits")) for parts in moments
+        sum(
+            p.bytes for p in parts if p.category in ("activations", "logits") and p.pool == "device"
+        )
+        for parts in moments
     )

@@ -240,7 +240,7 @@ def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
         fb_acc = activation_moments(
             setup, tensors, grads_total, grads[0].name, sh, accumulated=True
         )
-        fb = max((fb_first, fb_acc), key=lambda ps: sum(p.bytes for p in ps))
+        fb = max((fb_first, fb_acc), key=lambda ps: sum(p.bytes for p in ps if p.pool == "device"))
     # With the optimizer in backward the first backward already steps (and builds the state
     # of) every parameter, one tensor's temporaries at a time.
     stepping = [*persistent, *temps] if setup.optimizer_in_backward else []

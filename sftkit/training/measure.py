@@ -263,6 +263,10 @@ def prepare_for_training(model: Any, setup: Setup) -> None:
     from sftkit.training.techniques import restore_declared_dtypes
 
     restore_declared_dtypes(model, setup.composition, setup.precision)
+    if setup.activation_offload and setup.checkpointing:
+        from sftkit.training.offload import install
+
+        install(model)
     if setup.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if not setup.trains_base and hasattr(model, "enable_input_require_grads"):

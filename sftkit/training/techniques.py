@@ -3,7 +3,9 @@ is what the recipe's components declare (and the estimate prices):
 
 - the loss head ``training.loss`` names, in place of TRL's (`sftkit.training.loss`);
 - the adapter dtype a quantized base's storage declares (``strategy.options.adapter_dtype``),
-  restored after SFTTrainer's own cast of a k-bit model's trainable parameters to bf16.
+  restored after SFTTrainer's own cast of a k-bit model's trainable parameters to bf16;
+- the checkpointed layer inputs kept in host memory (``training.activation_offload``,
+  `sftkit.training.offload`).
 
 `sftkit run` calls `after_trainer_built`; the measure mode and the tests call the same.
 """
@@ -39,3 +41,7 @@ def after_trainer_built(trainer: Any, resolved: ResolvedRecipe) -> None:
 
     restore_declared_dtypes(trainer.model, resolved.strategy_parts, precision_of(resolved))
     apply_loss_head(trainer, resolved)
+    if resolved.recipe.training.activation_offload:
+        from sftkit.training.offload import install
+
+        install(trainer.model)
