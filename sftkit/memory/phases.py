@@ -270,19 +270,29 @@ def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
                     allocator_margin(allocated),
                     "overhead",
                     "reserved above allocated",
+                    figure="reserved",
                 )
             )
             parts.append(
                 Part(
-                    "CUDA context", CUDA_CONTEXT_BYTES, "overhead", "assumption, see docs/memory.md"
+                    "CUDA context",
+                    CUDA_CONTEXT_BYTES,
+                    "overhead",
+                    "assumption, see docs/memory.md",
+                    figure="outside",
                 )
             )
             if phase != "load":
+                # PyTorch allocates the cuBLAS/cuBLASLt workspaces through its allocator
                 parts.append(
                     Part("cuBLAS/cuBLASLt workspaces", WORKSPACE_BYTES, "overhead", "2 x 32 MiB")
                 )
             if sh.communication:
-                parts.append(Part("NCCL buffers", NCCL_BYTES, "communication", "assumption"))
+                parts.append(
+                    Part(
+                        "NCCL buffers", NCCL_BYTES, "communication", "assumption", figure="outside"
+                    )
+                )
     out.parts = {p: [x for x in phases[p] if x.bytes > 0] for p in PHASES}
     return out
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from sftkit.memory import activations as act
 from sftkit.memory.phases import StaticBytes, breakdown, static_bytes
-from sftkit.memory.result import pool_totals
+from sftkit.memory.result import figure_totals, pool_totals, resident_paged
 from sftkit.memory.setup import Setup, setup_from_recipe
 from sftkit.memory.terms import PHASE_LABELS, gib
 from sftkit.runpaths import RunPaths
@@ -334,17 +334,20 @@ def measure_recipe(
             )
         )
     if on_gpu:
-        parts = breakdown(setup).parts
-        phases = pool_totals(breakdown(setup), "device")
-        for phase, (allocated, reserved, used) in peaks.items():
-            # what the caching allocator hands out: the device terms but the overheads
-            tensors = sum(
-                p.bytes for p in parts[phase] if p.pool == "device" and p.category != "overhead"
-            )
+        # the estimate's three figures per phase (`sftkit.memory.result.figure_totals`)
+        b = breakdown(setup)
+        on_device, paged = pool_totals(b, "device"), pool_totals(b, "paged")
+        total = torch.cuda.get_device_properties(0).total_memory
+        resident = resident_paged(on_device, paged, total)
+        predicted = {
+            "allocated": figure_totals(b, "allocated"),
+            "reserved": figure_totals(b, "reserved"),
+            "device used": {ph: on_device[ph] + resident[ph] for ph in on_device},
+        }
+        for phase, measured_figures in peaks.items():
             label = PHASE_LABELS[phase]
-            cmp.rows.append(Row(f"{label}: peak allocated", tensors, allocated, exact=False))
-            cmp.rows.append(Row(f"{label}: device used", phases[phase], used, exact=False))
-            cmp.notes.append(f"{label}: peak reserved {gib(reserved)} (allocated + cache)")
+            for what, got in zip(predicted, measured_figures, strict=True):
+                cmp.rows.append(Row(f"{label}: {what}", predicted[what][phase], got, exact=False))
     else:
         cmp.notes.append("no CUDA device: per-phase peaks are not measured, only the tensors.")
     return cmp
