@@ -57,6 +57,11 @@ class KbitLoraOptions(LoraOptions):
         description="The dtype LoRA adapters train in: bfloat16 (the compute dtype of the "
         "shipped recipes, as TRL's SFTTrainer casts them) or float32.",
     )
+    embeddings_on_host: bool = Field(
+        default=False,
+        description="Keep the frozen input embedding table in host memory and look tokens up "
+        "there (exact; one GPU, untied embeddings).",
+    )
 
 
 class QLoraOptions(KbitLoraOptions):
@@ -83,6 +88,7 @@ def nf4_storage(options: QLoraOptions) -> Bnb4bit:
     return Bnb4bit(
         upcast_non_quantized=options.upcast_non_quantized,
         adapter_dtype_name=options.adapter_dtype,
+        embeddings_on_host=options.embeddings_on_host,
         quant_type=options.quant_type,
         double_quant=options.double_quant,
         compute_dtype=options.compute_dtype,
@@ -93,6 +99,7 @@ def int8_storage(options: Lora8bitOptions) -> LlmInt8:
     return LlmInt8(
         upcast_non_quantized=options.upcast_non_quantized,
         adapter_dtype_name=options.adapter_dtype,
+        embeddings_on_host=options.embeddings_on_host,
         threshold=options.llm_int8_threshold,
     )
 
@@ -151,8 +158,23 @@ def register_strategies(register: Register) -> None:
 @hookimpl(trylast=True)
 def validate_recipe(recipe: ResolvedRecipe | None) -> list[Problem] | None:
     """lora-plus multiplies the optimizer's learning rate: refuse an optimizer without one
-    (Adafactor's relative step) before anything loads."""
-    if recipe is None or not isinstance(recipe.strategy.options, LoraPlusOptions):
+    (Adafactor's relative step) before anything loads. An embedding table in host memory
+    is one process's: refuse it with more than one GPU."""
+    if recipe is None:
+        return None
+    options = recipe.strategy.options
+    if isinstance(options, KbitLoraOptions) and options.embeddings_on_host:
+        r = recipe.recipe
+        if r.hardware.num_gpus > 1 or r.distributed.engine != "none":
+            return [
+                Problem(
+                    "strategy.options.embeddings_on_host",
+                    "the embedding table in host memory is looked up by one process; it does "
+                    "not combine with a distributed engine or more than one GPU.",
+                    "Set strategy.options.embeddings_on_host=false for a multi-GPU run.",
+                )
+            ]
+    if not isinstance(options, LoraPlusOptions):
         return None
     if getattr(recipe.optimizer.options, "lr", None) is not None:
         return None

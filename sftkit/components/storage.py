@@ -76,6 +76,17 @@ class BaseStorage:
     #: frozen integer storage: nothing can train the base weights directly
     quantized: bool = False
 
+    #: the frozen input embedding table lives in host memory (a lookup on the CPU)
+    embeddings_on_host: bool = False
+
+    def host_label(self, p: Precision) -> tuple[str, str]:
+        """(term name, formula) for the tensors kept in host memory."""
+        dtype = DTYPE_NAMES.get(self.plain_bytes(p), "?")
+        return (
+            f"{dtype} input embedding table, in host memory (embeddings_on_host)",
+            "vocabulary x hidden x plain dtype; looked up on the CPU, the rows copied over",
+        )
+
     def lay(self, group: TensorGroup, p: Precision) -> list[LaidTensor]:
         """The tensors one census group becomes (base weights are laid frozen; an adapter
         that trains the base marks them trainable)."""
@@ -162,6 +173,7 @@ class _KbitStorage(BaseStorage):
 
     upcast_non_quantized: bool = True
     adapter_dtype_name: str = "bfloat16"
+    embeddings_on_host: bool = False
 
     quantized = True
 
@@ -172,8 +184,15 @@ class _KbitStorage(BaseStorage):
         return FP32 if p.model_bytes < FP32 else p.model_bytes
 
     def _plain(self, group: TensorGroup, item: int) -> LaidTensor:
+        host = self.embeddings_on_host and group.role == "embedding"
         return LaidTensor(
-            group.name, "unquantized", group.shape, group.count, group.numel * item, item
+            group.name,
+            "unquantized",
+            group.shape,
+            group.count,
+            group.numel * item,
+            item,
+            on_host=host,
         )
 
     def dequantized_bytes(self, shape: ModelShape, p: Precision) -> int:
@@ -193,14 +212,17 @@ class _KbitStorage(BaseStorage):
 
     def weight_label(self, kind: str, shape: ModelShape, p: Precision) -> tuple[str, str]:
         if kind == "unquantized":
+            what = (
+                "norms and lm_head" if self.embeddings_on_host else "embeddings, norms and lm_head"
+            )
             if not self.upcast_non_quantized:
                 dtype = DTYPE_NAMES.get(p.model_bytes, "?")
                 return (
-                    f"{dtype} embeddings, norms and lm_head (kept in the model dtype)",
+                    f"{dtype} {what} (kept in the model dtype)",
                     f"{p.model_bytes} bytes x non-linear parameters (upcast_non_quantized: false)",
                 )
             return (
-                "fp32 embeddings, norms and lm_head (upcast for k-bit training)",
+                f"fp32 {what} (upcast for k-bit training)",
                 "4 bytes x non-linear parameters (peft.prepare_model_for_kbit_training)",
             )
         return super().weight_label(kind, shape, p)

@@ -44,7 +44,8 @@ def _weight_parts(setup: Setup, tensors: list[LaidTensor], sh: Sharding) -> list
     storage, p, shape = setup.storage, setup.precision, setup.shape
     by_kind: dict[str, int] = {}
     for t in tensors:
-        by_kind[t.kind] = by_kind.get(t.kind, 0) + t.total_bytes
+        if not t.on_host:  # host tensors are their own parts (`host_weight_parts`)
+            by_kind[t.kind] = by_kind.get(t.kind, 0) + t.total_bytes
     parts = []
     for kind in STORAGE_KINDS:
         if kind in by_kind:
@@ -63,6 +64,19 @@ def _weight_parts(setup: Setup, tensors: list[LaidTensor], sh: Sharding) -> list
             )
         )
     return parts
+
+
+def host_weight_parts(setup: Setup, tensors: list[LaidTensor]) -> tuple[list[Part], list[Part]]:
+    """(while loading, afterwards): tensors the storage keeps in host memory are loaded onto
+    the device with the rest and moved to host memory before training starts."""
+    total = sum(t.total_bytes for t in tensors if t.on_host)
+    if not total:
+        return [], []
+    name, formula = setup.storage.host_label(setup.precision)
+    return (
+        [Part(name.replace("in host memory", "on the device while loading"), total, "weights")],
+        [Part(name, total, "weights", formula, "host")],
+    )
 
 
 # The kinds a storage lays out, in the order the estimate lists them.
@@ -199,7 +213,8 @@ def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
     out = Breakdown(tensors=tensors, optimizer=opt)
     out.parameters = setup.shape.parameters
     out.trainable_parameters = opt.trainable_parameters
-    weights = _weight_parts(setup, tensors, sh)
+    loading, hosted = host_weight_parts(setup, tensors)
+    weights = [*_weight_parts(setup, tensors, sh), *hosted]
     grads, persistent, temps = _optimizer_parts(setup, opt, sh)
     grads_total = grads[0].bytes
 
@@ -233,7 +248,7 @@ def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
 
     load_stage = _load_staging(setup)
     phases: dict[str, list[Part]] = {}
-    phases["load"] = [*weights, load_stage]
+    phases["load"] = [*[w for w in weights if w.pool != "host"], *loading, load_stage]
     fb_first = activation_moments(setup, tensors, grads_total, grads[0].name, sh, accumulated=False)
     fb = fb_first
     if setup.grad_accum > 1:

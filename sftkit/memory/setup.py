@@ -112,6 +112,16 @@ class Setup:
 def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bool) -> Setup:
     r = resolved.recipe
     t = r.training
+    parts = resolved.strategy_parts
+    if parts.storage.embeddings_on_host and (
+        shape.tie_word_embeddings or parts.trains_module("embed_tokens")
+    ):
+        why = "it is tied to lm_head" if shape.tie_word_embeddings else "it trains"
+        raise SftkitError(
+            f"strategy.options.embeddings_on_host: the input embedding table of "
+            f"{shape.name} cannot stay in host memory: {why} (only a frozen lookup table can).",
+            hint="Set strategy.options.embeddings_on_host=false.",
+        )
     evaluations = []
     for component in resolved.evaluators:
         options = component.options

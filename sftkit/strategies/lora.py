@@ -54,6 +54,17 @@ class QuantizedLora(Lora):
         return peft_model
 
     def prepare_base(self, model: torch.nn.Module, ctx: StrategyContext) -> torch.nn.Module:
+        prepared = self._prepare_kbit(model, ctx)
+        if self.options.embeddings_on_host:
+            from sftkit.strategies.host_embedding import move_embeddings_to_host
+
+            move_embeddings_to_host(prepared)
+            if ctx.recipe.training.gradient_checkpointing:
+                # the input-gradient hook was on the table just replaced
+                prepared.enable_input_require_grads()  # type: ignore[operator]
+        return prepared
+
+    def _prepare_kbit(self, model: torch.nn.Module, ctx: StrategyContext) -> torch.nn.Module:
         from peft import prepare_model_for_kbit_training
 
         if ctx.shards_parameters:
