@@ -35,3 +35,32 @@ def test_the_seed_verdicts_stay():
     assert not full.fits and full.first_failing_phase == "optimizer_step"
     assert full.budget.name == "A100-40GB"
     assert estimate(load_recipe("recipes/r1_gsm8k_qlora.yaml", registry=reg)).fits
+
+
+def test_its_switches_measure_exactly_on_cpu():
+    """The lowmem recipe's own switches on the bundled tiny model: every static term, the
+    bytes kept in host memory and (without checkpointing) the saved activations equal the
+    real tensors (`estimate-memory --measure`)."""
+    import pytest
+
+    pytest.importorskip("torch")
+    pytest.importorskip("bitsandbytes")
+    from sftkit.training.measure import measure_recipe
+
+    tiny = [
+        "model.name_or_path=builtin:tiny-llama",
+        "model.random_init=true",
+        "hardware.gpu=cpu",
+        "training.liger_kernels=false",  # CUDA kernels
+        "training.max_seq_length=64",
+    ]
+    for extra in (
+        [],
+        ["training.gradient_checkpointing=false", "training.activation_offload=false"],
+    ):
+        resolved = load_recipe(LOWMEM, [*tiny, *extra], registry=fresh_registry())
+        comparison = measure_recipe(resolved, estimate(resolved, advise=False))
+        assert comparison.ok, comparison.render()
+        rows = {r.what for r in comparison.rows}
+        assert ("checkpointed inputs in host memory" in rows) == (not extra)
+        assert ("saved activations (no checkpointing)" in rows) == bool(extra)

@@ -309,6 +309,17 @@ def measure_recipe(
         else:
             with ac:
                 out = net(**batch)
+        offload = getattr(net, "_sftkit_offload", None)
+        if offload is not None:  # training.activation_offload: what went to host memory
+            host = act.checkpointed_layer_bytes(setup, setup.micro_batch_size, setup.seq_len)
+            cmp.rows.append(
+                Row(
+                    "checkpointed inputs in host memory",
+                    host * setup.shape.num_layers,
+                    offload.packed_bytes,
+                    exact=True,
+                )
+            )
         out.loss.backward()
         del out
         if on_gpu:
