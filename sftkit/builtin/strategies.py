@@ -158,22 +158,10 @@ def register_strategies(register: Register) -> None:
 @hookimpl(trylast=True)
 def validate_recipe(recipe: ResolvedRecipe | None) -> list[Problem] | None:
     """lora-plus multiplies the optimizer's learning rate: refuse an optimizer without one
-    (Adafactor's relative step) before anything loads. An embedding table in host memory
-    is one process's: refuse it with more than one GPU."""
+    (Adafactor's relative step) before anything loads."""
     if recipe is None:
         return None
     options = recipe.strategy.options
-    if isinstance(options, KbitLoraOptions) and options.embeddings_on_host:
-        r = recipe.recipe
-        if r.hardware.num_gpus > 1 or r.distributed.engine != "none":
-            return [
-                Problem(
-                    "strategy.options.embeddings_on_host",
-                    "the embedding table in host memory is looked up by one process; it does "
-                    "not combine with a distributed engine or more than one GPU.",
-                    "Set strategy.options.embeddings_on_host=false for a multi-GPU run.",
-                )
-            ]
     if not isinstance(options, LoraPlusOptions):
         return None
     if getattr(recipe.optimizer.options, "lr", None) is not None:

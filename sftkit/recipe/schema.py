@@ -249,15 +249,3 @@ class Recipe(Strict):
     distributed: DistributedSection = Field(default_factory=DistributedSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     output_dir: str = "runs/run"
-
-    @model_validator(mode="after")
-    def _one_process_techniques(self) -> Recipe:
-        if self.training.optimizer_in_backward and (
-            self.hardware.num_gpus > 1 or self.distributed.engine != "none"
-        ):
-            raise ValueError(
-                "training.optimizer_in_backward runs on one device: a distributed engine "
-                "reduces gradients in the same backward hooks (use distributed.engine none "
-                "and hardware.num_gpus 1)"
-            )
-        return self
