@@ -9,7 +9,16 @@ from typing import Any
 
 from sftkit.memory.budget import MemoryBudget
 from sftkit.memory.phases import Breakdown
-from sftkit.memory.terms import PHASE_LABELS, PHASES, UNIT_NOTE, MemoryTerm, Part, gib, gib_number
+from sftkit.memory.terms import (
+    PHASE_LABELS,
+    PHASES,
+    UNIT_NOTE,
+    MemoryTerm,
+    Part,
+    gib,
+    gib_number,
+)
+from sftkit.memory.terms import GiB as GiB_BYTES
 
 
 @dataclass
@@ -343,6 +352,14 @@ def _rows(e: Estimate) -> list[tuple[str, dict[str, int]]]:
     return list(rows.items())
 
 
+def _distinct(a: int, b: int) -> tuple[str, str]:
+    """Two sizes in GiB, with more decimals when two would print them the same (a setting
+    just within the card and the next just over it)."""
+    if gib(a) != gib(b):
+        return gib(a), gib(b)
+    return f"{a / GiB_BYTES:.4f} GiB", f"{b / GiB_BYTES:.4f} GiB"
+
+
 def render_fit(e: Estimate) -> list[str]:
     lines = ["settings that fit (each searched with the rest of the recipe unchanged):"]
     for key, found in e.fit_search.items():
@@ -356,9 +373,9 @@ def render_fit(e: Estimate) -> list[str]:
         if found.get("value") is None:
             lines.append(f"  {key}: none fits (smallest tried: {found.get('smallest_tried')})")
         else:
+            peak, over = _distinct(found["peak_bytes"], found.get("next_peak_bytes", 0))
             lines.append(
-                f"  {key} = {found['value']}  (peak {gib(found['peak_bytes'])}; "
-                f"{found['next']} would need {gib(found['next_peak_bytes'])})"
+                f"  {key} = {found['value']}  (peak {peak}; {found['next']} would need {over})"
                 if found.get("next") is not None
                 else f"  {key} = {found['value']}  (peak {gib(found['peak_bytes'])}; search limit {found['limit']})"
             )
