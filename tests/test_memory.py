@@ -155,7 +155,23 @@ def test_json_has_the_documented_keys_and_consistent_totals():
         device = sum(
             t["bytes"] for t in data["terms"] if t["phase"] == phase and t["pool"] == "device"
         )
-        assert device == data["phases"][phase]
+        # device used: the device terms and the paged state resident on the device
+        paged = sum(
+            t["bytes"] for t in data["terms"] if t["phase"] == phase and t["pool"] == "paged"
+        )
+        resident = data["resident_paged_bytes"][phase]
+        assert 0 <= resident <= paged == data["paged_bytes"][phase]
+        assert device + resident == data["phases"][phase]
+        figures = data["phase_figures"][phase]
+        assert figures["allocated"] < figures["reserved"] < figures["device_used"]
+        assert figures["device_used"] == data["phases"][phase]
+        context = sum(
+            t["bytes"]
+            for t in data["terms"]
+            if t["phase"] == phase
+            and t["name"] in ("CUDA context", "allocator margin (5% of allocated)")
+        )
+        assert figures["device_used"] - resident - figures["allocated"] == context
     assert data["peak_bytes"] == max(data["phases"].values())
     assert all({"name", "phase", "bytes"} <= set(t) for t in data["terms"])
 

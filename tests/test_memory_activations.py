@@ -17,6 +17,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 pytest.importorskip("bitsandbytes")
 
+from sftkit.components.loss import LOSS_HEADS, TRL_HEAD  # noqa: E402
 from sftkit.memory.estimator import shape_for  # noqa: E402
 from sftkit.memory.layout import layout  # noqa: E402
 from sftkit.memory.setup import setup_from_recipe  # noqa: E402
@@ -52,6 +53,8 @@ QWEN2 = {
     "tie_word_embeddings": True,
 }
 
+HEADS = {"fused": TRL_HEAD, **LOSS_HEADS}  # "full" is transformers' ForCausalLMLoss, per token
+
 CASES = [
     # (id, config, strategy, strategy options, model dtype, attention, loss head)
     ("full-sft-sdpa", LLAMA, "full-sft", "{}", "bfloat16", "sdpa", "full"),
@@ -80,8 +83,41 @@ CASES = [
     ("qlora-sdpa", LLAMA, "qlora-nf4", "{rank: 4, alpha: 8}", "bfloat16", "sdpa", "full"),
     ("qlora-no-dropout", LLAMA, "qlora-nf4", "{rank: 4, dropout: 0.0}", "bfloat16", "sdpa", "full"),
     ("lora-8bit-sdpa", LLAMA, "lora-8bit", "{rank: 4, alpha: 8}", "bfloat16", "sdpa", "full"),
+    # the dtype policy of a quantized base: bf16 embeddings, norms and lm_head; fp32 adapters
+    (
+        "qlora-bf16-non-quantized",
+        LLAMA,
+        "qlora-nf4",
+        "{rank: 4, upcast_non_quantized: false}",
+        "bfloat16",
+        "sdpa",
+        "chunked",
+    ),
+    (
+        "qlora-fp32-adapters",
+        LLAMA,
+        "qlora-nf4",
+        "{rank: 4, adapter_dtype: float32}",
+        "bfloat16",
+        "sdpa",
+        "full",
+    ),
+    (
+        "lora-8bit-bf16-non-quantized",
+        LLAMA,
+        "lora-8bit",
+        "{rank: 4, upcast_non_quantized: false}",
+        "bfloat16",
+        "sdpa",
+        "fused",
+    ),
     ("qwen2-tied-lora", QWEN2, "lora", "{rank: 4}", "bfloat16", "sdpa", "full"),
     ("qwen2-tied-full-sft", QWEN2, "full-sft", "{}", "bfloat16", "sdpa", "full"),
+    # sftkit's chunked cross-entropy (training.loss=chunked)
+    ("chunked-full-sft", LLAMA, "full-sft", "{}", "bfloat16", "sdpa", "chunked"),
+    ("chunked-lora", LLAMA, "lora", "{rank: 4}", "bfloat16", "sdpa", "chunked"),
+    ("chunked-qlora", LLAMA, "qlora-nf4", "{rank: 4}", "bfloat16", "sdpa", "chunked"),
+    ("chunked-qwen2-tied-full-sft", QWEN2, "full-sft", "{}", "bfloat16", "sdpa", "chunked"),
     # TRL's chunked log-prob head, as sftkit run computes the loss
     ("fused-head-full-sft", LLAMA, "full-sft", "{}", "bfloat16", "sdpa", "fused"),
     ("fused-head-lora", LLAMA, "lora", "{rank: 4}", "bfloat16", "sdpa", "fused"),
@@ -109,7 +145,7 @@ def test_saved_activations_equal_the_model(tmp_path, config, strategy, options, 
 
 
 @pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize("head", ["full", "fused"])
+@pytest.mark.parametrize("head", ["full", "fused", "chunked"])
 def test_a_single_row_batch(tmp_path, head):
     # one row: slices of the labels and hidden states stay views of the whole storage
     check(tmp_path, LLAMA, "qlora-nf4", "{rank: 4}", "bfloat16", "sdpa", head, batch=1)
@@ -131,7 +167,9 @@ hardware: {{gpu: cpu}}
     resolved = load_recipe_text(text, registry=fresh_registry())
     # random tokens carry no padding: the unpadded attention path
     setup = dataclasses.replace(
-        setup_from_recipe(resolved, shape_for(resolved), on_gpu=False), padded=False, loss_head=head
+        setup_from_recipe(resolved, shape_for(resolved), on_gpu=False),
+        padded=False,
+        loss=HEADS[head],
     )
     torch.manual_seed(0)
     torch.set_num_threads(1)

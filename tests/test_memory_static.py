@@ -114,3 +114,37 @@ def test_static_terms_equal_real_tensor_bytes(model_dirs, tmp_path, arch, strate
     predicted, measured = static_bytes_after_one_step(resolved, tmp_path / "base")
     assert predicted.as_dict() == measured.as_dict()
     assert measured.optimizer_state > 0 or optimizer == "sgd"
+
+
+# The dtype policy of a quantized base (strategy.options.upcast_non_quantized, adapter_dtype).
+POLICIES = [
+    ("qlora-nf4", {"upcast_non_quantized": False}),
+    ("qlora-nf4", {"adapter_dtype": "float32"}),
+    ("qlora-nf4", {"upcast_non_quantized": False, "adapter_dtype": "float32"}),
+    ("lora-8bit", {"upcast_non_quantized": False, "adapter_dtype": "float32"}),
+]
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize(("strategy", "policy"), POLICIES)
+def test_the_dtype_policy_of_a_quantized_base(model_dirs, tmp_path, strategy, policy):
+    def measure(options: dict[str, object], base: Path):
+        text = recipe_text(model_dirs["llama-bias"], strategy, "adamw").replace(
+            f"options: {OPTIONS[strategy]}",
+            "options: " + json.dumps({"rank": 4, "alpha": 8, **options}),
+        )
+        resolved = load_recipe_text(text, registry=fresh_registry())
+        torch.set_num_threads(1)
+        predicted, measured = static_bytes_after_one_step(resolved, base)
+        assert predicted.as_dict() == measured.as_dict()
+        return measured
+
+    default = measure({}, tmp_path / "a")
+    changed = measure(policy, tmp_path / "b")
+    # the bytes move the way the policy says: non-quantized weights halve (bf16 instead of
+    # fp32), adapters, their gradients and AdamW moments double (fp32 instead of bf16)
+    if policy.get("upcast_non_quantized") is False:
+        assert changed.weights - changed.trainable < default.weights - default.trainable
+    if policy.get("adapter_dtype") == "float32":
+        assert changed.trainable == 2 * default.trainable
+        assert changed.gradients == 2 * default.gradients

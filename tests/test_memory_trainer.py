@@ -20,6 +20,7 @@ from sftkit.memory.setup import setup_from_recipe  # noqa: E402
 from sftkit.recipe.load import load_recipe_text  # noqa: E402
 from sftkit.testing import fresh_registry  # noqa: E402
 from sftkit.training.measure import measured_static  # noqa: E402
+from sftkit.training.techniques import after_trainer_built  # noqa: E402
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -27,6 +28,7 @@ from sftkit.training.measure import measured_static  # noqa: E402
     ("strategy", "options", "optimizer"),
     [
         ("qlora-nf4", "{rank: 4}", "adamw"),
+        ("qlora-nf4", "{rank: 4, upcast_non_quantized: false, adapter_dtype: float32}", "adamw"),
         ("lora-8bit", "{rank: 4}", "paged-adamw-8bit"),
         ("lora", "{rank: 4}", "adamw-8bit"),
         ("full-sft", "{}", "adafactor"),
@@ -72,6 +74,7 @@ hardware: {{gpu: cpu}}
         processing_class=tokenizer,
         optimizers=(optimizer, None),
     )
+    after_trainer_built(trainer, resolved)  # as sftkit run does
     trainer.train()
     measured = measured_static(model, optimizer)
     predicted = static_bytes(setup_from_recipe(resolved, shape_for(resolved), on_gpu=False))

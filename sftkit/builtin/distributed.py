@@ -3,7 +3,8 @@
 What an engine refuses (a setting it does not read, an optimizer it cannot step, hardware it
 does not run on) is the engine object's to say (`sftkit.engine.Engine.recipe_problems`);
 this plugin asks it, and adds the rules that hold whatever the engine: which backend the
-hardware has, and what a base storage allows when the engine shards parameters."""
+hardware has, what a base storage allows when the engine shards parameters, and the memory
+techniques that need one process."""
 
 from __future__ import annotations
 
@@ -42,6 +43,33 @@ def distributed_problems(resolved: ResolvedRecipe) -> list[Problem]:
             )
         )
     problems.extend(engine.recipe_problems(resolved))
+    if engine.distributes or r.hardware.num_gpus > 1:
+        problems.extend(one_process_problems(resolved))
+    return problems
+
+
+def one_process_problems(resolved: ResolvedRecipe) -> list[Problem]:
+    """Memory techniques that act inside one process's backward or host memory."""
+    r = resolved.recipe
+    problems = []
+    if r.training.optimizer_in_backward:
+        problems.append(
+            Problem(
+                "training.optimizer_in_backward",
+                "steps each parameter in its own backward hook, where a distributed engine "
+                "reduces the gradients: it runs on one device only.",
+                "Use distributed.engine none and hardware.num_gpus 1, or turn it off.",
+            )
+        )
+    if resolved.strategy_parts.storage.embeddings_on_host:
+        problems.append(
+            Problem(
+                "strategy.options.embeddings_on_host",
+                "the embedding table in host memory is looked up by one process; it does not "
+                "combine with a distributed engine or more than one GPU.",
+                "Set strategy.options.embeddings_on_host=false for a multi-GPU run.",
+            )
+        )
     return problems
 
 

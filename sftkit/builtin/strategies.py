@@ -43,7 +43,28 @@ class LoraPlusOptions(LoraOptions):
     )
 
 
-class QLoraOptions(LoraOptions):
+class KbitLoraOptions(LoraOptions):
+    """LoRA over a bitsandbytes-quantized base: the dtype policy of what is not quantized."""
+
+    upcast_non_quantized: bool = Field(
+        default=True,
+        description="Cast embeddings, norms and lm_head to fp32 (PEFT's "
+        "prepare_model_for_kbit_training); false keeps them in model.dtype, as torchtune and "
+        "Unsloth do.",
+    )
+    adapter_dtype: Literal["bfloat16", "float32"] = Field(
+        default="bfloat16",
+        description="The dtype LoRA adapters train in: bfloat16 (the compute dtype of the "
+        "shipped recipes, as TRL's SFTTrainer casts them) or float32.",
+    )
+    embeddings_on_host: bool = Field(
+        default=False,
+        description="Keep the frozen input embedding table in host memory and look tokens up "
+        "there (exact; one GPU, untied embeddings).",
+    )
+
+
+class QLoraOptions(KbitLoraOptions):
     """LoRA over a bitsandbytes 4-bit base."""
 
     quant_type: Literal["nf4", "fp4"] = "nf4"
@@ -51,7 +72,7 @@ class QLoraOptions(LoraOptions):
     compute_dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
 
 
-class Lora8bitOptions(LoraOptions):
+class Lora8bitOptions(KbitLoraOptions):
     """LoRA over a bitsandbytes LLM.int8 base."""
 
     llm_int8_threshold: float = Field(default=6.0, ge=0, description="Outlier threshold.")
@@ -65,6 +86,9 @@ def lora_adapters(options: LoraOptions) -> tuple[LoRA]:
 def nf4_storage(options: QLoraOptions) -> Bnb4bit:
     """The 4-bit base QLoRA options describe (public: plugins over NF4 reuse it)."""
     return Bnb4bit(
+        upcast_non_quantized=options.upcast_non_quantized,
+        adapter_dtype_name=options.adapter_dtype,
+        embeddings_on_host=options.embeddings_on_host,
         quant_type=options.quant_type,
         double_quant=options.double_quant,
         compute_dtype=options.compute_dtype,
@@ -72,7 +96,12 @@ def nf4_storage(options: QLoraOptions) -> Bnb4bit:
 
 
 def int8_storage(options: Lora8bitOptions) -> LlmInt8:
-    return LlmInt8(threshold=options.llm_int8_threshold)
+    return LlmInt8(
+        upcast_non_quantized=options.upcast_non_quantized,
+        adapter_dtype_name=options.adapter_dtype,
+        embeddings_on_host=options.embeddings_on_host,
+        threshold=options.llm_int8_threshold,
+    )
 
 
 STRATEGIES = (
@@ -130,7 +159,10 @@ def register_strategies(register: Register) -> None:
 def validate_recipe(recipe: ResolvedRecipe | None) -> list[Problem] | None:
     """lora-plus multiplies the optimizer's learning rate: refuse an optimizer without one
     (Adafactor's relative step) before anything loads."""
-    if recipe is None or not isinstance(recipe.strategy.options, LoraPlusOptions):
+    if recipe is None:
+        return None
+    options = recipe.strategy.options
+    if not isinstance(options, LoraPlusOptions):
         return None
     if getattr(recipe.optimizer.options, "lr", None) is not None:
         return None

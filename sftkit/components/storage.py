@@ -76,6 +76,17 @@ class BaseStorage:
     #: frozen integer storage: nothing can train the base weights directly
     quantized: bool = False
 
+    #: the frozen input embedding table lives in host memory (a lookup on the CPU)
+    embeddings_on_host: bool = False
+
+    def host_label(self, p: Precision) -> tuple[str, str]:
+        """(term name, formula) for the tensors kept in host memory."""
+        dtype = DTYPE_NAMES.get(self.plain_bytes(p), "?")
+        return (
+            f"{dtype} input embedding table, in host memory (embeddings_on_host)",
+            "vocabulary x hidden x plain dtype; looked up on the CPU, the rows copied over",
+        )
+
     def lay(self, group: TensorGroup, p: Precision) -> list[LaidTensor]:
         """The tensors one census group becomes (base weights are laid frozen; an adapter
         that trains the base marks them trainable)."""
@@ -110,9 +121,13 @@ class BaseStorage:
         """A transient weight the forward builds from stored codes (largest one)."""
         return 0
 
+    def adapter_dtype(self, p: Precision) -> str:
+        """The dtype adapters train in over this base (PEFT keeps them fp32)."""
+        return "float32"
+
     def adapter_weight_bytes(self, p: Precision) -> int:
-        """Element size adapters train in over this base (PEFT keeps them fp32)."""
-        return FP32
+        """Element size adapters train in over this base."""
+        return DTYPE_BYTES[self.adapter_dtype(p)]
 
     def trained_copy_bytes(self, p: Precision) -> int:
         """Element size of a trained full copy of a plain module (PEFT modules_to_save
@@ -147,12 +162,24 @@ class Dense(BaseStorage):
     """Every weight a plain parameter in ``model.dtype``."""
 
 
+@dataclass(frozen=True)
 class _KbitStorage(BaseStorage):
-    """A bitsandbytes-quantized base prepared for k-bit training."""
+    """A bitsandbytes-quantized base prepared for k-bit training.
+
+    `upcast_non_quantized`: PEFT's ``prepare_model_for_kbit_training`` casts every bf16/fp16
+    parameter that is not quantized (embeddings, norms, lm_head) to fp32; False keeps them
+    in ``model.dtype``. `adapter_dtype`: what the adapters train in (TRL's SFTTrainer casts a
+    k-bit model's trainable parameters to bf16; sftkit recasts them to this after it)."""
+
+    upcast_non_quantized: bool = True
+    adapter_dtype_name: str = "bfloat16"
+    embeddings_on_host: bool = False
 
     quantized = True
 
     def plain_bytes(self, p: Precision) -> int:
+        if not self.upcast_non_quantized:
+            return p.model_bytes
         # prepare_model_for_kbit_training: bf16/fp16 parameters -> fp32
         return FP32 if p.model_bytes < FP32 else p.model_bytes
 
@@ -188,9 +215,17 @@ class _KbitStorage(BaseStorage):
         item = self.plain_bytes(p)
         if group.role == "bias":
             item = self.bias_bytes(group, p, item)
+        # a frozen embedding table kept in host RAM (embeddings_on_host) is a lookup only
+        host = self.embeddings_on_host and group.role == "embedding"
         return [
             LaidTensor(
-                group.name, "unquantized", group.shape, group.count, group.numel * item, item
+                group.name,
+                "unquantized",
+                group.shape,
+                group.count,
+                group.numel * item,
+                item,
+                on_host=host,
             )
         ]
 
@@ -200,18 +235,28 @@ class _KbitStorage(BaseStorage):
         largest = max((g.numel for g in shape.census() if g.role == "linear"), default=0)
         return largest * p.compute_bytes
 
-    def adapter_weight_bytes(self, p: Precision) -> int:
+    def adapter_dtype(self, p: Precision) -> str:
         # SFTTrainer.__init__ casts the trainable parameters of a k-bit model to bf16 (as the
-        # QLoRA paper does).
-        return 2
+        # QLoRA paper does); sftkit recasts them to float32 when the options ask for it.
+        return self.adapter_dtype_name
 
     def trained_copy_bytes(self, p: Precision) -> int:
-        return 2  # the same SFTTrainer cast: every trainable parameter but DoRA's magnitude
+        # the same casts: every trainable parameter but DoRA's magnitude
+        return DTYPE_BYTES[self.adapter_dtype_name]
 
     def weight_label(self, kind: str, shape: ModelShape, p: Precision) -> tuple[str, str]:
         if kind == "unquantized":
+            what = (
+                "norms and lm_head" if self.embeddings_on_host else "embeddings, norms and lm_head"
+            )
+            if not self.upcast_non_quantized:
+                dtype = DTYPE_NAMES.get(p.model_bytes, "?")
+                return (
+                    f"{dtype} {what} (kept in the model dtype)",
+                    f"{p.model_bytes} bytes x non-linear parameters (upcast_non_quantized: false)",
+                )
             return (
-                "fp32 embeddings, norms and lm_head (upcast for k-bit training)",
+                f"fp32 {what} (upcast for k-bit training)",
                 "4 bytes x non-linear parameters (peft.prepare_model_for_kbit_training)",
             )
         return super().weight_label(kind, shape, p)
@@ -219,7 +264,14 @@ class _KbitStorage(BaseStorage):
     def notes(self, has_adapters: bool) -> list[str]:
         if not has_adapters:
             return []
-        return ["adapters priced in bf16: SFTTrainer casts a k-bit model's LoRA weights to bf16."]
+        if self.adapter_dtype_name == "bfloat16":
+            return [
+                "adapters priced in bf16: SFTTrainer casts a k-bit model's LoRA weights to bf16."
+            ]
+        return [
+            f"adapters priced in {DTYPE_NAMES[DTYPE_BYTES[self.adapter_dtype_name]]}: sftkit "
+            "recasts them after SFTTrainer's bf16 cast (strategy.options.adapter_dtype)."
+        ]
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,7 @@ class LaidTensor:
     bytes_each: int
     dtype_bytes: int  # element size for trainable tensors (gradients/optimizer pricing)
     trainable: bool = False
+    on_host: bool = False  # kept in host memory once the model is loaded (a frozen lookup)
 
     @property
     def numel(self) -> int:

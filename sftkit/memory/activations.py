@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass
 
 from sftkit.components import LaidTensor, LowRankLayer
+from sftkit.components.loss import LossQuery
 from sftkit.dtypes import FP32
 from sftkit.dtypes import INT64 as INDEX  # int64 token ids and labels
 from sftkit.memory.setup import Setup
@@ -222,78 +223,37 @@ def head_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
     total = INDEX * n if setup.trains("embed_tokens") else 0
     total += 2 * seq * s.head_dim * d.stream  # cos, sin (shared by every layer)
     total += norm_saved_per_token(setup) * n  # final norm
-    if setup.trains("lm_head") and setup.loss_head == "full":
+    if setup.trains("lm_head") and setup.loss.saves_lm_head_input:
         total += (d.compute if setup.autocast else d.stream) * h * n  # lm_head input
     total += loss_saved_bytes(setup, batch, seq)
     return total
 
 
-def loss_positions(batch: int, seq: int) -> int:
-    """Positions the fused head scores: every token but the last of each sequence (on CUDA
-    only those with a label; all of them is the upper bound)."""
-    return batch * max(seq - 1, 0)
+def loss_query(setup: Setup, batch: int, seq: int) -> LossQuery:
+    """What the recipe's loss head is priced from."""
+    s, d = setup.shape, dtypes(setup)
+    return LossQuery(
+        batch=batch,
+        seq=seq,
+        hidden=s.hidden_size,
+        vocab=s.vocab_size,
+        stream_bytes=d.stream,
+        compute_bytes=d.compute,
+        head_bytes=lm_head_bytes(setup),
+        head_trains=setup.trains("lm_head"),
+        on_gpu=setup.on_gpu,
+        softcapping=bool(s.final_logit_softcapping),
+    )
 
 
 def loss_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
-    """What the loss keeps for backward.
-
-    ``full`` (transformers' ForCausalLMLoss): ``logits.float()`` then cross_entropy, which
-    keeps the fp32 log_softmax output (4 x vocab per token) and the int64 labels.
-    ``fused`` (TRL's ChunkedLogProbFunction): a copy of the scored hidden states, the int64
-    targets, fp32 log-normalizer and entropy per position, and the label mask.
-    """
-    s, n = setup.shape, batch * seq
-    stream = dtypes(setup).stream
-    if setup.loss_head == "fused":
-        p = loss_positions(batch, seq)
-        per = stream * s.hidden_size + INDEX + 2 * FP32  # hidden, targets, log-Z, entropy
-        extra = 0
-        if setup.on_gpu:
-            # compact: hidden_states[mask] keeps its int64 (row, column) indices, and both
-            # outputs are scattered back through the same bool mask
-            per += 2 * INDEX + 1
-        else:
-            per += 2  # every position scored; log-probs and entropy each keep their own ~mask
-            if batch == 1:  # hidden[:, :-1] of one row is contiguous: a view of all s rows
-                extra += stream * s.hidden_size
-        return p * per + extra + INDEX  # + the int64 token count the loss is divided by
-    # labels[..., 1:].contiguous() of a single row is a view of the padded (s + 1) labels
-    total = FP32 * s.vocab_size * n + INDEX * (n + (1 if batch == 1 else 0)) + FP32
-    if s.final_logit_softcapping:
-        total += dtypes(setup).compute * s.vocab_size * n  # tanh keeps its output
-    return total
+    """What the loss head keeps for backward (`sftkit.components.loss`)."""
+    return setup.loss.saved_bytes(loss_query(setup, batch, seq))
 
 
 def loss_transient_bytes(setup: Setup, batch: int, seq: int) -> int:
-    """Live only while the loss runs (forward) or its backward runs.
-
-    ``full``: in backward the fp32 gradients of the log-probabilities and of the logits
-    (2 x 4 x vocab per token); in forward the logits and their fp32 copy (2 + 4); the larger.
-    ``fused``: one (4096 tokens x 32768 vocabulary) logits tile in the compute dtype, the
-    bf16 copies of the hidden chunk and weight chunk it multiplies, and the fp32 gradient
-    accumulators of the hidden states (and of lm_head when it trains) with their casts.
-    """
-    s, d = setup.shape, dtypes(setup)
-    n, v, h = batch * seq, s.vocab_size, s.hidden_size
-    if setup.loss_head == "full":
-        return max(2 * FP32, d.compute + FP32) * v * n
-    from sftkit.memory.setup import FUSED_TOKEN_CHUNK, FUSED_VOCAB_CHUNK
-
-    p = loss_positions(batch, seq)
-    rows, cols = min(p, FUSED_TOKEN_CHUNK), min(v, FUSED_VOCAB_CHUNK)
-    c = d.compute
-    head_bytes = lm_head_bytes(setup)
-    total = rows * cols * c  # mm_buf
-    if d.stream != c:
-        total += rows * h * c  # hidden chunk cast
-    if head_bytes != c:
-        total += cols * h * c  # lm_head weight chunk cast
-    total += p * h * (FP32 + d.stream)  # fp32 grad of the hidden states and its cast back
-    if setup.trains("lm_head"):
-        total += v * h * (FP32 + head_bytes)  # fp32 lm_head gradient and its cast
-    if not setup.on_gpu:
-        total += 4 * rows * cols * FP32  # the CPU fold works on fp32 copies of the tile
-    return total
+    """Live only while the loss head or its backward runs (`sftkit.components.loss`)."""
+    return setup.loss.transient_bytes(loss_query(setup, batch, seq))
 
 
 def lm_head_bytes(setup: Setup) -> int:
@@ -319,8 +279,8 @@ def autocast_weight_copy_bytes(setup: Setup, tensors: list[LaidTensor]) -> int:
         if t.kind != "copy" and t.name.removesuffix(".weight").split(".")[-1] in copied:
             continue
         is_linear = t.kind == "adapter" or ".lora_" in t.name or _is_matmul_weight(t)
-        if t.name.startswith("lm_head") and setup.loss_head == "fused":
-            continue  # the fused head casts lm_head chunk by chunk (a loss transient)
+        if t.name.startswith("lm_head") and setup.loss.casts_lm_head:
+            continue  # the loss head casts lm_head itself (a loss transient)
         if is_linear and len(t.shape) == 2:
             total += t.numel * setup.compute_bytes * t.count
     return total

@@ -12,7 +12,13 @@ from typing import TYPE_CHECKING, Any
 from sftkit.errors import DoesNotFitError
 from sftkit.memory.budget import resolve_budget
 from sftkit.memory.phases import breakdown
-from sftkit.memory.result import Estimate, merge_terms, pool_totals
+from sftkit.memory.result import (
+    Estimate,
+    figure_totals,
+    merge_terms,
+    pool_totals,
+    resident_paged,
+)
 from sftkit.memory.setup import Setup, describe, setup_from_recipe
 from sftkit.memory.terms import MemoryTerm, gib
 from sftkit.modelshape import ModelShape, resolve_model_shape
@@ -70,11 +76,7 @@ def notes_for(setup: Setup, on_gpu: bool) -> list[str]:
             "assumes a 4-D attention mask (padded or packed batches): SDPA repeats k/v per "
             "head and keeps an s x s mask per layer."
         )
-    notes.append(
-        "loss computed by TRL's chunked log-prob head (no full logits)."
-        if setup.loss_head == "fused"
-        else "loss computed on full fp32 logits (transformers' ForCausalLMLoss)."
-    )
+    notes.append(setup.loss.note())
     notes.extend(setup.storage.notes(setup.composition.has_adapters))
     for adapter in setup.adapters:
         notes.extend(adapter.notes())
@@ -88,6 +90,12 @@ def compute(
     budget = resolve_budget(gpu or resolved.recipe.hardware.gpu, manager_of(resolved))
     setup = setup_from_recipe(resolved, shape, on_gpu=budget.is_gpu)
     b = breakdown(setup, extra_terms(resolved, shape))
+    device, paged = pool_totals(b, "device"), pool_totals(b, "paged")
+    resident = (
+        resident_paged(device, paged, budget.total_bytes)
+        if budget.is_gpu
+        else dict.fromkeys(device, 0)
+    )
     result = Estimate(
         model=shape.name,
         model_source=shape.source,
@@ -95,9 +103,12 @@ def compute(
         parameters=b.parameters,
         trainable_parameters=b.trainable_parameters,
         terms=merge_terms(b),
-        phases=pool_totals(b, "device"),
-        paged=pool_totals(b, "paged"),
+        phases={p: device[p] + resident[p] for p in device},
+        paged=paged,
         host=pool_totals(b, "host"),
+        allocated=figure_totals(b, "allocated"),
+        reserved=figure_totals(b, "reserved"),
+        resident_paged=resident,
         budget=budget,
         setting=setting_line(setup),
         recipe_source=resolved.source,

@@ -52,18 +52,38 @@ def _moments(
     lg, hg, eg = _grad_profile(tensors, L)
     lg, hg, eg = (div(x, sh.gradients) for x in (lg, hg, eg))
     tokens = f"{b} x {s} tokens"
-    vocab = f"{setup.shape.vocab_size:,}"
 
     def saved_layers(j: int, recomputing: bool) -> list[Part]:
         if setup.checkpointing:
-            parts = [
-                Part(
-                    f"checkpointed inputs of {j} layers ({tokens})",
-                    j * act.checkpointed_layer_bytes(setup, b, s),
-                    "activations",
-                    "stream dtype x hidden per token per layer",
-                )
-            ]
+            one = act.checkpointed_layer_bytes(setup, b, s)
+            if setup.activation_offload:  # in host memory; one back while its layer recomputes
+                parts = [
+                    Part(
+                        f"checkpointed inputs of {L} layers, offloaded ({tokens})",
+                        L * one,
+                        "activations",
+                        "stream dtype x hidden per token per layer, pinned host memory",
+                        "host",
+                    )
+                ]
+                if recomputing:
+                    parts.append(
+                        Part(
+                            "offloaded input brought back for the layer being recomputed",
+                            one,
+                            "activations",
+                            "stream dtype x hidden per token",
+                        )
+                    )
+            else:
+                parts = [
+                    Part(
+                        f"checkpointed inputs of {j} layers ({tokens})",
+                        j * one,
+                        "activations",
+                        "stream dtype x hidden per token per layer",
+                    )
+                ]
             if recomputing:
                 parts.append(
                     Part(
@@ -104,6 +124,8 @@ def _moments(
         )
 
     def grads(n: int) -> list[Part]:
+        if setup.optimizer_in_backward:  # one gradient at a time, from the first one on
+            n = grads_total if n else 0
         n = grads_total if accumulated else n
         name = grad_name if n == grads_total else "gradients so far in backward"
         return [Part(name, n, "gradients", "one gradient per trainable parameter")] if n else []
@@ -111,7 +133,7 @@ def _moments(
     start = [
         *saved_layers(L, recomputing=False),
         Part("token ids, rotary tables, final norm", head, "activations", ""),
-        *_loss_parts(setup, loss, loss_tmp, vocab, tokens),
+        *_loss_parts(setup, loss, loss_tmp),
         *common,
         *grads(0),
     ]
@@ -131,40 +153,18 @@ def _moments(
     return [start, top, bottom, end]
 
 
-def _loss_parts(setup: Setup, saved: int, transient: int, vocab: str, tokens: str) -> list[Part]:
-    if setup.loss_head == "fused":
-        return [
-            Part(
-                f"loss: TRL chunked log-prob head, saved hidden states and log-Z ({tokens})",
-                saved,
-                "logits",
-                "per position: hidden x stream dtype + targets + fp32 log-Z and entropy",
-            ),
-            Part(
-                f"loss: 4096 x 32768 logits tiles and gradient accumulators (vocabulary {vocab})",
-                transient,
-                "logits",
-                "compute-dtype tile + casts + fp32 grad of the hidden states (and of lm_head)",
-            ),
-        ]
+def _loss_parts(setup: Setup, saved: int, transient: int) -> list[Part]:
+    q = act.loss_query(setup, setup.micro_batch_size, setup.seq_len)
+    (saved_name, saved_formula), (tmp_name, tmp_formula) = setup.loss.labels(q)
     return [
-        Part(
-            f"loss: fp32 log-probabilities over {vocab} tokens ({tokens})",
-            saved,
-            "logits",
-            "4 x vocab per token + labels (logits.float() then log_softmax)",
-        ),
-        Part(
-            f"cross-entropy backward: fp32 gradients over {vocab} tokens",
-            transient,
-            "logits",
-            "2 x 4 x vocab per token",
-        ),
+        Part(saved_name, saved, "logits", saved_formula),
+        Part(tmp_name, transient, "logits", tmp_formula),
     ]
 
 
 def _total(parts: list[Part]) -> int:
-    return sum(p.bytes for p in parts)
+    """Device bytes: the moment that peaks on the device (host memory is its own pool)."""
+    return sum(p.bytes for p in parts if p.pool == "device")
 
 
 def activation_moments(
@@ -185,5 +185,8 @@ def activation_peak_bytes(setup: Setup) -> int:
     tensors = layout(setup)
     moments = _moments(setup, tensors, 0, "", sharding(setup), accumulated=False)
     return max(
-        sum(p.bytes for p in parts if p.category in ("activations", "logits")) for parts in moments
+        sum(
+            p.bytes for p in parts if p.category in ("activations", "logits") and p.pool == "device"
+        )
+        for parts in moments
     )

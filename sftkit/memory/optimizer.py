@@ -8,6 +8,11 @@ implementation rather than the algorithm:
 - foreach temporaries (``DenseMomentState.temporaries``): torch's multi-tensor kernels build
   them for a whole dtype group at once, so they are summed over the largest group; other
   optimizers step tensor by tensor, so only the largest tensor's temporaries count.
+- optimizer in backward (``training.optimizer_in_backward``): every parameter has its own
+  optimizer, stepped in backward as soon as its gradient exists, which is then freed: one
+  gradient lives at a time (the largest is priced), each tensor's step builds its own
+  temporaries, and state an optimizer shares across its tensors (quantization maps) is
+  built once per tensor.
 - paged state (``OptimizerSpec.paged``): bitsandbytes allocates a state buffer in CUDA unified
   memory only for tensors of at least 100,000 elements (``Optimizer8bit.get_state_buffer``);
   smaller buffers and the fp32 block maxima (``absmax1/2``) are ordinary device tensors.
@@ -29,7 +34,8 @@ PAGED_MIN_NUMEL = 100_000  # bitsandbytes: `if not self.is_paged or p.numel() < 
 class OptimizerCost:
     trainable_parameters: int
     trainable_bytes: int
-    gradient_bytes: int
+    gradient_bytes: int  # all gradients (what lives before optimizer.step())
+    live_gradient_bytes: int  # the most gradient bytes alive at once
     state_device_bytes: int
     state_paged_bytes: int
     step_temporary_bytes: int
@@ -67,9 +73,13 @@ def optimizer_cost(setup: Setup, tensors: list[LaidTensor]) -> OptimizerCost:
         device += (total - part) * t.count
         paged += part * t.count
     shared = getattr(state, "shared_bytes", None)
+    in_backward = setup.optimizer_in_backward
     if callable(shared):
-        device += int(shared([t.numel for t in trainable]))
-    if getattr(state, "temporaries_per_group", False):
+        if in_backward:  # one optimizer per tensor, each with its own shared state
+            device += sum(int(shared([t.numel])) * t.count for t in trainable)
+        else:
+            device += int(shared([t.numel for t in trainable]))
+    if getattr(state, "temporaries_per_group", False) and not in_backward:
         # torch steps one param group at a time (sftkit puts 1-D tensors in a no-decay group)
         # and, inside it, one dtype at a time: the largest such batch builds its temporaries.
         groups: dict[tuple[bool, int], int] = defaultdict(int)
@@ -81,4 +91,6 @@ def optimizer_cost(setup: Setup, tensors: list[LaidTensor]) -> OptimizerCost:
         temporaries = max(
             (state.step_temporary_bytes(t.numel, t.dtype_bytes) for t in trainable), default=0
         )
-    return OptimizerCost(params, nbytes, nbytes, device, paged, temporaries)
+    largest = max((t.numel * t.dtype_bytes for t in trainable), default=0)
+    live = largest if in_backward else nbytes
+    return OptimizerCost(params, nbytes, nbytes, live, device, paged, temporaries)

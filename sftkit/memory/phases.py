@@ -44,7 +44,8 @@ def _weight_parts(setup: Setup, tensors: list[LaidTensor], sh: Sharding) -> list
     storage, p, shape = setup.storage, setup.precision, setup.shape
     by_kind: dict[str, int] = {}
     for t in tensors:
-        by_kind[t.kind] = by_kind.get(t.kind, 0) + t.total_bytes
+        if not t.on_host:  # host tensors are their own parts (`host_weight_parts`)
+            by_kind[t.kind] = by_kind.get(t.kind, 0) + t.total_bytes
     parts = []
     for kind in STORAGE_KINDS:
         if kind in by_kind:
@@ -65,6 +66,19 @@ def _weight_parts(setup: Setup, tensors: list[LaidTensor], sh: Sharding) -> list
     return parts
 
 
+def host_weight_parts(setup: Setup, tensors: list[LaidTensor]) -> tuple[list[Part], list[Part]]:
+    """(while loading, afterwards): tensors the storage keeps in host memory are loaded onto
+    the device with the rest and moved to host memory before training starts."""
+    total = sum(t.total_bytes for t in tensors if t.on_host)
+    if not total:
+        return [], []
+    name, formula = setup.storage.host_label(setup.precision)
+    return (
+        [Part(name.replace("in host memory", "on the device while loading"), total, "weights")],
+        [Part(name, total, "weights", formula, "host")],
+    )
+
+
 # The kinds a storage lays out, in the order the estimate lists them.
 STORAGE_KINDS = ("base", "quant_constants", "unquantized")
 
@@ -75,14 +89,24 @@ def _optimizer_parts(
     """(gradients, persistent optimizer parts, step temporaries)."""
     name = setup.optimizer.name
     trainable = count_words(opt.trainable_parameters)
-    grads = [
-        Part(
-            f"gradients of {trainable} trainable parameters",
-            div(opt.gradient_bytes, sh.gradients),
-            "gradients",
-            "one gradient per trainable parameter, in its dtype",
-        )
-    ]
+    if setup.optimizer_in_backward:
+        grads = [
+            Part(
+                "gradient of one tensor at a time (optimizer in backward)",
+                opt.live_gradient_bytes,
+                "gradients",
+                "the largest trainable tensor's gradient: each is stepped and freed in backward",
+            )
+        ]
+    else:
+        grads = [
+            Part(
+                f"gradients of {trainable} trainable parameters",
+                div(opt.gradient_bytes, sh.gradients),
+                "gradients",
+                "one gradient per trainable parameter, in its dtype",
+            )
+        ]
     state_pool: Pool = "host" if sh.state_on_host else "device"
     persistent = []
     if opt.state_device_bytes:
@@ -189,7 +213,8 @@ def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
     out = Breakdown(tensors=tensors, optimizer=opt)
     out.parameters = setup.shape.parameters
     out.trainable_parameters = opt.trainable_parameters
-    weights = _weight_parts(setup, tensors, sh)
+    loading, hosted = host_weight_parts(setup, tensors)
+    weights = [*_weight_parts(setup, tensors, sh), *hosted]
     grads, persistent, temps = _optimizer_parts(setup, opt, sh)
     grads_total = grads[0].bytes
 
@@ -223,15 +248,18 @@ def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
 
     load_stage = _load_staging(setup)
     phases: dict[str, list[Part]] = {}
-    phases["load"] = [*weights, load_stage]
+    phases["load"] = [*[w for w in weights if w.pool != "host"], *loading, load_stage]
     fb_first = activation_moments(setup, tensors, grads_total, grads[0].name, sh, accumulated=False)
     fb = fb_first
     if setup.grad_accum > 1:
         fb_acc = activation_moments(
             setup, tensors, grads_total, grads[0].name, sh, accumulated=True
         )
-        fb = max((fb_first, fb_acc), key=lambda ps: sum(p.bytes for p in ps))
-    phases["forward_backward"] = [*weights, *fb, *extras]
+        fb = max((fb_first, fb_acc), key=lambda ps: sum(p.bytes for p in ps if p.pool == "device"))
+    # With the optimizer in backward the first backward already steps (and builds the state
+    # of) every parameter, one tensor's temporaries at a time.
+    stepping = [*persistent, *temps] if setup.optimizer_in_backward else []
+    phases["forward_backward"] = [*weights, *stepping, *fb, *extras]
     phases["optimizer_step"] = [
         *weights,
         *grads,
@@ -240,6 +268,8 @@ def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
         *[e for e in extras if e.name == "DDP gradient buckets"],
     ]
     phases["later_steps"] = [*weights, *persistent, *fb, *extras]
+    if setup.optimizer_in_backward:
+        phases["later_steps"].extend(temps)
     phases["evaluation"] = [*weights, *persistent, *_eval_parts(setup)]
     for term in extra:
         for phase in term.phases:
@@ -255,19 +285,29 @@ def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
                     allocator_margin(allocated),
                     "overhead",
                     "reserved above allocated",
+                    figure="reserved",
                 )
             )
             parts.append(
                 Part(
-                    "CUDA context", CUDA_CONTEXT_BYTES, "overhead", "assumption, see docs/memory.md"
+                    "CUDA context",
+                    CUDA_CONTEXT_BYTES,
+                    "overhead",
+                    "assumption, see docs/memory.md",
+                    figure="outside",
                 )
             )
             if phase != "load":
+                # PyTorch allocates the cuBLAS/cuBLASLt workspaces through its allocator
                 parts.append(
                     Part("cuBLAS/cuBLASLt workspaces", WORKSPACE_BYTES, "overhead", "2 x 32 MiB")
                 )
             if sh.communication:
-                parts.append(Part("NCCL buffers", NCCL_BYTES, "communication", "assumption"))
+                parts.append(
+                    Part(
+                        "NCCL buffers", NCCL_BYTES, "communication", "assumption", figure="outside"
+                    )
+                )
     out.parts = {p: [x for x in phases[p] if x.bytes > 0] for p in PHASES}
     return out
 
@@ -306,6 +346,7 @@ def static_bytes(setup: Setup) -> StaticBytes:
     return StaticBytes(
         weights=sum(t.total_bytes for t in tensors),
         trainable=opt.trainable_bytes,
-        gradients=opt.gradient_bytes,
+        # the optimizer in backward frees every gradient once it has stepped it
+        gradients=0 if setup.optimizer_in_backward else opt.gradient_bytes,
         optimizer_state=opt.state_bytes,
     )

@@ -9,7 +9,16 @@ from typing import Any
 
 from sftkit.memory.budget import MemoryBudget
 from sftkit.memory.phases import Breakdown
-from sftkit.memory.terms import PHASE_LABELS, PHASES, UNIT_NOTE, MemoryTerm, Part, gib, gib_number
+from sftkit.memory.terms import (
+    PHASE_LABELS,
+    PHASES,
+    UNIT_NOTE,
+    MemoryTerm,
+    Part,
+    gib,
+    gib_number,
+)
+from sftkit.memory.terms import GiB as GiB_BYTES
 
 
 @dataclass
@@ -43,8 +52,11 @@ class Estimate:
     parameters: int
     trainable_parameters: int
     terms: list[MemoryTerm]
-    phases: dict[str, int]  # device bytes per phase (paged and host pools excluded)
-    paged: dict[str, int]  # paged (unified memory) bytes per phase
+    # Device bytes per phase as nvidia-smi counts them ("device used"): what the allocator
+    # reserves, what it never sees (CUDA context, NCCL), and the paged state resident on the
+    # device. The verdict, the peak and --fit use it.
+    phases: dict[str, int]
+    paged: dict[str, int]  # paged (unified memory) bytes per phase, resident or spilled
     host: dict[str, int]
     budget: MemoryBudget
     setting: str  # one line: strategy, optimizer, batch, sequence, GPUs
@@ -52,6 +64,11 @@ class Estimate:
     notes: list[str] = field(default_factory=list)
     suggestions: list[Suggestion] = field(default_factory=list)
     fit_search: dict[str, Any] = field(default_factory=dict)
+    # What torch.cuda.max_memory_allocated / max_memory_reserved would report per phase, and
+    # the paged state resident on the device (part of `phases`).
+    allocated: dict[str, int] = field(default_factory=dict)
+    reserved: dict[str, int] = field(default_factory=dict)
+    resident_paged: dict[str, int] = field(default_factory=dict)
 
     # ------------------------------------------------------------------ verdict
 
@@ -89,11 +106,16 @@ class Estimate:
     @property
     def paged_spill_bytes(self) -> int:
         """Paged optimizer state that will not fit beside the rest and spills to host RAM."""
-        spill = 0
-        for phase in PHASES:
-            over = self.phases[phase] + self.paged[phase] - self.budget_bytes
-            spill = max(spill, min(over, self.paged[phase]))
-        return max(spill, 0)
+        resident = self.resident_paged or dict.fromkeys(PHASES, 0)
+        return max(max(self.paged[p] - resident[p] for p in PHASES), 0)
+
+    def figures(self, phase: str) -> dict[str, int]:
+        """The phase's allocated, reserved and device-used bytes."""
+        return {
+            "allocated": self.allocated.get(phase, self.phases[phase]),
+            "reserved": self.reserved.get(phase, self.phases[phase]),
+            "device_used": self.phases[phase],
+        }
 
     def terms_in(self, phase: str) -> list[MemoryTerm]:
         return [t for t in self.terms if phase in t.phases]
@@ -155,7 +177,9 @@ class Estimate:
             "first_failing_phase": self.first_failing_phase,
             "headroom_bytes": self.headroom_bytes,
             "phases": dict(self.phases),
+            "phase_figures": {p: self.figures(p) for p in PHASES},
             "paged_bytes": dict(self.paged),
+            "resident_paged_bytes": dict(self.resident_paged),
             "host_bytes": dict(self.host),
             "paged_spill_bytes": self.paged_spill_bytes,
             "terms": [
@@ -203,6 +227,28 @@ def pool_totals(b: Breakdown, pool: str) -> dict[str, int]:
     }
 
 
+def figure_totals(b: Breakdown, figure: str) -> dict[str, int]:
+    """Device bytes per phase counted in `figure`: ``allocated`` (tensors and workspaces),
+    ``reserved`` (+ the allocator's margin), ``device`` (+ what the allocator never sees;
+    paged state not included)."""
+    wanted = {
+        "allocated": ("allocated",),
+        "reserved": ("allocated", "reserved"),
+        "device": ("allocated", "reserved", "outside"),
+    }[figure]
+    return {
+        phase: sum(
+            p.bytes for p in b.parts.get(phase, []) if p.pool == "device" and p.figure in wanted
+        )
+        for phase in PHASES
+    }
+
+
+def resident_paged(device: dict[str, int], paged: dict[str, int], budget: int) -> dict[str, int]:
+    """Paged state the driver keeps on the device: what fits beside the rest."""
+    return {p: min(paged[p], max(0, budget - device[p])) for p in PHASES}
+
+
 SHORT = {
     "load": "load",
     "forward_backward": "fwd/bwd",
@@ -244,15 +290,22 @@ def render_estimate(e: Estimate) -> str:
             + "".join((gib_number(cells[p]) if p in cells else "").rjust(10) for p in PHASES)
         )
     lines.append("-" * len(header))
-    lines.append(
-        "total on device".ljust(name_width)
-        + "".join(gib_number(e.phases[p]).rjust(10) for p in PHASES)
-    )
-    if any(e.paged.values()):
+
+    def total(label: str, values: dict[str, int]) -> None:
         lines.append(
-            "paged pool (spills to host)".ljust(name_width)
-            + "".join(gib_number(e.paged[p]).rjust(10) for p in PHASES)
+            label.ljust(name_width) + "".join(gib_number(values[p]).rjust(10) for p in PHASES)
         )
+
+    if e.on_gpu:
+        total("allocated (torch.cuda.max_memory_allocated)", e.allocated or e.phases)
+        total("reserved (torch.cuda.max_memory_reserved)", e.reserved or e.phases)
+        total("device used (nvidia-smi; verdict)", e.phases)
+    else:
+        total("total on device", e.phases)
+    if any(e.paged.values()):
+        total("paged pool (resident in device used; spills to host)", e.paged)
+    if any(e.host.values()):
+        total("host memory (outside the device)", e.host)
     lines.append("")
     peak = e.peak_phase
     lines.append(f"peak       {gib(e.peak_bytes)} at {PHASE_LABELS[peak]}")
@@ -299,6 +352,14 @@ def _rows(e: Estimate) -> list[tuple[str, dict[str, int]]]:
     return list(rows.items())
 
 
+def _distinct(a: int, b: int) -> tuple[str, str]:
+    """Two sizes in GiB, with more decimals when two would print them the same (a setting
+    just within the card and the next just over it)."""
+    if gib(a) != gib(b):
+        return gib(a), gib(b)
+    return f"{a / GiB_BYTES:.4f} GiB", f"{b / GiB_BYTES:.4f} GiB"
+
+
 def render_fit(e: Estimate) -> list[str]:
     lines = ["settings that fit (each searched with the rest of the recipe unchanged):"]
     for key, found in e.fit_search.items():
@@ -312,9 +373,9 @@ def render_fit(e: Estimate) -> list[str]:
         if found.get("value") is None:
             lines.append(f"  {key}: none fits (smallest tried: {found.get('smallest_tried')})")
         else:
+            peak, over = _distinct(found["peak_bytes"], found.get("next_peak_bytes", 0))
             lines.append(
-                f"  {key} = {found['value']}  (peak {gib(found['peak_bytes'])}; "
-                f"{found['next']} would need {gib(found['next_peak_bytes'])})"
+                f"  {key} = {found['value']}  (peak {peak}; {found['next']} would need {over})"
                 if found.get("next") is not None
                 else f"  {key} = {found['value']}  (peak {gib(found['peak_bytes'])}; search limit {found['limit']})"
             )

@@ -2,15 +2,17 @@
 declarations (`Setup`), from the installed trainer what changes memory, and from the
 recipe's engine how terms shard over GPUs.
 
-The installed trainer, found without importing it:
-TRL's SFTTrainer (1.x) patches the model with ``add_fused_lm_head``: the loss comes from a
-chunked log-probability head that never builds the (tokens x vocabulary) logits. Older TRL
-releases let transformers compute ``ForCausalLMLoss`` on the full logits. The estimator asks
-which one the installed TRL does by reading its source (``importlib.util.find_spec`` does not
-import the package), so ``estimate-memory`` stays torch-free.
+The loss head (``training.loss``, `sftkit.components.loss`): ``full``, ``chunked`` and
+``liger`` name a head; ``auto`` is what the installed trainer does, told by its version
+(``importlib.metadata``, which imports nothing): from TRL 1.15 every SFTTrainer patches the
+model with ``add_fused_lm_head``, a chunked log-probability head that never builds the
+(tokens x vocabulary) logits; before, the loss came from the full logits (sftkit pins
+``loss_type="nll"`` on the releases whose default was TRL's older chunked loss, so ``auto``
+prices what runs). Without TRL the estimate assumes what ``pip install 'sftkit[train]'``
+installs today, the fused head.
 
-``SFTKIT_LOSS_HEAD=fused|full`` overrides the detection (e.g. to price a plain transformers
-Trainer).
+``SFTKIT_LOSS_HEAD``, the environment variable that used to override the detection, is
+gone: a run that still sets it is refused with the recipe switch to use instead.
 
 Per-GPU memory with more than one GPU: the recipe's engine says what it replicates and
 what it shards (`sftkit.engine.Engine.sharding`; the built-in engines' rules are described
@@ -19,16 +21,18 @@ in `sftkit.builtin.engines`).
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.metadata
 import os
+import re
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from sftkit.components import Adapter, BaseStorage, Composition, Precision
+from sftkit.components.loss import LOSS_HEADS, TRL_HEAD, LossHead
 from sftkit.dtypes import DTYPE_BYTES, PRECISION_BYTES
 from sftkit.engine import Engine, Sharding, engine_of
+from sftkit.errors import SftkitError
 from sftkit.modelshape.shape import ModelShape
 from sftkit.specs import OptimizerSpec, StrategySpec
 
@@ -46,6 +50,9 @@ class EvalWorkload:
     batch_size: int
     prompt_tokens: int
     new_tokens: int = 0
+
+
+FULL = LOSS_HEADS["full"]
 
 
 @dataclass(frozen=True)
@@ -68,8 +75,10 @@ class Setup:
     distributed: DistributedSection  # the settings it reads
     on_gpu: bool
     evaluations: tuple[EvalWorkload, ...] = ()
-    loss_head: str = "full"  # "fused": TRL's chunked log-prob head; "full": full logits
+    loss: LossHead = FULL  # how the loss is computed (training.loss, resolved)
     liger: bool = False  # Liger's RMSNorm / SwiGLU / RoPE kernels replace transformers'
+    optimizer_in_backward: bool = False  # each parameter stepped, its gradient freed, in backward
+    activation_offload: bool = False  # checkpointed layer inputs kept in host memory
 
     @property
     def tokens(self) -> int:
@@ -103,6 +112,16 @@ class Setup:
 def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bool) -> Setup:
     r = resolved.recipe
     t = r.training
+    parts = resolved.strategy_parts
+    if parts.storage.embeddings_on_host and (
+        shape.tie_word_embeddings or parts.trains_module("embed_tokens")
+    ):
+        why = "it is tied to lm_head" if shape.tie_word_embeddings else "it trains"
+        raise SftkitError(
+            f"strategy.options.embeddings_on_host: the input embedding table of "
+            f"{shape.name} cannot stay in host memory: {why} (only a frozen lookup table can).",
+            hint="Set strategy.options.embeddings_on_host=false.",
+        )
     evaluations = []
     for component in resolved.evaluators:
         options = component.options
@@ -138,38 +157,52 @@ def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bo
         distributed=r.distributed,
         on_gpu=on_gpu,
         evaluations=tuple(evaluations),
-        loss_head=loss_head(),
+        loss=loss_head(t.loss),
         liger=t.liger_kernels,
+        optimizer_in_backward=t.optimizer_in_backward,
+        activation_offload=t.activation_offload,
     )
 
 
-LossHead = Literal["fused", "full"]
-ENV = "SFTKIT_LOSS_HEAD"
+ENV = "SFTKIT_LOSS_HEAD"  # removed: refused with the switch to use instead
+# The first TRL release whose SFTTrainer always computes the loss with add_fused_lm_head, and
+# the first whose default loss_type was its older chunked NLL (1.7 to 1.14).
+TRL_FUSED_HEAD = (1, 15)
+TRL_CHUNKED_NLL_DEFAULT = (1, 7)
 
-# trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE and trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE
-FUSED_VOCAB_CHUNK = 32768
-FUSED_TOKEN_CHUNK = 4096
+
+def _release(version: str) -> tuple[int, ...]:
+    """``"1.16.0"`` -> (1, 16, 0); ``"1.15.0.dev0"`` -> (1, 15, 0)."""
+    match = re.match(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?", version)
+    return tuple(int(g) for g in match.groups() if g is not None) if match else ()
 
 
 @cache
-def _installed_trl_fuses() -> bool | None:
-    spec = importlib.util.find_spec("trl")
-    if spec is None or not spec.submodule_search_locations:
+def installed_trl() -> tuple[int, ...] | None:
+    """The installed TRL's release as a tuple (``(1, 16, 0)``), or None without TRL."""
+    try:
+        return _release(importlib.metadata.version("trl"))
+    except importlib.metadata.PackageNotFoundError:
         return None
-    for location in spec.submodule_search_locations:
-        source = Path(location) / "trainer" / "sft_trainer.py"
-        if source.is_file():
-            return "add_fused_lm_head(" in source.read_text(encoding="utf-8", errors="ignore")
-    return None
 
 
-def loss_head() -> LossHead:
-    """``fused`` when training goes through TRL's chunked log-prob head (also assumed when
-    TRL is not installed: what ``pip install 'sftkit[train]'`` gets today), else ``full``."""
-    forced = os.environ.get(ENV, "").strip().lower()
-    if forced in ("fused", "full"):
-        return forced  # type: ignore[return-value]
-    return "full" if _installed_trl_fuses() is False else "fused"
+def trl_fuses(release: tuple[int, ...] | None) -> bool:
+    """Does this TRL release's SFTTrainer compute the loss with its fused head? Assumed
+    without TRL: what ``sftkit[train]`` installs today."""
+    return release is None or release >= TRL_FUSED_HEAD
+
+
+def loss_head(setting: str = "auto") -> LossHead:
+    """The head ``training.loss`` names; ``auto``: the installed trainer's."""
+    if os.environ.get(ENV) is not None:
+        raise SftkitError(
+            f"the environment variable {ENV} is no longer read: the loss head is the recipe "
+            "switch training.loss (auto, full, chunked or liger).",
+            hint=f"Unset {ENV} and add e.g. the override training.loss=full.",
+        )
+    if setting != "auto":
+        return LOSS_HEADS[setting]
+    return TRL_HEAD if trl_fuses(installed_trl()) else LOSS_HEADS["full"]
 
 
 def sharding(setup: Setup) -> Sharding:

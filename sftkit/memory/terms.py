@@ -71,6 +71,14 @@ class MemoryTerm:
             raise ValueError(f"memory term {self.name!r}: negative bytes {self.bytes}")
 
 
+#: Which of a phase's three device figures a device part first counts in: ``allocated``
+#: (handed out by the caching allocator: tensors, library workspaces), ``reserved`` (held by
+#: the allocator above that: its margin), ``outside`` (device memory the allocator never sees:
+#: the CUDA context, NCCL's buffers). Each figure includes the ones before it.
+Figure = Literal["allocated", "reserved", "outside"]
+FIGURES: tuple[str, ...] = ("allocated", "reserved", "device_used")
+
+
 @dataclass(frozen=True)
 class Part:
     """One contribution to one phase, before parts are merged into terms."""
@@ -80,6 +88,7 @@ class Part:
     category: Category
     formula: str = ""
     pool: Pool = "device"
+    figure: Figure = "allocated"
 
 
 def div(n: int, k: int) -> int:

@@ -84,8 +84,46 @@ class TrainingSection(Strict):
     report_to: list[Tracker] = Field(default_factory=lambda: list[Tracker](["tensorboard"]))
     liger_kernels: bool = Field(
         default=False,
-        description="Use Liger's fused RMSNorm/SwiGLU/RoPE and fused linear cross-entropy.",
+        description="Use Liger's fused RMSNorm/SwiGLU/RoPE kernels (the loss head is `loss`).",
     )
+    loss: Literal["auto", "full", "chunked", "liger"] = Field(
+        default="auto",
+        description="The loss head: auto (the installed trainer's: TRL's chunked log-prob head "
+        "from TRL 1.15), full (fp32 logits), chunked (sftkit's chunked cross-entropy, never "
+        "the tokens x vocabulary logits), liger (Liger's fused linear cross-entropy, CUDA).",
+    )
+    optimizer_in_backward: bool = Field(
+        default=False,
+        description="Step each parameter as soon as its gradient exists and free it (at most one "
+        "gradient lives); needs gradient_accumulation_steps 1 and max_grad_norm null.",
+    )
+    activation_offload: bool = Field(
+        default=False,
+        description="Keep the checkpointed layer inputs in (pinned) host memory between forward "
+        "and backward; needs gradient_checkpointing.",
+    )
+
+    @model_validator(mode="after")
+    def _techniques_combine(self) -> TrainingSection:
+        problems = []
+        if self.optimizer_in_backward and self.gradient_accumulation_steps > 1:
+            problems.append(
+                "optimizer_in_backward steps every parameter in each backward pass, so it "
+                "cannot accumulate gradients: set gradient_accumulation_steps to 1"
+            )
+        if self.optimizer_in_backward and self.max_grad_norm is not None:
+            problems.append(
+                "optimizer_in_backward frees each gradient before the next exists, so the "
+                "global gradient norm cannot be clipped: set max_grad_norm to null"
+            )
+        if self.activation_offload and not self.gradient_checkpointing:
+            problems.append(
+                "activation_offload moves the checkpointed layer inputs to host memory: "
+                "set gradient_checkpointing to true"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class HardwareSection(Strict):

@@ -48,7 +48,23 @@ class Lora(Strategy):
 class QuantizedLora(Lora):
     """LoRA over a bitsandbytes-quantized base, prepared the way k-bit training needs."""
 
+    def apply(self, model: torch.nn.Module, ctx: StrategyContext) -> torch.nn.Module:
+        peft_model = super().apply(model, ctx)
+        cast_trainable(peft_model, self.options.adapter_dtype)
+        return peft_model
+
     def prepare_base(self, model: torch.nn.Module, ctx: StrategyContext) -> torch.nn.Module:
+        prepared = self._prepare_kbit(model, ctx)
+        if self.options.embeddings_on_host:
+            from sftkit.strategies.host_embedding import move_embeddings_to_host
+
+            move_embeddings_to_host(prepared)
+            if ctx.recipe.training.gradient_checkpointing:
+                # the input-gradient hook was on the table just replaced
+                prepared.enable_input_require_grads()  # type: ignore[operator]
+        return prepared
+
+    def _prepare_kbit(self, model: torch.nn.Module, ctx: StrategyContext) -> torch.nn.Module:
         from peft import prepare_model_for_kbit_training
 
         if ctx.shards_parameters:
@@ -56,6 +72,16 @@ class QuantizedLora(Lora):
             # non-quantized weights in the model dtype (no fp32 upcast; TRL does the same
             # for sharded QLoRA) and only freeze the base.
             return super().prepare_base(model, ctx)
+        if not self.options.upcast_non_quantized:
+            # What prepare_model_for_kbit_training does, less its fp32 upcast: freeze, and
+            # let checkpointing see gradients through the frozen embeddings.
+            frozen: Any = super().prepare_base(model, ctx)
+            if ctx.recipe.training.gradient_checkpointing:
+                frozen.enable_input_require_grads()
+                frozen.gradient_checkpointing_enable(
+                    gradient_checkpointing_kwargs={"use_reentrant": False}
+                )
+            return frozen
         # Freezes the base, upcasts the remaining fp16/bf16 weights (norms, embeddings, LM
         # head) to fp32 for stable training, and enables input gradients so gradient
         # checkpointing works through the frozen embeddings.
@@ -96,6 +122,16 @@ class Lora8bit(QuantizedLora):
                 load_in_8bit=True, llm_int8_threshold=self.options.llm_int8_threshold
             )
         }
+
+
+def cast_trainable(model: torch.nn.Module, dtype: str) -> None:
+    """Give the trainable parameters of a model over a quantized base the adapter dtype the
+    strategy declares (DoRA's magnitude stays fp32, as TRL keeps it). Called after the model
+    is built and again once SFTTrainer has cast them to bf16."""
+    target = torch_dtype(dtype)
+    for name, param in model.named_parameters():
+        if param.requires_grad and "lora_magnitude_vector" not in name and param.dtype != target:
+            param.data = param.data.to(target)
 
 
 def build_lora(options: Any) -> Lora:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from sftkit.memory import activations as act
 from sftkit.memory.phases import StaticBytes, breakdown, static_bytes
-from sftkit.memory.result import pool_totals
+from sftkit.memory.result import figure_totals, pool_totals, resident_paged
 from sftkit.memory.setup import Setup, setup_from_recipe
 from sftkit.memory.terms import PHASE_LABELS, gib
 from sftkit.runpaths import RunPaths
@@ -212,14 +212,20 @@ def predicted_saved_bytes(setup: Setup, tensors: list[Any]) -> int:
 
 
 def install_loss_head(model: Any, setup: Setup) -> dict[str, Any]:
-    """Compute the loss the way sftkit's runner does: with TRL's chunked log-prob head when
-    the installed TRL uses one (`sftkit.memory.setup`). Returns the extra forward kwargs."""
-    if setup.loss_head != "fused":
-        return {}
-    from trl.trainer.utils import add_fused_lm_head
+    """Compute the loss the way sftkit's runner does: TRL's chunked log-prob head when the
+    installed TRL uses one, sftkit's head when the recipe names one (`training.loss`), else
+    the model's own loss. Returns the extra forward kwargs."""
+    from sftkit.components.loss import TrlChunkedLogProb
 
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))
+    if isinstance(setup.loss, TrlChunkedLogProb):
+        from trl.trainer.utils import add_fused_lm_head
+
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))
+        return {"fused_lm_head": True}
+    from sftkit.training.loss import install
+
+    install(model, setup.loss.name)
     return {"fused_lm_head": True}
 
 
@@ -253,6 +259,14 @@ def prepare_for_training(model: Any, setup: Setup) -> None:
         for name, param in model.named_parameters():
             if param.requires_grad and "lora_magnitude_vector" not in name:
                 param.data = param.data.to(torch.bfloat16)
+    # ... and what sftkit's runner does after it (`sftkit.training.techniques`)
+    from sftkit.training.techniques import restore_declared_dtypes
+
+    restore_declared_dtypes(model, setup.composition, setup.precision)
+    if setup.activation_offload and setup.checkpointing:
+        from sftkit.training.offload import install
+
+        install(model)
     if setup.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if not setup.trains_base and hasattr(model, "enable_input_require_grads"):
@@ -295,6 +309,17 @@ def measure_recipe(
         else:
             with ac:
                 out = net(**batch)
+        offload = getattr(net, "_sftkit_offload", None)
+        if offload is not None:  # training.activation_offload: what went to host memory
+            host = act.checkpointed_layer_bytes(setup, setup.micro_batch_size, setup.seq_len)
+            cmp.rows.append(
+                Row(
+                    "checkpointed inputs in host memory",
+                    host * setup.shape.num_layers,
+                    offload.packed_bytes,
+                    exact=True,
+                )
+            )
         out.loss.backward()
         del out
         if on_gpu:
@@ -320,17 +345,20 @@ def measure_recipe(
             )
         )
     if on_gpu:
-        parts = breakdown(setup).parts
-        phases = pool_totals(breakdown(setup), "device")
-        for phase, (allocated, reserved, used) in peaks.items():
-            # what the caching allocator hands out: the device terms but the overheads
-            tensors = sum(
-                p.bytes for p in parts[phase] if p.pool == "device" and p.category != "overhead"
-            )
+        # the estimate's three figures per phase (`sftkit.memory.result.figure_totals`)
+        b = breakdown(setup)
+        on_device, paged = pool_totals(b, "device"), pool_totals(b, "paged")
+        total = torch.cuda.get_device_properties(0).total_memory
+        resident = resident_paged(on_device, paged, total)
+        predicted = {
+            "allocated": figure_totals(b, "allocated"),
+            "reserved": figure_totals(b, "reserved"),
+            "device used": {ph: on_device[ph] + resident[ph] for ph in on_device},
+        }
+        for phase, measured_figures in peaks.items():
             label = PHASE_LABELS[phase]
-            cmp.rows.append(Row(f"{label}: peak allocated", tensors, allocated, exact=False))
-            cmp.rows.append(Row(f"{label}: device used", phases[phase], used, exact=False))
-            cmp.notes.append(f"{label}: peak reserved {gib(reserved)} (allocated + cache)")
+            for what, got in zip(predicted, measured_figures, strict=True):
+                cmp.rows.append(Row(f"{label}: {what}", predicted[what][phase], got, exact=False))
     else:
         cmp.notes.append("no CUDA device: per-phase peaks are not measured, only the tensors.")
     return cmp

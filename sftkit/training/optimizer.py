@@ -41,7 +41,13 @@ def build_optimizer(resolved: ResolvedRecipe, model: torch.nn.Module) -> torch.o
     custom = strategy.param_groups(model, strategy_context(resolved.recipe), base_lr, weight_decay)
     groups = default_param_groups(model) if custom is None else custom
     groups = check_param_groups(groups, model, strategy=name)
-    optimizer = load_factory(component.spec.factory)(groups, options)
+    factory = load_factory(component.spec.factory)
+    if resolved.recipe.training.optimizer_in_backward:
+        from sftkit.optim.in_backward import OptimizerInBackward
+
+        optimizer = OptimizerInBackward(groups, lambda one: factory(one, options))
+    else:
+        optimizer = factory(groups, options)
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise SftkitError(
             f"optimizer {component.spec.name!r} (plugin {component.plugin!r}): its factory "

@@ -79,6 +79,7 @@ def start_run(
     `sftkit launch` calls this once, then `execute_run` in every rank."""
     from sftkit.modeling import training_device, trust_remote_code_notice
     from sftkit.modeling.kernels import check_inference_device, check_kernels
+    from sftkit.training.loss import check_loss_head
 
     recipe = resolved.recipe
     paths = RunPaths(Path(recipe.output_dir))
@@ -87,6 +88,7 @@ def start_run(
     estimate = preflight(resolved, force=force, echo=say)
     device = training_device(recipe)
     check_kernels(recipe, device)  # before anything is written or loaded
+    check_loss_head(resolved, device)
     if recipe.evaluation.evaluators and (
         recipe.evaluation.before_training or recipe.evaluation.after_training
     ):
@@ -178,6 +180,7 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     from sftkit.training.dataset import tokenized_dataset
     from sftkit.training.optimizer import build_optimizer, optimizer_lr
     from sftkit.training.sft_trainer import sftkit_trainer_class
+    from sftkit.training.techniques import after_trainer_built
 
     resolved, recipe, paths = ctx.resolved, ctx.recipe, ctx.paths
     display = progress.console_display(console)
@@ -237,6 +240,7 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
         optimizers=trainer_optimizers(recipe, optimizer),  # FSDP builds it once sharded
         callbacks=callbacks,
     )
+    after_trainer_built(trainer, resolved)  # the recipe's loss head and adapter dtype
     # Our progress bar and metrics replace the trainer's tqdm bar and printed dicts.
     trainer.remove_callback(PrinterCallback)
     trainer.remove_callback(ProgressCallback)
@@ -265,6 +269,7 @@ def sft_config(ctx: RunContext, *, learning_rate: float) -> Any:
     if t.liger_kernels:
         _require("liger_kernel", "liger-kernel", "training.liger_kernels")
     from sftkit.distributed.trainer import trainer_arguments
+    from sftkit.training.loss import trl_config_kwargs
 
     engine = trainer_arguments(ctx.recipe, ctx.paths.root, use_cpu=is_cpu(ctx.device))
     checkpointing = engine.pop("gradient_checkpointing", t.gradient_checkpointing)
@@ -299,6 +304,7 @@ def sft_config(ctx: RunContext, *, learning_rate: float) -> Any:
         dataset_num_proc=None,
         dataloader_num_workers=0,
         use_liger_kernel=t.liger_kernels,
+        **trl_config_kwargs(),
         **engine,  # DDP/FSDP/DeepSpeed settings for launched runs (sftkit.distributed)
     )
 
