@@ -2,7 +2,8 @@
 
 `main()` builds the plugin manager (after reading the plugin options from argv, like pytest's
 `-p`), builds the click group, lets plugins add commands, runs it, and maps errors to exit
-codes: 0 ok, 2 bad input, 3 does not fit, 1 internal error. Heavy libraries (torch, ...) are
+codes: 0 ok, 2 bad input, 3 does not fit, 1 internal error, 130 / 143 interrupted by SIGINT /
+SIGTERM. Heavy libraries (torch, ...) are
 imported only inside the commands that train.
 """
 
@@ -16,7 +17,14 @@ from collections.abc import Sequence
 import click
 
 from sftkit.cli.app import AppContext, build_cli
-from sftkit.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, SftkitError
+from sftkit.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    RunInterrupted,
+    SftkitError,
+)
 from sftkit.plugins import SftkitPluginManager, make_plugin_manager
 
 
@@ -42,9 +50,16 @@ def run_cli(
     except click.ClickException as exc:
         exc.show()
         return EXIT_BAD_INPUT
-    except click.Abort:
+    except click.Abort as exc:
+        # click turns Ctrl-C (KeyboardInterrupt) into Abort outside standalone mode.
+        if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
+            click.echo("Interrupted.", err=True)
+            return EXIT_INTERRUPTED
         click.echo("Aborted.", err=True)
         return EXIT_INTERNAL
+    except RunInterrupted as exc:  # not an error: the run stopped where it was told to
+        click.echo(str(exc), err=True)
+        return exc.exit_code
     except SftkitError as exc:
         click.echo(f"error: {exc}", err=True)
         if os.environ.get("SFTKIT_DEBUG"):

@@ -211,7 +211,7 @@ class _FileFormat:
         self, split: str, name: str, skip_bad_rows: bool, report: ReadReport
     ) -> list[Example]:
         path = Path(name).expanduser()
-        if not path.is_file():
+        if not path.exists():  # a device or FIFO exists: the reader says what it is
             raise DataError(
                 f"{split} file {name!r} does not exist (looked at {path.resolve()}).",
                 hint=f"Set data.format.options.{split}_file to a JSONL or Parquet file.",
