@@ -256,9 +256,9 @@ def choose_checkpoint(paths: RunPaths, *, weights_only: bool = False) -> ResumeP
     usable = next((s for s in statuses if s.has_weights), None)
     if usable is not None:
         raise RunDirectoryError(
-            f"cannot resume {paths.root} exactly: no checkpoint is complete; the newest with "
-            f"weights, {usable.name}, is not: {usable.problem}. Resuming from it would restart "
-            "the optimizer (and the learning-rate schedule) from scratch.",
+            f"cannot resume {paths.root} exactly: no checkpoint is complete (an exact resume "
+            f"needs the optimizer and scheduler state too); the newest with intact weights, "
+            f"{usable.name}, is not: {usable.problem}.",
             hint=f"Restart from {usable.name}'s weights with a fresh optimizer (the schedule "
             "continues at its step) with `--resume --weights-only`, or start a new run.",
         )

@@ -23,6 +23,7 @@ read and written only if present, and tests/test_faults.py checks exactness end 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import shutil
@@ -79,9 +80,11 @@ def resumable_trainer(base: type, ctx: RunContext) -> type:
                     )
                     rotate(paths, keep)
             except BaseException as exc:
+                full = disk_full(exc, paths.root, f"saving checkpoint-{step}")  # before freeing
                 if writer:
                     shutil.rmtree(partial, ignore_errors=True)
-                full = disk_full(exc, paths.root, f"saving checkpoint-{step}")
+                    with contextlib.suppress(OSError):
+                        partial.parent.rmdir()
                 if full is not None:
                     raise full from exc
                 raise

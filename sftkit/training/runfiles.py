@@ -248,10 +248,18 @@ def update_run_json(
 # "PytorchStreamWriter failed writing file ...: file write failed", safetensors' StorageFull.
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 DISK_FULL_TEXT = ("No space left", "StorageFull", "file write failed", "Disk quota exceeded")
+FULL_MARGIN = 16 * 2**20  # a write that failed with less than this free ran out of space
 
 
 def disk_full(exc: BaseException, where: Path, doing: str) -> DiskFullError | None:
-    """A `DiskFullError` if `exc` (or its cause) is a full disk, else None."""
+    """A `DiskFullError` if `exc` (or its cause) is a full disk, else None. torch reports a
+    short write only as "unexpected pos N vs M", so a failure on a disk with (next to)
+    nothing free counts too: call this before freeing what the failed write left."""
+    try:
+        probe = next(p for p in (where, *where.parents) if p.exists())
+        usage = shutil.disk_usage(probe)
+    except (OSError, StopIteration):
+        usage = None
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, DiskFullError):
@@ -262,12 +270,10 @@ def disk_full(exc: BaseException, where: Path, doing: str) -> DiskFullError | No
             break
         seen = seen.__cause__ or seen.__context__
     else:
-        return None
-    try:
-        probe = next(p for p in (where, *where.parents) if p.exists())
-        free = f"; {shutil.disk_usage(probe).free / 2**20:.1f} MiB free"
-    except (OSError, StopIteration):
-        free = ""
+        if usage is None or usage.free >= min(FULL_MARGIN, usage.total // 100):
+            return None
+        seen = exc
+    free = f"; {usage.free / 2**20:.1f} MiB free" if usage is not None else ""
     return DiskFullError(
         f"the disk holding {where} is full{free}: {doing} failed ({type(seen).__name__}: "
         f"{str(seen).strip()[:200]}).",

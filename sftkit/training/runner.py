@@ -227,8 +227,8 @@ def execute_run(ctx: RunContext, *, console: Console, callbacks: Sequence[Any] =
             error = interrupted(ctx, exc.signum)
         elif (full := disk_full(exc, ctx.paths.root, "writing the run")) is not None:
             error = full
-        if main:
-            record_ending(ctx, error)
+        if main:  # Ctrl-C without our handler (a library caller) is an interrupt too
+            record_ending(ctx, interrupted(ctx, 2) if type(exc) is KeyboardInterrupt else error)
         if error is exc:
             raise
         raise error from None
@@ -561,9 +561,12 @@ def save_final(ctx: RunContext) -> None:
                 step=state.global_step,
                 max_steps=state.max_steps,
             )
-    except BaseException:
+    except BaseException as exc:
+        full = disk_full(exc, paths.root, "saving final/")  # before freeing the partial
         if writer:
             shutil.rmtree(partial, ignore_errors=True)
+        if full is not None:
+            raise full from exc
         raise
 
 
