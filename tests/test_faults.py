@@ -241,6 +241,18 @@ def test_kill_mid_step_resumes_exactly_even_moved_elsewhere(
     assert_exact(moved, reference)
 
 
+def test_stopped_before_its_first_checkpoint_it_starts_over(
+    recipe, reference, killed, tmp_path, capsys
+):
+    run_dir = copy_of(killed, tmp_path)
+    shutil.rmtree(run_dir / "checkpoints")  # as if killed before checkpoint-2
+    code, out = resume(recipe, run_dir, capsys)
+    assert code == 0, out
+    assert "no complete checkpoint" in out and "starts over from step 0" in out
+    assert_exact(run_dir, reference)  # metrics.jsonl holds the new attempt's steps, once
+    assert run_json(run_dir)["resumes"][0]["how"] == "restart"
+
+
 def test_a_damaged_newest_checkpoint_is_skipped_with_the_reason(
     recipe, reference, killed, tmp_path, capsys
 ):
