@@ -1,5 +1,6 @@
 """Developer sessions. `nox` runs tests, lint and typecheck; `nox -s gpu` is opt-in (it runs
-the tests marked `gpu` in the current environment, on a machine with CUDA).
+the tests marked `gpu` in the current environment, on a machine with CUDA), and so is
+`nox -s rehearsal` (the one-call GPU session rehearsed on the CPU, docs/benchmarks.md).
 
 Pass pytest arguments after `--`, e.g. `nox -s tests -- -k recipe -x`.
 """
@@ -77,4 +78,20 @@ def gpu(session: nox.Session) -> None:
     )
     session.run(
         "python", "-m", "pytest", "-m", "gpu", *session.posargs, env={"HF_HUB_OFFLINE": "1"}
+    )
+
+
+@nox.session(default=False)
+def rehearsal(session: nox.Session) -> None:
+    """The one-call GPU session (benchmarks/run_gpu.sh) rehearsed on the CPU with the tiny
+    model: every stage, under 3 minutes, and the carry under 64 MiB. Fill .whl/ and
+    .gpu-shared/ first with `bash benchmarks/prepare_carry.sh` (the carry check needs them)."""
+    _install_sftkit(session)
+    session.run(
+        "pytest",
+        "tests/test_benchmarks.py",
+        "-k",
+        "rehearsal",
+        *session.posargs,
+        env={"HF_HUB_OFFLINE": "1", "SFTKIT_REHEARSAL": "1"},
     )

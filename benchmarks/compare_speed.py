@@ -157,6 +157,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         "schema": RUN_SCHEMA,
         "name": spec["name"],
         "role": spec["role"],
+        "recipe_file": None if spec["role"] == "baseline" else Path(spec["recipe"]).name,
         "device": device,
         "versions": versions(),
         **stats,
@@ -170,6 +171,40 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- driver
+
+
+def speed_spec(
+    name: str,
+    role: str,
+    overrides: tuple[str, ...] | list[str],
+    *,
+    recipe: Path,
+    model_dir: str | Path,
+    data_dir: Path,
+    rows: int,
+    device: str,
+    steps: int,
+    warmup_steps: int,
+    out: Path,
+    recipe_overrides: list[str] | tuple[str, ...] = (),
+    baseline_overrides: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """What ``--worker`` reads for one run (`role`: baseline, sftkit or variant)."""
+    return {
+        "name": name,
+        "role": role,
+        "overrides": list(overrides),
+        "recipe_overrides": list(recipe_overrides),
+        "baseline_overrides": dict(baseline_overrides or {}),
+        "recipe": str(Path(recipe).resolve()),
+        "model_dir": str(Path(model_dir).resolve()),
+        "data_dir": str(data_dir),
+        "rows": rows,
+        "device": device,
+        "steps": steps,
+        "warmup_steps": warmup_steps,
+        "out": str(out),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -226,21 +261,21 @@ def main(argv: list[str] | None = None) -> int:
         if args.budget_s is not None and time.perf_counter() - started > args.budget_s:
             print(f"{name}: not started (--budget-s); run the same command again.")
             continue
-        spec = {
-            "name": name,
-            "role": role,
-            "overrides": list(overrides),
-            "recipe_overrides": list(args.override),
-            "baseline_overrides": baseline_overrides,
-            "recipe": str(args.recipe.resolve()),
-            "model_dir": str(Path(args.model_dir).resolve()),
-            "data_dir": str(data_dir),
-            "rows": len(rows),
-            "device": args.device,
-            "steps": args.steps,
-            "warmup_steps": args.warmup_steps,
-            "out": str(out),
-        }
+        spec = speed_spec(
+            name,
+            role,
+            overrides,
+            recipe=args.recipe,
+            model_dir=args.model_dir,
+            data_dir=data_dir,
+            rows=len(rows),
+            device=args.device,
+            steps=args.steps,
+            warmup_steps=args.warmup_steps,
+            out=out,
+            recipe_overrides=args.override,
+            baseline_overrides=baseline_overrides,
+        )
         print(f"[{time.perf_counter() - started:6.0f} s] {name} ...", flush=True)
         results.append(_run(spec, out, result_path, args.timeout_s))
     combined = {

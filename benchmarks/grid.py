@@ -56,6 +56,8 @@ SEQ_LENS = (512, 2048)
 BATCHES = (1, 4)
 CAP_GIB = 40.0
 CAP_GPU = "A100-40GB"  # the seed's card: 40960 MiB = 40 GiB, the same bytes as the cap
+# Issue 13's lightest recipe: measured (at 1 x 2048, as that issue asks) once it exists.
+LOWMEM_RECIPE = "r1_gsm8k_qlora_lowmem.yaml"
 
 
 @dataclass(frozen=True)
@@ -66,20 +68,29 @@ class Point:
     batch: int | None
     checkpointing: bool | None
     cap_gib: float | None = None
+    # A recipe measured as it is (its own strategy and optimizer), only reshaped.
+    recipe_file: str | None = None
 
     @property
     def name(self) -> str:
         if self.cap_gib is not None:
             return f"seed-case-{self.strategy}+{self.optimizer}-cap{self.cap_gib:g}"
-        gc = "gc" if self.checkpointing else "nogc"
-        return f"{self.strategy}+{self.optimizer}-s{self.seq_len}-b{self.batch}-{gc}"
+        gc = {True: "-gc", False: "-nogc", None: ""}[self.checkpointing]
+        label = (
+            Path(self.recipe_file).stem if self.recipe_file else f"{self.strategy}+{self.optimizer}"
+        )
+        return f"{label}-s{self.seq_len}-b{self.batch}{gc}"
 
     @property
     def recipe(self) -> Path:
-        return RECIPES / STRATEGY_RECIPES[self.strategy][0]
+        return RECIPES / (self.recipe_file or STRATEGY_RECIPES[self.strategy][0])
 
     def overrides(self) -> list[str]:
-        out = [*STRATEGY_RECIPES[self.strategy][1], f"optimizer.name={self.optimizer}"]
+        out = (
+            []
+            if self.recipe_file
+            else [*STRATEGY_RECIPES[self.strategy][1], f"optimizer.name={self.optimizer}"]
+        )
         if self.seq_len is not None:
             out.append(f"training.max_seq_length={self.seq_len}")
         if self.batch is not None:
@@ -102,6 +113,36 @@ def grid_points(seq_lens: tuple[int, ...] = SEQ_LENS) -> list[Point]:
         Point("qlora-nf4", "paged-adamw-8bit", None, None, None, cap_gib=CAP_GIB),
     ]
     return points
+
+
+def session_points(
+    seq_map: dict[int, int] | None = None, *, first_only: bool = False
+) -> list[Point]:
+    """Grid points in the order the one-call session runs them, most informative first (the
+    GPU issue's order): QLoRA and LoRA at 1 x 2048 with checkpointing, QLoRA at 4 x 512
+    without, full SFT with paged AdamW 8-bit at 1 x 512, lora-8bit at 1 x 1024, the low-memory
+    recipe at 1 x 2048 when it exists; then the rest of the core selection, then the rest of
+    the grid (`first_only`: only the named ones). `seq_map` maps these sequence lengths to
+    others (a tiny model's rehearsal)."""
+
+    def seq(n: int) -> int:
+        return (seq_map or {}).get(n, n)
+
+    first = [
+        Point("qlora-nf4", "paged-adamw-8bit", seq(2048), 1, True),
+        Point("lora", "adamw", seq(2048), 1, True),
+        Point("qlora-nf4", "paged-adamw-8bit", seq(512), 4, False),
+        Point("full-sft", "paged-adamw-8bit", seq(512), 1, True),
+        Point("lora-8bit", "adamw-8bit", seq(1024), 1, True),
+    ]
+    if (RECIPES / LOWMEM_RECIPE).is_file():
+        first.append(Point("lowmem", "recipe", seq(2048), 1, None, recipe_file=LOWMEM_RECIPE))
+    if first_only:
+        return first
+    seq_lens = (seq(512), seq(2048))
+    rest = [p for p in grid_points(seq_lens) if p.cap_gib is None]
+    ordered = first + select(rest, "core", seq_lens) + rest
+    return list(dict.fromkeys(ordered))
 
 
 def select(points: list[Point], selection: str, seq_lens: tuple[int, ...]) -> list[Point]:
@@ -144,6 +185,17 @@ class Settings:
     extra_overrides: list[str] = field(default_factory=list)
 
 
+def point_spec(point: Point, settings: Settings) -> dict:
+    """What `benchmarks.point` reads: the point, its recipe and overrides, the settings."""
+    return {
+        "name": point.name,
+        "point": asdict(point),
+        "recipe": str(point.recipe),
+        "overrides": point.overrides() + list(settings.extra_overrides),
+        "settings": asdict(settings),
+    }
+
+
 def run_point(point: Point, settings: Settings) -> dict:
     """Run one point in a fresh process; return its result (a failure record if it crashed)."""
     out = Path(settings.out)
@@ -152,14 +204,7 @@ def run_point(point: Point, settings: Settings) -> dict:
     log_path = out / "logs" / f"{point.name}.log"
     for path in (spec_path, log_path):
         path.parent.mkdir(parents=True, exist_ok=True)
-    spec = {
-        "name": point.name,
-        "point": asdict(point),
-        "recipe": str(point.recipe),
-        "overrides": point.overrides() + list(settings.extra_overrides),
-        "settings": asdict(settings),
-    }
-    spec_path.write_text(json.dumps(spec, indent=1))
+    spec_path.write_text(json.dumps(point_spec(point, settings), indent=1))
     # The run directory is the harness's scratch space: a rerun (--redo) starts it afresh
     # (sftkit itself never overwrites a run).
     shutil.rmtree(out / "runs" / point.name, ignore_errors=True)

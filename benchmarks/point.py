@@ -257,15 +257,17 @@ def state_census(optimizer: Any) -> dict[str, int]:
 def point_overrides(spec: dict[str, Any], device: dict[str, Any], data_dir: Path) -> list[str]:
     settings = spec["settings"]
     total_steps = settings["warmup_steps"] + settings["steps"]
-    run_dir = Path(settings["out"]) / "runs" / spec["name"]
+    run_dir = run_dir_of(spec)
     # Grid points measure strategy, optimizer and shape with the speed switches off (one
     # micro-batch is then exactly batch x sequence tokens); the seed-case points run their
-    # recipe as shipped.
-    switches = (
-        []
-        if spec["point"].get("cap_gib")
-        else ["data.packing=false", "training.liger_kernels=false"]
-    )
+    # recipe as shipped; a recipe measured as it is (the low-memory one) keeps its kernels,
+    # which may be part of what makes it light, and only loses packing (for the fixed shape).
+    if spec["point"].get("cap_gib"):
+        switches = []
+    elif spec["point"].get("recipe_file"):
+        switches = ["data.packing=false"]
+    else:
+        switches = ["data.packing=false", "training.liger_kernels=false"]
     return [
         *spec["overrides"],
         *switches,
@@ -354,7 +356,12 @@ def main(argv: list[str] | None = None) -> int:
         "name": spec["name"],
         "point": {**spec["point"], "seq_len_resolved": seq_len, **_steps(settings)},
         "recipe": spec["recipe"],
+        "recipe_file": Path(spec["recipe"]).name,
         "overrides": overrides,
+        # What re-estimates this point later, on any machine (benchmarks.regression): the
+        # recipe exactly as it ran and the architecture it ran, without the weights.
+        "recipe_resolved": resolved_recipe(spec),
+        "model": model_record(settings["model_dir"]),
         "device": device,
         "versions": versions(),
         "predicted": predicted,
@@ -364,6 +371,32 @@ def main(argv: list[str] | None = None) -> int:
     result_path.parent.mkdir(parents=True, exist_ok=True)
     result_path.write_text(json.dumps(record, indent=1, default=str))
     return 0
+
+
+def run_dir_of(spec: dict[str, Any]) -> Path:
+    return Path(spec["settings"]["out"]) / "runs" / spec["name"]
+
+
+def resolved_recipe(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The recipe the run resolved, every default filled in: the run directory's
+    ``recipe.yaml`` (`sftkit run` writes it before loading anything)."""
+    import yaml
+
+    from sftkit.runpaths import RunPaths
+
+    path = RunPaths(run_dir_of(spec)).recipe
+    if not path.is_file():
+        return None
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else None
+
+
+def model_record(model_dir: str) -> dict[str, Any]:
+    config = Path(model_dir) / "config.json"
+    return {
+        "dir": model_dir,
+        "config": json.loads(config.read_text()) if config.is_file() else None,
+    }
 
 
 def _steps(settings: dict[str, Any]) -> dict[str, int]:

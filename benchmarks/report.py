@@ -28,6 +28,16 @@ SPEED_SCHEMA = "sftkit-benchmark-speed/1"
 TRAINING_PHASES = ("load", "forward_backward", "optimizer_step", "later_steps")
 ERROR_TARGET_PCT = 10.0
 SPEED_TARGET = 1.5
+# The sections of a session's report.md, in order (`render_session`).
+SESSION_SECTIONS = (
+    "## Setup",
+    "## Model",
+    "## The seed's case under a 40 GiB cap",
+    "## Speed: the seed's script against sftkit",
+    "## Estimator grid",
+    "## pytest -m gpu",
+    "## Not started",
+)
 
 
 def load_results(paths: Iterable[Path]) -> tuple[list[dict], list[dict]]:
@@ -158,7 +168,7 @@ def render_points(points: list[dict]) -> str:
     return header + "\n".join(rows) + "\n" + note
 
 
-def _predicted_bytes(predicted: dict, category: str, phase: str) -> int | None:
+def predicted_bytes(predicted: dict, category: str, phase: str) -> int | None:
     terms = [t for t in predicted.get("terms") or [] if t.get("phase") == phase]
     if not terms:
         return None
@@ -175,8 +185,8 @@ def render_census(points: list[dict]) -> str:
         if "gradients" not in census or "optimizer_state" not in census:
             continue
         predicted = point.get("predicted") or {}
-        grads = _predicted_bytes(predicted, "gradients", "optimizer_step")
-        state = _predicted_bytes(predicted, "optimizer", "later_steps")
+        grads = predicted_bytes(predicted, "gradients", "optimizer_step")
+        state = predicted_bytes(predicted, "optimizer", "later_steps")
         measured_state = sum(census["optimizer_state"].values())
 
         def cell(measured: int, expected: int | None) -> str:
@@ -301,3 +311,178 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# --------------------------------------------------------------------------- one session
+
+
+def _mib(value: int | float | None) -> str:
+    return "–" if value is None else f"{value / 2**20:.1f} MiB"
+
+
+def seed_case_verdicts(points: list[dict]) -> list[str]:
+    """What the seed's case must show under the cap: full SFT out of memory at the first
+    optimizer step, QLoRA training."""
+    out = []
+    for point in points:
+        p = point.get("point") or {}
+        measured = point.get("measured") or {}
+        cuda = (point.get("device") or {}).get("type") == "cuda"
+        full = p.get("strategy") == "full-sft"
+        expected = "run out of memory at optimizer_step" if full else "train"
+        if not cuda:
+            happened = "ran uncapped (CPU: no cap, not judged)"
+            met = None
+        elif measured.get("oom"):
+            happened = f"out of memory at {measured.get('oom_phase')}"
+            met = full and measured.get("oom_phase") == "optimizer_step"
+        elif measured.get("completed"):
+            happened = "trained"
+            met = not full
+        else:
+            happened = f"failed ({measured.get('error')})"
+            met = False
+        mark = "" if met is None else " — met" if met else " — NOT met"
+        out.append(f"- {point.get('name')}: must {expected}; {happened}{mark}.")
+    return out
+
+
+def render_session(lines: list[dict], *, not_started: list[str] | None = None) -> str:
+    """`report.md` of one session (`benchmarks.session`), from its points.jsonl lines."""
+    by_kind: dict[str, list[dict]] = {}
+    for line in lines:
+        by_kind.setdefault(str(line.get("kind")), []).append(line)
+    setup = (by_kind.get("setup") or [{}])[0]
+    session = (lines[0].get("session") if lines else None) or {}
+    cuda = str(session.get("device", "")).startswith("cuda")
+    device = setup.get("device") or {}
+    title = (
+        f"GPU measurements on {device.get('name') or 'cuda'}"
+        if cuda
+        else "CPU rehearsal with the tiny model (not GPU figures)"
+    )
+    out = [f"# {title}\n\n"]
+    ended = by_kind.get("end")
+    out.append(
+        f"Session {session.get('id', '–')}: {len(lines)} line(s) in points.jsonl, budget "
+        f"{session.get('budget_s', '–')} s, deadline {session.get('deadline_s', '–')} s; "
+        + (
+            f"ended on its own after {ended[0].get('elapsed_s')} s.\n"
+            if ended
+            else "still running, or killed before its end (the last point may be missing).\n"
+        )
+    )
+    if session.get("results_dir"):
+        out.append(f"Commit as `benchmarks/results/{session['results_dir']}/`.\n")
+    if not cuda:
+        out.append(
+            "\nEvery figure below comes from a CPU with a tiny random model: it shows that "
+            "the harness runs and records everything; none is a GPU memory or speed figure.\n"
+        )
+
+    out.append("\n## Setup\n\n")
+    if setup:
+        smi = setup.get("nvidia_smi") or {}
+        out.append(
+            f"- device: {device.get('name', '–')} ({device.get('type', '–')})"
+            + (f", driver {smi['driver']}" if smi.get("driver") else "")
+            + (f", {smi['memory_total_mib']} MiB" if smi.get("memory_total_mib") else "")
+            + f"; Python {setup.get('python', '–')}\n"
+        )
+        versions = setup.get("versions") or {}
+        out.append("- versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + "\n")
+        install = setup.get("install") or {}
+        if install.get("installed"):
+            verb = f"installed offline (pip rc {install.get('rc')}, {install.get('seconds')} s)"
+        elif install.get("checked_only"):
+            verb = (
+                f"already importable here; the wheels installed for Python 3.12 into a scratch "
+                f"folder as a check (pip rc {install.get('rc')}, {install.get('seconds')} s)"
+            )
+        else:
+            verb = f"not installed (needed: {', '.join(install.get('needed') or []) or 'none'})"
+        out.append(f"- {install.get('wheels', 0)} carried wheel(s): {verb}\n")
+        carry = setup.get("carry") or {}
+        paths = ", ".join(f"{k} {_mib(v)}" for k, v in (carry.get("paths") or {}).items())
+        out.append(
+            f"- carried: {_mib(carry.get('total_bytes'))} of {_mib(carry.get('limit_bytes'))} "
+            f"(working tree {_mib(carry.get('tree_bytes'))}, {paths})"
+            + ("" if carry.get("ok") else f"; problems: {'; '.join(carry.get('problems') or [])}")
+            + "\n"
+        )
+        if setup.get("missing_modules"):
+            out.append(f"- missing modules: {', '.join(setup['missing_modules'])}\n")
+    else:
+        out.append("_Not run._\n")
+
+    out.append("\n## Model\n\n")
+    for line in by_kind.get("model") or []:
+        model = line.get("model") or {}
+        arch = line.get("architecture") or {}
+        if line.get("failed"):
+            out.append(f"- {line.get('name')}: failed ({line['failed']})\n")
+            continue
+        out.append(
+            f"- {line.get('name')}: {model.get('parameters', 0):,} parameters, "
+            f"{_gib(model.get('weight_bytes'))} GiB {model.get('dtype')} in "
+            f"{model.get('shards')} shard(s), drawn on {model.get('built_on')}, "
+            + ("reused" if model.get("reused") else f"built in {model.get('build_seconds')} s")
+            + f"; tokenizer trained on {model.get('tokenizer_trained_on')}\n"
+        )
+        if arch.get("parameters"):
+            out.append(
+                f"- carried 8B config {Path(str(arch.get('config'))).name}: "
+                f"{arch['parameters']:,} parameters (sftkit's census)\n"
+            )
+        elif arch:
+            out.append(f"- carried 8B config: {arch.get('error') or 'missing'}\n")
+    if not by_kind.get("model"):
+        out.append("_Not run._\n")
+
+    out.append("\n## The seed's case under a 40 GiB cap\n\n")
+    cap = by_kind.get("cap") or []
+    if cap:
+        out.append(render_points(cap) + "\n" + "\n".join(seed_case_verdicts(cap)) + "\n")
+    else:
+        out.append("_Not run._\n")
+
+    out.append("\n## Speed: the seed's script against sftkit\n\n")
+    speed = by_kind.get("speed") or []
+    if speed:
+        data = speed[0].get("data")
+        if data:
+            out.append(f"Data: {data}.\n\n")
+        out.append(render_speed({"runs": speed, "device": speed[0].get("device")}))
+        for run in speed:
+            if run.get("failed"):
+                out.append(f"- {run.get('name')}: failed ({run['failed']})\n")
+    else:
+        out.append("_Not run._\n")
+
+    out.append("\n## Estimator grid\n\n")
+    grid = by_kind.get("grid") or []
+    if grid:
+        out.append(summarize_points(grid) + "\n" + render_points(grid))
+        census = render_census(cap + grid)
+        if census:
+            out.append("\nTensors at the first optimizer step, counted in the run:\n\n" + census)
+    else:
+        out.append("_Not run._\n")
+
+    out.append("\n## pytest -m gpu\n\n")
+    tests = by_kind.get("tests") or []
+    for line in tests:
+        out.append(f"`{line.get('summary') or '–'}` (exit code {line.get('returncode')})\n")
+    if not tests:
+        out.append("_Not run._\n")
+
+    pending = list(not_started or [])
+    if ended:
+        pending = list(dict.fromkeys(pending + list(ended[0].get("not_started") or [])))
+    out.append("\n## Not started\n\n")
+    out.append(
+        ("Stopped by the budget or the deadline: " + ", ".join(pending) + ".\n")
+        if pending
+        else "Nothing: every planned piece of work started.\n"
+    )
+    return "".join(out)

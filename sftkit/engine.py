@@ -50,7 +50,7 @@ def replicated(num_gpus: int, *, buckets: bool) -> Sharding:
 
 # The built-in settings of the `distributed` section that belong to one engine or another,
 # in schema order, with the message shown when the recipe's engine does not read one.
-_ENGINE_SETTINGS: dict[str, str] = {
+ENGINE_SETTINGS: dict[str, str] = {
     "zero_stage": "zero_stage is only meaningful with engine: deepspeed",
     "cpu_offload": "cpu_offload needs engine: fsdp or deepspeed (ddp keeps a full replica)",
     "fsdp": "the fsdp settings are only read with engine: fsdp",
@@ -92,6 +92,13 @@ class Engine:
         sh = self.sharding(distributed, 2)
         return max(sh.weights, sh.gradients, sh.state) > 1
 
+    def scale_out(self) -> list[tuple[str, dict[str, Any]]]:
+        """Ways this engine spreads a run that does not fit one GPU, for the advice of a
+        rejected estimate: each a label ("FSDP full shard") and the settings of the
+        `distributed` section it needs besides ``engine`` (``{"zero_stage": 3}``). The advice
+        searches the fewest GPUs that fit with each. None by default."""
+        return []
+
     def shards_parameters(self, recipe: Recipe) -> bool:
         """Does the engine split the parameters themselves (FSDP, ZeRO-3)? Then a quantized
         base must be stored so it can be flattened, and only all ranks together can run a
@@ -109,7 +116,7 @@ class Engine:
         refuses a built-in setting this engine does not read (`reads`) that is changed from
         its default: defaults written out (a run's recipe.yaml) are fine."""
         problems = []
-        for key, message in _ENGINE_SETTINGS.items():
+        for key, message in ENGINE_SETTINGS.items():
             if key in self.reads:
                 continue
             value = getattr(distributed, key)

@@ -200,9 +200,9 @@ def static_bytes_after_one_step(resolved: Any, base_dir: Path) -> tuple[Any, Any
     exactly. Imports torch."""
     import torch
 
-    from sftkit.memory.compute import shape_for
+    from sftkit.memory.estimator import shape_for
+    from sftkit.memory.phases import static_bytes
     from sftkit.memory.setup import setup_from_recipe
-    from sftkit.memory.static import static_bytes
     from sftkit.modeling import build_model
     from sftkit.training.measure import (
         autocast_context,

@@ -342,20 +342,80 @@ def _run_module(args: list[str]) -> str:
     return proc.stdout
 
 
-def test_grid_point_end_to_end_on_cpu(tiny_model, tmp_path):
-    """One grid point through the real path: estimate-memory --json, sftkit's runner under the
-    measuring callback, the JSON record, and the report rendered from it."""
-    from benchmarks.report import POINT_SCHEMA, render
+def _rehearse(out: Path, bench: Path, **env: str) -> tuple[list[dict], str]:
+    """`benchmarks/run_gpu.sh` as the device call runs it, on the CPU with the tiny model."""
+    import os
+    import subprocess
 
-    model_dir, _ = tiny_model
-    name = "qlora-nf4+paged-adamw-8bit-s96-b1-gc"
-    stdout = _run_module(
-        ["benchmarks.grid", "--model-dir", str(model_dir), "--out", str(tmp_path), "--device", "cpu",
-         "--seq-lens", "96,128", "--select", name, "--steps", "2", "--warmup-steps", "1"]
+    environment = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "PYTHONPATH": str(REPO),
+        "DEVICE": "cpu",
+        "TINY": "1",
+        "OUT": str(out),
+        "BENCH_DIR": str(bench),
+        **env,
+    }
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "run_gpu.sh")],
+        cwd=REPO, env=environment, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
-    assert f"| {name} |" in stdout
-    record = json.loads((tmp_path / f"{name}.json").read_text())
-    assert record["schema"] == POINT_SCHEMA and record["device"]["type"] == "cpu"
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    from benchmarks.lines import read_lines
+
+    return read_lines(out / "points.jsonl"), proc.stdout
+
+
+def _check_out_folder(out: Path, lines: list[dict]) -> None:
+    """What the device call brings back: the three files, every line valid, the report whole."""
+    from benchmarks.lines import MAX_OUT_FILES, OUT_FILES, validate_line
+    from benchmarks.report import SESSION_SECTIONS
+
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert files == sorted(OUT_FILES) and len(files) <= MAX_OUT_FILES
+    assert [problem for line in lines for problem in validate_line(line)] == []
+    assert lines[0]["kind"] == "setup" and lines[-1]["kind"] == "end"
+    assert len({line["session"]["id"] for line in lines}) == 1
+    report = (out / "report.md").read_text()
+    assert report.startswith("# CPU rehearsal with the tiny model (not GPU figures)")
+    positions = [report.index(section) for section in SESSION_SECTIONS]
+    assert positions == sorted(positions)
+    log = (out / "run.log").read_text()
+    assert "=== setup ===" in log and "done:" in log
+
+
+def test_session_rehearsal_one_point_per_stage_on_cpu(tmp_path):
+    """The one-call session on CPU, one point per stage (the full rehearsal is
+    test_full_rehearsal_on_cpu): the files it leaves, and each kind of line checked through
+    the real path (estimate-memory --json, sftkit's runner under the measuring callback, the
+    seed's TRL script)."""
+    out = tmp_path / "out"
+    lines, stdout = _rehearse(
+        out,
+        tmp_path / "bench",
+        STAGES="setup,model,cap,speed,grid",
+        LIMIT="1",
+        SHARED_DIR=str(tmp_path / "no-shared"),  # as in a fresh checkout: generated rows
+    )
+    _check_out_folder(out, lines)
+    kinds = [line["kind"] for line in lines]
+    assert kinds == ["setup", "model", "cap", "speed", "speed", "grid", "end"]
+    by_name = {line["name"]: line for line in lines}
+    assert "commit points.jsonl, report.md as benchmarks/results/cpu-" in stdout
+
+    setup = by_name["setup"]
+    assert setup["device"]["type"] == "cpu" and setup["versions"]["torch"]
+    assert setup["carry"]["limit_bytes"] == 64 * 2**20 and setup["missing_modules"] == []
+    model = by_name["tiny-random"]["model"]
+    assert model["parameters"] == 205_120 and model["config"]["hidden_size"] == 64
+
+    cap = by_name["seed-case-full-sft+adamw-cap40"]
+    assert cap["point"]["cap_gib"] == 40.0 and cap["device"]["cap_bytes"] is None  # no CPU cap
+    assert cap["recipe_resolved"]["strategy"]["name"] == "full-sft"
+
+    name = "qlora-nf4+paged-adamw-8bit-s128-b1-gc"
+    record = by_name[name]
     predicted, measured = record["predicted"], record["measured"]
     assert predicted["exit_code"] == 0 and predicted["budget"]["kind"] == "cpu"
     assert set(predicted["phases"]) >= {"load", "forward_backward", "optimizer_step", "later_steps"}
@@ -365,9 +425,9 @@ def test_grid_point_end_to_end_on_cpu(tiny_model, tmp_path):
         p["host_max_rss"] > 0 and p["peak_allocated"] is None for p in measured["phases"].values()
     )
     # Every step is exactly one micro-batch of the full sequence length.
-    assert [s["tokens"] for s in measured["steps"]] == [96, 96, 96]
-    assert measured["measured_tokens"] == 192 and measured["tokens_per_second"] > 0
-    assert measured["flops_per_token"] == flops.flops_per_token(_shape(TINY_CONFIG), 96)
+    assert [s["tokens"] for s in measured["steps"]] == [128, 128, 128]
+    assert measured["measured_tokens"] == 256 and measured["tokens_per_second"] > 0
+    assert measured["flops_per_token"] == flops.flops_per_token(_shape(TINY_CONFIG), 128)
     assert measured["mfu"] is None  # no MFU on a CPU
     # The tensors that exist, exactly: the LoRA adapters and their gradients, the optimizer state.
     census = measured["census"]
@@ -377,37 +437,317 @@ def test_grid_point_end_to_end_on_cpu(tiny_model, tmp_path):
     )  # NF4: two weights per byte
     assert measured["trainable_parameters"] == predicted["trainable_parameters"]
     assert census["gradients"] > 0 and census["optimizer_state"]["device"] > 0
-    text = render([tmp_path])
-    assert "CPU smoke, ran" in text and "n/a (CPU)" in text
+    assert record["recipe_resolved"]["training"]["max_seq_length"] == 128
+    assert record["model"]["config"]["num_hidden_layers"] == 2
 
-
-def test_speed_comparison_end_to_end_on_cpu(tiny_model, tmp_path):
-    from benchmarks.report import SPEED_SCHEMA
-
-    model_dir, _ = tiny_model
-    stdout = _run_module(
-        ["benchmarks.compare_speed", "--model-dir", str(model_dir), "--out", str(tmp_path),
-         "--device", "cpu", "--steps", "1", "--warmup-steps", "1", "--rows", "40",
-         "--variants", "none", "--override", "training.max_seq_length=256",
-         "--override", "training.liger_kernels=false",
-         "--override", "training.gradient_accumulation_steps=1",
-         "--override", "data.format.options.dev_size=4",
-         "--baseline-override", "gradient_accumulation_steps=1",
-         "--baseline-override", "max_length=256"]
-    )  # fmt: skip
-    assert "| baseline |" in stdout and "| sftkit |" in stdout
-    combined = json.loads((tmp_path / "speed.json").read_text())
-    assert combined["schema"] == SPEED_SCHEMA and combined["data"].startswith("synthetic")
-    runs = {r["name"]: r for r in combined["runs"]}
-    assert set(runs) == {"baseline", "sftkit"}
-    for run in runs.values():
+    speed = {line["name"]: line for line in lines if line["kind"] == "speed"}
+    assert set(speed) == {"baseline", "sftkit"}
+    for run in speed.values():
         assert run["measured"]["completed"], run
         assert run["tokens_per_second"] > 0 and run["mean_tokens_per_example"] > 50
         assert run["peak_device_used"] is None and run["host_max_rss"] > 0
-    assert runs["baseline"]["micro_batch_size"] == 4
+    assert speed["baseline"]["micro_batch_size"] == 4
+    assert speed["sftkit"]["recipe_file"] == "r1_gsm8k_qlora.yaml"
+
+    report = (out / "report.md").read_text()
+    assert f"| {name} |" in report and "CPU smoke, ran" in report and "n/a (CPU)" in report
+    assert "| baseline |" in report and "| sftkit |" in report
+    assert "must run out of memory at optimizer_step; ran uncapped (CPU" in report
+    end = lines[-1]
+    assert "lora+adamw-s128-b1-gc" not in end["not_started"]  # LIMIT, not the budget
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    __import__("os").environ.get("SFTKIT_REHEARSAL") != "1",
+    reason="the full CPU rehearsal (about 3 minutes): nox -s rehearsal, or SFTKIT_REHEARSAL=1",
+)
+def test_full_rehearsal_on_cpu(tmp_path):
+    """`DEVICE=cpu TINY=1 bash benchmarks/run_gpu.sh`: every stage, under 3 minutes, and the
+    carry (this checkout's .whl and .gpu-shared, filled by benchmarks/prepare_carry.sh) under
+    the 64 MiB a device call may carry."""
+    import time
+
+    from benchmarks.lines import STAGES
+
+    out = tmp_path / "out"
+    started = time.monotonic()
+    lines, _ = _rehearse(out, tmp_path / "bench")
+    seconds = time.monotonic() - started
+    _check_out_folder(out, lines)
+    assert {line["kind"] for line in lines} == {*STAGES, "end"}
+    assert [line for line in lines if line.get("failed")] == []
+    assert lines[-1]["not_started"] == [] and seconds < 180, seconds
+    setup = lines[0]
+    assert setup["carry"]["ok"], setup["carry"]["problems"]
+    assert setup["install"]["rc"] == 0 and setup["install"]["checked_only"]
+    model = next(line for line in lines if line["kind"] == "model")
+    assert model["architecture"]["parameters"] == 8_030_261_248
+    assert sum(line["kind"] == "grid" for line in lines) >= 5
+
+
+# --------------------------------------------------------------------------- the session's parts
+
+
+def test_session_points_run_the_most_informative_first():
+    from benchmarks.grid import LOWMEM_RECIPE, RECIPES, grid_points, session_points
+
+    points = session_points()
+    names = [p.name for p in points]
+    assert names[:5] == [
+        "qlora-nf4+paged-adamw-8bit-s2048-b1-gc",
+        "lora+adamw-s2048-b1-gc",
+        "qlora-nf4+paged-adamw-8bit-s512-b4-nogc",
+        "full-sft+paged-adamw-8bit-s512-b1-gc",
+        "lora-8bit+adamw-8bit-s1024-b1-gc",
+    ]
+    lowmem = (RECIPES / LOWMEM_RECIPE).is_file()
+    assert ("r1_gsm8k_qlora_lowmem-s2048-b1" in names) is lowmem
+    assert len(names) == len(set(names))
+    # After the named ones, every point of the grid (not the cap, which is its own stage).
+    grid = {p.name for p in grid_points() if p.cap_gib is None}
+    assert grid <= set(names) and len(names) == len(grid) + 1 + lowmem
+    tiny = session_points({512: 64, 1024: 96, 2048: 128}, first_only=True)
+    assert [p.seq_len for p in tiny[:5]] == [128, 128, 64, 64, 96]
+
+
+def test_every_session_point_is_a_valid_recipe(registry):
+    from benchmarks.grid import session_points
+    from sftkit.recipe.load import load_recipe
+
+    for point in session_points(first_only=True):
+        recipe = load_recipe(str(point.recipe), point.overrides(), registry=registry).recipe
+        assert (recipe.training.max_seq_length, recipe.training.micro_batch_size) == (
+            point.seq_len,
+            point.batch,
+        )
+
+
+def _line(kind: str = "grid", **extra) -> dict:
+    from benchmarks.lines import LINE_SCHEMA
+
+    base = {
+        "schema": LINE_SCHEMA,
+        "kind": kind,
+        "name": "x",
+        "session": {"id": "s"},
+        "started_s": 1.0,
+        "wall_seconds": 2.0,
+    }
+    return {**base, **extra}
+
+
+def test_line_schema_names_what_is_missing():
+    from benchmarks.lines import validate_line
+
+    assert validate_line(_line("tests", returncode=0, summary="4 skipped")) == []
+    assert validate_line(_line("end", not_started=[], budget_s=420)) == []
+    assert validate_line(_line("end", not_started=[], budget_s=True)) == [
+        "end 'x': 'budget_s' is bool"
+    ]
+    assert validate_line(_line("nope")) == ["nope 'x': unknown kind (one of setup, model, "
+                                            "cap, speed, grid, tests, end)"]  # fmt: skip
+    point = _line(
+        point={}, device={}, versions={}, predicted={"phases": {}},
+        measured={"completed": True, "phases": {"load": {"seconds": 1}}},
+    )  # fmt: skip
+    problems = validate_line(point)
+    assert "grid 'x': measured has no 'oom_phase'" in problems
+    assert any("measured phase load lacks peak_allocated" in p for p in problems)
+    assert "grid 'x': no 'recipe_resolved' (needed to re-estimate it later)" in problems
+    # A point that died keeps its line and is not held to the measured schema.
+    died = {**point, "failed": "timed out after 200 s", "measured": {"completed": False}}
+    assert validate_line(died) == []
+    assert validate_line([1]) == ["a line is list, not an object"]
+
+
+def test_points_file_keeps_complete_lines_only(tmp_path):
+    from benchmarks.lines import append_line, read_lines
+
+    path = tmp_path / "points.jsonl"
+    append_line(path, _line("tests", returncode=0, summary="ok"))
+    with path.open("a") as handle:
+        handle.write('{"kind": "grid", "name": "cut sho')  # a call killed mid-write
+    assert [line["kind"] for line in read_lines(path)] == ["tests"]
+
+
+def _session(tmp_path, **config):
+    from benchmarks.session import Config, Session
+
+    return Session(Config(out=tmp_path / "out", device="cpu", bench=tmp_path / "b", **config))
+
+
+def test_session_starts_nothing_past_its_budget_and_kills_at_its_deadline(tmp_path):
+    import time
+
+    session = _session(tmp_path, budget_s=1.0, deadline_s=2.0, min_start_s=0.5)
+    assert session.may_start("first")
+    started = time.monotonic()
+    outcome = session.run(
+        [sys.executable, "-c", "import time; print('sleeping', flush=True); time.sleep(60)"],
+        60, what="sleeper",
+    )  # fmt: skip
+    assert outcome.reason == "killed at the deadline" and time.monotonic() - started < 10
+    assert "sleeping" in outcome.log_tail
+    assert not session.may_start("second") and not session.may_start("third")
+    session.finish()
+    from benchmarks.lines import read_lines
+
+    end = read_lines(tmp_path / "out" / "points.jsonl")[-1]
+    assert end["kind"] == "end" and end["not_started"] == ["second", "third"]
+    log = (tmp_path / "out" / "run.log").read_text()
+    assert "sleeping" in log and "second and what follows: not started (past the 1 s budget)" in log
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Stopped by the budget or the deadline: second, third." in report
+
+
+def test_session_results_folder_is_device_and_date(tmp_path):
+    session = _session(tmp_path)
+    assert session.results_dir_name() == f"cpu-{session.date}"
+    session.device.update(type="cuda", name="NVIDIA H200")
+    assert session.results_dir_name() == f"nvidia-h200-{session.date}"
+    session.device["name"] = "NVIDIA H100 80GB HBM3"
+    assert session.results_dir_name() == f"nvidia-h100-80gb-hbm3-{session.date}"
+
+
+def test_carry_check_counts_the_tree_and_the_carried_folders(tmp_path):
+    from benchmarks.carry import LIMIT_BYTES, carry_report, tree_bytes, wheel_problems
+
+    (tmp_path / "src.py").write_text("x" * 1000)
+    (tmp_path / ".bench").mkdir()
+    (tmp_path / ".bench" / "model.safetensors").write_bytes(b"\0" * 5000)  # never carried
+    assert tree_bytes(tmp_path) == 1000  # no git here: the walk skips ignored folders
+    whl = tmp_path / ".whl"
+    whl.mkdir()
+    for name in ("trl-1.16.0-py3-none-any.whl", "trl-1.17.0-py3-none-any.whl"):
+        (whl / name).write_bytes(b"w")
+    with (whl / "bitsandbytes-0.50.2-py3-none-manylinux_2_24_x86_64.whl").open("wb") as f:
+        f.truncate(LIMIT_BYTES)  # sparse: its size without the disk space
+    files, problems = wheel_problems(whl)
+    assert len(files) == 3
+    assert problems[0] == "two versions of trl in .whl/ (1.16.0, 1.17.0): the install stops"
+    assert problems[1].startswith(".whl/ lacks datasets, dill")
+    report = carry_report(tmp_path)
+    assert report["paths"] == {".whl": LIMIT_BYTES + 2, ".gpu-shared": None}
+    assert report["total_bytes"] == LIMIT_BYTES + 1002 and not report["ok"]
+    assert any("over the 64 MiB a call may carry" in p for p in report["problems"])
+    assert any(p.startswith(".gpu-shared/models/deepseek") for p in report["problems"])
+
+
+# --------------------------------------------------------------------------- the regression test
+
+
+def _committed_points() -> list[tuple[str, dict]]:
+    from benchmarks.regression import measured_points, result_files
+
+    return [(path.parent.name, line) for path in result_files() for line in measured_points(path)]
+
+
+def test_committed_results_are_found_and_valid():
+    """At least the CPU rehearsal is committed; any GPU folder is found the same way."""
+    from benchmarks.lines import read_lines, validate_line
+    from benchmarks.regression import RESULTS, result_files
+
+    files = result_files()
+    assert files, f"no */points.jsonl under {RESULTS}"
+    assert any(path.parent.name.startswith("cpu-") for path in files)
+    for path in files:
+        lines = read_lines(path)
+        assert [problem for line in lines for problem in validate_line(line)] == [], path
+        devices = {line["session"]["device"] for line in lines}
+        assert len(devices) == 1 and (devices == {"cpu"}) == path.parent.name.startswith("cpu-")
+
+
+@pytest.mark.parametrize(
+    "folder,line",
+    _committed_points(),
+    ids=[f"{f}/{line['name']}" for f, line in _committed_points()],
+)
+def test_committed_measurement_holds_with_the_current_estimator(folder, line):
+    """Every committed point, re-estimated now: within 10% of the measured device-used and
+    every verdict right on a GPU (the cap included); exact census and verdict on a CPU."""
+    from benchmarks.regression import check_line, reestimate
+
+    check = check_line(line, reestimate(line))
+    assert check.ok, f"{folder}/{check.name}: " + "; ".join(check.problems)
+
+
+def _cpu_line() -> dict:
+    import copy
+
+    line = next(line for _, line in _committed_points() if line["name"].startswith("qlora"))
+    return copy.deepcopy(line)
+
+
+def test_regression_check_catches_a_miss_on_a_gpu_point():
+    """A committed point dressed as a GPU measurement: the check follows the measured peak
+    and the verdict, so a drifting estimator fails."""
+    from benchmarks.regression import check_line, reestimate
+    from benchmarks.report import prediction
+
+    line = _cpu_line()
+    fresh = reestimate(line)
+    predicted = prediction(fresh).used_bytes
+    line["device"] = {"type": "cuda", "name": "NVIDIA H200"}
+    line["measured"].update(completed=True, oom=False, peak_device_used=int(predicted / 1.05))
+    check = check_line(line, fresh)
+    assert check.ok and check.verdict == "right" and check.error_pct == pytest.approx(5, abs=0.01)
+    line["measured"]["peak_device_used"] = int(predicted / 0.8)  # the estimate 20% low
+    check = check_line(line, fresh)
+    assert not check.ok and "-20.0% off the measured peak device-used" in check.problems[0]
+    # It ran out of memory although the estimate says it fits: the verdict is wrong.
+    line["measured"].update(completed=False, oom=True, oom_phase="optimizer_step")
+    check = check_line(line, fresh)
+    assert check.problems[0] == (
+        "verdict wrong: the estimate fits, the point ran out of memory in optimizer_step"
+    )
+    # Predicted out of memory at a phase (a budget below it), measured elsewhere.
+    small = {**fresh, "budget_bytes": fresh["phases"]["forward_backward"] - 1}
+    line["measured"]["oom_phase"] = "load"
+    check = check_line(line, small)
+    assert check.verdict == "right" and check.problems == [
+        "out-of-memory phase wrong: predicted forward_backward, measured load"
+    ]
+    line["measured"].update(oom=False, error="timed out after 200 s")
+    assert not check_line(line, fresh).judged
+
+
+def test_regression_check_catches_a_miss_on_a_cpu_point():
+    from benchmarks.regression import check_line, reestimate
+
+    line = _cpu_line()
+    fresh = reestimate(line)
+    assert check_line(line, fresh).ok
+    line["measured"]["census"]["gradients"] *= 2
+    line["measured"]["trainable_parameters"] += 1
+    problems = check_line(line, fresh).problems
+    assert problems[0].startswith("trainable parameters: measured")
+    assert problems[1].startswith("gradient bytes: counted") and "(-50.0%)" in problems[1]
 
 
 # --------------------------------------------------------------------------- on a GPU
+
+
+@pytest.mark.gpu
+def test_session_on_cuda_one_point_per_stage(tmp_path):
+    """The one-call session on CUDA with the tiny model: CUDA peaks in every phase, the cap
+    applied, every verdict right, and the regression check passing on what it measured."""
+    from benchmarks.regression import check_line, reestimate
+
+    out = tmp_path / "out"
+    lines, _ = _rehearse(
+        out, tmp_path / "bench", DEVICE="cuda", STAGES="setup,model,cap,grid", LIMIT="1"
+    )
+    points = [line for line in lines if line["kind"] in ("cap", "grid")]
+    assert [line["kind"] for line in points] == ["cap", "grid"]
+    assert points[0]["device"]["cap_bytes"] == 40 * 2**30
+    for line in points:
+        measured = line["measured"]
+        assert measured["completed"], measured.get("error")
+        for phase in measured["phases"].values():
+            assert 0 < phase["peak_allocated"] <= phase["peak_reserved"] < phase["peak_device_used"]
+        check = check_line(line, reestimate(line))
+        assert check.verdict == "right" and check.judged
 
 
 @pytest.mark.gpu

@@ -20,7 +20,7 @@ from sftkit.errors import Problem, RecipeError, SpecError
 from sftkit.hookspecs import hookimpl
 from sftkit.launch.session import LaunchRequest, plan_launch
 from sftkit.memory import estimate
-from sftkit.memory.fit import fit_search
+from sftkit.memory.advice import fit_search
 from sftkit.recipe.load import load_recipe, validate_recipe_data
 from sftkit.recipe.schema import Recipe
 from sftkit.specs import EngineSpec, Options
@@ -258,3 +258,29 @@ def test_engine_spec_takes_an_engine_or_a_lazy_reference():
     from sftkit.builtin.engines import FSDP
 
     assert lazy.load() is FSDP
+
+
+class ScalingRing(Ring):
+    def scale_out(self):
+        return [("Ring", {"cpu_offload": False})]
+
+
+class ScalingRingPlugin:
+    @hookimpl
+    def register_engines(self, register):
+        register(EngineSpec("ring", "A test engine.", ScalingRing(), options_model=RingOptions))
+
+
+def test_a_plugin_engine_that_scales_out_is_offered_when_a_recipe_does_not_fit():
+    """The advice asks every registered engine how it scales out (`Engine.scale_out`): the
+    built-ins' FSDP and ZeRO-3 and a plugin's own, each with the fewest GPUs that fit."""
+    from sftkit.memory.advice import _more_gpus
+
+    with registered(ScalingRingPlugin()) as registry:
+        resolved = load_recipe(FULL, (), registry=registry)
+        assert not estimate(resolved, advise=False).fits
+        offers = {s.change: s.overrides for s in _more_gpus(resolved, None, None)}
+    labels = {change.split(" with ", 1)[1].removesuffix(" (per-GPU peak)") for change in offers}
+    assert labels == {"FSDP full shard", "DeepSpeed ZeRO-3", "Ring"}
+    ring = next(o for c, o in offers.items() if "with Ring" in c)
+    assert "distributed.engine=ring" in ring and "distributed.cpu_offload=false" in ring

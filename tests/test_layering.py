@@ -242,7 +242,7 @@ def test_the_parser_sees_lazy_imports_and_skips_type_checking_blocks():
         "    from sftkit.recipe.load import ResolvedRecipe\n"
         "def f():\n"
         "    from sftkit.training.runner import run_recipe\n"
-        "    import sftkit.memory.units\n"
+        "    import sftkit.memory.terms\n"
         "class C:\n"
         "    def g(self):\n"
         "        from sftkit import hookspecs, __version__\n"

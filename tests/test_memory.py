@@ -10,10 +10,9 @@ import pytest
 from sftkit.errors import DoesNotFitError, ModelShapeError, SftkitError
 from sftkit.hookspecs import hookimpl
 from sftkit.memory import estimate, preflight
+from sftkit.memory.advice import fit_search
 from sftkit.memory.budget import MemoryBudget, builtin_budget, known_gpus
-from sftkit.memory.fit import fit_search
-from sftkit.memory.terms import PHASES, MemoryTerm
-from sftkit.memory.units import GiB, parse_size
+from sftkit.memory.terms import PHASES, GiB, MemoryTerm, parse_size
 from sftkit.recipe.load import load_recipe
 from sftkit.registry import Registry
 from sftkit.testing import fresh_manager

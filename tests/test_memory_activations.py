@@ -17,7 +17,7 @@ pytest.importorskip("transformers")
 pytest.importorskip("peft")
 pytest.importorskip("bitsandbytes")
 
-from sftkit.memory.compute import shape_for  # noqa: E402
+from sftkit.memory.estimator import shape_for  # noqa: E402
 from sftkit.memory.layout import layout  # noqa: E402
 from sftkit.memory.setup import setup_from_recipe  # noqa: E402
 from sftkit.recipe.load import load_recipe_text  # noqa: E402

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from sftkit.errors import RecipeError
-from sftkit.memory.compute import compute, shape_for
+from sftkit.memory.estimator import compute, shape_for
 from sftkit.memory.moments import activation_peak_bytes
 from sftkit.memory.setup import setup_from_recipe
 from sftkit.recipe.load import load_recipe, validate_recipe_data

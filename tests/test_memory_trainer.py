@@ -14,9 +14,9 @@ pytest.importorskip("peft")
 pytest.importorskip("bitsandbytes")
 datasets = pytest.importorskip("datasets")
 
-from sftkit.memory.compute import shape_for  # noqa: E402
+from sftkit.memory.estimator import shape_for  # noqa: E402
+from sftkit.memory.phases import static_bytes  # noqa: E402
 from sftkit.memory.setup import setup_from_recipe  # noqa: E402
-from sftkit.memory.static import static_bytes  # noqa: E402
 from sftkit.recipe.load import load_recipe_text  # noqa: E402
 from sftkit.testing import fresh_registry  # noqa: E402
 from sftkit.training.measure import measured_static  # noqa: E402

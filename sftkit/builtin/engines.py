@@ -93,6 +93,9 @@ class Fsdp(Engine):
     title = "FSDP"
     reads = frozenset({"cpu_offload", "fsdp"})
 
+    def scale_out(self) -> list[tuple[str, dict[str, Any]]]:
+        return [("FSDP full shard", {})]
+
     def sharding(self, distributed: DistributedSection, num_gpus: int) -> Sharding:
         n, multi = num_gpus, num_gpus > 1
         return Sharding(
@@ -201,6 +204,9 @@ class DeepSpeed(Engine):
 
     title = "DeepSpeed"
     reads = frozenset({"zero_stage", "cpu_offload", "deepspeed"})
+
+    def scale_out(self) -> list[tuple[str, dict[str, Any]]]:
+        return [("DeepSpeed ZeRO-3", {"zero_stage": 3})]
 
     @staticmethod
     def _stage(distributed: DistributedSection) -> int:

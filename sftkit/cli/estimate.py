@@ -67,7 +67,7 @@ def estimate_memory(
     resolved = load_recipe(recipe, overrides, registry=app.registry)
     result = estimate(resolved, gpu=gpu, model=model)
     if fit:
-        from sftkit.memory.fit import fit_search
+        from sftkit.memory.advice import fit_search
 
         result.fit_search = fit_search(resolved, gpu=gpu, model=model)
     comparison = None

@@ -156,10 +156,43 @@ class _KbitStorage(BaseStorage):
         # prepare_model_for_kbit_training: bf16/fp16 parameters -> fp32
         return FP32 if p.model_bytes < FP32 else p.model_bytes
 
-    def _plain(self, group: TensorGroup, item: int) -> LaidTensor:
-        return LaidTensor(
-            group.name, "unquantized", group.shape, group.count, group.numel * item, item
-        )
+    #: name suffix of a quantized layer's constants tensor
+    constants_suffix = " constants"
+
+    def quantized_bytes(self, group: TensorGroup) -> QuantizedBytes:
+        """The codes and constants one quantized linear weight becomes."""
+        raise NotImplementedError
+
+    def bias_bytes(self, group: TensorGroup, p: Precision, upcast: int) -> int:
+        """A quantized layer's bias after the first forward (bitsandbytes recasts it)."""
+        return upcast
+
+    def lay(self, group: TensorGroup, p: Precision) -> list[LaidTensor]:
+        """The decoder's linear weights quantized (codes, then constants); every other
+        parameter plain, in the upcast dtype, a quantized layer's bias as the kernel
+        recasts it."""
+        if group.role == "linear":
+            q = self.quantized_bytes(group)
+            name, shape, count = group.name, group.shape, group.count
+            return [
+                LaidTensor(name, "base", shape, count, q.data, 1),
+                LaidTensor(
+                    name + self.constants_suffix,
+                    "quant_constants",
+                    shape,
+                    count,
+                    q.constants,
+                    FP32,
+                ),
+            ]
+        item = self.plain_bytes(p)
+        if group.role == "bias":
+            item = self.bias_bytes(group, p, item)
+        return [
+            LaidTensor(
+                group.name, "unquantized", group.shape, group.count, group.numel * item, item
+            )
+        ]
 
     def dequantized_bytes(self, shape: ModelShape, p: Precision) -> int:
         # bitsandbytes dequantizes one quantized weight at a time to the compute dtype for the
@@ -199,28 +232,12 @@ class Bnb4bit(_KbitStorage):
     blocksize: int = 64
     compute_dtype: str = "bfloat16"
 
-    def lay(self, group: TensorGroup, p: Precision) -> list[LaidTensor]:
-        if group.role == "linear":
-            q = four_bit_bytes(
-                group.numel, blocksize=self.blocksize, double_quant=self.double_quant
-            )
-            return [
-                LaidTensor(group.name, "base", group.shape, group.count, q.data, 1),
-                LaidTensor(
-                    group.name + " constants",
-                    "quant_constants",
-                    group.shape,
-                    group.count,
-                    q.constants,
-                    FP32,
-                ),
-            ]
-        item = self.plain_bytes(p)
-        if group.role == "bias":
-            # Linear4bit.forward casts a quantized layer's bias to the compute dtype at the
-            # first forward.
-            item = DTYPE_BYTES.get(self.compute_dtype, item)
-        return [self._plain(group, item)]
+    def quantized_bytes(self, group: TensorGroup) -> QuantizedBytes:
+        return four_bit_bytes(group.numel, blocksize=self.blocksize, double_quant=self.double_quant)
+
+    def bias_bytes(self, group: TensorGroup, p: Precision, upcast: int) -> int:
+        # Linear4bit.forward casts a quantized layer's bias to the compute dtype.
+        return DTYPE_BYTES.get(self.compute_dtype, upcast)
 
     def linear_output_bytes(self, p: Precision, stream: int) -> int:
         return stream  # bitsandbytes 4-bit casts the output back to the input dtype
@@ -289,27 +306,12 @@ class LlmInt8(_KbitStorage):
     #: MatMul8bitLt keeps its input ``A`` for backward
     linear_saves_input = True
 
-    def lay(self, group: TensorGroup, p: Precision) -> list[LaidTensor]:
-        if group.role == "linear":
-            q = int8_bytes(group.shape[0], group.shape[1])
-            return [
-                LaidTensor(group.name, "base", group.shape, group.count, q.data, 1),
-                LaidTensor(
-                    group.name + " SCB",
-                    "quant_constants",
-                    group.shape,
-                    group.count,
-                    q.constants,
-                    FP32,
-                ),
-            ]
-        item = self.plain_bytes(p)
-        if group.role == "bias":
-            item = self._bias_bytes(group, p, item)
-        return [self._plain(group, item)]
+    constants_suffix = " SCB"
 
-    @staticmethod
-    def _bias_bytes(group: TensorGroup, p: Precision, upcast: int) -> int:
+    def quantized_bytes(self, group: TensorGroup) -> QuantizedBytes:
+        return int8_bytes(group.shape[0], group.shape[1])
+
+    def bias_bytes(self, group: TensorGroup, p: Precision, upcast: int) -> int:
         """``Linear8bitLt.forward`` casts a bias to its input's dtype at the first forward:
         the fp32 stream after k-bit preparation, the attention output (autocast's dtype) for
         o_proj, the fp16 MLP product for down_proj."""

@@ -277,7 +277,7 @@ def loss_transient_bytes(setup: Setup, batch: int, seq: int) -> int:
     n, v, h = batch * seq, s.vocab_size, s.hidden_size
     if setup.loss_head == "full":
         return max(2 * FP32, d.compute + FP32) * v * n
-    from sftkit.memory.trainer import FUSED_TOKEN_CHUNK, FUSED_VOCAB_CHUNK
+    from sftkit.memory.setup import FUSED_TOKEN_CHUNK, FUSED_VOCAB_CHUNK
 
     p = loss_positions(batch, seq)
     rows, cols = min(p, FUSED_TOKEN_CHUNK), min(v, FUSED_VOCAB_CHUNK)

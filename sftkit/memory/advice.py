@@ -1,5 +1,13 @@
-"""The cheapest changes that make a rejected recipe fit, each re-estimated.
+"""What to change when a recipe does not fit, each change re-estimated.
 
+Variants: modified copies of a resolved recipe; the estimator re-runs on each instead of
+guessing what a change would save.
+
+The fit search: the largest micro-batch, sequence length, or the fewest GPUs that fit.
+Memory is monotone in each of them (tests/test_memory_properties.py checks it), so an
+exponential probe followed by a binary search finds the boundary in O(log n) estimates.
+
+The cheapest changes that make a rejected recipe fit:
 Candidates come from the registry and the recipe, never from a list of names: every other
 registered optimizer and strategy, gradient checkpointing, a smaller micro-batch (with more
 accumulation, so the effective batch stays), a shorter sequence, and more GPUs with
@@ -8,19 +16,219 @@ sharding. They are listed in that order of disruption, and only those that fit.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sftkit.memory.compute import compute
-from sftkit.memory.fit import fewest_gpus, largest
+from sftkit.engine import engine_of
+from sftkit.errors import SftkitError
+from sftkit.memory.estimator import compute
 from sftkit.memory.result import Suggestion
-from sftkit.memory.variants import DELETE, component_switch, render_override, variant
 
 if TYPE_CHECKING:
     from sftkit.memory.result import Estimate
     from sftkit.recipe.load import ResolvedRecipe
+
+
+DELETE = object()
+
+
+def _set(data: dict[str, Any], path: str, value: Any) -> None:
+    node = data
+    parts = path.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            if value is DELETE:
+                return
+            child = node[part] = {}
+        node = child
+    if value is DELETE:
+        node.pop(parts[-1], None)
+    else:
+        node[parts[-1]] = value
+
+
+def variant(resolved: ResolvedRecipe, changes: Mapping[str, Any]) -> ResolvedRecipe | None:
+    """The recipe with `changes` (dotted path -> value, or DELETE) applied and validated
+    again; None when the change makes it invalid (e.g. an incompatible combination)."""
+    from sftkit.recipe.load import validate_recipe_data
+
+    data = copy.deepcopy(resolved.raw)
+    for path, value in changes.items():
+        _set(data, path, value)
+    try:
+        return validate_recipe_data(data, registry=resolved.registry, source=resolved.source)
+    except SftkitError:
+        return None
+
+
+def render_override(path: str, value: Any) -> str:
+    if value is DELETE:
+        return f"~{path}"
+    if isinstance(value, bool):
+        return f"{path}={'true' if value else 'false'}"
+    return f"{path}={value}"
+
+
+def component_switch(resolved: ResolvedRecipe, key: str, name: str) -> dict[str, Any]:
+    """Changes that switch component `key` (strategy/optimizer) to `name`, keeping the options
+    the new component accepts and deleting the rest."""
+    catalog = resolved.registry.strategies if key == "strategy" else resolved.registry.optimizers
+    fields = set(catalog.get(name).options_model.model_fields)
+    raw = resolved.raw.get(key, {})
+    options = raw.get("options", {}) if isinstance(raw, dict) else {}
+    changes: dict[str, Any] = {f"{key}.name": name}
+    for option in options or {}:
+        if option not in fields:
+            changes[f"{key}.options.{option}"] = DELETE
+    return changes
+
+
+Probe = Callable[[int], "Estimate | None"]
+
+
+def largest(probe: Probe, lo: int, hi: int, step: int = 1) -> tuple[int | None, Any, Any]:
+    """The largest multiple of `step` in [lo, hi] whose estimate fits, found with an
+    exponential probe then a binary search: (value, its estimate, (next value up, its
+    estimate) or None when the search hit `hi`)."""
+    k_lo, k_hi = -(-lo // step), hi // step
+    cache: dict[int, Any] = {}
+
+    def fits(k: int) -> bool:
+        if k not in cache:
+            cache[k] = probe(k * step)
+        est = cache[k]
+        return est is not None and est.fits
+
+    if k_lo > k_hi or not fits(k_lo):
+        return None, cache.get(k_lo), None
+    good, bad = k_lo, None
+    while bad is None and good < k_hi:
+        k = min(good * 2, k_hi)
+        if fits(k):
+            good = k
+        else:
+            bad = k
+    while bad is not None and bad - good > 1:
+        mid = (good + bad) // 2
+        if fits(mid):
+            good = mid
+        else:
+            bad = mid
+    nxt = (bad * step, cache[bad]) if bad is not None else None
+    return good * step, cache[good], nxt
+
+
+def _result(
+    key: str, found: tuple[int | None, Any, Any], limit: int, smallest: int
+) -> dict[str, Any]:
+    value, est, nxt = found
+    out: dict[str, Any] = {"value": value, "limit": limit, "smallest_tried": smallest}
+    if value is not None:
+        out["peak_bytes"] = est.peak_bytes
+        out["peak_phase"] = est.peak_phase
+    if nxt is not None and nxt[1] is not None:
+        out["next"] = nxt[0]
+        out["next_peak_bytes"] = nxt[1].peak_bytes
+    return out
+
+
+def search(
+    resolved: ResolvedRecipe,
+    path: str,
+    lo: int,
+    hi: int,
+    step: int = 1,
+    *,
+    gpu: str | None = None,
+    model: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    def probe(value: int) -> Estimate | None:
+        changed = variant(resolved, {path: value, **(extra or {})})
+        return None if changed is None else compute(changed, gpu=gpu, model=model)
+
+    return _result(path, largest(probe, lo, hi, step), hi, lo)
+
+
+MAX_MICRO_BATCH = 4096
+MAX_GPUS = 64
+
+
+def fit_search(
+    resolved: ResolvedRecipe, *, gpu: str | None = None, model: str | None = None
+) -> dict[str, Any]:
+    """Largest micro-batch and, separately, largest sequence length that fit."""
+    from sftkit.memory.estimator import shape_for
+
+    shape = shape_for(resolved, model)
+    max_seq = shape.max_position_embeddings or 131072
+    results = {
+        "training.micro_batch_size": search(
+            resolved, "training.micro_batch_size", 1, MAX_MICRO_BATCH, gpu=gpu, model=model
+        ),
+        "training.max_seq_length": search(
+            resolved,
+            "training.max_seq_length",
+            min(64, max_seq),
+            max_seq,
+            step=64 if max_seq >= 64 else 1,
+            gpu=gpu,
+            model=model,
+        ),
+    }
+    r = resolved.recipe
+    if engine_of(r).searches_gpu_counts(r.distributed):
+        results["hardware.num_gpus"] = _gpu_search(resolved, gpu=gpu, model=model)
+    return results
+
+
+def _gpu_search(resolved: ResolvedRecipe, *, gpu: str | None, model: str | None) -> dict[str, Any]:
+    """The fewest GPUs that fit with the recipe's own sharding engine (per-GPU memory only
+    falls as GPUs are added)."""
+    found = fewest_gpus(resolved, {}, gpu=gpu, model=model)
+    one = variant(resolved, {"hardware.num_gpus": 1})
+    if one is not None and compute(one, gpu=gpu, model=model).fits:
+        est = compute(one, gpu=gpu, model=model)
+        return {
+            "fewest": 1,
+            "peak_bytes": est.peak_bytes,
+            "peak_phase": est.peak_phase,
+            "limit": MAX_GPUS,
+        }
+    if found is None:
+        return {"fewest": None, "limit": MAX_GPUS}
+    n, est = found
+    return {
+        "fewest": n,
+        "peak_bytes": est.peak_bytes,
+        "peak_phase": est.peak_phase,
+        "limit": MAX_GPUS,
+    }
+
+
+def fewest_gpus(
+    resolved: ResolvedRecipe,
+    engine_changes: dict[str, Any],
+    *,
+    gpu: str | None = None,
+    model: str | None = None,
+    limit: int = MAX_GPUS,
+) -> tuple[int, Estimate] | None:
+    """The smallest GPU count in 2..limit that fits with `engine_changes`."""
+    for n in range(2, limit + 1):
+        changed = variant(resolved, {"hardware.num_gpus": n, **engine_changes})
+        if changed is None:
+            return None
+        est = compute(changed, gpu=gpu, model=model)
+        if est.fits:
+            return n, est
+    return None
+
 
 PER_CATEGORY = 3
 
@@ -126,29 +334,36 @@ def _shorter_sequence(
 
 
 def _more_gpus(resolved: ResolvedRecipe, gpu: str | None, model: str | None) -> list[Suggestion]:
+    """The fewest GPUs that fit with each way a registered engine scales out (the engines
+    declare them: `Engine.scale_out`)."""
+    from sftkit.engine import ENGINE_SETTINGS
+
     out = []
     distributed = resolved.raw.get("distributed")
-    has_stage = isinstance(distributed, dict) and "zero_stage" in distributed
-    fsdp: dict[str, Any] = {"distributed.engine": "fsdp"}
-    if has_stage:  # an override may only delete a key the recipe has
-        fsdp["distributed.zero_stage"] = DELETE
-    engines = (
-        ("FSDP full shard", fsdp),
-        ("DeepSpeed ZeRO-3", {"distributed.engine": "deepspeed", "distributed.zero_stage": 3}),
-    )
-    for label, changes in engines:
-        found = fewest_gpus(resolved, changes, gpu=gpu, model=model)
-        if found is None:
-            continue
-        n, est = found
-        out.append(
-            _suggestion(
-                Candidate(
-                    5, f"{n} GPUs with {label} (per-GPU peak)", {"hardware.num_gpus": n, **changes}
-                ),
-                est,
+    present = set(distributed) if isinstance(distributed, dict) else set()
+    for entry in resolved.registry.engines:
+        engine = entry.spec.load()
+        for label, settings in engine.scale_out():
+            changes: dict[str, Any] = {"distributed.engine": entry.spec.name}
+            # settings the recipe has that the new engine does not read go (an override may
+            # only delete a key the recipe has)
+            for key in sorted(present & set(ENGINE_SETTINGS) - engine.reads - set(settings)):
+                changes[f"distributed.{key}"] = DELETE
+            changes.update({f"distributed.{k}": v for k, v in settings.items()})
+            found = fewest_gpus(resolved, changes, gpu=gpu, model=model)
+            if found is None:
+                continue
+            n, est = found
+            out.append(
+                _suggestion(
+                    Candidate(
+                        5,
+                        f"{n} GPUs with {label} (per-GPU peak)",
+                        {"hardware.num_gpus": n, **changes},
+                    ),
+                    est,
+                )
             )
-        )
     return out
 
 

@@ -1,8 +1,26 @@
-"""Memory budgets: known GPUs by name, raw sizes, the present device, or host RAM.
+"""The device's memory, and the device memory no tensor accounts for.
+
+Memory budgets: known GPUs by name, raw sizes, the present device, or host RAM.
 
 The catalog holds the total memory the NVIDIA driver reports for each card (``nvidia-smi``
 "Total", in MiB). The CUDA context, library workspaces and allocator margin are not taken off
 here: they are named terms of the estimate, so the table shows them.
+
+Overheads, the device memory no tensor of the model accounts for. GPU only; all zero on
+``cpu``.
+
+These are stated assumptions, not measurements, and the GPU benchmark calibrates them:
+
+- CUDA context: the driver's per-process context and the kernels loaded into it, which
+  ``torch.cuda.memory_allocated`` never sees (NVML does). PyTorch's maintainers quote a few
+  hundred MiB to ~700+ MiB depending on CUDA version and GPU; lazy module loading (the
+  default since CUDA 11.7) keeps it near the low end. Budgeted at 512 MiB.
+- Library workspaces: one cuBLAS and one cuBLASLt workspace of 32 MiB each (NVIDIA's
+  recommended size on Hopper; 4 MiB suffices before it). Budgeted at 64 MiB.
+- Allocator margin: the caching allocator rounds blocks up (512 B, 2 MiB segments for large
+  blocks) and fragments; reserved memory runs above allocated. Budgeted at 5% of the bytes
+  allocated in the phase.
+- NCCL: communicator buffers per process when more than one GPU trains. Budgeted at 256 MiB.
 """
 
 from __future__ import annotations
@@ -15,7 +33,7 @@ from typing import Any, Literal
 
 from sftkit.devices import is_cpu
 from sftkit.errors import SftkitError
-from sftkit.memory.units import MiB, is_size, parse_size
+from sftkit.memory.terms import MiB, is_size, parse_size
 from sftkit.suggest import closest
 
 BudgetKind = Literal["gpu", "cpu"]
@@ -155,3 +173,13 @@ def resolve_budget(device: str, manager: Any = None) -> MemoryBudget:
             f"{device!r}; expected sftkit.memory.budget.MemoryBudget."
         )
     return budget
+
+
+CUDA_CONTEXT_BYTES = 512 * MiB
+WORKSPACE_BYTES = 2 * 32 * MiB
+ALLOCATOR_MARGIN = 0.05
+NCCL_BYTES = 256 * MiB
+
+
+def allocator_margin(allocated: int) -> int:
+    return int(allocated * ALLOCATOR_MARGIN)

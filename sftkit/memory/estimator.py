@@ -1,280 +1,141 @@
-"""Assembling the estimate: named terms per phase, the peak, the verdict. Pure arithmetic."""
+"""The estimator: from a recipe alone, peak device memory per phase and a verdict.
+
+`compute()` makes one estimate of one recipe (shape, budget, setup, terms); `estimate()`
+adds the cheapest changes that fit (advice.py) when it does not; `preflight()` is the check
+`sftkit run` makes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from sftkit.memory import activations as act
-from sftkit.memory.layout import LaidTensor, layout
-from sftkit.memory.moments import activation_moments
-from sftkit.memory.optimizer import OptimizerCost, optimizer_cost
-from sftkit.memory.overheads import (
-    ALLOCATOR_MARGIN,
-    CUDA_CONTEXT_BYTES,
-    NCCL_BYTES,
-    WORKSPACE_BYTES,
-    allocator_margin,
-)
-from sftkit.memory.parts import Part, count_words, div
-from sftkit.memory.setup import Setup
-from sftkit.memory.sharding import Sharding, sharding
-from sftkit.memory.terms import PHASES, MemoryTerm, Pool
+from sftkit.errors import DoesNotFitError
+from sftkit.memory.budget import resolve_budget
+from sftkit.memory.phases import breakdown
+from sftkit.memory.result import Estimate, merge_terms, pool_totals
+from sftkit.memory.setup import Setup, describe, setup_from_recipe
+from sftkit.memory.terms import MemoryTerm, gib
+from sftkit.modelshape import ModelShape, resolve_model_shape
+
+if TYPE_CHECKING:
+    from sftkit.recipe.load import ResolvedRecipe
 
 
-@dataclass
-class Breakdown:
-    """Everything the estimator computed, phase by phase."""
-
-    parts: dict[str, list[Part]] = field(default_factory=dict)
-    parameters: int = 0
-    trainable_parameters: int = 0
-    tensors: list[LaidTensor] = field(default_factory=list)
-    optimizer: OptimizerCost | None = None
-    notes: list[str] = field(default_factory=list)
+def manager_of(resolved: ResolvedRecipe) -> Any:
+    return resolved.registry.manager if resolved.registry is not None else None
 
 
-def _weight_parts(setup: Setup, tensors: list[LaidTensor], sh: Sharding) -> list[Part]:
-    """One part per kind of tensor the storage lays out, then one per adapter, then the
-    model's own buffers; each named and explained by the part that created it."""
-    storage, p, shape = setup.storage, setup.precision, setup.shape
-    by_kind: dict[str, int] = {}
-    for t in tensors:
-        by_kind[t.kind] = by_kind.get(t.kind, 0) + t.total_bytes
-    parts = []
-    for kind in STORAGE_KINDS:
-        if kind in by_kind:
-            name, formula = storage.weight_label(kind, shape, p)
-            parts.append(Part(name, div(by_kind[kind], sh.weights), "weights", formula))
-    for adapter in setup.adapters:
-        added = adapter.tensors(shape, storage, p)
-        if added:
-            name, formula = adapter.label(added, storage, p)
-            total = sum(t.total_bytes for t in added)
-            parts.append(Part(name, div(total, sh.weights), "trainable", formula))
-    if "buffer" in by_kind:
-        parts.append(
-            Part(
-                "rotary frequency buffers", by_kind["buffer"], "weights", "2 x head_dim/2 x 4 bytes"
-            )
-        )
-    return parts
+def shape_for(resolved: ResolvedRecipe, model: str | None = None) -> ModelShape:
+    r = resolved.recipe
+    return resolve_model_shape(
+        model or r.model.name_or_path,
+        trust_remote_code=r.model.trust_remote_code,
+        manager=manager_of(resolved),
+    )
 
 
-# The kinds a storage lays out, in the order the estimate lists them.
-STORAGE_KINDS = ("base", "quant_constants", "unquantized")
+def extra_terms(resolved: ResolvedRecipe, shape: ModelShape) -> list[MemoryTerm]:
+    manager = manager_of(resolved)
+    if manager is None:
+        return []
+    out: list[MemoryTerm] = []
+    for result in manager.hook.extra_memory_terms(recipe=resolved, shape=shape):
+        for term in result or []:
+            if not isinstance(term, MemoryTerm):
+                from sftkit.errors import PluginError
 
-
-def _optimizer_parts(
-    setup: Setup, opt: OptimizerCost, sh: Sharding
-) -> tuple[list[Part], list[Part], list[Part]]:
-    """(gradients, persistent optimizer parts, step temporaries)."""
-    name = setup.optimizer.name
-    trainable = count_words(opt.trainable_parameters)
-    grads = [
-        Part(
-            f"gradients of {trainable} trainable parameters",
-            div(opt.gradient_bytes, sh.gradients),
-            "gradients",
-            "one gradient per trainable parameter, in its dtype",
-        )
-    ]
-    state_pool: Pool = "host" if sh.state_on_host else "device"
-    persistent = []
-    if opt.state_device_bytes:
-        persistent.append(
-            Part(
-                f"{name} state for {trainable} parameters",
-                div(opt.state_device_bytes, sh.state),
-                "optimizer",
-                "OptimizerSpec.state_for(options).state_bytes(n, dtype) per trainable tensor",
-                state_pool,
-            )
-        )
-    if opt.state_paged_bytes:
-        persistent.append(
-            Part(
-                f"{name} paged state (unified memory, can spill to host)",
-                div(opt.state_paged_bytes, sh.state),
-                "optimizer",
-                "moment buffers of tensors with >= 100,000 elements",
-                "host" if sh.state_on_host else "paged",
-            )
-        )
-    if sh.master_weights:
-        master = sum(t.numel * t.count * 4 for t in opt_trainables(setup))
-        persistent.append(
-            Part(
-                "fp32 master weights (DeepSpeed)",
-                div(master, sh.state),
-                "optimizer",
-                "4 bytes x trainable parameters",
-                state_pool,
-            )
-        )
-    temps = []
-    if opt.step_temporary_bytes and not sh.state_on_host:
-        temps.append(
-            Part(
-                f"{name} step temporaries",
-                opt.step_temporary_bytes // max(sh.state, 1),
-                "optimizer",
-                "built inside optimizer.step()",
-            )
-        )
-    return grads, persistent, temps
-
-
-def opt_trainables(setup: Setup) -> list[LaidTensor]:
-    return [t for t in layout(setup) if t.trainable]
-
-
-def _eval_parts(setup: Setup) -> list[Part]:
-    s, d = setup.shape, act.dtypes(setup)
-    best: list[Part] = []
-    for ev in setup.evaluations:
-        if ev.kind == "generate":
-            ctx = ev.prompt_tokens + ev.new_tokens
-            cache = 2 * s.num_layers * ev.batch_size * ctx * s.kv_size * d.linear_out
-            prefill = (
-                ev.batch_size
-                * ev.prompt_tokens
-                * (3 * d.linear_out * s.intermediate_size + 2 * d.stream * s.hidden_size)
-            )
-            logits = ev.batch_size * s.vocab_size * (d.compute + 4)
-            parts = [
-                Part(
-                    f"{ev.name}: KV cache ({ev.batch_size} x {ctx} tokens)",
-                    cache,
-                    "activations",
-                    "2 x layers x batch x tokens x kv_heads x head_dim",
-                ),
-                Part(
-                    f"{ev.name}: prefill activations (no grad)",
-                    prefill,
-                    "activations",
-                    "largest layer intermediates",
-                ),
-                Part(f"{ev.name}: next-token logits", logits, "logits", ""),
-            ]
-        else:
-            n = ev.batch_size * ev.prompt_tokens
-            parts = [
-                Part(
-                    f"{ev.name}: forward activations (no grad)",
-                    n * (3 * d.linear_out * s.intermediate_size + 2 * d.stream * s.hidden_size),
-                    "activations",
-                    "",
-                ),
-                Part(
-                    f"{ev.name}: logits, fp32 copy and log-probabilities ({ev.batch_size} x {ev.prompt_tokens})",
-                    n * s.vocab_size * (d.compute + 8),
-                    "logits",
-                    "(2 + 4 + 4) x vocab per token",
-                ),
-            ]
-        if sum(p.bytes for p in parts) > sum(p.bytes for p in best):
-            best = parts
-    return best
-
-
-def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
-    tensors = layout(setup)
-    opt = optimizer_cost(setup, tensors)
-    sh = sharding(setup)
-    out = Breakdown(tensors=tensors, optimizer=opt)
-    out.parameters = setup.shape.parameters
-    out.trainable_parameters = opt.trainable_parameters
-    weights = _weight_parts(setup, tensors, sh)
-    grads, persistent, temps = _optimizer_parts(setup, opt, sh)
-    grads_total = grads[0].bytes
-
-    # sharding extras
-    extras: list[Part] = []
-    s = setup.shape
-    if sh.gathered_layers:
-        per_layer = sum(t.total_bytes for t in tensors if t.count == s.num_layers) // s.num_layers
-        extras.append(
-            Part(
-                f"unsharded parameters of {sh.gathered_layers} layers (all-gather)",
-                sh.gathered_layers * per_layer,
-                "communication",
-            )
-        )
-    if sh.gathered_root:
-        root = sum(t.total_bytes for t in tensors if t.count == 1 and t.kind != "buffer")
-        extras.append(
-            Part(
-                "unsharded embeddings and lm_head (FSDP root unit)",
-                root - div(root, setup.num_gpus),
-                "communication",
-            )
-        )
-    if sh.ddp_buckets:
-        extras.append(
-            Part(
-                "DDP gradient buckets", grads_total, "communication", "a flat copy of the gradients"
-            )
-        )
-
-    load_stage = _load_staging(setup)
-    phases: dict[str, list[Part]] = {}
-    phases["load"] = [*weights, load_stage]
-    fb_first = activation_moments(setup, tensors, grads_total, grads[0].name, sh, accumulated=False)
-    fb = fb_first
-    if setup.grad_accum > 1:
-        fb_acc = activation_moments(
-            setup, tensors, grads_total, grads[0].name, sh, accumulated=True
-        )
-        fb = max((fb_first, fb_acc), key=lambda ps: sum(p.bytes for p in ps))
-    phases["forward_backward"] = [*weights, *fb, *extras]
-    phases["optimizer_step"] = [
-        *weights,
-        *grads,
-        *persistent,
-        *temps,
-        *[e for e in extras if e.name == "DDP gradient buckets"],
-    ]
-    phases["later_steps"] = [*weights, *persistent, *fb, *extras]
-    phases["evaluation"] = [*weights, *persistent, *_eval_parts(setup)]
-    for term in extra:
-        for phase in term.phases:
-            phases[phase].append(
-                Part(term.name, term.bytes, term.category, term.formula, term.pool)
-            )
-    if setup.on_gpu:
-        for phase, parts in phases.items():
-            allocated = sum(p.bytes for p in parts if p.pool == "device")
-            parts.append(
-                Part(
-                    f"allocator margin ({ALLOCATOR_MARGIN:.0%} of allocated)",
-                    allocator_margin(allocated),
-                    "overhead",
-                    "reserved above allocated",
+                raise PluginError(
+                    f"an extra_memory_terms implementation returned {type(term).__name__}; "
+                    "expected sftkit.memory.terms.MemoryTerm."
                 )
-            )
-            parts.append(
-                Part(
-                    "CUDA context", CUDA_CONTEXT_BYTES, "overhead", "assumption, see docs/memory.md"
-                )
-            )
-            if phase != "load":
-                parts.append(
-                    Part("cuBLAS/cuBLASLt workspaces", WORKSPACE_BYTES, "overhead", "2 x 32 MiB")
-                )
-            if sh.communication:
-                parts.append(Part("NCCL buffers", NCCL_BYTES, "communication", "assumption"))
-    out.parts = {p: [x for x in phases[p] if x.bytes > 0] for p in PHASES}
+            out.append(term)
     return out
 
 
-def _load_staging(setup: Setup) -> Part:
-    """transformers loads one tensor at a time in the checkpoint dtype before quantizing or
-    casting it; peft's fp32 upcast replaces each bf16 parameter one by one."""
-    largest = max(g.numel for g in setup.shape.census())
-    return Part(
-        "one tensor staged while loading",
-        largest * setup.model_dtype_bytes,
-        "other",
-        "largest tensor in the load dtype",
+def setting_line(setup: Setup) -> str:
+    t = "on" if setup.checkpointing else "off"
+    return (
+        f"{setup.strategy.name} + {setup.optimizer.name}, micro-batch {setup.micro_batch_size} x "
+        f"{setup.seq_len} tokens (accumulation {setup.grad_accum}), checkpointing {t}, "
+        f"{setup.attn_implementation}, {describe(setup)}"
+    )
+
+
+def notes_for(setup: Setup, on_gpu: bool) -> list[str]:
+    notes = []
+    if not on_gpu:
+        notes.append("no GPU: compared with host RAM; CUDA context and workspaces left out.")
+    if setup.padded and setup.attn_implementation in ("sdpa", "eager"):
+        notes.append(
+            "assumes a 4-D attention mask (padded or packed batches): SDPA repeats k/v per "
+            "head and keeps an s x s mask per layer."
+        )
+    notes.append(
+        "loss computed by TRL's chunked log-prob head (no full logits)."
+        if setup.loss_head == "fused"
+        else "loss computed on full fp32 logits (transformers' ForCausalLMLoss)."
+    )
+    notes.extend(setup.storage.notes(setup.composition.has_adapters))
+    for adapter in setup.adapters:
+        notes.extend(adapter.notes())
+    return notes
+
+
+def compute(
+    resolved: ResolvedRecipe, *, gpu: str | None = None, model: str | None = None
+) -> Estimate:
+    shape = shape_for(resolved, model)
+    budget = resolve_budget(gpu or resolved.recipe.hardware.gpu, manager_of(resolved))
+    setup = setup_from_recipe(resolved, shape, on_gpu=budget.is_gpu)
+    b = breakdown(setup, extra_terms(resolved, shape))
+    result = Estimate(
+        model=shape.name,
+        model_source=shape.source,
+        architecture=shape.describe(),
+        parameters=b.parameters,
+        trainable_parameters=b.trainable_parameters,
+        terms=merge_terms(b),
+        phases=pool_totals(b, "device"),
+        paged=pool_totals(b, "paged"),
+        host=pool_totals(b, "host"),
+        budget=budget,
+        setting=setting_line(setup),
+        recipe_source=resolved.source,
+        notes=notes_for(setup, budget.is_gpu),
+    )
+    if result.paged_spill_bytes:
+        result.notes.append(
+            f"{gib(result.paged_spill_bytes)} of paged optimizer state spills to host RAM."
+        )
+    return result
+
+
+def estimate(
+    resolved: ResolvedRecipe,
+    *,
+    gpu: str | None = None,
+    model: str | None = None,
+    advise: bool = True,
+) -> Estimate:
+    """Estimate `resolved` on `gpu` (default: the recipe's ``hardware.gpu``) for `model`
+    (default: the recipe's ``model.name_or_path``). When it does not fit and `advise` is on,
+    the estimate carries the cheapest changes that fit, each re-estimated."""
+    result = compute(resolved, gpu=gpu, model=model)
+    if advise and not result.fits and result.on_gpu:
+        from sftkit.memory.advice import suggest
+
+        result.suggestions = suggest(resolved, result, gpu=gpu, model=model)
+    return result
+
+
+def preflight(resolved: ResolvedRecipe, *, gpu: str | None = None) -> Estimate:
+    """The check `sftkit run` makes before loading anything: returns the estimate when the
+    run fits (or runs on ``cpu``, where the verdict is informational), else raises
+    `DoesNotFitError` whose message is the rejection `estimate-memory` prints."""
+    result = estimate(resolved, gpu=gpu)
+    if result.fits or not result.on_gpu:
+        return result
+    raise DoesNotFitError(
+        result.rejection(),
+        hint="Apply one of the changes above as an override, or run anyway with `--force`.",
     )

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from sftkit.memory import activations as act
 from sftkit.memory.layout import LaidTensor, layout
-from sftkit.memory.parts import Part, div
-from sftkit.memory.setup import Setup
-from sftkit.memory.sharding import Sharding, sharding
+from sftkit.memory.setup import Setup, Sharding, sharding
+from sftkit.memory.terms import Part, div
 
 
 def _grad_profile(tensors: list[LaidTensor], num_layers: int) -> tuple[int, int, int]:

@@ -1,14 +1,34 @@
-"""What the estimator reads from a resolved recipe: plain numbers and specs, nothing else."""
+"""What the estimator reads: from a resolved recipe plain numbers and the components'
+declarations (`Setup`), from the installed trainer what changes memory, and from the
+recipe's engine how terms shard over GPUs.
+
+The installed trainer, found without importing it:
+TRL's SFTTrainer (1.x) patches the model with ``add_fused_lm_head``: the loss comes from a
+chunked log-probability head that never builds the (tokens x vocabulary) logits. Older TRL
+releases let transformers compute ``ForCausalLMLoss`` on the full logits. The estimator asks
+which one the installed TRL does by reading its source (``importlib.util.find_spec`` does not
+import the package), so ``estimate-memory`` stays torch-free.
+
+``SFTKIT_LOSS_HEAD=fused|full`` overrides the detection (e.g. to price a plain transformers
+Trainer).
+
+Per-GPU memory with more than one GPU: the recipe's engine says what it replicates and
+what it shards (`sftkit.engine.Engine.sharding`; the built-in engines' rules are described
+in `sftkit.builtin.engines`).
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 from sftkit.components import Adapter, BaseStorage, Composition, Precision
 from sftkit.dtypes import DTYPE_BYTES, PRECISION_BYTES
-from sftkit.engine import Engine, engine_of
-from sftkit.memory.trainer import loss_head
+from sftkit.engine import Engine, Sharding, engine_of
 from sftkit.modelshape.shape import ModelShape
 from sftkit.specs import OptimizerSpec, StrategySpec
 
@@ -121,3 +141,44 @@ def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bo
         loss_head=loss_head(),
         liger=t.liger_kernels,
     )
+
+
+LossHead = Literal["fused", "full"]
+ENV = "SFTKIT_LOSS_HEAD"
+
+# trl.trainer.utils._CHUNKED_LOGPROB_CHUNK_SIZE and trl.kernels.chunked_logprob.TOKEN_CHUNK_SIZE
+FUSED_VOCAB_CHUNK = 32768
+FUSED_TOKEN_CHUNK = 4096
+
+
+@cache
+def _installed_trl_fuses() -> bool | None:
+    spec = importlib.util.find_spec("trl")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        source = Path(location) / "trainer" / "sft_trainer.py"
+        if source.is_file():
+            return "add_fused_lm_head(" in source.read_text(encoding="utf-8", errors="ignore")
+    return None
+
+
+def loss_head() -> LossHead:
+    """``fused`` when training goes through TRL's chunked log-prob head (also assumed when
+    TRL is not installed: what ``pip install 'sftkit[train]'`` gets today), else ``full``."""
+    forced = os.environ.get(ENV, "").strip().lower()
+    if forced in ("fused", "full"):
+        return forced  # type: ignore[return-value]
+    return "full" if _installed_trl_fuses() is False else "fused"
+
+
+def sharding(setup: Setup) -> Sharding:
+    return setup.engine.sharding(setup.distributed, setup.num_gpus)
+
+
+def describe(setup: Setup) -> str:
+    if setup.num_gpus == 1:
+        return "1 GPU"
+    offload = ", optimizer offloaded to CPU" if sharding(setup).state_on_host else ""
+    label = setup.engine.sharding_label(setup.distributed)
+    return f"{setup.num_gpus} GPUs, {label}{offload}; figures are per GPU"

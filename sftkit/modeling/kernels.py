@@ -36,7 +36,7 @@ def check_kernels(recipe: Recipe, device: str) -> None:
 def check_inference_device(resolved: ResolvedRecipe, device: str) -> None:
     """Refuse, with the reason, to evaluate a model whose base storage cannot run a no-grad
     forward on `device` (the storage says why: e.g. bitsandbytes' CPU 4-bit kernel)."""
-    from sftkit.memory.compute import shape_for
+    from sftkit.memory.estimator import shape_for
 
     storage = resolved.strategy_parts.storage
     reason = storage.inference_problem(shape_for(resolved), device)

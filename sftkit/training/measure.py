@@ -20,12 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftkit.memory import activations as act
-from sftkit.memory.estimator import breakdown
+from sftkit.memory.phases import StaticBytes, breakdown, static_bytes
 from sftkit.memory.result import pool_totals
 from sftkit.memory.setup import Setup, setup_from_recipe
-from sftkit.memory.static import StaticBytes, static_bytes
-from sftkit.memory.terms import PHASE_LABELS
-from sftkit.memory.units import gib
+from sftkit.memory.terms import PHASE_LABELS, gib
 from sftkit.runpaths import RunPaths
 
 if TYPE_CHECKING:
@@ -215,7 +213,7 @@ def predicted_saved_bytes(setup: Setup, tensors: list[Any]) -> int:
 
 def install_loss_head(model: Any, setup: Setup) -> dict[str, Any]:
     """Compute the loss the way sftkit's runner does: with TRL's chunked log-prob head when
-    the installed TRL uses one (`sftkit.memory.trainer`). Returns the extra forward kwargs."""
+    the installed TRL uses one (`sftkit.memory.setup`). Returns the extra forward kwargs."""
     if setup.loss_head != "fused":
         return {}
     from trl.trainer.utils import add_fused_lm_head
@@ -266,7 +264,7 @@ def measure_recipe(
 ) -> Comparison:
     import torch
 
-    from sftkit.memory.compute import shape_for
+    from sftkit.memory.estimator import shape_for
     from sftkit.modeling import build_model, training_device
     from sftkit.training.optimizer import build_optimizer
 

@@ -1,0 +1,311 @@
+"""Assembling the estimate: named terms per phase (the peak and verdict follow from them), and
+the static terms, the bytes of tensors that exist whatever the batch. Pure arithmetic.
+
+The static terms are the figures `--measure` and tests/test_memory_static.py compare, byte
+for byte, with the real tensors of a built model after one optimizer step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from sftkit.components.storage import count_words
+from sftkit.memory import activations as act
+from sftkit.memory.budget import (
+    ALLOCATOR_MARGIN,
+    CUDA_CONTEXT_BYTES,
+    NCCL_BYTES,
+    WORKSPACE_BYTES,
+    allocator_margin,
+)
+from sftkit.memory.layout import LaidTensor, layout
+from sftkit.memory.moments import activation_moments
+from sftkit.memory.optimizer import OptimizerCost, optimizer_cost
+from sftkit.memory.setup import Setup, Sharding, sharding
+from sftkit.memory.terms import PHASES, MemoryTerm, Part, Pool, div
+
+
+@dataclass
+class Breakdown:
+    """Everything the estimator computed, phase by phase."""
+
+    parts: dict[str, list[Part]] = field(default_factory=dict)
+    parameters: int = 0
+    trainable_parameters: int = 0
+    tensors: list[LaidTensor] = field(default_factory=list)
+    optimizer: OptimizerCost | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _weight_parts(setup: Setup, tensors: list[LaidTensor], sh: Sharding) -> list[Part]:
+    """One part per kind of tensor the storage lays out, then one per adapter, then the
+    model's own buffers; each named and explained by the part that created it."""
+    storage, p, shape = setup.storage, setup.precision, setup.shape
+    by_kind: dict[str, int] = {}
+    for t in tensors:
+        by_kind[t.kind] = by_kind.get(t.kind, 0) + t.total_bytes
+    parts = []
+    for kind in STORAGE_KINDS:
+        if kind in by_kind:
+            name, formula = storage.weight_label(kind, shape, p)
+            parts.append(Part(name, div(by_kind[kind], sh.weights), "weights", formula))
+    for adapter in setup.adapters:
+        added = adapter.tensors(shape, storage, p)
+        if added:
+            name, formula = adapter.label(added, storage, p)
+            total = sum(t.total_bytes for t in added)
+            parts.append(Part(name, div(total, sh.weights), "trainable", formula))
+    if "buffer" in by_kind:
+        parts.append(
+            Part(
+                "rotary frequency buffers", by_kind["buffer"], "weights", "2 x head_dim/2 x 4 bytes"
+            )
+        )
+    return parts
+
+
+# The kinds a storage lays out, in the order the estimate lists them.
+STORAGE_KINDS = ("base", "quant_constants", "unquantized")
+
+
+def _optimizer_parts(
+    setup: Setup, opt: OptimizerCost, sh: Sharding
+) -> tuple[list[Part], list[Part], list[Part]]:
+    """(gradients, persistent optimizer parts, step temporaries)."""
+    name = setup.optimizer.name
+    trainable = count_words(opt.trainable_parameters)
+    grads = [
+        Part(
+            f"gradients of {trainable} trainable parameters",
+            div(opt.gradient_bytes, sh.gradients),
+            "gradients",
+            "one gradient per trainable parameter, in its dtype",
+        )
+    ]
+    state_pool: Pool = "host" if sh.state_on_host else "device"
+    persistent = []
+    if opt.state_device_bytes:
+        persistent.append(
+            Part(
+                f"{name} state for {trainable} parameters",
+                div(opt.state_device_bytes, sh.state),
+                "optimizer",
+                "OptimizerSpec.state_for(options).state_bytes(n, dtype) per trainable tensor",
+                state_pool,
+            )
+        )
+    if opt.state_paged_bytes:
+        persistent.append(
+            Part(
+                f"{name} paged state (unified memory, can spill to host)",
+                div(opt.state_paged_bytes, sh.state),
+                "optimizer",
+                "moment buffers of tensors with >= 100,000 elements",
+                "host" if sh.state_on_host else "paged",
+            )
+        )
+    if sh.master_weights:
+        master = sum(t.numel * t.count * 4 for t in opt_trainables(setup))
+        persistent.append(
+            Part(
+                "fp32 master weights (DeepSpeed)",
+                div(master, sh.state),
+                "optimizer",
+                "4 bytes x trainable parameters",
+                state_pool,
+            )
+        )
+    temps = []
+    if opt.step_temporary_bytes and not sh.state_on_host:
+        temps.append(
+            Part(
+                f"{name} step temporaries",
+                opt.step_temporary_bytes // max(sh.state, 1),
+                "optimizer",
+                "built inside optimizer.step()",
+            )
+        )
+    return grads, persistent, temps
+
+
+def opt_trainables(setup: Setup) -> list[LaidTensor]:
+    return [t for t in layout(setup) if t.trainable]
+
+
+def _eval_parts(setup: Setup) -> list[Part]:
+    s, d = setup.shape, act.dtypes(setup)
+    best: list[Part] = []
+    for ev in setup.evaluations:
+        if ev.kind == "generate":
+            ctx = ev.prompt_tokens + ev.new_tokens
+            cache = 2 * s.num_layers * ev.batch_size * ctx * s.kv_size * d.linear_out
+            prefill = (
+                ev.batch_size
+                * ev.prompt_tokens
+                * (3 * d.linear_out * s.intermediate_size + 2 * d.stream * s.hidden_size)
+            )
+            logits = ev.batch_size * s.vocab_size * (d.compute + 4)
+            parts = [
+                Part(
+                    f"{ev.name}: KV cache ({ev.batch_size} x {ctx} tokens)",
+                    cache,
+                    "activations",
+                    "2 x layers x batch x tokens x kv_heads x head_dim",
+                ),
+                Part(
+                    f"{ev.name}: prefill activations (no grad)",
+                    prefill,
+                    "activations",
+                    "largest layer intermediates",
+                ),
+                Part(f"{ev.name}: next-token logits", logits, "logits", ""),
+            ]
+        else:
+            n = ev.batch_size * ev.prompt_tokens
+            parts = [
+                Part(
+                    f"{ev.name}: forward activations (no grad)",
+                    n * (3 * d.linear_out * s.intermediate_size + 2 * d.stream * s.hidden_size),
+                    "activations",
+                    "",
+                ),
+                Part(
+                    f"{ev.name}: logits, fp32 copy and log-probabilities ({ev.batch_size} x {ev.prompt_tokens})",
+                    n * s.vocab_size * (d.compute + 8),
+                    "logits",
+                    "(2 + 4 + 4) x vocab per token",
+                ),
+            ]
+        if sum(p.bytes for p in parts) > sum(p.bytes for p in best):
+            best = parts
+    return best
+
+
+def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
+    tensors = layout(setup)
+    opt = optimizer_cost(setup, tensors)
+    sh = sharding(setup)
+    out = Breakdown(tensors=tensors, optimizer=opt)
+    out.parameters = setup.shape.parameters
+    out.trainable_parameters = opt.trainable_parameters
+    weights = _weight_parts(setup, tensors, sh)
+    grads, persistent, temps = _optimizer_parts(setup, opt, sh)
+    grads_total = grads[0].bytes
+
+    # sharding extras
+    extras: list[Part] = []
+    s = setup.shape
+    if sh.gathered_layers:
+        per_layer = sum(t.total_bytes for t in tensors if t.count == s.num_layers) // s.num_layers
+        extras.append(
+            Part(
+                f"unsharded parameters of {sh.gathered_layers} layers (all-gather)",
+                sh.gathered_layers * per_layer,
+                "communication",
+            )
+        )
+    if sh.gathered_root:
+        root = sum(t.total_bytes for t in tensors if t.count == 1 and t.kind != "buffer")
+        extras.append(
+            Part(
+                "unsharded embeddings and lm_head (FSDP root unit)",
+                root - div(root, setup.num_gpus),
+                "communication",
+            )
+        )
+    if sh.ddp_buckets:
+        extras.append(
+            Part(
+                "DDP gradient buckets", grads_total, "communication", "a flat copy of the gradients"
+            )
+        )
+
+    load_stage = _load_staging(setup)
+    phases: dict[str, list[Part]] = {}
+    phases["load"] = [*weights, load_stage]
+    fb_first = activation_moments(setup, tensors, grads_total, grads[0].name, sh, accumulated=False)
+    fb = fb_first
+    if setup.grad_accum > 1:
+        fb_acc = activation_moments(
+            setup, tensors, grads_total, grads[0].name, sh, accumulated=True
+        )
+        fb = max((fb_first, fb_acc), key=lambda ps: sum(p.bytes for p in ps))
+    phases["forward_backward"] = [*weights, *fb, *extras]
+    phases["optimizer_step"] = [
+        *weights,
+        *grads,
+        *persistent,
+        *temps,
+        *[e for e in extras if e.name == "DDP gradient buckets"],
+    ]
+    phases["later_steps"] = [*weights, *persistent, *fb, *extras]
+    phases["evaluation"] = [*weights, *persistent, *_eval_parts(setup)]
+    for term in extra:
+        for phase in term.phases:
+            phases[phase].append(
+                Part(term.name, term.bytes, term.category, term.formula, term.pool)
+            )
+    if setup.on_gpu:
+        for phase, parts in phases.items():
+            allocated = sum(p.bytes for p in parts if p.pool == "device")
+            parts.append(
+                Part(
+                    f"allocator margin ({ALLOCATOR_MARGIN:.0%} of allocated)",
+                    allocator_margin(allocated),
+                    "overhead",
+                    "reserved above allocated",
+                )
+            )
+            parts.append(
+                Part(
+                    "CUDA context", CUDA_CONTEXT_BYTES, "overhead", "assumption, see docs/memory.md"
+                )
+            )
+            if phase != "load":
+                parts.append(
+                    Part("cuBLAS/cuBLASLt workspaces", WORKSPACE_BYTES, "overhead", "2 x 32 MiB")
+                )
+            if sh.communication:
+                parts.append(Part("NCCL buffers", NCCL_BYTES, "communication", "assumption"))
+    out.parts = {p: [x for x in phases[p] if x.bytes > 0] for p in PHASES}
+    return out
+
+
+def _load_staging(setup: Setup) -> Part:
+    """transformers loads one tensor at a time in the checkpoint dtype before quantizing or
+    casting it; peft's fp32 upcast replaces each bf16 parameter one by one."""
+    largest = max(g.numel for g in setup.shape.census())
+    return Part(
+        "one tensor staged while loading",
+        largest * setup.model_dtype_bytes,
+        "other",
+        "largest tensor in the load dtype",
+    )
+
+
+@dataclass(frozen=True)
+class StaticBytes:
+    weights: int  # every parameter, quantization constant and buffer the model holds
+    trainable: int  # parameters with requires_grad
+    gradients: int
+    optimizer_state: int  # all pools (device and paged)
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "weights": self.weights,
+            "trainable": self.trainable,
+            "gradients": self.gradients,
+            "optimizer_state": self.optimizer_state,
+        }
+
+
+def static_bytes(setup: Setup) -> StaticBytes:
+    tensors = layout(setup)
+    opt = optimizer_cost(setup, tensors)
+    return StaticBytes(
+        weights=sum(t.total_bytes for t in tensors),
+        trainable=opt.trainable_bytes,
+        gradients=opt.gradient_bytes,
+        optimizer_state=opt.state_bytes,
+    )
