@@ -82,7 +82,8 @@ class HooksCallback(TrainerCallback):
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         if logs is not None:
-            elapsed = round(time.perf_counter() - self.started, 3)
+            before = float(self.ctx.carried.get("train_runtime_s", 0.0))  # earlier attempts
+            elapsed = round(before + time.perf_counter() - self.started, 3)
             event = {**logs, "step": state.global_step, "elapsed_s": elapsed}
             self.hook.on_log(run=self.ctx, logs=event)
 
