@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -202,6 +203,13 @@ def test_publish_replaces_only_once_complete_and_rotation_counts_complete_ones(t
     assert sorted(p.name for p in paths.final.iterdir()) == ["new", "sftkit_complete.json"]
     paths.partial_checkpoint(10).mkdir(parents=True)
     assert discard_partial(paths) == ["checkpoint-10"] and not paths.partial.exists()
+    # Stopped between publish's renames (a second save of step 6): the old checkpoint-6
+    # moved aside, the new one complete but not yet in place. It is put in place.
+    paths.partial.mkdir()
+    shutil.copytree(paths.checkpoint(6), paths.partial_checkpoint(6))
+    os.replace(paths.checkpoint(6), paths.partial / "checkpoint-6.replaced")
+    assert discard_partial(paths) == [] and not paths.partial.exists()
+    assert inspect(paths.checkpoint(6), 6).problem is None
 
 
 def test_run_json_stays_valid_json(tmp_path, monkeypatch):

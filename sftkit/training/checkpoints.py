@@ -149,10 +149,21 @@ def publish(partial: Path, target: Path, *, kind: str, step: int, **extra: Any) 
 
 
 def discard_partial(paths: RunPaths) -> list[str]:
-    """Remove what saves cut short left under .partial/; the names removed."""
+    """Clear .partial/ for a new attempt; the names of the unfinished saves removed.
+
+    A stop between `publish`'s two renames leaves the target missing, the new folder
+    complete under .partial/ and the old one beside it as ``<name>.replaced``: the complete
+    one is put in place (the new, else the old) instead of being discarded."""
     if not paths.partial.is_dir():
         return []
-    names = sorted(p.name for p in paths.partial.iterdir())
+    for entry in sorted(paths.partial.iterdir()):
+        name = entry.name.removesuffix(".replaced")
+        target = paths.final if name == "final" else paths.checkpoints / name
+        if target.exists() or not complete_marker(entry).is_file():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(entry, target)
+    names = sorted(p.name for p in paths.partial.iterdir() if not p.name.endswith(".replaced"))
     shutil.rmtree(paths.partial, ignore_errors=True)
     return names
 

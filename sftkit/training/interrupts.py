@@ -15,6 +15,7 @@ its last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -62,12 +63,13 @@ class Interrupts:
     def _handle(self, signum: int, frame: Any) -> None:
         if self.signum is None and self.deferring:
             self.signum = signum
-            sys.stderr.write(
-                f"\n{signal.Signals(signum).name}: stopping after step {self.step + 1} with a "
-                "checkpoint (send it again to stop at once, losing the steps since the last "
-                "checkpoint).\n"
-            )
-            sys.stderr.flush()
+            with contextlib.suppress(OSError, ValueError):  # no terminal left to tell
+                sys.stderr.write(
+                    f"\n{signal.Signals(signum).name}: stopping after step {self.step + 1} with "
+                    "a checkpoint (send it again to stop at once, losing the steps since the "
+                    "last checkpoint).\n"
+                )
+                sys.stderr.flush()
             return
         if self.signum is None:
             self.signum = signum
