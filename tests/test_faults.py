@@ -353,6 +353,7 @@ def test_one_writer_per_run(recipe, reference, tmp_path, capsys):
             cli(recipe, run_dir, "--resume"),  # a resume of the running run
             cli(recipe, alias, "--resume"),
             ["eval", str(run_dir)],  # an evaluation that would write into it
+            ["prepare-data", str(recipe), f"output_dir={run_dir}", "--force"],  # its data
         ):
             capsys.readouterr()
             assert run_cli(args) == 2
