@@ -301,7 +301,3 @@ def final_marker(paths: RunPaths) -> dict[str, Any] | None:
         if not path.is_file() or path.stat().st_size != size:
             return None
     return marker
-
-
-def describe_skipped(point: ResumePoint) -> list[str]:
-    return [f"skipped {s.name}: {s.problem}" for s in point.skipped]
