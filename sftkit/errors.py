@@ -16,6 +16,7 @@ EXIT_BAD_INPUT = 2
 EXIT_DOES_NOT_FIT = 3
 EXIT_SIGNAL_BASE = 128  # the shell's convention: killed by signal N exits 128 + N
 EXIT_INTERRUPTED = EXIT_SIGNAL_BASE + 2  # SIGINT (Ctrl-C)
+EXIT_TERMINATED = EXIT_SIGNAL_BASE + 15  # SIGTERM (a scheduler, `kill`, `timeout`)
 
 
 class SftkitError(Exception):
@@ -103,7 +104,41 @@ class DataError(SftkitError):
 
 
 class RunDirectoryError(SftkitError):
-    """A run directory exists and would be overwritten."""
+    """A run directory exists and would be overwritten, or cannot be resumed as asked."""
+
+
+class RunLockedError(RunDirectoryError):
+    """Another live process (a run, a resume, an evaluation) is writing into the run
+    directory; the message says which (pid, host, since when, what)."""
+
+
+class DiskFullError(SftkitError):
+    """The disk filled up while the run was writing; nothing complete was lost, and the run
+    continues from its last complete checkpoint once there is room."""
+
+
+class TrainingDivergedError(SftkitError):
+    """The training loss became NaN or infinite at a step; the run stopped there, and no
+    checkpoint of the diverged weights was kept."""
+
+    def __init__(self, step: int, value: float, *, hint: str | None = None) -> None:
+        self.step, self.value = step, value
+        super().__init__(
+            f"the training loss is {value} at step {step}: training diverged.",
+            hint=hint
+            or "Lower optimizer.options.lr (or raise training.warmup_ratio, keep "
+            "training.max_grad_norm set) and start a new run; resuming would diverge again.",
+        )
+
+
+class RunInterrupted(SftkitError):
+    """A run stopped by SIGINT or SIGTERM. Exit code 128 + the signal number (130, 143);
+    the message names the step reached and the checkpoint a resume continues from."""
+
+    def __init__(self, message: str, *, signum: int, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.signum = signum
+        self.exit_code = EXIT_SIGNAL_BASE + signum
 
 
 class DoesNotFitError(SftkitError):

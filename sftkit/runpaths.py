@@ -10,8 +10,12 @@
 <run>/tensorboard/         TensorBoard event files
 <run>/data/                prepared splits (unless data.prepared_dir says elsewhere)
 <run>/base/                a random_init run's seeded base weights
-<run>/checkpoints/checkpoint-<step>/
-<run>/final/               the trained adapter (adapter_config.json) or model, + tokenizer
+<run>/run.lock             held while a process writes into the run (pid, host, since)
+<run>/checkpoints/checkpoint-<step>/   each with sftkit_complete.json once complete
+<run>/final/               the trained adapter (adapter_config.json) or model, + tokenizer,
+                           and sftkit_complete.json
+<run>/.partial/            checkpoints and final/ while they are written (renamed into
+                           place when complete; what a killed save leaves is discarded)
 <run>/eval/<stage>-<evaluator>/metrics.json, predictions.jsonl
 <run>/distributed/         what `sftkit launch` generated (accelerate/DeepSpeed configs,
                            launch.sh, worker_recipe.yaml)
@@ -33,6 +37,11 @@ RECIPE_FILE = "recipe.yaml"
 DATA_DIR = "data"  # the one entry a new run may find already there (prepared data)
 # transformers names checkpoints `checkpoint-<global step>` (PREFIX_CHECKPOINT_DIR).
 CHECKPOINT_PREFIX = "checkpoint-"
+# Written last into a checkpoint or final/: the files it holds and their sizes. A folder
+# without it is not complete (its save was cut short).
+COMPLETE_MARKER = "sftkit_complete.json"
+LOCK_FILE = "run.lock"
+PARTIAL_DIR = ".partial"
 # PEFT's marker of a saved adapter (PeftModel.save_pretrained writes it).
 ADAPTER_CONFIG = "adapter_config.json"
 # The launch configs' folder and files (`sftkit launch`).
@@ -109,6 +118,22 @@ class RunPaths:
         return self.root / RECIPE_FILE
 
     @property
+    def lock(self) -> Path:
+        return self.root / LOCK_FILE
+
+    @property
+    def partial(self) -> Path:
+        """Where checkpoints and final/ are assembled before they are renamed into place."""
+        return self.root / PARTIAL_DIR
+
+    def partial_checkpoint(self, step: int) -> Path:
+        return self.partial / f"{CHECKPOINT_PREFIX}{step}"
+
+    @property
+    def partial_final(self) -> Path:
+        return self.partial / "final"
+
+    @property
     def memory(self) -> Path:
         return self.root / "memory.json"
 
@@ -147,6 +172,20 @@ class RunPaths:
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"{CHECKPOINT_PREFIX}{step}"
+
+    def checkpoint_dirs(self) -> list[tuple[int, Path]]:
+        """Every ``checkpoint-<step>`` folder, oldest first, complete or not (which ones
+        are complete is `sftkit.training.checkpoints`' business)."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = [
+            (int(p.name[len(CHECKPOINT_PREFIX) :]), p)
+            for p in self.checkpoints.iterdir()
+            if p.is_dir()
+            and p.name.startswith(CHECKPOINT_PREFIX)
+            and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
+        ]
+        return sorted(found)
 
     @property
     def final(self) -> Path:
@@ -189,20 +228,17 @@ class RunPaths:
         return self.root / "export" / ("merged" if merged else "adapter")
 
 
+def carry_file(checkpoint: Path, process: int) -> Path:
+    """What one process carries across a checkpoint besides the trainer's files (the loss
+    window since the last log, the run's time so far: `sftkit.training.resumable`)."""
+    return Path(checkpoint) / f"sftkit_carry-{process}.json"
+
+
+def complete_marker(directory: Path) -> Path:
+    """The completeness marker of a checkpoint or final/ folder."""
+    return Path(directory) / COMPLETE_MARKER
+
+
 def is_run_dir(path: Path) -> bool:
     """A run directory is one with a recipe.yaml (what `sftkit run` writes first)."""
     return Path(path).is_dir() and RunPaths(Path(path)).recipe.is_file()
-
-
-def last_checkpoint(paths: RunPaths) -> Path | None:
-    """The checkpoint with the highest step, or None."""
-    if not paths.checkpoints.is_dir():
-        return None
-    steps = [
-        (int(p.name[len(CHECKPOINT_PREFIX) :]), p)
-        for p in paths.checkpoints.iterdir()
-        if p.is_dir()
-        and p.name.startswith(CHECKPOINT_PREFIX)
-        and p.name[len(CHECKPOINT_PREFIX) :].isdigit()
-    ]
-    return max(steps)[1] if steps else None

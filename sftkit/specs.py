@@ -9,21 +9,55 @@ from __future__ import annotations
 
 import importlib
 import math
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Annotated, Any, ClassVar, Literal, Protocol, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from sftkit.components import Adapter, BaseStorage, Composition, Dense, FullTraining
 from sftkit.engine import Engine
 from sftkit.errors import PluginError, SpecError
 
 
-class Options(BaseModel):
-    """Base class for a component's options model: strict, unknown keys are errors."""
+def admits_bool(annotation: Any) -> bool:
+    """Does a field of this type take true/false? (int and float fields must not: pydantic
+    would read `true` as 1.)"""
+    if annotation is bool or annotation is Any:
+        return True
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return any(isinstance(value, bool) for value in get_args(annotation))
+    if origin in (Union, types.UnionType):
+        return any(admits_bool(arg) for arg in get_args(annotation))
+    if origin is Annotated:
+        return admits_bool(get_args(annotation)[0])
+    return annotation not in (int, float, type(None))
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+def reject_bool_for_number(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """A before-validator body: `true` given for a number is an error, not 1."""
+    if isinstance(value, bool) and info.field_name is not None:
+        field_info = model.model_fields.get(info.field_name)
+        if field_info is not None and not admits_bool(field_info.annotation):
+            raise PydanticCustomError(
+                "bool_not_number", "Input should be a number, not true or false"
+            )
+    return value
+
+
+class Options(BaseModel):
+    """Base class for a component's options model: strict, unknown keys are errors, numbers
+    are finite and never a boolean."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        return reject_bool_for_number(cls, value, info)
 
 
 class NoOptions(Options):

@@ -217,7 +217,7 @@ def test_resume_continues_where_it_stopped(models, tmp_path):
     with registered(stopper) as registry, pytest.raises(KeyboardInterrupt):
         run_recipe(recipe(tmp_path / "cut", registry))
     cut = tmp_path / "cut"
-    assert json.loads((cut / "run.json").read_text())["status"] == "failed"
+    assert json.loads((cut / "run.json").read_text())["status"] == "interrupted"
     # Same seed, same first steps: seeded runs reproduce on CPU.
     assert [losses(cut)[s] for s in (1, 2)] == [reference[1], reference[2]]
 
@@ -345,8 +345,10 @@ def test_packing_keeps_examples_apart(registry, models, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_terminated_run_is_marked_failed(models, tmp_path):
-    """SIGTERM (a scheduler killing the job) unwinds the run: run.json says failed."""
+def test_a_terminated_run_stops_with_a_checkpoint(models, tmp_path):
+    """SIGTERM (a scheduler stopping the job) stops at the next step with a checkpoint:
+    exit 143, run.json says interrupted and where a resume continues (tests/test_faults.py
+    resumes such runs exactly)."""
     import signal
     import subprocess
     import sys
@@ -359,6 +361,7 @@ def test_a_terminated_run_is_marked_failed(models, tmp_path):
         [sys.executable, "-c", "from sftkit.cli import main; main()", "run", str(recipe)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
@@ -366,9 +369,14 @@ def test_a_terminated_run_is_marked_failed(models, tmp_path):
             break
         time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, err
     run = json.loads((run_dir / "run.json").read_text())
-    assert run["status"] == "failed" and "SystemExit" in run["error"]
+    assert run["status"] == "interrupted" and run["signal"] == "SIGTERM"
+    step = run["stopped_at_step"]
+    assert run["checkpoint"] == f"checkpoint-{step}"
+    assert (run_dir / "checkpoints" / f"checkpoint-{step}" / "sftkit_complete.json").is_file()
+    assert f"--output-dir {run_dir} --resume" in err
 
 
 @pytest.mark.slow

@@ -3,8 +3,9 @@
 `main()` builds the plugin manager (after reading the plugin options from argv, like pytest's
 `-p`), builds the click group, lets plugins add commands, runs it, and maps errors to exit
 codes: 0 ok, 2 bad input (a missing package and a refusing file system included), 3 does not
-fit, 1 internal error. Heavy libraries (torch, ...) are imported only inside the commands that
-train; what they log goes to the command's log file (`sftkit.quiet`), not the terminal.
+fit, 1 internal error, 130 / 143 interrupted by SIGINT / SIGTERM. Heavy libraries (torch,
+...) are imported only inside the commands that train; what they log goes to the command's
+log file (`sftkit.quiet`), not the terminal.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from collections.abc import Sequence
 import click
 
 from sftkit.cli.app import AppContext, build_cli
-from sftkit.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, SftkitError
+from sftkit.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    RunInterrupted,
+    SftkitError,
+)
 from sftkit.extras import as_missing_dependency
 from sftkit.oserrors import from_exception
 from sftkit.plugins import SftkitPluginManager, make_plugin_manager
@@ -66,9 +74,16 @@ def _run(args: list[str], manager: SftkitPluginManager | None) -> int:
     except click.ClickException as exc:
         exc.show()
         return EXIT_BAD_INPUT
-    except click.Abort:
+    except click.Abort as exc:
+        # click turns Ctrl-C (KeyboardInterrupt) into Abort outside standalone mode.
+        if isinstance(exc.__cause__ or exc.__context__, KeyboardInterrupt):
+            click.echo("Interrupted.", err=True)
+            return EXIT_INTERRUPTED
         click.echo("Aborted.", err=True)
         return EXIT_INTERNAL
+    except RunInterrupted as exc:  # not an error: the run stopped where it was told to
+        click.echo(str(exc), err=True)
+        return exc.exit_code
     except SftkitError as exc:
         return _report(exc)
     except KeyboardInterrupt:

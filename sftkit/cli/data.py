@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -42,6 +43,7 @@ def prepare_data_command(
 
     resolved = load_recipe(recipe, overrides, registry=app.registry)
     show_notes(resolved)
+    _refuse_while_running(resolved, output)
     prepared = prepare_data(
         resolved, directory=output, force=force, skip_bad_rows=skip_bad_rows or None
     )
@@ -63,6 +65,19 @@ def prepare_data_command(
             click.echo(f"    {problem}")
     for warning in m.get("warnings", []):
         click.echo(f"warning: {warning}", err=True)
+
+
+def _refuse_while_running(resolved: Any, output: Path | None) -> None:
+    """Preparing into a run directory that a live process trains in would change its data
+    under it: refused with who holds the run (`sftkit.training.lock`)."""
+    from sftkit.data.prepare import prepared_dir
+    from sftkit.runpaths import RunPaths
+    from sftkit.training.lock import check_unlocked
+
+    run = RunPaths(Path(resolved.recipe.output_dir))
+    target = (output or prepared_dir(resolved)).resolve()
+    if run.root.is_dir() and target.is_relative_to(run.root.resolve()):
+        check_unlocked(run)
 
 
 @click.command(name="preview")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -81,7 +82,36 @@ def eval_command(
     from sftkit.evaluation.runner import select_evaluators
 
     components = select_evaluators(resolved, evaluators, split=split, limit=limit)
+    with _run_lock(run_dir, output_dir):
+        _evaluate(resolved, run_dir, target, base, output_dir, components)
 
+
+@contextmanager
+def _run_lock(run_dir: Path | None, output_dir: Path | None) -> Iterator[None]:
+    """An evaluation that writes into a run directory is one of its writers: it takes the
+    run's lock (refused while the run trains), unless its results go elsewhere."""
+    if run_dir is None or (output_dir is not None and not _inside(output_dir, run_dir)):
+        yield
+        return
+    from sftkit.training.lock import RunLock, command_line
+
+    with RunLock.acquire(RunPaths(run_dir), command=command_line()):
+        yield
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def _evaluate(
+    resolved: Any,
+    run_dir: Path | None,
+    target: str,
+    base: bool,
+    output_dir: Path | None,
+    components: Sequence[Any],
+) -> None:
+    """Load the model to score, score it, write the results (and a run's report)."""
     from sftkit.modeling import load_base, load_trained, trust_remote_code_notice
     from sftkit.oserrors import check_can_create, writing_to
     from sftkit.progress import current

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
-import signal
+import shlex
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from sftkit.cli.app import AppContext, pass_app
 from sftkit.cli.core import recipe_arguments, show_notes
 from sftkit.devices import is_cpu
-from sftkit.errors import EXIT_SIGNAL_BASE
+from sftkit.errors import DiskFullError, RunInterrupted
+
+if TYPE_CHECKING:
+    from sftkit.recipe.load import ResolvedRecipe
 
 
 @click.command(name="run")
@@ -26,7 +30,14 @@ from sftkit.errors import EXIT_SIGNAL_BASE
 @click.option(
     "--resume",
     is_flag=True,
-    help="Continue the run in the output directory from its last checkpoint.",
+    help="Continue the run in the output directory from its newest complete checkpoint "
+    "(a run without one starts over; a completed one is left as it is).",
+)
+@click.option(
+    "--weights-only",
+    is_flag=True,
+    help="With --resume: when no checkpoint has its optimizer state, restart from the newest "
+    "one's weights with a fresh optimizer (not an exact resume).",
 )
 @click.option(
     "--force",
@@ -40,6 +51,7 @@ def run_command(
     overrides: tuple[str, ...],
     output_dir: Path | None,
     resume: bool,
+    weights_only: bool,
     force: bool,
 ) -> None:
     """Train RECIPE: validate, check memory, prepare data, train, save, evaluate.
@@ -52,13 +64,18 @@ def run_command(
       sftkit run recipes/r1_gsm8k_qlora.yaml strategy.options.rank=32 training.max_steps=100
       sftkit run recipes/quickstart.yaml --output-dir runs/qs2
       sftkit run recipes/quickstart.yaml --resume
-    Exit codes: 0 trained, 2 bad input, 3 does not fit (see `sftkit estimate-memory`).
+    Ctrl-C (SIGINT) or SIGTERM stops at the end of the step under way with a checkpoint and
+    prints the command that resumes; a second one stops at once.
+    Exit codes: 0 trained, 2 bad input, 3 does not fit (see `sftkit estimate-memory`),
+    130 interrupted (SIGINT), 143 terminated (SIGTERM).
     """
     from sftkit.extras import require
     from sftkit.oserrors import writing_to
     from sftkit.progress import current
     from sftkit.recipe.load import load_recipe
 
+    if weights_only and not resume:
+        raise click.UsageError("--weights-only goes with --resume.")
     require("`sftkit run`")  # the light core has no torch: say what to install, exit 2
     started = time.perf_counter()
     extra = (f"output_dir={output_dir}",) if output_dir is not None else ()
@@ -73,12 +90,19 @@ def run_command(
     from sftkit.training.runner import run_recipe
 
     console = current().console
-    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         with writing_to(resolved.recipe.output_dir):
-            result = run_recipe(resolved, resume=resume, force=force, console=console)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+            result = run_recipe(
+                resolved,
+                resume=resume,
+                force=force,
+                weights_only=weights_only,
+                console=console,
+                handle_signals=True,
+            )
+    except (RunInterrupted, DiskFullError) as exc:
+        exc.hint = f"Resume with: {resume_command(recipe, overrides, resolved, force=force)}"
+        raise
     elapsed = time.perf_counter() - started
     loss = result.metrics.get("train_loss")
     click.echo(
@@ -87,10 +111,17 @@ def run_command(
     )
 
 
-def _terminated(signum: int, frame: object) -> None:
-    # A killed run (a scheduler's SIGTERM) unwinds like Ctrl-C, so run.json says "failed"
-    # and the run can be resumed, instead of staying "running" forever.
-    raise SystemExit(EXIT_SIGNAL_BASE + signum)
+def resume_command(
+    recipe: str, overrides: tuple[str, ...], resolved: ResolvedRecipe, *, force: bool
+) -> str:
+    """The command line that continues this run: the same recipe and overrides, the run
+    directory spelled out, --resume."""
+    run_dir = resolved.recipe.output_dir
+    kept = [o for o in overrides if not o.startswith("output_dir=")]
+    args = ["sftkit", "run", recipe, *kept, "--output-dir", str(run_dir), "--resume"]
+    if force:
+        args.append("--force")
+    return shlex.join(args)
 
 
 def _duration(seconds: float) -> str:

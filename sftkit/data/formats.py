@@ -222,7 +222,7 @@ class _FileFormat:
                 hint=f"Set {key} to the file itself"
                 + (f", e.g. {str(path / inside[0])!r}." if inside else "."),
             )
-        if not path.is_file():
+        if not path.exists():  # a device or FIFO exists: the reader says what it is
             raise DataError(
                 f"{key}: {split} file {name!r} does not exist (looked at {path.resolve()}).",
                 hint=f"Set {key} to a JSONL or Parquet file.",

@@ -3,7 +3,14 @@ leaks, write train/dev/test JSONL and a manifest; and loading those splits back.
 
 The prepared directory is ``data.prepared_dir`` or ``<output_dir>/data``. Its manifest holds a
 fingerprint of the format and options, so a run never silently trains on data prepared with
-other options.
+other options, and the sha256 of every prepared file and local source, checked again before
+the preparation is reused: a source changed since, or a prepared file edited, is an error
+rather than stale data. The manifest is written last (and removed first when data is
+prepared again), so a preparation cut short is never taken for a finished one.
+
+Preparing never writes into the directory a source file lives in (nor over a source).
+Duplicate questions in train, and dev questions that are also in train, are counted and
+warned about; so are test questions found in train/dev.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sftkit import progress
 from sftkit._version import __version__
 from sftkit.data.example import Example
-from sftkit.data.readers import sha256_file
+from sftkit.data.readers import ReadLimits, read_limits, sha256_file
 from sftkit.errors import DataError
 from sftkit.runpaths import RunPaths
 from sftkit.specs import load_factory
@@ -94,7 +101,7 @@ def prepare_data(
     existing = read_manifest(directory)
     if existing is not None and not force:
         if existing.get("fingerprint") == expected:
-            return PreparedData(directory, existing, reused=True)
+            return PreparedData(directory, existing, verify_manifest(directory, existing), True)
         raise DataError(
             f"{directory} holds data prepared with other format options "
             f"(fingerprint {existing.get('fingerprint')}, this recipe's is {expected}).",
@@ -111,9 +118,23 @@ def _prepare(
     options = resolved.data_format.options
     skip = options.skip_bad_rows if skip_bad_rows is None else skip_bad_rows
     fmt = load_factory(resolved.data_format.spec.factory)(options)
-    raw = fmt.read(skip_bad_rows=skip)
+    data = resolved.recipe.data
+    with read_limits(ReadLimits(data.max_row_bytes, data.max_file_bytes)):
+        raw = fmt.read(skip_bad_rows=skip)
+    check_not_a_source(directory, raw.report.sources)
     warnings: list[str] = []
     train, dev = split_dev(raw.train, dev_size=options.dev_size, seed=options.split_seed)
+    duplicates, dev_in_train = count_duplicates(train, dev)
+    if duplicates:
+        warnings.append(
+            f"{duplicates} train question{'s are' if duplicates != 1 else ' is'} a repeat of an "
+            "earlier one: repeated rows weigh more in training."
+        )
+    if dev_in_train:
+        warnings.append(
+            f"{dev_in_train} of {len(dev)} dev questions also appear in train: dev scores will "
+            "overstate generalisation."
+        )
     test = raw.test or []
     if not test:
         warnings.append("the source has no test split: evaluators on 'test' will have no rows.")
@@ -130,6 +151,7 @@ def _prepare(
             f"skipped {len(raw.report.skipped)} malformed row(s); first: {raw.report.skipped[0]}"
         )
     directory.mkdir(parents=True, exist_ok=True)
+    (directory / MANIFEST).unlink(missing_ok=True)  # until the new one is whole
     files: dict[str, Any] = {}
     splits: tuple[tuple[Split, list[Example]], ...] = (
         ("train", train),
@@ -151,6 +173,8 @@ def _prepare(
         "split": {"dev_size": len(dev), "split_seed": options.split_seed},
         "skipped_rows": len(raw.report.skipped),
         "skipped": raw.report.skipped[:SHOWN_SKIPPED],
+        "duplicates_in_train": duplicates,
+        "dev_in_train": dev_in_train,
         "test_in_train": len(leaks),
         "test_in_train_examples": [list(pair) for pair in leaks[:SHOWN_SKIPPED]],
         "files": files,
@@ -181,6 +205,75 @@ def find_leaks(test: list[Example], train: list[Example]) -> list[tuple[str, str
     """(test id, train id) for every test question whose normalised text is in train."""
     seen = {ex.prompt_key(): ex.id for ex in train}
     return [(ex.id, seen[ex.prompt_key()]) for ex in test if ex.prompt_key() in seen]
+
+
+def count_duplicates(train: list[Example], dev: list[Example]) -> tuple[int, int]:
+    """(train rows repeating an earlier train question, dev rows whose question is in train)."""
+    seen: set[str] = set()
+    repeats = 0
+    for example in train:
+        key = example.prompt_key()
+        repeats += key in seen
+        seen.add(key)
+    return repeats, sum(example.prompt_key() in seen for example in dev)
+
+
+def _local_sources(sources: list[Any]) -> list[Path]:
+    """The source files of a read that are local files (not the hub, not generated)."""
+    out = []
+    for source in sources:
+        name = source["source"] if isinstance(source, dict) else source.source
+        if ":" in name.split("/", 1)[0] and not Path(name).exists():
+            continue  # "hub:org/name[train]", "generated:..."
+        out.append(Path(name))
+    return out
+
+
+def check_not_a_source(directory: Path, sources: list[Any]) -> None:
+    """`DataError` if preparing into `directory` would write where a source file lives."""
+    target = directory.resolve()
+    outputs = [split_path(directory, s) for s in SPLITS] + [directory / MANIFEST]
+    for source in _local_sources(sources):
+        same_place = source.resolve().parent == target
+        clobbers = any(o.exists() and source.exists() and o.samefile(source) for o in outputs)
+        if same_place or clobbers:
+            raise DataError(
+                f"the prepared data would be written into {directory}, where the source "
+                f"{source} lives: preparing would write over or beside the raw data.",
+                hint="Set data.prepared_dir to another directory (the default is "
+                "<output_dir>/data).",
+            )
+
+
+def verify_manifest(directory: Path, manifest: dict[str, Any]) -> list[str]:
+    """Check a preparation before it is reused: each prepared file and each local source
+    still has the sha256 the manifest recorded. `DataError` if not; notes otherwise."""
+    notes: list[str] = []
+    for name, entry in manifest.get("files", {}).items():
+        path = directory / name
+        if not path.is_file() or sha256_file(path) != entry.get("sha256"):
+            state = "is missing" if not path.is_file() else "has changed since it was prepared"
+            raise DataError(
+                f"{path} {state} (its manifest records another sha256): the prepared data "
+                "is not what the manifest describes.",
+                hint="Prepare it again with `sftkit prepare-data RECIPE --force` (a resumed "
+                "run needs the data it started with).",
+            )
+    for source in manifest.get("sources", []):
+        digest = source.get("sha256")
+        path = Path(str(source.get("source", "")))
+        if not digest or not _local_sources([source]):
+            continue
+        if not path.exists():
+            notes.append(f"the source {path} is gone; using the data prepared from it.")
+        elif sha256_file(path) != digest:
+            raise DataError(
+                f"the source {path} has changed since {directory} was prepared from it "
+                f"(sha256 {digest[:12]}... then): the prepared data is stale.",
+                hint="Prepare it again with `sftkit prepare-data RECIPE --force`, or point "
+                "data.prepared_dir elsewhere (a resumed run needs the data it started with).",
+            )
+    return notes
 
 
 def read_manifest(directory: Path) -> dict[str, Any] | None:

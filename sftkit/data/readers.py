@@ -3,13 +3,21 @@
 A row that cannot be turned into an `Example` is reported as ``file:line: what is wrong``.
 With `skip_bad_rows` the bad rows are counted and skipped instead; otherwise every problem in
 the file is reported at once (the first few spelled out) as a `DataError`.
+
+Sources are read only from regular files (a device such as /dev/zero would be read until
+memory runs out, a FIFO would block), within the limits `read_limits` sets for the duration
+of a read (data.max_file_bytes, data.max_row_bytes: `sftkit.data.prepare` sets the recipe's);
+a JSONL line is never read past the row limit, so one enormous row cannot exhaust memory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import stat
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,7 +57,74 @@ class ReadReport:
     skipped: list[str] = field(default_factory=list)  # "file:line: what is wrong"
 
 
+@dataclass(frozen=True)
+class ReadLimits:
+    """Largest source file and row, in bytes (None: no limit)."""
+
+    max_row_bytes: int | None = None
+    max_file_bytes: int | None = None
+
+
+_LIMITS: ContextVar[ReadLimits] = ContextVar("sftkit_read_limits", default=ReadLimits())  # noqa: B039 - frozen
+LIMIT_HINT = "Raise data.{key} (null: no limit) if this is meant, or fix the source."
+
+
+@contextmanager
+def read_limits(limits: ReadLimits) -> Iterator[None]:
+    """Apply `limits` to every source read inside the block (this thread/task only)."""
+    token = _LIMITS.set(limits)
+    try:
+        yield
+    finally:
+        _LIMITS.reset(token)
+
+
+FILE_KINDS = (
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISDIR, "a directory"),
+)
+
+
+def check_source_file(path: Path, *, limited: bool = True) -> int:
+    """The size of `path`, a regular file (through symlinks); `DataError` for anything else
+    or, when `limited`, for a file over data.max_file_bytes."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}.") from exc
+    if not stat.S_ISREG(info.st_mode):
+        kind = next((name for test, name in FILE_KINDS if test(info.st_mode)), "not a file")
+        raise DataError(
+            f"{path} is {kind}, not a regular file: sftkit reads data only from files.",
+            hint="Point the recipe at the data file itself (save a stream to a file first).",
+        )
+    limit = _LIMITS.get().max_file_bytes
+    if limited and limit is not None and info.st_size > limit:
+        raise DataError(
+            f"{path} is {info.st_size:,} bytes, over data.max_file_bytes ({limit:,}).",
+            hint=LIMIT_HINT.format(key="max_file_bytes"),
+        )
+    return info.st_size
+
+
+def check_row_size(location: str, data: Any) -> None:
+    """`DataError` for a row (already in memory: Parquet, the hub) over data.max_row_bytes."""
+    limit = _LIMITS.get().max_row_bytes
+    if limit is None:
+        return
+    size = len(json.dumps(data, ensure_ascii=False, default=str).encode())
+    if size > limit:
+        raise DataError(
+            f"{location}: the row is {size:,} bytes, over data.max_row_bytes ({limit:,}).",
+            hint=LIMIT_HINT.format(key="max_row_bytes"),
+        )
+
+
 def sha256_file(path: Path) -> str:
+    check_source_file(path, limited=False)  # never hash /dev/zero forever
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -60,16 +135,29 @@ def sha256_file(path: Path) -> str:
 def iter_jsonl(path: Path) -> Iterator[RawRow | tuple[str, str]]:
     """Rows of a JSONL file; a line that is not UTF-8 text or not a JSON value yields
     (location, problem)."""
+    check_source_file(path)
+    limit = _LIMITS.get().max_row_bytes
     try:
         handle = path.open("rb")
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}.") from exc
     with handle:
         index = 0
+        line_no = 0
         offset = 0  # of the line's first byte in the file
-        for line_no, raw in enumerate(handle, start=1):
+        while True:
+            # read at most one byte over the limit: a 50 MB line never lands in memory whole
+            raw = handle.readline(limit + 1) if limit is not None else handle.readline()
+            if not raw:
+                break
+            line_no += 1
             start, offset = offset, offset + len(raw)
             location = f"{path}:{line_no}"
+            if limit is not None and len(raw.rstrip(b"\r\n")) > limit:
+                raise DataError(
+                    f"{location}: a row of more than {limit:,} bytes (data.max_row_bytes).",
+                    hint=LIMIT_HINT.format(key="max_row_bytes"),
+                )
             try:
                 line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
             except UnicodeDecodeError as exc:
@@ -99,12 +187,15 @@ def iter_parquet(path: Path) -> Iterator[RawRow | tuple[str, str]]:
         raise DataError(
             f"reading {path} needs pyarrow.", hint="pip install 'sftkit[train]'"
         ) from exc
+    check_source_file(path)
     try:
         rows = pq.read_table(path).to_pylist()
     except Exception as exc:
         raise DataError(f"cannot read Parquet file {path}: {exc}.") from exc
     for index, data in enumerate(rows):
-        yield RawRow(f"{path}:row {index + 1}", index, data)
+        location = f"{path}:row {index + 1}"
+        check_row_size(location, data)
+        yield RawRow(location, index, data)
 
 
 def iter_file(path: Path) -> Iterator[RawRow | tuple[str, str]]:
@@ -115,7 +206,9 @@ def iter_file(path: Path) -> Iterator[RawRow | tuple[str, str]]:
 
 def iter_rows(rows: list[Any], name: str) -> Iterator[RawRow | tuple[str, str]]:
     for index, data in enumerate(rows):
-        yield RawRow(f"{name}:row {index + 1}", index, data)
+        location = f"{name}:row {index + 1}"
+        check_row_size(location, data)
+        yield RawRow(location, index, data)
 
 
 def convert_rows(

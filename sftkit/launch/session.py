@@ -183,8 +183,18 @@ def run_launch(plan: LaunchPlan, *, echo: Callable[[str], None]) -> dict[str, An
     """Prepare (node 0), start the workers, wait; run.json's fields on node 0."""
     _check_engine_installed(plan)
     record: dict[str, Any] = {}
-    if plan.topology.is_first_node:
-        _prepare_run(plan, echo=echo)
+    ctx = _prepare_run(plan, echo=echo) if plan.topology.is_first_node else None
+    try:  # node 0 holds the run directory's lock until its workers are done
+        if ctx is not None and ctx.plan.kind == "done":
+            return record
+        return _launch(plan, echo=echo)
+    finally:
+        if ctx is not None:
+            ctx.release()
+
+
+def _launch(plan: LaunchPlan, *, echo: Callable[[str], None]) -> dict[str, Any]:
+    record: dict[str, Any] = {}
     generated = write_configs(
         plan.resolved.recipe, plan.topology, plan.config_dir, use_cpu=plan.use_cpu
     )
@@ -278,7 +288,7 @@ def _check_engine_installed(plan: LaunchPlan) -> None:
         raise MissingDependencyError("accelerate", "sftkit launch --launcher accelerate")
 
 
-def _prepare_run(plan: LaunchPlan, *, echo: Callable[[str], None]) -> None:
+def _prepare_run(plan: LaunchPlan, *, echo: Callable[[str], None]) -> Any:
     """What `sftkit run` does before training, once, in this process: claim the directory,
     pre-flight memory, write the run's metadata, prepare the data (no two ranks may write the
     same file; a random base is written by rank 0 of the workers, who import transformers
@@ -295,7 +305,11 @@ def _prepare_run(plan: LaunchPlan, *, echo: Callable[[str], None]) -> None:
     recipe = plan.resolved.recipe
     if not plan.use_cpu:
         training_device(recipe)  # a clear error here beats one per rank
-    start_run(plan.resolved, resume=plan.resume, force=plan.force, console=Console(stderr=True))
+    ctx = start_run(
+        plan.resolved, resume=plan.resume, force=plan.force, console=Console(stderr=True)
+    )
+    if ctx.plan.kind == "done":
+        return ctx
     plan.config_dir.mkdir(parents=True, exist_ok=True)
     plan.files.worker_recipe.write_text(
         "# The resolved recipe the workers of this launch read (written by sftkit launch).\n"
@@ -304,6 +318,7 @@ def _prepare_run(plan: LaunchPlan, *, echo: Callable[[str], None]) -> None:
     )
     prepared = prepare_data(plan.resolved)
     echo(f"data: {prepared.directory}")
+    return ctx
 
 
 def _settle_run_json(plan: LaunchPlan, returncode: int) -> dict[str, Any]:

@@ -44,8 +44,10 @@ def train_rank(run_dir: Path, *, resume: bool) -> None:
     from sftkit.quiet import log_to, quiet_libraries
     from sftkit.recipe.load import load_recipe
     from sftkit.registry import default_registry
-    from sftkit.runpaths import RunPaths, last_checkpoint
+    from sftkit.runpaths import RunPaths
+    from sftkit.training.checkpoints import choose_checkpoint
     from sftkit.training.context import RunContext
+    from sftkit.training.resumable import load_carry
     from sftkit.training.runner import execute_run
 
     quiet_libraries()  # main() did; here too for a caller that comes in through this
@@ -58,12 +60,16 @@ def train_rank(run_dir: Path, *, resume: bool) -> None:
     os.environ.update(engine_of(recipe).worker_environment(recipe))
     if recipe.model.random_init:
         _write_random_base_once(recipe, paths.base)
+    # The checkpoint `sftkit launch` chose on node 0 (the newest complete one).
+    point = choose_checkpoint(paths).checkpoint if resume else None
     ctx = RunContext(
         resolved=resolved,
         paths=paths,
         device=device,
-        resumed_from=last_checkpoint(paths) if resume else None,
+        resumed_from=point.path if point is not None else None,
     )
+    if point is not None:
+        ctx.carried = load_carry(point.path, rank())
     # Only rank 0 talks; the others' errors still surface through their exit status.
     console = Console(stderr=True, quiet=not is_main_process())
     execute_run(ctx, console=console)

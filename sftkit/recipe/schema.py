@@ -15,15 +15,30 @@ from pydantic import (
     Field,
     PrivateAttr,
     SerializerFunctionWrapHandler,
+    ValidationInfo,
+    field_validator,
     model_serializer,
     model_validator,
 )
 
 from sftkit.dtypes import DtypeName, Precision
+from sftkit.specs import reject_bool_for_number
+
+# Seeds go to Python, NumPy and torch; NumPy takes 0 .. 2**32 - 1.
+MAX_SEED = 2**32 - 1
+MiB, GiB = 2**20, 2**30
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    """Unknown keys are errors; numbers are finite and never a boolean (`max_steps: true`
+    is not 1)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        return reject_bool_for_number(cls, value, info)
 
 
 class ComponentRef(Strict):
@@ -59,6 +74,17 @@ class DataSection(Strict):
     prepared_dir: str | None = Field(
         default=None, description="Where prepared splits live; default: <output_dir>/data."
     )
+    max_row_bytes: int | None = Field(
+        default=4 * MiB,
+        ge=1,
+        description="Longest source row (a JSONL line, a Parquet or hub row) in bytes; null: "
+        "no limit.",
+    )
+    max_file_bytes: int | None = Field(
+        default=4 * GiB,
+        ge=1,
+        description="Largest source file in bytes (sources are read into memory); null: no limit.",
+    )
 
 
 Tracker = Literal["tensorboard", "wandb", "mlflow", "none"]
@@ -76,7 +102,7 @@ class TrainingSection(Strict):
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
     max_grad_norm: float | None = Field(default=1.0, gt=0)
     seed: int = Field(
-        default=42, ge=0, le=2**32 - 1, description="Seeds Python, NumPy and torch (NumPy's range)."
+        default=42, ge=0, le=MAX_SEED, description="Seeds Python, NumPy and torch (NumPy's range)."
     )
     logging_steps: int = Field(default=10, ge=1)
     save_steps: int | None = Field(default=None, ge=1, description="None: save at the end only.")

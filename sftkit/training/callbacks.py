@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from transformers import TrainerCallback
 
+from sftkit.errors import TrainingDivergedError
 from sftkit.progress import Display, Stage, console_display, current
 from sftkit.training.context import RunContext
 
@@ -25,8 +26,10 @@ def _plain(value: Any) -> Any:
 
 
 class MetricsCallback(TrainerCallback):
-    """Adds ``tokens_per_second`` and ``elapsed_s`` to each log event and appends it to
-    metrics.jsonl (one JSON object per event)."""
+    """Adds ``tokens_per_second`` and ``elapsed_s`` (training time of the whole run, earlier
+    attempts included) to each log event and appends it to metrics.jsonl (one JSON object
+    per event). A NaN or infinite loss is logged, then stops the run
+    (`TrainingDivergedError`)."""
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
@@ -36,7 +39,7 @@ class MetricsCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.started = self.last_time = time.perf_counter()
-        self.last_tokens = 0.0
+        self.last_tokens = float(self.ctx.carried.get("train_tokens") or 0)  # a resumed run's
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         if logs is None or not state.is_world_process_zero:
@@ -47,10 +50,14 @@ class MetricsCallback(TrainerCallback):
             logs["tokens_per_second"] = (float(tokens) - self.last_tokens) / (now - self.last_time)
             self.last_tokens, self.last_time = float(tokens), now
         event = {"step": state.global_step, "epoch": state.epoch, **logs}
-        event["elapsed_s"] = round(now - self.started, 3)
+        before = float(self.ctx.carried.get("train_runtime_s", 0.0))
+        event["elapsed_s"] = round(before + now - self.started, 3)
         self.ctx.metrics.update(logs)
         with self.ctx.paths.metrics.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({k: _plain(v) for k, v in event.items()}) + "\n")
+        loss = logs.get("loss")
+        if isinstance(loss, float) and not math.isfinite(loss):
+            raise TrainingDivergedError(state.global_step, loss)
 
 
 class HooksCallback(TrainerCallback):
@@ -68,7 +75,8 @@ class HooksCallback(TrainerCallback):
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         if logs is not None:
-            elapsed = round(time.perf_counter() - self.started, 3)
+            before = float(self.ctx.carried.get("train_runtime_s", 0.0))  # earlier attempts
+            elapsed = round(before + time.perf_counter() - self.started, 3)
             event = {**logs, "step": state.global_step, "elapsed_s": elapsed}
             self.hook.on_log(run=self.ctx, logs=event)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,29 @@ class RunContext:
     resumed_from: Path | None = None
     # Filled as the run goes: last log values, then the final summary.
     metrics: dict[str, Any] = field(default_factory=dict)
+    # How the run goes on (sftkit.training.resume.RunPlan), the lock it holds, its signal
+    # handling (sftkit.training.interrupts.Interrupts).
+    plan: Any = None
+    lock: Any = None
+    interrupts: Any = None
+    weights_only: bool = False  # resume from weights alone: fresh optimizer state
+    # What the resumed checkpoint carried for this process (sftkit.training.resumable).
+    carried: dict[str, Any] = field(default_factory=dict)
+    train_started: float | None = None  # perf_counter() when this process began training
+
+    def runtime_s(self) -> float:
+        """Training time of the whole run so far: earlier attempts' (up to the checkpoint
+        resumed from) plus this one's."""
+        before = float(self.carried.get("train_runtime_s", 0.0))
+        if self.train_started is None:
+            return before
+        return before + time.perf_counter() - self.train_started
+
+    def release(self) -> None:
+        """Let go of the run directory's lock (if this context holds it)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     @property
     def run_dir(self) -> Path:

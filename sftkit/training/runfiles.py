@@ -4,9 +4,12 @@ run.json. Where each file lives is `sftkit.runpaths`'s business."""
 
 from __future__ import annotations
 
+import errno
 import json
+import math
 import os
 import platform
+import shutil
 import sys
 from datetime import datetime, timezone
 from importlib import metadata
@@ -16,19 +19,25 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from sftkit._version import __version__
-from sftkit.errors import RunDirectoryError
+from sftkit.errors import DiskFullError, RunDirectoryError
 from sftkit.oserrors import check_can_create
-from sftkit.runpaths import DATA_DIR, LOG_FILE, RunPaths, last_checkpoint
+from sftkit.runpaths import DATA_DIR, LOCK_FILE, LOG_FILE, RunPaths
 
 if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe
 
 # Entries a directory may already hold without being another run: prepared data
-# (`sftkit prepare-data` writes <output_dir>/data by default), and the log of a run that
-# stopped before writing recipe.yaml (appended to).
-REUSABLE = frozenset({DATA_DIR, LOG_FILE})
-# Keys that may change when a run is resumed (training longer is what resuming is for).
+# (`sftkit prepare-data` writes <output_dir>/data by default), the lock we hold, and the
+# log of a run that stopped before writing recipe.yaml (appended to).
+REUSABLE = frozenset({DATA_DIR, LOCK_FILE, LOG_FILE})
+# Keys that may change when a run is resumed: its length, only where the learning-rate
+# schedule does not depend on it (`_length_change`).
 RESUME_MAY_CHANGE = (("training", "max_steps"), ("training", "epochs"))
+# Compared as anything but text: where the run lives is wherever it is now (a run moved
+# elsewhere, or spelled another way, is still the same run).
+NOT_COMPARED = (("output_dir",), ("description",))
+# Schedules whose learning rate at a step does not depend on the run's total steps.
+LENGTH_FREE_SCHEDULES = frozenset({"constant"})
 PACKAGES = (
     "torch",
     "transformers",
@@ -58,11 +67,12 @@ def resolved_recipe_data(resolved: ResolvedRecipe) -> dict[str, Any]:
     return data
 
 
-def check_run_dir(paths: RunPaths, resolved: ResolvedRecipe, *, resume: bool) -> None:
-    """Raise `RunDirectoryError` unless this run may use `paths.root`.
+def check_run_dir(paths: RunPaths, resolved: ResolvedRecipe, *, resume: bool) -> list[str]:
+    """Raise `RunDirectoryError` unless this run may use `paths.root`; notes to print.
 
     A fresh run needs a missing or empty directory (prepared data excepted); a resumed one
-    needs this run's own directory, with a checkpoint and the same recipe.
+    needs this run's own directory and the same recipe (a resume with no checkpoint to
+    continue from starts over: `sftkit.training.resume`). Read-only.
     """
     root = paths.root
     check_can_create(root, "output directory")  # a file in the way, read-only, permissions
@@ -84,51 +94,101 @@ def check_run_dir(paths: RunPaths, resolved: ResolvedRecipe, *, resume: bool) ->
                 hint="Continue it with --resume, choose another directory with --output-dir, "
                 "or delete it yourself.",
             )
-        return
+        return []
     if not paths.recipe.is_file():
         raise RunDirectoryError(
             f"cannot resume: {root} holds no run (no recipe.yaml).",
             hint="Start the run without --resume.",
         )
-    if last_checkpoint(paths) is None:
-        raise RunDirectoryError(
-            f"cannot resume: {paths.checkpoints} has no checkpoint-<step> directory.",
-            hint="Set training.save_steps so runs save checkpoints, or start a new run.",
-        )
-    saved = yaml.safe_load(paths.recipe.read_text(encoding="utf-8"))
-    changed = _differences(
-        _without_resumable(saved), _without_resumable(resolved_recipe_data(resolved))
-    )
+    try:
+        saved = yaml.safe_load(paths.recipe.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise RunDirectoryError(f"cannot resume: {paths.recipe} is unreadable ({exc}).") from exc
+    if not isinstance(saved, dict):
+        raise RunDirectoryError(f"cannot resume: {paths.recipe} is not a recipe.")
+    current = resolved_recipe_data(resolved)
+    changed = _differences(_comparable(saved), _comparable(current))
     if changed:
         raise RunDirectoryError(
             f"cannot resume {root}: the recipe differs from the one it was started with "
             f"({', '.join(changed[:5])}).",
-            hint="Resume with the same recipe and overrides (only training.max_steps and "
-            "training.epochs may change), or start a new run in another directory.",
+            hint="Resume with the same recipe and overrides (training.max_steps and "
+            "training.epochs may change with a constant learning rate), or start a new run "
+            "in another directory.",
         )
+    return _length_change(saved.get("training") or {}, current["training"])
 
 
-def _without_resumable(data: dict[str, Any]) -> dict[str, Any]:
-    data = json.loads(json.dumps(data))
-    for section, key in RESUME_MAY_CHANGE:
-        data.get(section, {}).pop(key, None)
-    data.pop("description", None)
+def _length_change(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """A changed max_steps/epochs: fine with a constant schedule (said so), refused with one
+    laid out over the run's total steps (the lr would jump at the resumed step)."""
+    changes = [
+        f"training.{key} {saved.get(key)} -> {current.get(key)}"
+        for _, key in RESUME_MAY_CHANGE
+        if key in saved and saved.get(key) != current.get(key)
+    ]
+    if not changes:
+        return []
+    schedule = current.get("lr_scheduler")
+    if schedule in LENGTH_FREE_SCHEDULES:
+        return [f"resuming with {', '.join(changes)}: the {schedule} learning rate is unchanged."]
+    raise RunDirectoryError(
+        f"cannot resume with {', '.join(changes)}: the {schedule} learning-rate schedule is "
+        "laid out over the run's total steps, so changing them now would re-stretch it and "
+        "the learning rate would jump at the resumed step.",
+        hint="Resume with the values the run started with (see its recipe.yaml); to train "
+        "further, start a new run from this one, or use training.lr_scheduler=constant.",
+    )
+
+
+def _comparable(data: dict[str, Any]) -> dict[str, Any]:
+    data = json.loads(json.dumps(data, default=str))
+    for keys in (*RESUME_MAY_CHANGE, *NOT_COMPARED):
+        section = data
+        for key in keys[:-1]:
+            section = section.get(key) or {}
+        section.pop(keys[-1], None)
     return data
 
 
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
+def _differences(saved: Any, current: Any, prefix: str = "") -> list[str]:
+    """Key paths where `current` differs from `saved`. A key the saved recipe lacks is a
+    setting newer than the run (it ran with that setting's default), not a difference."""
+    if isinstance(saved, dict) and isinstance(current, dict):
         out: list[str] = []
-        for key in sorted(set(a) | set(b)):
-            out.extend(_differences(a.get(key), b.get(key), f"{prefix}{key}."))
+        for key in sorted(set(saved) | set(current)):
+            if key not in saved:
+                continue
+            out.extend(_differences(saved.get(key), current.get(key), f"{prefix}{key}."))
         return out
-    return [prefix.rstrip(".")] if a != b else []
+    return [prefix.rstrip(".")] if saved != current else []
+
+
+def finite(data: Any) -> Any:
+    """`data` with NaN and infinities as text ("nan", "inf"): JSON has no such numbers."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return str(data)
+    if isinstance(data, dict):
+        return {k: finite(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite(v) for v in data]
+    return data
 
 
 def write_json(path: Path, data: Any) -> None:
+    """Write `data` as JSON atomically: readers see the old file or the new one, whole.
+    A write that fails (a full disk) leaves the old file and no temporary behind."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    text = json.dumps(finite(data), indent=2, default=str, allow_nan=False) + "\n"
+    try:
+        with tmp.open("w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -146,7 +206,9 @@ def write_recipe(paths: RunPaths, resolved: ResolvedRecipe) -> None:
         + "\n"
     )
     body = yaml.safe_dump(resolved_recipe_data(resolved), sort_keys=False, allow_unicode=True)
-    paths.recipe.write_text(header + body, encoding="utf-8")
+    tmp = paths.recipe.with_name(paths.recipe.name + ".tmp")
+    tmp.write_text(header + body, encoding="utf-8")
+    os.replace(tmp, paths.recipe)  # recipe.yaml makes a directory a run: whole or absent
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -178,8 +240,50 @@ def environment(device: str) -> dict[str, Any]:
     return info
 
 
-def update_run_json(paths: RunPaths, **fields: Any) -> dict[str, Any]:
+def update_run_json(
+    paths: RunPaths, *, drop: tuple[str, ...] = (), **fields: Any
+) -> dict[str, Any]:
+    """Merge `fields` into run.json (removing the `drop` keys) and write it atomically."""
     data = read_json(paths.run)
+    for key in drop:
+        data.pop(key, None)
     data.update(fields)
     write_json(paths.run, data)
     return data
+
+
+# How a full disk shows through the libraries that write checkpoints: an OSError, torch's
+# "PytorchStreamWriter failed writing file ...: file write failed", safetensors' StorageFull.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+DISK_FULL_TEXT = ("No space left", "StorageFull", "file write failed", "Disk quota exceeded")
+FULL_MARGIN = 16 * 2**20  # a write that failed with less than this free ran out of space
+
+
+def disk_full(exc: BaseException, where: Path, doing: str) -> DiskFullError | None:
+    """A `DiskFullError` if `exc` (or its cause) is a full disk, else None. torch reports a
+    short write only as "unexpected pos N vs M", so a failure on a disk with (next to)
+    nothing free counts too: call this before freeing what the failed write left."""
+    try:
+        probe = next(p for p in (where, *where.parents) if p.exists())
+        usage = shutil.disk_usage(probe)
+    except (OSError, StopIteration):
+        usage = None
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, DiskFullError):
+            return seen
+        if (isinstance(seen, OSError) and seen.errno in DISK_FULL_ERRNOS) or any(
+            text in str(seen) for text in DISK_FULL_TEXT
+        ):
+            break
+        seen = seen.__cause__ or seen.__context__
+    else:
+        if usage is None or usage.free >= min(FULL_MARGIN, usage.total // 100):
+            return None
+        seen = exc
+    free = f"; {usage.free / 2**20:.1f} MiB free" if usage is not None else ""
+    return DiskFullError(
+        f"the disk holding {where} is full{free}: {doing} failed ({type(seen).__name__}: "
+        f"{str(seen).strip()[:200]}).",
+        hint="Nothing complete was lost. Free some space, then continue with --resume.",
+    )

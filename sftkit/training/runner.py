@@ -2,15 +2,22 @@
 
 Read top to bottom, this is the whole run:
 
-1. claim the run directory (never overwrite another run) and pre-flight the memory estimate,
-   before anything heavy is loaded;
+1. claim the run directory (never overwrite another run; one writer at a time: the lock)
+   and pre-flight the memory estimate, before anything heavy is loaded; decide whether the
+   run starts, continues from its newest complete checkpoint, only finishes, or has nothing
+   left to do (`sftkit.training.resume`);
 2. write recipe.yaml, memory.json, environment.json, run.json;
 3. prepare the data, load the tokenizer, build the model per the strategy (quantized base,
    adapters), build the optimizer from its plugin;
 4. hand everything to TRL's SFTTrainer (today's API: SFTConfig(max_length=...),
-   processing_class=, optimizers=(optimizer, None)) with metrics/hooks/progress callbacks;
+   processing_class=, optimizers=(optimizer, None)) with metrics/hooks/progress callbacks,
+   its checkpoints made atomic and exactly resumable (`sftkit.training.resumable`);
 5. evaluate before training (if the recipe asks), train (or resume), save final/, evaluate
    after training, write the report, mark run.json completed.
+
+SIGINT and SIGTERM stop at the next step boundary with a checkpoint
+(`sftkit.training.interrupts`); every way a run ends leaves run.json saying how, and where
+it would continue.
 """
 
 from __future__ import annotations
@@ -23,15 +30,26 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from sftkit import progress
 from sftkit.devices import is_cpu
-from sftkit.errors import DoesNotFitError, MissingDependencyError, SftkitError
+from sftkit.errors import (
+    DoesNotFitError,
+    MissingDependencyError,
+    RunInterrupted,
+    SftkitError,
+    TrainingDivergedError,
+)
 from sftkit.quiet import log_to, quiet_libraries
-from sftkit.runpaths import RunPaths, last_checkpoint
+from sftkit.runpaths import RunPaths
+from sftkit.training.checkpoints import choose_checkpoint, discard_partial, publish
 from sftkit.training.context import RunContext
+from sftkit.training.lock import RunLock, check_unlocked, command_line
+from sftkit.training.resume import plan_run, read_json_safely, trim_metrics
 from sftkit.training.runfiles import (
     check_run_dir,
+    disk_full,
     environment,
     now,
     update_run_json,
@@ -45,6 +63,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("sftkit.run")
 # save_steps: None means "at the end only"; the trainer saves at the end with this.
 NEVER = 10**12
+# Fields of run.json that describe how an earlier attempt ended.
+ENDING_FIELDS = ("stopped_at_step", "signal", "failed_step", "checkpoint")
 
 
 @dataclass
@@ -60,31 +80,68 @@ def run_recipe(
     *,
     resume: bool = False,
     force: bool = False,
+    weights_only: bool = False,
     console: Console | None = None,
     callbacks: Sequence[Any] = (),
+    handle_signals: bool = False,
 ) -> RunResult:
-    """Train `resolved` into ``resolved.recipe.output_dir``; see the module docstring."""
+    """Train `resolved` into ``resolved.recipe.output_dir``; see the module docstring.
+
+    `weights_only` lets a resume restart from a checkpoint's weights when none has its
+    optimizer state. With `handle_signals` (the CLI), SIGINT/SIGTERM stop at the next step
+    with a checkpoint and raise `RunInterrupted`."""
+    from sftkit.training.interrupts import Interrupts, StopNow
+
     console = console or progress.current().console
-    with progress.use(progress.console_display(console)):
-        ctx = start_run(resolved, resume=resume, force=force, console=console)
-        status = execute_run(ctx, console=console, callbacks=callbacks)
+    with (
+        progress.use(progress.console_display(console)),
+        Interrupts(enabled=handle_signals) as interrupts,
+    ):
+        try:
+            ctx = start_run(
+                resolved, resume=resume, force=force, console=console, weights_only=weights_only
+            )
+        except StopNow as exc:
+            raise RunInterrupted(
+                f"interrupted by {interrupts.name} before training started; nothing was lost.",
+                signum=exc.signum,
+            ) from None
+        try:
+            if ctx.plan.kind == "done":
+                return RunResult(ctx.paths.root, "completed", read_json_safely(ctx.paths), ctx)
+            ctx.interrupts = interrupts
+            status = execute_run(ctx, console=console, callbacks=callbacks)
+        finally:
+            ctx.release()
     return RunResult(ctx.paths.root, status, dict(ctx.metrics), ctx)
 
 
 def start_run(
-    resolved: ResolvedRecipe, *, resume: bool, force: bool, console: Console
+    resolved: ResolvedRecipe,
+    *,
+    resume: bool,
+    force: bool,
+    console: Console,
+    weights_only: bool = False,
 ) -> RunContext:
-    """Everything before loading a weight: claim the run directory, pre-flight the memory
-    estimate, write recipe.yaml / memory.json / environment.json / run.json (running).
+    """Everything before loading a weight: claim the run directory (its lock, held by the
+    returned context until `ctx.release()`), pre-flight the memory estimate, plan the
+    resume, write recipe.yaml / memory.json / environment.json / run.json (running).
     `sftkit launch` calls this once, then `execute_run` in every rank."""
-    from sftkit.modeling import training_device, trust_remote_code_notice
+    from sftkit.modeling import training_device
     from sftkit.modeling.kernels import check_inference_device, check_kernels
     from sftkit.training.loss import check_loss_head
 
     recipe = resolved.recipe
     paths = RunPaths(Path(recipe.output_dir))
     say = progress.console_display(console).say  # plain lines stay whole off a terminal
-    check_run_dir(paths, resolved, resume=resume)
+    check_unlocked(paths)  # quick refusals first, before any work
+    notes = check_run_dir(paths, resolved, resume=resume)
+    plan = plan_run(paths, resolved, resume=resume, weights_only=weights_only)
+    if plan.kind == "done":  # nothing to do: not even the lock file is written
+        for note in (*notes, *plan.notes):
+            say(note, markup=False)
+        return RunContext(resolved=resolved, paths=paths, device="", plan=plan)
     estimate = preflight(resolved, force=force, echo=say)
     device = training_device(recipe)
     check_kernels(recipe, device)  # before anything is written or loaded
@@ -93,58 +150,186 @@ def start_run(
         recipe.evaluation.before_training or recipe.evaluation.after_training
     ):
         check_inference_device(resolved, device)
+    lock = RunLock.acquire(
+        paths,
+        command=command_line(),
+        echo=lambda m: say(f"[yellow]note:[/yellow] {escape(m)}"),
+    )
+    try:
+        # Again, now that the directory is ours: another process may have been quicker.
+        notes = check_run_dir(paths, resolved, resume=resume)
+        plan = plan_run(paths, resolved, resume=resume, weights_only=weights_only)
+        for note in (*notes, *plan.notes):
+            say(note, markup=False)
+        ctx = RunContext(resolved=resolved, paths=paths, device=device, plan=plan, lock=lock)
+        if plan.kind == "done":
+            return ctx
+        _prepare_directory(ctx, estimate, console)
+    except BaseException:
+        lock.release()
+        raise
+    if plan.checkpoint is not None:
+        from sftkit.training.resumable import load_carry
+
+        ctx.resumed_from, ctx.weights_only = plan.checkpoint, plan.weights_only
+        ctx.carried = load_carry(plan.checkpoint, 0)
+    return ctx
+
+
+def _prepare_directory(ctx: RunContext, estimate: dict[str, Any], console: Console) -> None:
+    paths, plan, recipe = ctx.paths, ctx.plan, ctx.recipe
+    discarded = discard_partial(paths)
+    if discarded:
+        progress.console_display(console).say(
+            f"discarded what an interrupted save left unfinished: {', '.join(discarded)}",
+            markup=False,
+        )
     paths.root.mkdir(parents=True, exist_ok=True)
+    _speak_at_start(ctx, console)
+    if plan.kind == "new":
+        write_recipe(paths, ctx.resolved)
+    write_json(paths.memory, estimate)
+    write_json(paths.environment, environment(ctx.device))
+    record = read_json_safely(paths)
+    fields: dict[str, Any] = {
+        "status": "running",
+        "finished": None,
+        "error": None,
+        "model": recipe.model.name_or_path,
+        "strategy": recipe.strategy.name,
+        "optimizer": recipe.optimizer.name,
+        "device": ctx.device,
+        "resumed_from": str(plan.checkpoint) if plan.checkpoint else None,
+    }
+    if plan.kind == "new" or "started" not in record:
+        fields["started"] = now()
+    if plan.kind != "new":
+        trim_metrics(paths, plan.step)
+        fields["resumes"] = [
+            *record.get("resumes", []),
+            {
+                "at": now(),
+                "from_step": plan.step,
+                "how": plan.kind + (" (weights only)" if plan.weights_only else ""),
+            },
+        ]
+    update_run_json(paths, drop=ENDING_FIELDS, **fields)
+
+
+def _speak_at_start(ctx: RunContext, console: Console) -> None:
+    """Route the libraries' output to the run's log, and say once what the user should know
+    that a library would otherwise have said in a warning."""
+    from sftkit.modeling import trust_remote_code_notice
+
+    recipe, say = ctx.recipe, progress.console_display(console).say
     quiet_libraries()  # the CLI did already; a run started from Python gets the same
-    log_to(paths.log)
+    log_to(ctx.paths.log)
     if recipe.model.trust_remote_code:
         say(trust_remote_code_notice(recipe))
-    if getattr(resolved.optimizer.spec, "paged", False) and is_cpu(device):
+    if getattr(ctx.resolved.optimizer.spec, "paged", False) and is_cpu(ctx.device):
         # bitsandbytes says so in a UserWarning (now in the log file); say it plainly.
         say(
             f"[yellow]note:[/yellow] {recipe.optimizer.name} pages its state to host memory "
             "only on CUDA; on the CPU it runs unpaged."
         )
-    if not resume:
-        write_recipe(paths, resolved)
-    write_json(paths.memory, estimate)
-    write_json(paths.environment, environment(device))
-    checkpoint = last_checkpoint(paths) if resume else None
-    update_run_json(
-        paths,
-        status="running",
-        started=now(),
-        finished=None,
-        error=None,
-        model=recipe.model.name_or_path,
-        strategy=recipe.strategy.name,
-        optimizer=recipe.optimizer.name,
-        device=device,
-        resumed_from=str(checkpoint) if checkpoint else None,
-    )
-    return RunContext(resolved=resolved, paths=paths, device=device, resumed_from=checkpoint)
 
 
 def execute_run(ctx: RunContext, *, console: Console, callbacks: Sequence[Any] = ()) -> str:
-    """Train, save, evaluate and report; run.json ends completed or failed. In a launched
-    run every rank calls this; only the main process writes run metadata and the report."""
+    """Train, save, evaluate and report; run.json ends completed, interrupted or failed. In
+    a launched run every rank calls this; only the main process writes run metadata and the
+    report."""
     from sftkit.distributed.rank import is_main_process
+    from sftkit.training.interrupts import StopNow
 
     main = is_main_process()
     display = progress.console_display(console)  # the launch worker's, or run_recipe's
     try:
         with progress.use(display):
-            train(ctx, console=console, extra_callbacks=callbacks)
+            if ctx.plan is not None and ctx.plan.kind == "evaluate":
+                finish_evaluation(ctx, console=console)
+            else:
+                train(ctx, console=console, extra_callbacks=callbacks)
     except BaseException as exc:
+        error: BaseException = exc
+        if isinstance(exc, StopNow):
+            error = interrupted(ctx, exc.signum)
+        elif (full := disk_full(exc, ctx.paths.root, "writing the run")) is not None:
+            error = full
+        if main:  # Ctrl-C without our handler (a library caller) is an interrupt too
+            record_ending(ctx, interrupted(ctx, 2) if type(exc) is KeyboardInterrupt else error)
+        if error is exc:
+            raise
+        raise error from None
+    signum = ctx.interrupts.signum if ctx.interrupts is not None else None
+    if signum is not None:  # stopped at a step boundary, with a checkpoint
+        error = interrupted(ctx, signum)
         if main:
-            update_run_json(
-                ctx.paths, status="failed", finished=now(), error=f"{type(exc).__name__}: {exc}"
-            )
-        raise
+            record_ending(ctx, error)
+        raise error
     if not main:
         return "completed"
-    record = update_run_json(ctx.paths, status="completed", finished=now(), error=None)
+    record = update_run_json(
+        ctx.paths, drop=ENDING_FIELDS, status="completed", finished=now(), error=None
+    )
     after_run(ctx, echo=display.say)
     return str(record["status"])
+
+
+def interrupted(ctx: RunContext, signum: int) -> RunInterrupted:
+    import signal
+
+    state = getattr(ctx.trainer, "state", None)
+    step = state.global_step if state is not None else ctx.plan.step if ctx.plan else 0
+    total = f" of {state.max_steps}" if state is not None and state.max_steps > 0 else ""
+    point = choose_checkpoint_quietly(ctx.paths)
+    saved = (
+        f"{point.name} is saved, and a resume continues from there"
+        if point is not None
+        else "no checkpoint is saved yet, so a resume starts over"
+    )
+    if point is not None and point.step < step:
+        saved += f" (the {step - point.step} step(s) since are trained again)"
+    return RunInterrupted(
+        f"interrupted by {signal.Signals(signum).name} at step {step}{total}; {saved}.",
+        signum=signum,
+        hint=f"Resume with the same command and --resume (run directory: {ctx.paths.root}).",
+    )
+
+
+def choose_checkpoint_quietly(paths: RunPaths) -> Any:
+    try:
+        return choose_checkpoint(paths).checkpoint
+    except SftkitError:
+        return None
+
+
+def record_ending(ctx: RunContext, error: BaseException) -> None:
+    """run.json for a run that stopped early: how, at which step, what a resume continues
+    from. On a full disk the lock's reserve is given back so that this write succeeds."""
+    state = getattr(ctx.trainer, "state", None)
+    point = choose_checkpoint_quietly(ctx.paths)
+    fields: dict[str, Any] = {
+        "finished": now(),
+        "error": f"{type(error).__name__}: {error}".splitlines()[0],
+        "stopped_at_step": state.global_step if state is not None else None,
+        "checkpoint": point.name if point is not None else None,
+    }
+    if isinstance(error, RunInterrupted):
+        import signal
+
+        fields.update(status="interrupted", signal=signal.Signals(error.signum).name)
+    else:
+        fields["status"] = "failed"
+        if isinstance(error, TrainingDivergedError):
+            fields["failed_step"] = error.step
+    for attempt in range(2):
+        try:
+            update_run_json(ctx.paths, **fields)
+            return
+        except OSError:
+            if attempt == 0 and ctx.lock is not None:
+                ctx.lock.release_reserve()
+    log.error("could not record the run's end in %s", ctx.paths.run)
 
 
 def preflight(
@@ -179,6 +364,7 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     from sftkit.training.callbacks import HooksCallback, MetricsCallback, RichProgressCallback
     from sftkit.training.dataset import tokenized_dataset
     from sftkit.training.optimizer import build_optimizer, optimizer_lr
+    from sftkit.training.resumable import AlreadyTrained, CarryCallback, resumable_trainer
     from sftkit.training.sft_trainer import sftkit_trainer_class
     from sftkit.training.techniques import after_trainer_built
 
@@ -208,7 +394,7 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     display.say(_describe_model(model, recipe, time.perf_counter() - started))
     args = sft_config(ctx, learning_rate=optimizer_lr(optimizer))
     ctx.tokenizer = tokenizer
-    from sftkit.distributed.rank import is_main_process
+    from sftkit.distributed.rank import is_main_process, world_size
     from sftkit.distributed.trainer import (
         engine_trainer_class,
         evaluates_in_process,
@@ -216,15 +402,20 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
         trainer_optimizers,
     )
 
-    callbacks: list[Any] = []
+    # First: the carried loss window is restored before any other callback sees a step.
+    callbacks: list[Any] = [CarryCallback(ctx)]
     if is_main_process():  # one writer of metrics.jsonl and TensorBoard; hooks run once
         callbacks.append(MetricsCallback(ctx))
         if "tensorboard" in recipe.training.report_to:
-            callbacks.append(_tensorboard(paths))
+            callbacks.append(_tensorboard(paths, resumed_at=ctx.plan.step if ctx.plan else 0))
         manager = resolved.registry.manager
         if manager is not None:
             callbacks.append(HooksCallback(ctx, manager.hook))
         callbacks.append(RichProgressCallback(display))
+    if ctx.interrupts is not None:
+        from sftkit.training.interrupts import StopOnSignal
+
+        callbacks.append(StopOnSignal(ctx.interrupts, single_process=world_size() == 1))
     callbacks.extend(extra_callbacks)
     trainer_class = engine_trainer_class(
         sftkit_trainer_class(SFTTrainer),
@@ -232,7 +423,7 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
         use_cpu=is_cpu(ctx.device),
         optimizer_factory=lambda sharded: build_optimizer(resolved, sharded),
     )
-    trainer = trainer_class(
+    trainer = resumable_trainer(trainer_class, ctx)(
         model=model,
         args=args,
         train_dataset=dataset,
@@ -248,16 +439,38 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
 
     if ctx.resumed_from is None and is_main_process():
         evaluate_stage(ctx, "before", echo=display.say)
-    output = trainer.train(
-        resume_from_checkpoint=str(ctx.resumed_from) if ctx.resumed_from else None
-    )
-    ctx.metrics.update(output.metrics)
+    output: Any = None
+    try:
+        output = trainer.train(
+            resume_from_checkpoint=str(ctx.resumed_from) if ctx.resumed_from else None
+        )
+        ctx.metrics.update(output.metrics)
+    except AlreadyTrained:
+        # Checkpoint at the last step (killed while final/ was saved): no step 21 of 20.
+        display.say(
+            f"{ctx.resumed_from.name if ctx.resumed_from else 'the checkpoint'} is at the last "
+            f"step ({trainer.state.global_step} of {trainer.state.max_steps}): saving final/ "
+            "from it.",
+            markup=False,
+        )
+    if ctx.interrupts is not None and ctx.interrupts.signum is not None:
+        return  # stopped at a step boundary: the checkpoint is saved, final/ is not due
     prepare_final_save(trainer)
     save_final(ctx)
     if is_main_process():
         update_run_json(paths, **run_summary(ctx, output))
         if evaluates_in_process(recipe):  # else `sftkit launch` evaluates final/ afterwards
             evaluate_stage(ctx, "after", echo=display.say)
+
+
+def finish_evaluation(ctx: RunContext, *, console: Console) -> None:
+    """final/ is complete but the run stopped before its evaluation: evaluate final/."""
+    from sftkit.modeling import load_trained
+
+    if not ctx.recipe.evaluation.after_training or not ctx.resolved.evaluators:
+        return
+    ctx.model, ctx.tokenizer = load_trained(ctx.run_dir)
+    evaluate_stage(ctx, "after", echo=progress.console_display(console).say)
 
 
 def sft_config(ctx: RunContext, *, learning_rate: float) -> Any:
@@ -294,7 +507,7 @@ def sft_config(ctx: RunContext, *, learning_rate: float) -> Any:
         logging_nan_inf_filter=False,  # a NaN loss must show, not be smoothed over
         save_strategy="steps",
         save_steps=t.save_steps or NEVER,  # the trainer always saves at the last step too
-        save_total_limit=t.save_total_limit,
+        save_total_limit=None,  # sftkit rotates, counting complete checkpoints only
         report_to=report_to,
         disable_tqdm=True,
         max_length=t.max_seq_length,
@@ -320,14 +533,16 @@ def _checkpointing_args(config_class: Any, enabled: bool) -> dict[str, Any]:
     return {f"{prefix}_checkpointing": enabled, f"{prefix}_checkpointing_kwargs": kwargs}
 
 
-def _tensorboard(paths: RunPaths) -> Any:
+def _tensorboard(paths: RunPaths, *, resumed_at: int = 0) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
         raise MissingDependencyError("tensorboard", "training.report_to: [tensorboard]") from exc
     from transformers.integrations import TensorBoardCallback
 
-    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(paths.tensorboard)))
+    # A resumed run hides what an earlier attempt logged after the checkpoint.
+    purge = {"purge_step": resumed_at + 1} if resumed_at else {}
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(paths.tensorboard), **purge))
 
 
 def _require(module: str, package: str, purpose: str) -> None:
@@ -348,22 +563,57 @@ def _describe_model(model: Any, recipe: Any, seconds: float) -> str:
 
 
 def save_final(ctx: RunContext) -> None:
-    """final/: the PEFT adapter (LoRA strategies) or the full model, plus the tokenizer."""
-    trainer = ctx.trainer
-    trainer.save_model(str(ctx.paths.final))  # writes on the main process only
-    if trainer.is_world_process_zero():
-        ctx.tokenizer.save_pretrained(str(ctx.paths.final))
+    """final/: the PEFT adapter (LoRA strategies) or the full model, plus the tokenizer;
+    assembled under .partial/ and renamed into place complete, replacing an earlier one."""
+    import shutil
+
+    trainer, paths = ctx.trainer, ctx.paths
+    writer = trainer.is_world_process_zero()
+    partial = paths.partial_final
+    if writer:
+        shutil.rmtree(partial, ignore_errors=True)
+    try:
+        trainer.save_model(str(partial))  # writes on the main process only
+        if writer:
+            ctx.tokenizer.save_pretrained(str(partial))
+        trainer.accelerator.wait_for_everyone()
+        if writer:
+            state = trainer.state
+            publish(
+                partial,
+                paths.final,
+                kind="final",
+                step=state.global_step,
+                max_steps=state.max_steps,
+            )
+    except BaseException as exc:
+        full = disk_full(exc, paths.root, "saving final/")  # before freeing the partial
+        if writer:
+            shutil.rmtree(partial, ignore_errors=True)
+        if full is not None:
+            raise full from exc
+        raise
 
 
 def run_summary(ctx: RunContext, output: Any) -> dict[str, Any]:
+    """run.json's training summary, over the whole run however many attempts it took.
+    `output` is the trainer's (None: nothing was left to train after the checkpoint)."""
     import torch
 
-    metrics = output.metrics
     state = ctx.trainer.state
     losses = [e["loss"] for e in state.log_history if "loss" in e]
     rates = [e["tokens_per_second"] for e in state.log_history if "tokens_per_second" in e]
+    metrics = output.metrics if output is not None else {}
+    carried = ctx.carried
     runtime = metrics.get("train_runtime")
-    tokens = ctx.metrics.get("num_tokens")
+    train_loss = metrics.get("train_loss")
+    if carried:  # the trainer's figures cover only this attempt
+        runtime = round(ctx.runtime_s(), 4)
+        total = getattr(ctx.trainer, "_total_loss_scalar", None)
+        if output is None:  # as the trainer's summary would have added the last window
+            total = carried.get("total_loss", 0.0) + carried.get("tr_loss", 0.0)
+        train_loss = total / max(state.global_step, 0.001) if total is not None else None
+    tokens = ctx.metrics.get("num_tokens", carried.get("train_tokens"))
     summary: dict[str, Any] = {
         "steps": state.global_step,
         "max_steps": state.max_steps,
@@ -373,7 +623,7 @@ def run_summary(ctx: RunContext, output: Any) -> dict[str, Any]:
         if tokens and runtime
         else (rates[-1] if rates else None),
         "final_loss": losses[-1] if losses else None,
-        "train_loss": metrics.get("train_loss"),
+        "train_loss": train_loss,
         "peak_memory_bytes": torch.cuda.max_memory_allocated() if ctx.device == "cuda" else None,
     }
     return summary

@@ -1,0 +1,101 @@
+"""Run the sftkit CLI with one fault injected at a chosen moment (tests only).
+
+    SFTKIT_TEST_FAULT=KIND:STEP python tests/fault_injection.py run RECIPE ...
+
+is ``sftkit run RECIPE ...`` with the trainer patched in this process only; the library has
+no fault hook of its own. KIND is one of
+
+    sigint, sigterm   the process signals itself during the forward/backward of step STEP
+                      (the run should stop at the end of that step, with a checkpoint)
+    sigint2           two SIGINTs during step STEP (the second stops at once)
+    kill              SIGKILL during step STEP
+    kill-save         SIGKILL while checkpoint-STEP is being written (model written, the
+                      optimizer state half-written)
+    kill-final        SIGKILL while final/ is being written (STEP unused)
+    pause             wait during step STEP until the file $SFTKIT_TEST_GO exists
+
+STEP counts optimizer steps from 1. Torch runs on one thread, so runs compare bit for bit.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+
+def _kill() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def install(kind: str, step: int) -> None:
+    import transformers
+
+    trainer = transformers.Trainer
+    original_step = trainer.training_step
+    fired: list[bool] = []
+
+    def training_step(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if self.state.global_step + 1 == step and not fired:
+            fired.append(True)
+            if kind in ("sigint", "sigterm"):
+                os.kill(os.getpid(), signal.SIGINT if kind == "sigint" else signal.SIGTERM)
+            elif kind == "sigint2":
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # the handler runs between bytecodes: one at a time
+                os.kill(os.getpid(), signal.SIGINT)
+            elif kind == "kill":
+                _kill()
+            elif kind == "pause":
+                go = os.environ["SFTKIT_TEST_GO"]
+                deadline = time.monotonic() + 300
+                while not os.path.exists(go) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+        return original_step(self, *args, **kwargs)
+
+    trainer.training_step = training_step  # type: ignore[method-assign]
+
+    if kind == "kill-save":
+        original_save = trainer._save_optimizer_and_scheduler
+
+        def save_optimizer(self: Any, output_dir: str) -> None:
+            if self.state.global_step == step:
+                with open(os.path.join(output_dir, "optimizer.pt"), "wb") as handle:
+                    handle.write(b"PK\x03\x04 half an optimizer")
+                _kill()
+            original_save(self, output_dir)
+
+        trainer._save_optimizer_and_scheduler = save_optimizer  # type: ignore[method-assign]
+
+    if kind == "kill-final":
+        original_model = trainer.save_model
+
+        def save_model(
+            self: Any, output_dir: str | None = None, _internal_call: bool = False
+        ) -> None:
+            original_model(self, output_dir, _internal_call)
+            if not _internal_call:  # final/, not a checkpoint's copy of the model
+                _kill()
+
+        trainer.save_model = save_model  # type: ignore[method-assign]
+
+
+def main() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    fault = os.environ.get("SFTKIT_TEST_FAULT")
+    if fault:
+        kind, _, step = fault.partition(":")
+        install(kind, int(step or 0))
+    from sftkit.cli import main as cli_main
+
+    cli_main()
+
+
+if __name__ == "__main__":
+    main()
