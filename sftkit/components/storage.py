@@ -61,6 +61,11 @@ def int8_bytes(out_features: int, in_features: int) -> QuantizedBytes:
     return QuantizedBytes(out_features * in_features, out_features * FP32)
 
 
+def quantized(group: TensorGroup) -> bool:
+    """Does a bitsandbytes base replace this tensor's layer (a decoder linear layer)?"""
+    return group.role == "linear" and group.quantizable
+
+
 def count_words(n: int) -> str:
     """8030261248 -> '8.0 B'; 41943040 -> '41.9 M'."""
     for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
@@ -164,7 +169,7 @@ class _KbitStorage(BaseStorage):
     def dequantized_bytes(self, shape: ModelShape, p: Precision) -> int:
         # bitsandbytes dequantizes one quantized weight at a time to the compute dtype for the
         # matmul (forward and the input gradient in backward).
-        largest = max((g.numel for g in shape.census() if g.role == "linear"), default=0)
+        largest = max((g.numel for g in shape.census() if quantized(g)), default=0)
         return largest * p.compute_bytes
 
     def adapter_weight_bytes(self, p: Precision) -> int:
@@ -200,7 +205,7 @@ class Bnb4bit(_KbitStorage):
     compute_dtype: str = "bfloat16"
 
     def lay(self, group: TensorGroup, p: Precision) -> list[LaidTensor]:
-        if group.role == "linear":
+        if quantized(group):
             q = four_bit_bytes(
                 group.numel, blocksize=self.blocksize, double_quant=self.double_quant
             )
@@ -228,7 +233,7 @@ class Bnb4bit(_KbitStorage):
     def weight_label(self, kind: str, shape: ModelShape, p: Precision) -> tuple[str, str]:
         q = self.quant_type.upper()
         if kind == "base":
-            linear = sum(g.total for g in shape.census() if g.role == "linear")
+            linear = sum(g.total for g in shape.census() if quantized(g))
             return (
                 f"{q} 4-bit weights of {count_words(linear)} linear-layer parameters",
                 "ceil(n/2) bytes per tensor of n weights (two 4-bit codes per byte)",
@@ -260,11 +265,7 @@ class Bnb4bit(_KbitStorage):
         if not is_cpu(device):
             return None
         widths = sorted(
-            {
-                g.shape[1]
-                for g in shape.census()
-                if g.role == "linear" and g.shape[1] % BNB_CPU_4BIT_BLOCK
-            }
+            {g.shape[1] for g in shape.census() if quantized(g) and g.shape[1] % BNB_CPU_4BIT_BLOCK}
         )
         if not widths:
             return None
@@ -290,7 +291,7 @@ class LlmInt8(_KbitStorage):
     linear_saves_input = True
 
     def lay(self, group: TensorGroup, p: Precision) -> list[LaidTensor]:
-        if group.role == "linear":
+        if quantized(group):
             q = int8_bytes(group.shape[0], group.shape[1])
             return [
                 LaidTensor(group.name, "base", group.shape, group.count, q.data, 1),
@@ -324,7 +325,7 @@ class LlmInt8(_KbitStorage):
 
     def weight_label(self, kind: str, shape: ModelShape, p: Precision) -> tuple[str, str]:
         if kind == "base":
-            linear = sum(g.total for g in shape.census() if g.role == "linear")
+            linear = sum(g.total for g in shape.census() if quantized(g))
             return (
                 f"LLM.int8 weights of {count_words(linear)} linear-layer parameters",
                 "1 byte per weight",

@@ -52,6 +52,9 @@ class Estimate:
     notes: list[str] = field(default_factory=list)
     suggestions: list[Suggestion] = field(default_factory=list)
     fit_search: dict[str, Any] = field(default_factory=dict)
+    # Terms priced with generic formulas: the model's architecture is not in the catalog
+    # (`sftkit.modelshape.generic`); empty for a catalog family.
+    generic: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------ verdict
 
@@ -134,6 +137,12 @@ class Estimate:
     # ------------------------------------------------------------------ output
 
     def to_dict(self) -> dict[str, Any]:
+        data = self._fields()
+        if self.generic:  # only then: a catalog model's memory.json is as before
+            data["generic_terms"] = list(self.generic)
+        return data
+
+    def _fields(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "model_source": self.model_source,

@@ -100,7 +100,9 @@ def memory_rows(record: RunRecord) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     memory = record.memory or {}
     estimated = memory.get("peak_bytes")
-    if memory:
+    if memory.get("unavailable"):
+        rows.append(("estimate", f"none: {memory['unavailable']}"))
+    elif memory:
         phase = memory.get("peak_phase")
         rows.append(("estimated peak", gib(estimated) + (f" ({phase})" if phase else "")))
         phases = memory.get("phases")

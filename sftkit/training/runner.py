@@ -25,7 +25,12 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from sftkit.devices import is_cpu
-from sftkit.errors import DoesNotFitError, MissingDependencyError, SftkitError
+from sftkit.errors import (
+    DoesNotFitError,
+    MissingDependencyError,
+    SftkitError,
+    UnknownArchitectureError,
+)
 from sftkit.runpaths import RunPaths, last_checkpoint
 from sftkit.training.context import RunContext
 from sftkit.training.runfiles import (
@@ -139,6 +144,13 @@ def preflight(
 
     try:
         result = memory_preflight(resolved)
+    except UnknownArchitectureError as exc:
+        # The estimator lacking an architecture is no reason to refuse the model.
+        echo(
+            "[yellow]warning:[/yellow] no memory estimate for this model, so no pre-flight "
+            f"check: {exc.message}"
+        )
+        return {"unavailable": exc.message}
     except DoesNotFitError:
         if not force:
             raise
