@@ -35,7 +35,7 @@ def validate(app: AppContext, recipe: str, overrides: tuple[str, ...]) -> None:
     )
     click.echo(f"  strategy   {r.strategy.name}  [{resolved.strategy.plugin}]")
     click.echo(f"  optimizer  {r.optimizer.name}  [{resolved.optimizer.plugin}]")
-    click.echo(f"  data       {r.data.format.name} with template {r.data.template.name}")
+    click.echo(f"  data       {resolved.data_label} with template {r.data.template.name}")
     t = r.training
     click.echo(
         f"  training   micro-batch {t.micro_batch_size} x accumulation {t.gradient_accumulation_steps}, "

@@ -76,6 +76,16 @@ class ResolvedRecipe:
     registry: Registry = field(repr=False, compare=False)
     overrides: tuple[str, ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # data.mixture's formats, in its order (empty without a mixture; then data_format is
+    # the one format read)
+    mixture: tuple[Component[DatasetFormatSpec], ...] = ()
+
+    @property
+    def data_label(self) -> str:
+        """What the data is, in a few words: ``gsm8k``, or ``mixture of alpaca, sharegpt``."""
+        if not self.mixture:
+            return str(self.data_format.spec.name)
+        return "mixture of " + ", ".join(c.spec.name for c in self.mixture)
 
 
 def bundled_recipes_dir() -> Path:
@@ -172,6 +182,12 @@ def validate_recipe_data(
     strategy = _resolve(recipe.strategy, ("strategy",), registry.strategies, problems)
     optimizer = _resolve(recipe.optimizer, ("optimizer",), registry.optimizers, problems)
     data_format = _resolve(recipe.data.format, ("data", "format"), registry.formats, problems)
+    mixture = [
+        _resolve(
+            d.format, ("data", "mixture", "datasets", str(i), "format"), registry.formats, problems
+        )
+        for i, d in enumerate(recipe.data.mixture.datasets if recipe.data.mixture else [])
+    ]
     template = _resolve(recipe.data.template, ("data", "template"), registry.templates, problems)
     evaluators = [
         _resolve(ref, ("evaluation", "evaluators", str(i)), registry.evaluators, problems)
@@ -208,6 +224,7 @@ def validate_recipe_data(
         registry=registry,
         overrides=overrides,
         raw=data,
+        mixture=tuple(m for m in mixture if m is not None),
     )
     if registry.manager is not None:
         for result in registry.manager.hook.validate_recipe(recipe=resolved):
@@ -423,6 +440,8 @@ def _options_model(data: dict[str, Any], path: tuple[str, ...], registry: Regist
     kind = COMPONENT_PATHS.get(path) or (
         "evaluators" if path[:2] == ("evaluation", "evaluators") else None
     )
+    if path[:3] == ("data", "mixture", "datasets") and path[-1:] == ("format",):
+        kind = "formats"
     node: Any = data
     for part in path:
         if isinstance(node, dict):

@@ -51,14 +51,69 @@ class ModelSection(Strict):
     )
 
 
+class MixtureSource(Strict):
+    """One dataset of a mixture: a format with its options, and its share."""
+
+    format: ComponentRef
+    weight: float | None = Field(
+        default=None, gt=0, description="Relative share of the mixture's train examples."
+    )
+    samples: int | None = Field(
+        default=None, ge=1, description="Train examples taken from it (repeated if it has fewer)."
+    )
+
+    @model_validator(mode="after")
+    def _one_share(self) -> MixtureSource:
+        if (self.weight is None) == (self.samples is None):
+            raise ValueError("give a mixture dataset either a weight or a number of samples")
+        return self
+
+
+class MixtureSection(Strict):
+    """Several datasets trained together (`sftkit.data.mixture`): each one's train split
+    sampled by weight or count (seeded), dev split off the mixed train, tests concatenated."""
+
+    datasets: list[MixtureSource] = Field(min_length=1)
+    seed: int = Field(default=0, description="Seed of the sampling.")
+    total: int | None = Field(
+        default=None,
+        ge=1,
+        description="With weights: train examples in all (repeating rows where needed); "
+        "default: as many as the weights allow without repeating any.",
+    )
+    dev_size: int = Field(default=200, ge=0, description="Rows of the mixed train held out as dev.")
+    split_seed: int = Field(default=1234, description="Seed of the train/dev split.")
+    skip_bad_rows: bool = Field(
+        default=False, description="Skip malformed rows (counted) instead of failing."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> MixtureSection:
+        by_weight = {d.weight is not None for d in self.datasets}
+        if len(by_weight) > 1:
+            raise ValueError("give every mixture dataset a weight, or every one a sample count")
+        if self.total is not None and not by_weight.pop():
+            raise ValueError("total applies to weighted mixtures; sample counts are totals")
+        return self
+
+
 class DataSection(Strict):
     format: ComponentRef = Field(default_factory=lambda: ComponentRef(name="gsm8k"))
+    mixture: MixtureSection | None = Field(
+        default=None, description="Several formats mixed, instead of data.format."
+    )
     template: ComponentRef = Field(default_factory=lambda: ComponentRef(name="tutor"))
     completion_only_loss: bool = True
     packing: bool = False
     prepared_dir: str | None = Field(
         default=None, description="Where prepared splits live; default: <output_dir>/data."
     )
+
+    @model_validator(mode="after")
+    def _format_or_mixture(self) -> DataSection:
+        if self.mixture is not None and "format" in self.model_fields_set:
+            raise ValueError("set data.format or data.mixture, not both")
+        return self
 
 
 Tracker = Literal["tensorboard", "wandb", "mlflow", "none"]
