@@ -124,23 +124,9 @@ def run_evaluations(
     template = build_template(resolved)
     stored: list[StoredResult] = []
     for component in components:
-        options = component.options
-        split = getattr(options, "split", "test")
-        examples = load_examples(resolved, split, getattr(options, "limit", None))
-        evaluator = build_evaluator(component)
-        label = f"{stage} {component.spec.name} ({split}, {len(examples)} examples)"
-        task = EvalTask(
-            model=model,
-            tokenizer=tokenizer,
-            examples=examples,
-            template=template,
-            split=split,
-            max_seq_length=resolved.recipe.training.max_seq_length,
-            progress=progress(label, len(examples)) if progress else None,
+        result = score(
+            resolved, model, tokenizer, component, template=template, stage=stage, progress=progress
         )
-        result: EvalResult = evaluator.evaluate(task)
-        if not result.options:
-            result.options = options.model_dump()
         path = write_result(
             result,
             EvalPaths.under(out_root, stage, component.spec.name).root,
@@ -150,6 +136,37 @@ def run_evaluations(
         )
         stored.append(StoredResult(result, stage, path))
     return stored
+
+
+def score(
+    resolved: ResolvedRecipe,
+    model: Any,
+    tokenizer: Any,
+    component: Component[EvaluatorSpec],
+    *,
+    template: Any = None,
+    stage: str = "",
+    progress: Callable[[str, int], Progress | None] | None = None,
+) -> EvalResult:
+    """One evaluator on its split (and limit) of the prepared data; nothing is written.
+    `progress(label, total)` may return a progress callback."""
+    options = component.options
+    split = getattr(options, "split", "test")
+    examples = load_examples(resolved, split, getattr(options, "limit", None))
+    label = f"{stage} {component.spec.name} ({split}, {len(examples)} examples)".strip()
+    task = EvalTask(
+        model=model,
+        tokenizer=tokenizer,
+        examples=examples,
+        template=template if template is not None else build_template(resolved),
+        split=split,
+        max_seq_length=resolved.recipe.training.max_seq_length,
+        progress=progress(label, len(examples)) if progress else None,
+    )
+    result: EvalResult = build_evaluator(component).evaluate(task)
+    if not result.options:
+        result.options = options.model_dump()
+    return result
 
 
 def summary_line(stored: StoredResult) -> str:

@@ -104,7 +104,8 @@ def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bo
     r = resolved.recipe
     t = r.training
     evaluations = []
-    for component in resolved.evaluators:
+    # evaluators after training and those run while training (optimizer state resident)
+    for component in (*resolved.evaluators, *resolved.during_training):
         options = component.options
         batch = int(getattr(options, "batch_size", t.micro_batch_size))
         new_tokens = getattr(options, "max_new_tokens", None)

@@ -79,6 +79,8 @@ class ResolvedRecipe:
     # data.mixture's formats, in its order (empty without a mixture; then data_format is
     # the one format read)
     mixture: tuple[Component[DatasetFormatSpec], ...] = ()
+    # evaluation.during_training's evaluators (run every training.eval_steps)
+    during_training: tuple[Component[EvaluatorSpec], ...] = ()
 
     @property
     def data_label(self) -> str:
@@ -193,6 +195,16 @@ def validate_recipe_data(
         _resolve(ref, ("evaluation", "evaluators", str(i)), registry.evaluators, problems)
         for i, ref in enumerate(recipe.evaluation.evaluators)
     ]
+    during = [
+        _resolve(
+            _on_dev(ref, registry),
+            ("evaluation", "during_training", str(i)),
+            registry.evaluators,
+            problems,
+        )
+        for i, ref in enumerate(recipe.evaluation.during_training)
+    ]
+    problems.extend(_evaluation_problems(recipe, during, data_format))
     parts: Composition | None = None
     if strategy:
         try:
@@ -225,6 +237,7 @@ def validate_recipe_data(
         overrides=overrides,
         raw=data,
         mixture=tuple(m for m in mixture if m is not None),
+        during_training=tuple(e for e in during if e is not None),
     )
     if registry.manager is not None:
         for result in registry.manager.hook.validate_recipe(recipe=resolved):
@@ -235,6 +248,81 @@ def validate_recipe_data(
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _on_dev(ref: ComponentRef, registry: Registry) -> ComponentRef:
+    """An evaluator run while training scores the dev split unless told otherwise: choosing
+    a checkpoint on test would leak it."""
+    if "split" in ref.options or ref.name not in registry.evaluators:
+        return ref
+    if "split" not in registry.evaluators.get(ref.name).options_model.model_fields:
+        return ref
+    return ComponentRef(name=ref.name, options={"split": "dev", **ref.options})
+
+
+def _evaluation_problems(
+    recipe: Recipe,
+    during: list[Component[EvaluatorSpec] | None],
+    data_format: Component[DatasetFormatSpec] | None,
+) -> list[Problem]:
+    """Evaluation while training: what it needs from the rest of the recipe."""
+    t, problems = recipe.training, []
+    stop = t.early_stopping
+    if t.eval_steps is None:
+        if stop is not None:
+            problems.append(
+                Problem(
+                    "training.early_stopping", "needs training.eval_steps (how often to evaluate)."
+                )
+            )
+        if recipe.evaluation.during_training:
+            problems.append(
+                Problem(
+                    "evaluation.during_training",
+                    "needs training.eval_steps (how often to run these evaluators).",
+                )
+            )
+        return problems
+    split_options = (
+        recipe.data.mixture
+        if recipe.data.mixture is not None
+        else (data_format.options if data_format is not None else None)
+    )
+    if getattr(split_options, "dev_size", None) == 0:
+        where = "data.mixture.dev_size" if recipe.data.mixture else "data.format.options.dev_size"
+        problems.append(
+            Problem("training.eval_steps", f"evaluates on the dev split, but {where} is 0.")
+        )
+    if stop is not None and t.save_steps is not None and t.save_steps % t.eval_steps:
+        problems.append(
+            Problem(
+                "training.save_steps",
+                f"with early stopping, checkpoints are saved when evaluating: {t.save_steps} "
+                f"is not a multiple of eval_steps {t.eval_steps}.",
+                f"Set training.save_steps={t.eval_steps} (or leave it null).",
+            )
+        )
+    if stop is not None and stop.metric != "loss":
+        name, _, metric = stop.metric.partition("/")
+        known = [c.spec.name for c in during if c is not None]
+        if not metric or name not in known:
+            problems.append(
+                Problem(
+                    "training.early_stopping.metric",
+                    f"{stop.metric!r} is neither 'loss' nor '<evaluator>/<metric>' of an "
+                    f"evaluator in evaluation.during_training ({', '.join(known) or 'none'}).",
+                )
+            )
+    if during and getattr(recipe.distributed.resolved_engine, "distributes", False):
+        problems.append(
+            Problem(
+                "evaluation.during_training",
+                f"evaluators during training run in one process; a {recipe.distributed.engine} "
+                "run evaluates its eval loss only.",
+                "Leave evaluation.during_training empty (training.eval_steps still logs the eval loss).",
+            )
+        )
+    return problems
 
 
 def _resolve(

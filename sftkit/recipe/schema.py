@@ -119,6 +119,27 @@ class DataSection(Strict):
 Tracker = Literal["tensorboard", "wandb", "mlflow", "none"]
 
 
+class EarlyStoppingSection(Strict):
+    """Stop when the dev metric has not improved for `patience` evaluations
+    (training.eval_steps apart); the best checkpoint is kept and is the final model."""
+
+    patience: int = Field(ge=1, description="Evaluations without improvement before stopping.")
+    metric: str = Field(
+        default="loss",
+        min_length=1,
+        description="'loss' (the trainer's eval loss on dev), or '<evaluator>/<metric>' of an "
+        "evaluator in evaluation.during_training (e.g. gsm8k/accuracy).",
+    )
+    mode: Literal["min", "max"] | None = Field(
+        default=None, description="Which way is better; default: min for loss, max otherwise."
+    )
+    threshold: float = Field(default=0.0, ge=0, description="Smallest change that counts.")
+
+    @property
+    def greater_is_better(self) -> bool:
+        return self.mode == "max" if self.mode else self.metric != "loss"
+
+
 class TrainingSection(Strict):
     micro_batch_size: int = Field(default=1, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
@@ -138,6 +159,21 @@ class TrainingSection(Strict):
     liger_kernels: bool = Field(
         default=False,
         description="Use Liger's fused RMSNorm/SwiGLU/RoPE and fused linear cross-entropy.",
+    )
+    eval_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="Every N optimizer steps: eval loss on the dev split (metrics.jsonl), and "
+        "evaluation.during_training's evaluators; null: no evaluation while training.",
+    )
+    early_stopping: EarlyStoppingSection | None = Field(
+        default=None, description="Stop when the dev metric stops improving (needs eval_steps)."
+    )
+    neftune_noise_alpha: float | None = Field(
+        default=None,
+        gt=0,
+        description="NEFTune: uniform noise of this scale on the input embeddings while "
+        "training (TRL/transformers' neftune_noise_alpha; 5 in the paper).",
     )
 
 
@@ -251,6 +287,11 @@ class EvaluationSection(Strict):
     evaluators: list[ComponentRef] = Field(default_factory=list)
     before_training: bool = False
     after_training: bool = False
+    during_training: list[ComponentRef] = Field(
+        default_factory=list,
+        description="Evaluators run every training.eval_steps (their split defaults to dev; "
+        "set limit to keep it quick), scores in metrics.jsonl as eval/<evaluator>/<metric>.",
+    )
 
 
 class Recipe(Strict):

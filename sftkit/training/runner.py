@@ -170,6 +170,7 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     from sftkit.data.prepare import prepare_data, read_examples
     from sftkit.modeling import build_model, load_tokenizer
     from sftkit.specs import load_factory
+    from sftkit.training import evaluating
     from sftkit.training.callbacks import HooksCallback, MetricsCallback, RichProgressCallback
     from sftkit.training.dataset import tokenized_dataset
     from sftkit.training.optimizer import build_optimizer, optimizer_lr
@@ -191,6 +192,14 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     dataset = tokenized_dataset(
         examples, template, tokenizer, completion_only_loss=recipe.data.completion_only_loss
     )
+    eval_dataset = None
+    if recipe.training.eval_steps is not None:  # eval loss on dev while training
+        eval_dataset = tokenized_dataset(
+            read_examples(prepared.split_path("dev")),
+            template,
+            tokenizer,
+            completion_only_loss=recipe.data.completion_only_loss,
+        )
     started = time.perf_counter()
     model = build_model(
         resolved, tokenizer, base_dir=paths.base if recipe.model.random_init else None
@@ -216,6 +225,7 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
         if manager is not None:
             callbacks.append(HooksCallback(ctx, manager.hook))
         callbacks.append(RichProgressCallback(console))
+    callbacks.extend(evaluating.callbacks(ctx, console, main=is_main_process()))
     callbacks.extend(extra_callbacks)
     trainer_class = engine_trainer_class(
         SFTTrainer,
@@ -227,6 +237,7 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
         model=model,
         args=args,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         optimizers=trainer_optimizers(recipe, optimizer),  # FSDP builds it once sharded
         callbacks=callbacks,
@@ -253,6 +264,8 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
 def sft_config(ctx: RunContext, *, learning_rate: float) -> Any:
     """SFTConfig from the recipe (TRL 1.x names: max_length, completion_only_loss, ...)."""
     from trl import SFTConfig
+
+    from sftkit.training.evaluating import eval_arguments, save_steps
 
     t, data = ctx.recipe.training, ctx.recipe.data
     report_to = [r for r in t.report_to if r not in ("tensorboard", "none")] or "none"
@@ -282,7 +295,7 @@ def sft_config(ctx: RunContext, *, learning_rate: float) -> Any:
         logging_first_step=True,
         logging_nan_inf_filter=False,  # a NaN loss must show, not be smoothed over
         save_strategy="steps",
-        save_steps=t.save_steps or NEVER,  # the trainer always saves at the last step too
+        save_steps=save_steps(ctx.recipe) or NEVER,  # the trainer always saves at the end too
         save_total_limit=t.save_total_limit,
         report_to=report_to,
         disable_tqdm=True,
@@ -293,6 +306,8 @@ def sft_config(ctx: RunContext, *, learning_rate: float) -> Any:
         dataset_num_proc=None,
         dataloader_num_workers=0,
         use_liger_kernel=t.liger_kernels,
+        neftune_noise_alpha=t.neftune_noise_alpha,
+        **eval_arguments(ctx.recipe),  # eval loss on dev, best checkpoint, early stopping
         **engine,  # DDP/FSDP/DeepSpeed settings for launched runs (sftkit.distributed)
     )
 
@@ -373,6 +388,9 @@ def run_summary(ctx: RunContext, output: Any) -> dict[str, Any]:
         "train_loss": metrics.get("train_loss"),
         "peak_memory_bytes": torch.cuda.max_memory_allocated() if ctx.device == "cuda" else None,
     }
+    from sftkit.training.evaluating import best_summary
+
+    summary.update(best_summary(ctx))
     return summary
 
 
