@@ -118,6 +118,39 @@ def find_recipe(name_or_path: str) -> Path:
     )
 
 
+def bundled_recipe(name: str) -> Path:
+    """A bundled recipe by name (``quickstart`` or ``quickstart.yaml``), never a path."""
+    bundled = bundled_recipes_dir()
+    stem = Path(name).name.removesuffix(".yaml")
+    path = bundled / f"{stem}.yaml"
+    if stem and path.is_file():
+        return path
+    known = sorted(p.stem for p in bundled.glob("*.yaml"))
+    hint = closest(stem, known)
+    raise DataError(
+        f"there is no bundled recipe {name!r}"
+        + (f"; did you mean {hint!r}?" if hint else ".")
+        + f" Bundled recipes: {', '.join(known) or '(none)'}.",
+        hint="`sftkit recipes` lists them.",
+    )
+
+
+def copy_recipe(name: str, dest: Path, *, force: bool = False) -> Path:
+    """Copy the bundled recipe `name` to `dest` (a file, or a directory to put NAME.yaml in)
+    to start from, as written (comments kept); never over an existing file unless `force`."""
+    source = bundled_recipe(name)
+    target = dest / source.name if dest.is_dir() else dest
+    if target.exists() and not force:
+        raise SftkitError(
+            f"{target} exists; sftkit does not overwrite it.",
+            hint="Choose another destination, or pass --force to replace it.",
+        )
+    if not target.parent.is_dir():
+        raise SftkitError(f"cannot copy to {target}: {target.parent} is not a directory.")
+    target.write_bytes(source.read_bytes())
+    return target
+
+
 def load_recipe(
     name_or_path: str | Path,
     overrides: Sequence[str | Override] = (),
