@@ -46,7 +46,7 @@ CONFIGS = {
         "num_experts_per_tok": 2,
     },
     "gemma3_text": {**ATTN, "intermediate_size": 96, "num_key_value_heads": 2, "head_dim": 16},
-    "phi": {**ATTN, "intermediate_size": 96},
+    "phi": {**ATTN, "intermediate_size": 96, "pad_token_id": 0},  # 5.0's PhiConfig needs it
 }
 
 
@@ -59,7 +59,9 @@ def meta_model(config: dict):
 
     cfg = CONFIG_MAPPING[config["model_type"]].from_dict(dict(config))
     with torch.device("meta"):
-        return transformers.AutoModelForCausalLM.from_config(cfg)
+        model = transformers.AutoModelForCausalLM.from_config(cfg)
+    model.tie_weights()  # as from_pretrained does (transformers 5.0's from_config does not)
+    return model
 
 
 @pytest.mark.parametrize("key", sorted(CONFIGS))

@@ -125,9 +125,13 @@ def _meta_model(
         empty = torch.device("meta")
     try:
         with _quiet(transformers), empty:
-            return transformers.AutoModelForCausalLM.from_config(
+            model = transformers.AutoModelForCausalLM.from_config(
                 config, trust_remote_code=trust_remote_code
             )
+            # from_pretrained ties a tied head; from_config does not in every transformers 5
+            # release (5.0 leaves GPT-2's lm_head a copy), so tie as loading will
+            model.tie_weights()
+            return model
     except Exception as exc:
         raise UnknownArchitectureError(
             f"{name}: transformers {transformers.__version__} cannot build a causal LM "

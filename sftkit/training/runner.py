@@ -79,6 +79,9 @@ def start_run(
     """Everything before loading a weight: claim the run directory, pre-flight the memory
     estimate, write recipe.yaml / memory.json / environment.json / run.json (running).
     `sftkit launch` calls this once, then `execute_run` in every rank."""
+    from sftkit.versions import check_training_stack
+
+    check_training_stack("sftkit run")  # before anything is written or imported
     from sftkit.modeling import training_device
     from sftkit.modeling.kernels import check_inference_device, check_kernels
 
@@ -164,8 +167,15 @@ def preflight(
 
 
 def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] = ()) -> None:
-    from transformers import PrinterCallback, ProgressCallback, set_seed
-    from trl import SFTTrainer
+    try:
+        from transformers import PrinterCallback, ProgressCallback, set_seed
+        from trl import SFTTrainer
+    except ImportError as exc:
+        if isinstance(exc, ModuleNotFoundError):
+            raise
+        from sftkit.versions import import_clash
+
+        raise import_clash(exc, doing="sftkit run") from exc
 
     from sftkit.data.prepare import prepare_data, read_examples
     from sftkit.modeling import build_model, load_tokenizer
