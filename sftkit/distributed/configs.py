@@ -284,7 +284,7 @@ def merge_accelerate_config(
             raise LaunchError(
                 f"{source}: {key} is set, but the recipe's engine "
                 f"({generated.get('distributed_type')}) has no such section.",
-                hint="Select the engine in the recipe (distributed.engine) instead.",
+                hint="Set the recipe's distributed.engine instead.",
             )
     merged = {**generated, **brought}
     for key in (*TOPOLOGY_KEYS, *ENGINE_KEYS, "use_cpu"):
