@@ -1,6 +1,7 @@
-"""Developer sessions. `nox` runs tests, lint and typecheck; `nox -s gpu` is opt-in (it runs
-the tests marked `gpu` in the current environment, on a machine with CUDA), and so is
-`nox -s rehearsal` (the one-call GPU session rehearsed on the CPU, docs/benchmarks.md).
+"""Developer sessions. `nox` runs tests, plugins, minimums, lint and typecheck; `nox -s gpu`
+is opt-in (it runs the tests marked `gpu` in the current environment, on a machine with
+CUDA), and so is `nox -s rehearsal` (the one-call GPU session rehearsed on the CPU,
+docs/benchmarks.md).
 
 Pass pytest arguments after `--`, e.g. `nox -s tests -- -k recipe -x`.
 """
@@ -9,10 +10,13 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+from pathlib import Path
 
 import nox
+import tomllib
 
-nox.options.sessions = ["tests", "plugins", "lint", "typecheck"]
+nox.options.sessions = ["tests", "plugins", "minimums", "lint", "typecheck"]
 nox.options.reuse_existing_virtualenvs = True
 
 
@@ -61,6 +65,37 @@ def plugins(session: nox.Session) -> None:
         session.run(
             "pytest", f"plugins/{package}/tests", *session.posargs, env={"HF_HUB_OFFLINE": "1"}
         )
+
+
+def minimum_pins() -> list[str]:
+    """``pkg==X`` for each ``pkg>=X`` of pyproject.toml's train extra (torch aside: PyPI's old
+    Linux torch wheels carry CUDA, gigabytes, so the session keeps TORCH_SPEC's)."""
+    pyproject = Path(__file__).resolve().parent / "pyproject.toml"
+    project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+    pins = []
+    for requirement in project["optional-dependencies"]["train"]:
+        match = re.fullmatch(r"([\w-]+)\s*>=\s*([\w.]+)", requirement.strip())
+        if match and match.group(1) not in ("torch", "tensorboard", "matplotlib"):
+            pins.append(f"{match.group(1)}=={match.group(2)}")
+    return pins
+
+
+@nox.session
+def minimums(session: nox.Session) -> None:
+    """The training stack at the minimums pyproject.toml declares, running a smoke subset:
+    the quickstart for a few steps, one LoRA and one QLoRA step, TRL's labels."""
+    session.install(TORCH_SPEC)
+    constraints = Path(session.create_tmp()) / "minimums.txt"
+    constraints.write_text("\n".join(minimum_pins()) + "\n", encoding="utf-8")
+    session.install("-c", str(constraints), "-e", ".[dev]")
+    session.run(
+        "pytest",
+        "tests/test_minimums.py",
+        "tests/test_versions.py",
+        "tests/test_data_chat.py::test_trl_builds_sftkits_labels",
+        *session.posargs,
+        env={"HF_HUB_OFFLINE": "1"},
+    )
 
 
 @nox.session

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     # block and `_EXPORTS` in step.
     # ruff: noqa: F401
     from sftkit.builtin.evaluators import EvalOptions
-    from sftkit.builtin.formats import SplitOptions
+    from sftkit.builtin.formats import SourceOptions, SplitOptions
     from sftkit.builtin.strategies import (
         Lora8bitOptions,
         LoraOptions,
@@ -50,13 +50,16 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         RowError,
         SourceInfo,
         convert_rows,
+        iter_csv,
         iter_file,
+        iter_json,
         iter_jsonl,
         iter_parquet,
         iter_rows,
         require_text,
         sha256_file,
     )
+    from sftkit.data.sources import read_splits
     from sftkit.engine import Engine, Sharding, engine_of
     from sftkit.errors import (
         DataError,
@@ -119,6 +122,7 @@ _EXPORTS: dict[str, str] = {
     "Options": "sftkit.specs",
     "NoOptions": "sftkit.specs",
     "SplitOptions": "sftkit.builtin.formats",
+    "SourceOptions": "sftkit.builtin.formats",
     "EvalOptions": "sftkit.builtin.evaluators",
     "LoraOptions": "sftkit.builtin.strategies",
     "QLoraOptions": "sftkit.builtin.strategies",
@@ -182,6 +186,9 @@ _EXPORTS: dict[str, str] = {
     "SourceInfo": "sftkit.data.readers",
     "convert_rows": "sftkit.data.readers",
     "iter_file": "sftkit.data.readers",
+    "iter_json": "sftkit.data.readers",
+    "iter_csv": "sftkit.data.readers",
+    "read_splits": "sftkit.data.sources",
     "iter_jsonl": "sftkit.data.readers",
     "iter_parquet": "sftkit.data.readers",
     "iter_rows": "sftkit.data.readers",

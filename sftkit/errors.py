@@ -99,6 +99,12 @@ class ModelShapeError(SftkitError):
     """The model's architecture cannot be read or is not one the estimator knows."""
 
 
+class UnknownArchitectureError(ModelShapeError):
+    """Neither sftkit's catalog nor the generic path (the model built by transformers on the
+    meta device) can read the model's architecture. `sftkit run` trains such a model
+    without a memory estimate rather than refusing it."""
+
+
 class DataError(SftkitError):
     """A dataset file is missing or a row is malformed. The message names file and line."""
 

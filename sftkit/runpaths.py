@@ -19,7 +19,7 @@
 <run>/eval/<stage>-<evaluator>/metrics.json, predictions.jsonl
 <run>/distributed/         what `sftkit launch` generated (accelerate/DeepSpeed configs,
                            launch.sh, worker_recipe.yaml)
-<run>/report.md, report.html, loss.png, lr.png
+<run>/report.md, report.html, loss.png, lr.png, eval.png
 <run>/export/adapter/, export/merged/   `sftkit export` without / with --merge
 ```
 
@@ -222,6 +222,11 @@ class RunPaths:
     @property
     def lr_plot(self) -> Path:
         return self.root / "lr.png"
+
+    @property
+    def eval_plot(self) -> Path:
+        """The during-training evaluators' scores per step."""
+        return self.root / "eval.png"
 
     def export(self, *, merged: bool) -> Path:
         """`sftkit export`'s default output folder."""

@@ -196,7 +196,7 @@ def test_prompt_completion_and_chat_formats(registry, tmp_path):
     chat_lines.append(json.dumps({"messages": [{"role": "user", "content": "hi"}]}))
     chat = write_lines(tmp_path / "chat.jsonl", chat_lines)
     bad = recipe(registry, tmp_path / "c1", "chat", train_file=str(chat), dev_size=0)
-    with pytest.raises(DataError, match=r"chat.jsonl:5: the last message .* assistant"):
+    with pytest.raises(DataError, match=r"chat.jsonl:5: .messages. has no assistant message"):
         prepare_data(bad)
     ok = recipe(
         registry, tmp_path / "c2", "chat", train_file=str(chat), dev_size=0, skip_bad_rows=True

@@ -186,7 +186,9 @@ def test_on_log_gets_step_and_elapsed_time(acme, tmp_path):
 
     manager = fresh_manager()
     assert manager.register(acme.csv_log.plugin, "acme-csv")
-    callback = HooksCallback(types.SimpleNamespace(run_dir=tmp_path, metrics={}), manager.hook)
+    callback = HooksCallback(
+        types.SimpleNamespace(run_dir=tmp_path, metrics={}, carried={}), manager.hook
+    )
     callback.on_train_begin(None, types.SimpleNamespace(global_step=0), None)
     callback.on_log(None, types.SimpleNamespace(global_step=7), None, logs={"loss": 1.5})
     callback.on_log(None, types.SimpleNamespace(global_step=7), None, logs={"eval_loss": 2.0})

@@ -103,9 +103,10 @@ def test_family_census_equals_transformers(extra):
 
 
 def test_unknown_architecture_is_an_error_naming_it():
-    with pytest.raises(ModelShapeError, match="'mamba'") as info:
-        shape_from_config({"model_type": "mamba", "architectures": ["MambaForCausalLM"]})
-    assert "MambaForCausalLM" in str(info.value) and "llama" in str(info.value)
+    # Not in the catalog, so the generic path is tried (tests/test_modelshape_generic.py);
+    # with or without torch installed, the error names the architecture.
+    with pytest.raises(ModelShapeError, match="'no-such-arch'"):
+        shape_from_config({"model_type": "no-such-arch", "architectures": ["NoSuchForCausalLM"]})
 
 
 def test_missing_numbers_are_named():

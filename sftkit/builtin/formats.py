@@ -1,11 +1,12 @@
-"""Built-in dataset formats: GSM8K, generic prompt/completion JSONL, chat messages, and the
-synthetic arithmetic set the offline quickstart trains on."""
+"""Built-in dataset formats: GSM8K, prompt/completion, Alpaca, chat messages, ShareGPT, and
+the synthetic arithmetic set the offline quickstart trains on. All but the synthetic set read
+any source (`SourceOptions`): a hub id, a `datasets` directory, local files or globs."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sftkit.hookspecs import Register, hookimpl
 from sftkit.specs import DatasetFormatSpec, Options
@@ -19,31 +20,97 @@ class SplitOptions(Options):
     )
 
 
-class Gsm8kOptions(SplitOptions):
-    source: str = Field(
-        default="openai/gsm8k",
-        description="Hub dataset id, or a directory with train/test .jsonl or .parquet files.",
+class SourceOptions(SplitOptions):
+    """Where a format's rows come from (`sftkit.data.sources.read_splits` reads them): a
+    `source` holding named splits, or explicit `train_file` / `test_file`."""
+
+    source: str | None = Field(
+        default=None,
+        description="Hub dataset id (org/name), a `datasets` save_to_disk directory, a "
+        "directory of train/test files, or local files/globs (JSONL, JSON, Parquet, CSV) "
+        "holding the train split.",
     )
-    config: str = Field(default="main", description="Hub dataset config.")
+    config: str | None = Field(default=None, description="Hub dataset config (subset).")
+    revision: str | None = Field(default=None, description="Hub dataset revision.")
+    train_split: str = Field(default="train", description="The source's split to train on.")
+    test_split: str | None = Field(
+        default="test", description="The source's test split, used when it has one; null: none."
+    )
+    train_file: str | None = Field(
+        default=None,
+        description="Train rows: local files or a glob (JSONL, JSON, Parquet, CSV), or a hub id; "
+        "instead of source.",
+    )
+    test_file: str | None = Field(default=None, description="Test rows, like train_file.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _train_file_replaces_a_default_source(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("train_file") and "source" not in data:
+            return {**data, "source": None}
+        return data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SourceOptions:
+        if self.train_file and self.source:
+            raise ValueError("set source or train_file, not both")
+        if not self.train_file and not self.source:
+            raise ValueError("set source (a hub id, directory, file or glob) or train_file")
+        return self
+
+
+class Gsm8kOptions(SourceOptions):
+    source: str | None = Field(
+        default="openai/gsm8k",
+        description="Hub dataset id, a `datasets` directory, a directory with train/test "
+        ".jsonl or .parquet files, or local files/globs.",
+    )
+    config: str | None = Field(default="main", description="Hub dataset config.")
     keep_calculator_annotations: bool = Field(
         default=False,
         description="Keep GSM8K's '<<48/2=24>>' calculator annotations in the reasoning.",
     )
 
 
-class PromptCompletionOptions(SplitOptions):
-    train_file: str = Field(description="JSONL with one {prompt, completion} object per line.")
-    test_file: str | None = None
+class PromptCompletionOptions(SourceOptions):
     prompt_field: str = "prompt"
     completion_field: str = "completion"
 
 
-class ChatOptions(SplitOptions):
-    train_file: str = Field(
-        description="JSONL with one {messages: [{role, content}, ...]} per line."
+class AlpacaOptions(SourceOptions):
+    instruction_field: str = "instruction"
+    input_field: str = Field(default="input", description="Optional; follows the instruction.")
+    output_field: str = "output"
+    system_field: str | None = Field(
+        default="system", description="Optional field holding a system message; null: none."
     )
-    test_file: str | None = None
+    separator: str = Field(default="\n\n", description="Between the instruction and the input.")
+
+
+TrainOn = Literal["all", "last"]
+
+
+class ChatOptions(SourceOptions):
     messages_field: str = "messages"
+    train_on: TrainOn = Field(
+        default="all",
+        description="Which assistant turns train: every one (one example per conversation, "
+        "the rest masked), or the last only. A message's own 'train' wins.",
+    )
+
+
+class ShareGptOptions(SourceOptions):
+    conversations_field: str = "conversations"
+    role_field: str = "from"
+    content_field: str = "value"
+    system_field: str | None = Field(
+        default="system", description="Optional field holding a system prompt; null: none."
+    )
+    roles: dict[str, Literal["system", "user", "assistant", "tool"]] = Field(
+        default_factory=dict,
+        description="More speaker names -> roles, beside human/gpt/system/tool/function/...",
+    )
+    train_on: TrainOn = Field(default="all", description="As for the chat format.")
 
 
 class SyntheticArithmeticOptions(SplitOptions):
@@ -67,15 +134,27 @@ FORMATS = (
     ),
     DatasetFormatSpec(
         name="prompt-completion",
-        summary="Generic JSONL of {prompt, completion} pairs.",
+        summary="Rows of {prompt, completion} pairs.",
         factory="sftkit.data.formats:PromptCompletionFormat",
         options_model=PromptCompletionOptions,
     ),
     DatasetFormatSpec(
+        name="alpaca",
+        summary="Alpaca rows {instruction, input, output}: the input follows the instruction.",
+        factory="sftkit.data.formats:AlpacaFormat",
+        options_model=AlpacaOptions,
+    ),
+    DatasetFormatSpec(
         name="chat",
-        summary="JSONL of chat conversations: {messages: [{role, content}, ...]}.",
+        summary="Conversations {messages: [{role, content}]}: every assistant turn trained.",
         factory="sftkit.data.formats:ChatFormat",
         options_model=ChatOptions,
+    ),
+    DatasetFormatSpec(
+        name="sharegpt",
+        summary="ShareGPT {conversations: [{from, value}]}: human/gpt/system/tool speakers.",
+        factory="sftkit.data.formats:ShareGptFormat",
+        options_model=ShareGptOptions,
     ),
     DatasetFormatSpec(
         name="synthetic-arithmetic",

@@ -10,4 +10,4 @@ from sftkit.modelshape.sources import resolve_builtin
 
 @hookimpl(trylast=True)
 def resolve_model_shape(model: str, trust_remote_code: bool) -> ModelShape:
-    return resolve_builtin(model)
+    return resolve_builtin(model, trust_remote_code=trust_remote_code)

@@ -47,7 +47,7 @@ def validate(app: AppContext, recipe: str, overrides: tuple[str, ...]) -> None:
         )
     click.echo(f"  strategy   {r.strategy.name}  [{resolved.strategy.plugin}]")
     click.echo(f"  optimizer  {r.optimizer.name}  [{resolved.optimizer.plugin}]")
-    click.echo(f"  data       {r.data.format.name} with template {r.data.template.name}")
+    click.echo(f"  data       {resolved.data_label} with template {r.data.template.name}")
     t = r.training
     click.echo(
         f"  training   micro-batch {t.micro_batch_size} x accumulation {t.gradient_accumulation_steps}, "
@@ -128,15 +128,36 @@ def list_command(app: AppContext, kind: str) -> None:
         err.print(f"[red]broken[/red] {escape(broken.error)}", highlight=False)
 
 
-@click.command(name="recipes")
-def recipes_command() -> None:
-    """Recipes bundled with sftkit, one line each."""
+@click.group(name="recipes", invoke_without_command=True)
+@click.pass_context
+def recipes_command(ctx: click.Context) -> None:
+    """Recipes bundled with sftkit, one line each. `sftkit recipes cp NAME DEST` copies one
+    to start from."""
+    if ctx.invoked_subcommand is not None:
+        return
     table = Table(title=f"bundled recipes ({bundled_recipes_dir()})")
     table.add_column("recipe", style="bold")
     table.add_column("what it does")
     for path in sorted(bundled_recipes_dir().glob("*.yaml")):
         table.add_row(path.stem, recipe_summary(path))
     Console().print(table)
+
+
+@recipes_command.command(name="cp")
+@click.argument("name")
+@click.argument("dest", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace DEST if it exists.")
+def recipes_cp(name: str, dest: Path, force: bool) -> None:
+    """Copy the bundled recipe NAME to DEST (a file, or a directory) to edit and run.
+
+    \b
+      sftkit recipes cp quickstart my_run.yaml
+      sftkit run my_run.yaml
+    """
+    from sftkit.recipe.load import copy_recipe
+
+    target = copy_recipe(name, dest, force=force)
+    click.echo(f"copied {name} to {target}; run it with `sftkit run {target}`")
 
 
 def recipe_summary(path: Path) -> str:

@@ -44,6 +44,18 @@ from sftkit.cli.core import recipe_arguments
     help="What starts the processes; both run the same generated configuration.",
 )
 @click.option(
+    "--deepspeed-config",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Your DeepSpeed JSON instead of the generated one (implies distributed.engine="
+    "deepspeed; its ZeRO stage and offloading go into the recipe and the memory check).",
+)
+@click.option(
+    "--accelerate-config",
+    type=click.Path(path_type=Path, dir_okay=False, exists=True),
+    help="Your accelerate config file: its settings are kept, the topology and engine come "
+    "from the launch and the recipe (a contradicting engine key is refused).",
+)
+@click.option(
     "--output-dir",
     type=click.Path(path_type=Path, file_okay=False),
     help="Run directory (default: the recipe's output_dir). Must be on a filesystem every node shares.",
@@ -68,6 +80,8 @@ def launch_command(
     master_addr: str,
     master_port: int | None,
     launcher: str,
+    deepspeed_config: Path | None,
+    accelerate_config: Path | None,
     output_dir: Path | None,
     resume: bool,
     force: bool,
@@ -102,6 +116,8 @@ def launch_command(
         output_dir=output_dir,
         resume=resume,
         force=force,
+        deepspeed_config=deepspeed_config,
+        accelerate_config=accelerate_config,
     )
     started = time.perf_counter()
     plan = plan_launch(request, registry=app.registry)

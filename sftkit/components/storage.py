@@ -61,6 +61,11 @@ def int8_bytes(out_features: int, in_features: int) -> QuantizedBytes:
     return QuantizedBytes(out_features * in_features, out_features * FP32)
 
 
+def quantized(group: TensorGroup) -> bool:
+    """Does a bitsandbytes base replace this tensor's layer (a decoder linear layer)?"""
+    return group.role == "linear" and group.quantizable
+
+
 def count_words(n: int) -> str:
     """8030261248 -> '8.0 B'; 41943040 -> '41.9 M'."""
     for scale, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
@@ -198,7 +203,7 @@ class _KbitStorage(BaseStorage):
         """The decoder's linear weights quantized (codes, then constants); every other
         parameter plain, in the upcast dtype, a quantized layer's bias as the kernel
         recasts it."""
-        if group.role == "linear":
+        if quantized(group):
             q = self.quantized_bytes(group)
             name, shape, count = group.name, group.shape, group.count
             return [
@@ -232,7 +237,7 @@ class _KbitStorage(BaseStorage):
     def dequantized_bytes(self, shape: ModelShape, p: Precision) -> int:
         # bitsandbytes dequantizes one quantized weight at a time to the compute dtype for the
         # matmul (forward and the input gradient in backward).
-        largest = max((g.numel for g in shape.census() if g.role == "linear"), default=0)
+        largest = max((g.numel for g in shape.census() if quantized(g)), default=0)
         return largest * p.compute_bytes
 
     def adapter_dtype(self, p: Precision) -> str:
@@ -297,7 +302,7 @@ class Bnb4bit(_KbitStorage):
     def weight_label(self, kind: str, shape: ModelShape, p: Precision) -> tuple[str, str]:
         q = self.quant_type.upper()
         if kind == "base":
-            linear = sum(g.total for g in shape.census() if g.role == "linear")
+            linear = sum(g.total for g in shape.census() if quantized(g))
             return (
                 f"{q} 4-bit weights of {count_words(linear)} linear-layer parameters",
                 "ceil(n/2) bytes per tensor of n weights (two 4-bit codes per byte)",
@@ -329,11 +334,7 @@ class Bnb4bit(_KbitStorage):
         if not is_cpu(device):
             return None
         widths = sorted(
-            {
-                g.shape[1]
-                for g in shape.census()
-                if g.role == "linear" and g.shape[1] % BNB_CPU_4BIT_BLOCK
-            }
+            {g.shape[1] for g in shape.census() if quantized(g) and g.shape[1] % BNB_CPU_4BIT_BLOCK}
         )
         if not widths:
             return None
@@ -378,7 +379,7 @@ class LlmInt8(_KbitStorage):
 
     def weight_label(self, kind: str, shape: ModelShape, p: Precision) -> tuple[str, str]:
         if kind == "base":
-            linear = sum(g.total for g in shape.census() if g.role == "linear")
+            linear = sum(g.total for g in shape.census() if quantized(g))
             return (
                 f"LLM.int8 weights of {count_words(linear)} linear-layer parameters",
                 "1 byte per weight",

@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-Message = dict[str, str]
+# {"role": ..., "content": ...}; an assistant message of a prompt's history may also carry
+# "train": True (the chat formats set it): that turn is trained, not only the final answer.
+Message = dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -13,8 +15,9 @@ class Example:
     """A training or evaluation example.
 
     `prompt` is the question (plain text) or a chat history (a list of ``{role, content}``
-    messages ending before the assistant's answer); `completion` is the answer the model is
-    trained to produce; `reference_answer` is the final answer an evaluator compares against
+    messages ending before the assistant's answer; earlier assistant turns marked
+    ``"train": True`` are trained too); `completion` is the answer the model is trained to
+    produce; `reference_answer` is the final answer an evaluator compares against
     (for GSM8K the number after ``####``), or None.
     """
 
@@ -35,13 +38,20 @@ class Example:
     def from_dict(cls, row: dict[str, Any]) -> Example:
         prompt = row["prompt"]
         if isinstance(prompt, list):
-            prompt = [{"role": str(m["role"]), "content": str(m["content"])} for m in prompt]
+            prompt = [_message(m) for m in prompt]
         return cls(
             id=str(row["id"]),
             prompt=prompt,
             completion=str(row["completion"]),
             reference_answer=row.get("reference_answer"),
         )
+
+    @property
+    def trained_turns(self) -> int:
+        """Assistant turns trained: the completion and those of the history marked so."""
+        if isinstance(self.prompt, str):
+            return 1
+        return 1 + sum(1 for m in self.prompt if m.get("role") == "assistant" and m.get("train"))
 
     def prompt_key(self) -> str:
         """Normalised prompt text, to find the same question in two splits."""
@@ -50,3 +60,10 @@ class Example:
         else:
             text = "\n".join(m["content"] for m in self.prompt if m["role"] == "user")
         return " ".join(text.lower().split())
+
+
+def _message(m: dict[str, Any]) -> Message:
+    out: Message = {"role": str(m["role"]), "content": str(m["content"])}
+    if m.get("train") is True:
+        out["train"] = True
+    return out

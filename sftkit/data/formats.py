@@ -1,16 +1,16 @@
 """Dataset formats: read a source into train (and test) `Example`s, validating every row.
 
 Each class is the factory of one dataset-format plugin (see `sftkit.builtin.formats`). A
-format only reads and validates; splitting off dev, the leak check and writing the prepared
-files are common to all formats (`sftkit.data.prepare`).
+format only converts rows: where they come from (a hub id, a `datasets` directory, local
+JSONL/JSON/Parquet/CSV files or globs) is `sftkit.data.sources.read_splits`'s job, and
+splitting off dev, the leak check and writing the prepared files are common to all formats
+(`sftkit.data.prepare`).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from sftkit.data.example import Example, Message
@@ -20,12 +20,10 @@ from sftkit.data.readers import (
     RowError,
     SourceInfo,
     convert_rows,
-    iter_file,
     iter_rows,
     require_text,
-    sha256_file,
 )
-from sftkit.errors import DataError
+from sftkit.data.sources import read_splits
 
 GSM8K_ANSWER = re.compile(r"^####\s*(-?[\d,]*\.?\d+)\s*$")
 CALCULATOR = re.compile(r"<<[^<>]*>>")
@@ -62,136 +60,20 @@ def final_answer(answer: str) -> tuple[str, str]:
     return "\n".join(lines[:-1]).rstrip(), match.group(1).replace(",", "")
 
 
-def _split_files(directory: Path, split: str) -> list[Path]:
-    patterns = (f"{split}.jsonl", f"{split}.parquet", f"{split}-*.parquet", f"*/{split}-*.parquet")
-    found: list[Path] = []
-    for pattern in patterns:
-        found.extend(p for p in sorted(directory.glob(pattern)) if p not in found)
-    return found
+def reference_of(completion: str) -> str | None:
+    """The '#### N' number of a completion, if it ends with one (what gsm8k scores)."""
+    try:
+        return final_answer(completion)[1]
+    except RowError:
+        return None
 
 
-def read_local_splits(
-    directory: Path,
-    convert: Any,
-    *,
-    skip_bad_rows: bool,
-    report: ReadReport,
-) -> dict[str, list[Example]]:
-    """train and test from `directory` (train.jsonl / test.jsonl, or Parquet shards)."""
-    if not directory.is_dir():
-        raise DataError(f"data source {str(directory)!r} is not a directory.")
-    out: dict[str, list[Example]] = {}
-    for split in ("train", "test"):
-        files = _split_files(directory, split)
-        if not files:
-            if split == "train":
-                raise DataError(
-                    f"no train file in {directory}: expected train.jsonl or train*.parquet.",
-                )
-            continue
-        examples: list[Example] = []
-        for path in files:
-            rows = _with_ids(iter_file(path), split, offset=len(examples))
-            got = convert_rows(
-                rows, convert, source=str(path), skip_bad_rows=skip_bad_rows, report=report
-            )
-            report.sources.append(SourceInfo(split, str(path), len(got), sha256_file(path)))
-            examples.extend(got)
-        out[split] = examples
-    return out
+def example_id(row: RawRow) -> str:
+    return f"{row.split or 'train'}-{row.index:05d}"
 
 
-def _with_ids(
-    rows: Iterator[RawRow | tuple[str, str]], split: str, offset: int
-) -> Iterator[RawRow | tuple[str, str]]:
-    """Tag each row with its split and a stable position-based id."""
-    for row in rows:
-        if isinstance(row, RawRow):
-            row.index += offset
-            row.data = {"__split": split, "__data": row.data}
-        yield row
-
-
-def _unwrap(row: RawRow) -> tuple[str, Any]:
-    wrapped = row.data
-    return wrapped["__split"], wrapped["__data"]
-
-
-# --------------------------------------------------------------------------- GSM8K
-
-
-class Gsm8kFormat:
-    """GSM8K: {question, answer} rows whose answer ends with '#### N'."""
-
-    def __init__(self, options: Any) -> None:
-        self.options = options
-
-    def convert(self, row: RawRow) -> Example:
-        split, data = _unwrap(row)
-        question = require_text(data, "question")
-        answer = require_text(data, "answer")
-        reasoning, number = final_answer(answer)
-        if not self.options.keep_calculator_annotations:
-            reasoning = CALCULATOR.sub("", reasoning)
-        completion = f"{reasoning}\n#### {number}" if reasoning else f"#### {number}"
-        return Example(f"{split}-{row.index:05d}", question.strip(), completion, number)
-
-    def read(self, *, skip_bad_rows: bool) -> RawSplits:
-        report = ReadReport()
-        source = self.options.source
-        path = Path(source).expanduser()
-        if path.exists():
-            splits = read_local_splits(
-                path, self.convert, skip_bad_rows=skip_bad_rows, report=report
-            )
-        else:
-            splits = self._read_hub(source, skip_bad_rows=skip_bad_rows, report=report)
-        return RawSplits(splits["train"], splits.get("test"), report)
-
-    def _read_hub(self, source: str, *, skip_bad_rows: bool, report: ReadReport) -> dict[str, Any]:
-        if source.count("/") != 1 or source.startswith((".", "/", "~")):
-            raise DataError(
-                f"GSM8K source {source!r} is neither an existing directory nor a hub id (org/name).",
-                hint="Point data.format.options.source at a directory holding train.jsonl and test.jsonl.",
-            )
-        try:
-            import datasets
-        except ImportError as exc:  # pragma: no cover
-            raise DataError(
-                "loading from the hub needs the `datasets` package.",
-                hint="pip install 'sftkit[train]'",
-            ) from exc
-        try:
-            loaded = datasets.load_dataset(source, self.options.config)
-        except Exception as exc:
-            raise DataError(
-                f"cannot load {source!r} (config {self.options.config!r}) from the hub: "
-                f"{type(exc).__name__}: {exc}",
-                hint="Offline? Set data.format.options.source to a directory with the GSM8K "
-                "train.jsonl and test.jsonl files.",
-            ) from exc
-        out: dict[str, list[Example]] = {}
-        for split in ("train", "test"):
-            if split not in loaded:
-                continue
-            name = f"{source}[{split}]"
-            rows = _with_ids(iter_rows(list(loaded[split]), name), split, offset=0)
-            got = convert_rows(
-                rows, self.convert, source=name, skip_bad_rows=skip_bad_rows, report=report
-            )
-            fingerprint = getattr(loaded[split], "_fingerprint", None)
-            report.sources.append(SourceInfo(split, f"hub:{name}", len(got), fingerprint))
-            out[split] = got
-        if "train" not in out:
-            raise DataError(f"hub dataset {source!r} has no train split.")
-        return out
-
-
-# --------------------------------------------------------------------------- generic JSONL
-
-
-class _FileFormat:
-    """Formats with a train file and an optional test file (JSONL or Parquet)."""
+class SourceFormat:
+    """A format whose options are `SourceOptions`: rows from anywhere, converted one by one."""
 
     def __init__(self, options: Any) -> None:
         self.options = options
@@ -200,72 +82,151 @@ class _FileFormat:
         raise NotImplementedError
 
     def read(self, *, skip_bad_rows: bool) -> RawSplits:
-        report = ReadReport()
-        train = self._read_file("train", self.options.train_file, skip_bad_rows, report)
-        test = None
-        if self.options.test_file:
-            test = self._read_file("test", self.options.test_file, skip_bad_rows, report)
-        return RawSplits(train, test, report)
+        splits: RawSplits = read_splits(self.options, self.convert, skip_bad_rows=skip_bad_rows)
+        return splits
 
-    def _read_file(
-        self, split: str, name: str, skip_bad_rows: bool, report: ReadReport
-    ) -> list[Example]:
-        path = Path(name).expanduser()
-        key = f"data.format.options.{split}_file"
-        if path.is_dir():
-            inside = sorted(
-                p.name for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".parquet")
-            )
-            raise DataError(
-                f"{key}: {name!r} is a directory; this format reads one JSONL or Parquet file."
-                + (f" It holds {', '.join(inside[:5])}." if inside else ""),
-                hint=f"Set {key} to the file itself"
-                + (f", e.g. {str(path / inside[0])!r}." if inside else "."),
-            )
-        if not path.exists():  # a device or FIFO exists: the reader says what it is
-            raise DataError(
-                f"{key}: {split} file {name!r} does not exist (looked at {path.resolve()}).",
-                hint=f"Set {key} to a JSONL or Parquet file.",
-            )
-        rows = _with_ids(iter_file(path), split, offset=0)
-        got = convert_rows(
-            rows, self.convert, source=str(path), skip_bad_rows=skip_bad_rows, report=report
+
+# --------------------------------------------------------------------------- GSM8K
+
+
+class Gsm8kFormat(SourceFormat):
+    """GSM8K: {question, answer} rows whose answer ends with '#### N'."""
+
+    def convert(self, row: RawRow) -> Example:
+        question = require_text(row.data, "question")
+        answer = require_text(row.data, "answer")
+        reasoning, number = final_answer(answer)
+        if not self.options.keep_calculator_annotations:
+            reasoning = CALCULATOR.sub("", reasoning)
+        completion = f"{reasoning}\n#### {number}" if reasoning else f"#### {number}"
+        return Example(example_id(row), question.strip(), completion, number)
+
+
+# --------------------------------------------------------------------------- prompt/completion
+
+
+class PromptCompletionFormat(SourceFormat):
+    """One {prompt, completion} object per row (field names configurable)."""
+
+    def convert(self, row: RawRow) -> Example:
+        prompt = require_text(row.data, self.options.prompt_field)
+        completion = require_text(row.data, self.options.completion_field)
+        reference = row.data.get("reference_answer")
+        return Example(example_id(row), prompt, completion, reference or reference_of(completion))
+
+
+class AlpacaFormat(SourceFormat):
+    """Alpaca: {instruction, input, output}; a non-empty input follows the instruction in
+    the prompt, and an optional system field becomes a system message."""
+
+    def convert(self, row: RawRow) -> Example:
+        o = self.options
+        instruction = require_text(row.data, o.instruction_field)
+        output = require_text(row.data, o.output_field)
+        extra = row.data.get(o.input_field)
+        if extra is not None and not isinstance(extra, str):
+            raise RowError(f"{o.input_field!r} must be a string, found {type(extra).__name__}")
+        text = (
+            f"{instruction.strip()}{o.separator}{extra.strip()}"
+            if extra and extra.strip()
+            else instruction.strip()
         )
-        report.sources.append(SourceInfo(split, str(path), len(got), sha256_file(path)))
-        return got
+        system = row.data.get(o.system_field) if o.system_field else None
+        prompt: str | list[Message] = text
+        if isinstance(system, str) and system.strip():
+            prompt = [{"role": "system", "content": system}, {"role": "user", "content": text}]
+        return Example(example_id(row), prompt, output, reference_of(output))
 
 
-class PromptCompletionFormat(_FileFormat):
-    """One {prompt, completion} object per line (field names configurable)."""
+# --------------------------------------------------------------------------- conversations
+
+ROLES = ("system", "user", "assistant", "tool")
+# ShareGPT's speaker names (and those of the datasets built like it) -> chat roles.
+SHAREGPT_ROLES = {
+    "system": "system",
+    "human": "user",
+    "user": "user",
+    "gpt": "assistant",
+    "assistant": "assistant",
+    "chatgpt": "assistant",
+    "bing": "assistant",
+    "bard": "assistant",
+    "model": "assistant",
+    "function_call": "assistant",
+    "tool": "tool",
+    "function": "tool",
+    "function_response": "tool",
+    "observation": "tool",
+    "ipython": "tool",
+}
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str
+    content: str
+    train: bool | None  # the row's own say (`train`, or ShareGPT's `weight`), else None
+
+
+def conversation_example(row: RawRow, turns: list[Turn], *, key: str, train_on: str) -> Example:
+    """One example per conversation: every assistant turn trained (``train_on: all``) or
+    the last one (``last``), a turn's own ``train: false`` or ``true`` winning; the history
+    before the last trained turn is the prompt (its trained turns marked ``train``), and
+    what follows it is dropped (it cannot change the loss of the turns before)."""
+    if not turns:
+        raise RowError(f"{key!r} must be a non-empty list of messages")
+    assistants = [i for i, t in enumerate(turns) if t.role == "assistant"]
+    if not assistants:
+        raise RowError(f"{key!r} has no assistant message to train on")
+    default_on = set(assistants) if train_on == "all" else {assistants[-1]}
+    trained = [
+        i for i in assistants if (turns[i].train if turns[i].train is not None else i in default_on)
+    ]
+    if not trained:
+        raise RowError(f"{key!r}: every assistant message has train: false")
+    for i, t in enumerate(turns):
+        if t.train is not None and t.role != "assistant":
+            raise RowError(f"{key}[{i}]: 'train' applies to assistant messages, not {t.role}")
+    last = trained[-1]
+    if not any(t.role == "user" for t in turns[: trained[0]]):
+        raise RowError(f"{key!r} has no user message before the first trained answer")
+    history: list[Message] = []
+    for i, t in enumerate(turns[:last]):
+        message: Message = {"role": t.role, "content": t.content}
+        if i in trained:
+            message["train"] = True
+        history.append(message)
+    completion = turns[last].content
+    return Example(example_id(row), history, completion, reference_of(completion))
+
+
+def _flag(message: dict[str, Any], where: str) -> bool | None:
+    if "train" in message:
+        value = message["train"]
+        if not isinstance(value, bool):
+            raise RowError(f"{where}.train must be true or false, found {value!r}")
+        return value
+    if "weight" in message and message["weight"] is not None:  # ShareGPT/axolotl: 0 or 1
+        if message["weight"] not in (0, 1):
+            raise RowError(f"{where}.weight must be 0 or 1, found {message['weight']!r}")
+        return bool(message["weight"])
+    return None
+
+
+class ChatFormat(SourceFormat):
+    """{messages: [{role, content, train?}, ...]}: roles system, user, assistant, tool; one
+    example per conversation, every assistant turn trained unless ``train_on: last`` or its
+    own ``train: false``."""
 
     def convert(self, row: RawRow) -> Example:
-        split, data = _unwrap(row)
-        prompt = require_text(data, self.options.prompt_field)
-        completion = require_text(data, self.options.completion_field)
-        reference = data.get("reference_answer")
-        if reference is None:
-            try:
-                reference = final_answer(completion)[1]
-            except RowError:
-                reference = None
-        return Example(f"{split}-{row.index:05d}", prompt, completion, reference)
-
-
-ROLES = ("system", "user", "assistant")
-
-
-class ChatFormat(_FileFormat):
-    """{messages: [{role, content}, ...]}: the last assistant turn is the completion."""
-
-    def convert(self, row: RawRow) -> Example:
-        split, data = _unwrap(row)
+        data = row.data
         if not isinstance(data, dict):
             raise RowError(f"expected a JSON object, found {type(data).__name__}")
         key = self.options.messages_field
         messages = data.get(key)
         if not isinstance(messages, list) or not messages:
             raise RowError(f"{key!r} must be a non-empty list of {{role, content}} objects")
-        parsed: list[Message] = []
+        turns = []
         for i, message in enumerate(messages):
             if not isinstance(message, dict):
                 raise RowError(f"{key}[{i}] is not an object")
@@ -274,17 +235,45 @@ class ChatFormat(_FileFormat):
                 raise RowError(f"{key}[{i}].role must be one of {', '.join(ROLES)}, found {role!r}")
             if not isinstance(content, str):
                 raise RowError(f"{key}[{i}].content must be a string")
-            parsed.append({"role": role, "content": content})
-        if parsed[-1]["role"] != "assistant":
+            turns.append(Turn(role, content, _flag(message, f"{key}[{i}]")))
+        if self.options.train_on == "last" and turns[-1].role != "assistant":
             raise RowError(f"the last message of {key!r} must be the assistant's answer")
-        if not any(m["role"] == "user" for m in parsed[:-1]):
-            raise RowError(f"{key!r} has no user message before the answer")
-        completion = parsed[-1]["content"]
-        try:
-            reference: str | None = final_answer(completion)[1]
-        except RowError:
-            reference = None
-        return Example(f"{split}-{row.index:05d}", parsed[:-1], completion, reference)
+        return conversation_example(row, turns, key=key, train_on=self.options.train_on)
+
+
+class ShareGptFormat(SourceFormat):
+    """ShareGPT: {conversations: [{from, value}, ...], system?}; speakers human/gpt/system/
+    tool/function/observation (and the `roles` option's own names) become chat roles."""
+
+    def convert(self, row: RawRow) -> Example:
+        data = row.data
+        if not isinstance(data, dict):
+            raise RowError(f"expected a JSON object, found {type(data).__name__}")
+        o = self.options
+        key = o.conversations_field
+        messages = data.get(key)
+        if not isinstance(messages, list) or not messages:
+            raise RowError(f"{key!r} must be a non-empty list of {{from, value}} objects")
+        roles = {**SHAREGPT_ROLES, **o.roles}
+        turns: list[Turn] = []
+        system = data.get(o.system_field) if o.system_field else None
+        if isinstance(system, str) and system.strip():
+            turns.append(Turn("system", system, None))
+        for i, message in enumerate(messages):
+            if not isinstance(message, dict):
+                raise RowError(f"{key}[{i}] is not an object")
+            speaker, value = message.get(o.role_field), message.get(o.content_field)
+            role = roles.get(speaker) if isinstance(speaker, str) else None
+            if role is None:
+                known = ", ".join(sorted(roles))
+                raise RowError(
+                    f"{key}[{i}].{o.role_field} {speaker!r} is not a speaker sftkit knows ({known}); "
+                    "map it with data.format.options.roles"
+                )
+            if not isinstance(value, str):
+                raise RowError(f"{key}[{i}].{o.content_field} must be a string")
+            turns.append(Turn(role, value, _flag(message, f"{key}[{i}]")))
+        return conversation_example(row, turns, key=key, train_on=o.train_on)
 
 
 # --------------------------------------------------------------------------- synthetic
@@ -312,7 +301,7 @@ class SyntheticArithmeticFormat:
         splits: dict[str, list[Example]] = {}
         for split, rows in (("train", train_rows), ("test", test_rows)):
             name = f"synthetic-arithmetic[{split}]"
-            tagged = _with_ids(iter_rows(rows, name), split, offset=0)
+            tagged = (_in_split(row, split) for row in iter_rows(rows, name))
             splits[split] = convert_rows(
                 tagged, converter.convert, source=name, skip_bad_rows=False, report=report
             )
@@ -320,6 +309,12 @@ class SyntheticArithmeticFormat:
                 SourceInfo(split, f"generated:{name} seed={o.seed}", len(splits[split]))
             )
         return RawSplits(splits["train"], splits["test"], report)
+
+
+def _in_split(row: RawRow | tuple[str, str], split: str) -> RawRow | tuple[str, str]:
+    if isinstance(row, RawRow):
+        row.split = split
+    return row
 
 
 class _Gsm8kDefaults:

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import random
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -44,6 +45,24 @@ MANIFEST = "manifest.json"
 SHOWN_SKIPPED = 20
 # Options that change how rows are read but not which rows a clean source yields.
 NOT_FINGERPRINTED = frozenset({"skip_bad_rows"})
+# Options added to built-in formats after data had been prepared with them: left out of the
+# fingerprint while at these values, so an earlier preparation still matches.
+ADDED_OPTIONS: dict[str, dict[str, Any]] = {
+    "gsm8k": {
+        "revision": None,
+        "train_split": "train",
+        "test_split": "test",
+        "train_file": None,
+        "test_file": None,
+    },
+    "prompt-completion": {
+        "source": None,
+        "config": None,
+        "revision": None,
+        "train_split": "train",
+        "test_split": "test",
+    },
+}
 
 
 @dataclass
@@ -75,12 +94,26 @@ def prepared_dir(resolved: ResolvedRecipe) -> Path:
     )
 
 
-def fingerprint(resolved: ResolvedRecipe) -> str:
-    options = resolved.data_format.options.model_dump(mode="json")
-    payload = {
-        "format": resolved.data_format.spec.name,
-        "options": {k: v for k, v in options.items() if k not in NOT_FINGERPRINTED},
+def _fingerprinted(name: str, options: Any) -> dict[str, Any]:
+    dumped = options.model_dump(mode="json")
+    added = ADDED_OPTIONS.get(name, {})
+    return {
+        k: v
+        for k, v in dumped.items()
+        if k not in NOT_FINGERPRINTED and not (k in added and added[k] == v)
     }
+
+
+def fingerprint(resolved: ResolvedRecipe) -> str:
+    mixture = resolved.recipe.data.mixture
+    if mixture is not None:
+        section = mixture.model_dump(mode="json", exclude={"skip_bad_rows"})
+        for source, component in zip(section["datasets"], resolved.mixture, strict=True):
+            source["format"]["options"] = _fingerprinted(component.spec.name, component.options)
+        payload: dict[str, Any] = {"format": "mixture", "mixture": section}
+    else:
+        name = resolved.data_format.spec.name
+        payload = {"format": name, "options": _fingerprinted(name, resolved.data_format.options)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -115,12 +148,20 @@ def prepare_data(
 def _prepare(
     resolved: ResolvedRecipe, directory: Path, expected: str, skip_bad_rows: bool | None
 ) -> PreparedData:
-    options = resolved.data_format.options
+    mixture = resolved.recipe.data.mixture
+    # dev_size, split_seed, skip_bad_rows: the format's options, or the mixture's
+    options: Any = mixture if mixture is not None else resolved.data_format.options
     skip = options.skip_bad_rows if skip_bad_rows is None else skip_bad_rows
-    fmt = load_factory(resolved.data_format.spec.factory)(options)
+    mixed: list[dict[str, Any]] = []
     data = resolved.recipe.data
     with read_limits(ReadLimits(data.max_row_bytes, data.max_file_bytes)):
-        raw = fmt.read(skip_bad_rows=skip)
+        if mixture is not None:
+            from sftkit.data.mixture import read_mixture
+
+            raw, mixed = read_mixture(resolved, skip_bad_rows=skip)
+        else:
+            fmt = load_factory(resolved.data_format.spec.factory)(options)
+            raw = fmt.read(skip_bad_rows=skip)
     check_not_a_source(directory, raw.report.sources)
     warnings: list[str] = []
     train, dev = split_dev(raw.train, dev_size=options.dev_size, seed=options.split_seed)
@@ -163,8 +204,9 @@ def _prepare(
         _write_jsonl(path, rows)
         files[path.name] = {"rows": len(rows), "sha256": sha256_file(path)}
     manifest = {
-        "format": resolved.data_format.spec.name,
+        "format": "mixture" if mixture is not None else resolved.data_format.spec.name,
         "options": options.model_dump(mode="json"),
+        **({"mixture": mixed} if mixed else {}),
         "fingerprint": expected,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "sftkit_version": __version__,
@@ -298,6 +340,18 @@ def load_split(resolved: ResolvedRecipe, split: Split) -> list[Example]:
         raise DataError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}.")
     prepared = ensure_prepared(resolved)
     return read_examples(prepared.split_path(split))
+
+
+def peek_split(resolved: ResolvedRecipe, split: Split) -> tuple[list[Example], list[str]]:
+    """A split and the preparation's warnings, writing nothing: from an up-to-date
+    preparation if there is one, else prepared in a temporary directory (`sftkit preview`)."""
+    directory = prepared_dir(resolved)
+    existing = read_manifest(directory)
+    if existing is not None and existing.get("fingerprint") == fingerprint(resolved):
+        return read_examples(split_path(directory, split)), []
+    with tempfile.TemporaryDirectory(prefix="sftkit-preview-") as tmp:
+        prepared = prepare_data(resolved, directory=Path(tmp))
+        return read_examples(prepared.split_path(split)), prepared.warnings
 
 
 def read_examples(path: Path) -> list[Example]:

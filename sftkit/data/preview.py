@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from sftkit.data.prepare import load_split
+from sftkit.data.prepare import peek_split
 from sftkit.data.tokenize import IGNORE_INDEX, Encoded, encode_all
 from sftkit.specs import load_factory
 
@@ -39,6 +39,12 @@ def render_tokens(encoded: Encoded, tokenizer: Any, *, marks: bool = False) -> T
     return text
 
 
+def trained_spans(encoded: Encoded) -> int:
+    """Runs of trained tokens (one per trained assistant turn of a conversation)."""
+    flags = [label != IGNORE_INDEX for label in encoded.labels]
+    return sum(1 for i, on in enumerate(flags) if on and (i == 0 or not flags[i - 1]))
+
+
 def length_stats(encoded: list[Encoded], max_length: int) -> dict[str, Any]:
     lengths = sorted(len(e.input_ids) for e in encoded)
     over = [e for e in encoded if len(e.input_ids) > max_length]
@@ -63,7 +69,7 @@ def preview(resolved: ResolvedRecipe, console: Console, *, count: int, split: st
     recipe = resolved.recipe
     tokenizer = load_tokenizer(recipe)
     template = load_factory(resolved.template.spec.factory)(resolved.template.options)
-    examples = load_split(resolved, split)  # type: ignore[arg-type]
+    examples, _ = peek_split(resolved, split)  # type: ignore[arg-type]  # warnings: logged
     encoded = encode_all(
         template, examples, tokenizer, completion_only_loss=recipe.data.completion_only_loss
     )
@@ -74,13 +80,15 @@ def preview(resolved: ResolvedRecipe, console: Console, *, count: int, split: st
         else "[dim]dim = masked (no loss)[/dim], [bold green]green = trained[/bold green]"
     )
     console.print(
-        f"[bold]{split}[/bold]: {len(examples)} examples, format {resolved.data_format.spec.name}, "
+        f"[bold]{split}[/bold]: {len(examples)} examples, format {resolved.data_label}, "
         f"template {resolved.template.spec.name}, completion-only loss "
         f"{'on' if recipe.data.completion_only_loss else 'off'}. {legend}."
     )
     for example, enc in list(zip(examples, encoded, strict=True))[:count]:
+        spans = trained_spans(enc)
         console.rule(
-            f"{example.id}: {len(enc.input_ids)} tokens, {enc.trained_tokens} trained",
+            f"{example.id}: {len(enc.input_ids)} tokens, {enc.trained_tokens} trained"
+            + (f" in {spans} spans" if spans > 1 else ""),
             style="cyan",
         )
         console.print(render_tokens(enc, tokenizer, marks=marks))

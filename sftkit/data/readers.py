@@ -1,4 +1,5 @@
-"""Reading raw rows from JSONL, Parquet or the hub, each with a location for error messages.
+"""Reading raw rows from JSONL, JSON, CSV, Parquet or the hub, each with a location for error
+messages.
 
 A row that cannot be turned into an `Example` is reported as ``file:line: what is wrong``.
 With `skip_bad_rows` the bad rows are counted and skipped instead; otherwise every problem in
@@ -37,6 +38,7 @@ class RawRow:
     location: str  # "train.jsonl:17" or "openai/gsm8k[train]:row 17"
     index: int  # 0-based position among the source's rows
     data: Any
+    split: str = ""  # "train" or "test" when read through `sftkit.data.sources.read_splits`
 
 
 @dataclass
@@ -198,9 +200,73 @@ def iter_parquet(path: Path) -> Iterator[RawRow | tuple[str, str]]:
         yield RawRow(location, index, data)
 
 
+def iter_json(path: Path) -> Iterator[RawRow | tuple[str, str]]:
+    """Rows of a ``.json`` file: a JSON array of rows (each located at the line it starts
+    on), or JSON Lines under a ``.json`` name (as many datasets ship them)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}.") from exc
+    start = len(text) - len(text.lstrip())
+    if not text.startswith("[", start):
+        yield from iter_jsonl(path)
+        return
+    decoder = json.JSONDecoder()
+    at, index = start + 1, 0
+    while True:
+        while at < len(text) and text[at] in " \t\r\n,":
+            at += 1
+        if at >= len(text) or text[at] == "]":
+            return
+        location = f"{path}:{text.count(chr(10), 0, at) + 1}"
+        try:
+            data, at = decoder.raw_decode(text, at)
+        except json.JSONDecodeError as exc:
+            # the rest of the array cannot be located reliably: one problem, then stop
+            yield location, f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+            return
+        yield RawRow(location, index, data)
+        index += 1
+
+
+def iter_csv(path: Path) -> Iterator[RawRow | tuple[str, str]]:
+    """Rows of a CSV file with a header line: each row a {column: text} mapping, located at
+    the line it starts on."""
+    import csv
+
+    try:
+        handle = path.open("r", encoding="utf-8", newline="")
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}.") from exc
+    with handle:
+        reader = csv.DictReader(handle)
+        reader.fieldnames  # noqa: B018 - reads the header, so line_num counts from it
+        line = reader.line_num + 1
+        try:
+            for index, data in enumerate(reader):
+                if None in data:
+                    yield (
+                        f"{path}:{line}",
+                        f"more cells than the {len(reader.fieldnames or [])} columns of the header",
+                    )
+                else:
+                    yield RawRow(f"{path}:{line}", index, dict(data))
+                line = reader.line_num + 1
+        except csv.Error as exc:
+            yield f"{path}:{reader.line_num}", f"not valid CSV ({exc})"
+
+
+SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
 def iter_file(path: Path) -> Iterator[RawRow | tuple[str, str]]:
+    """Rows of a local file, by its suffix: ``.parquet``, ``.json``, ``.csv``, else JSONL."""
     if path.suffix == ".parquet":
         return iter_parquet(path)
+    if path.suffix == ".json":
+        return iter_json(path)
+    if path.suffix == ".csv":
+        return iter_csv(path)
     return iter_jsonl(path)
 
 
@@ -231,16 +297,21 @@ def convert_rows(
         except RowError as exc:
             problems.append(f"{row.location}: {exc}")
     if problems and not skip_bad_rows:
-        shown = "\n".join(f"  {p}" for p in problems[:MAX_SHOWN])
-        more = f"\n  ... and {len(problems) - MAX_SHOWN} more" if len(problems) > MAX_SHOWN else ""
-        raise DataError(
-            f"{source}: {len(problems)} malformed row{'s' if len(problems) != 1 else ''}:\n"
-            f"{shown}{more}",
-            hint="Fix the rows, or skip and count them with --skip-bad-rows "
-            "(data.format.options.skip_bad_rows=true).",
-        )
+        raise malformed(source, problems)
     report.skipped.extend(problems)
     return examples
+
+
+def malformed(source: str, problems: list[str]) -> DataError:
+    """The error for `problems` (``FILE:LINE: what``) found in `source`, the first few spelled out."""
+    shown = "\n".join(f"  {p}" for p in problems[:MAX_SHOWN])
+    more = f"\n  ... and {len(problems) - MAX_SHOWN} more" if len(problems) > MAX_SHOWN else ""
+    return DataError(
+        f"{source}: {len(problems)} malformed row{'s' if len(problems) != 1 else ''}:\n"
+        f"{shown}{more}",
+        hint="Fix the rows, or skip and count them with --skip-bad-rows "
+        "(data.format.options.skip_bad_rows=true).",
+    )
 
 
 def require_text(data: Any, key: str) -> str:

@@ -6,6 +6,9 @@ Each class is the factory of one prompt-template plugin (see `sftkit.builtin.tem
 * ``prompt_text(example, tokenizer)``: everything before the answer, generation prompt
   included, special tokens (BOS, chat markers) written out as text.
 * ``completion_text(example, tokenizer)``: the answer, ending with the end-of-turn/EOS text.
+* ``segments(example, tokenizer)`` (optional): the whole text as (text, trained) pieces, so
+  a conversation trains every assistant turn marked ``train: true`` in its history, not
+  only the final answer. Joined, the pieces are prompt_text + completion_text.
 
 Encode both with ``add_special_tokens=False`` (the text already carries them): see
 `sftkit.data.tokenize`, which every consumer (training, preview, evaluation) goes through.
@@ -19,6 +22,16 @@ from sftkit.data.example import Example, Message
 from sftkit.errors import DataError
 
 PROBE = "\u2063SFTKIT-PROBE\u2063"  # text no real answer contains
+
+
+def trained_turn(message: Message) -> bool:
+    """An assistant message of the history that is trained (the chat formats mark them)."""
+    return message.get("role") == "assistant" and message.get("train") is True
+
+
+def plain(messages: list[Message]) -> list[Message]:
+    """Messages as a chat template expects them: role and content only."""
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
 
 
 def split_final_answer(completion: str) -> tuple[str, str]:
@@ -58,6 +71,25 @@ class TutorTemplate:
     def completion_text(self, example: Example, tokenizer: Any) -> str:
         return example.completion.rstrip() + _eos(tokenizer)
 
+    def segments(self, example: Example, tokenizer: Any) -> list[tuple[str, bool]]:
+        if isinstance(example.prompt, str) or not any(map(trained_turn, example.prompt)):
+            return [
+                (self.prompt_text(example, tokenizer), False),
+                (self.completion_text(example, tokenizer), True),
+            ]
+        bos = getattr(tokenizer, "bos_token", None) or ""
+        head = f"{self.options.instruction}\n\n" if self.options.instruction else ""
+        out: list[tuple[str, bool]] = [(f"{bos}{head}", False)]
+        for m in example.prompt:
+            role = f"{m['role'].capitalize()}: "
+            if trained_turn(m):
+                out += [(role, False), (m["content"], True), ("\n", False)]
+            else:
+                out.append((f"{role}{m['content']}\n", False))
+        out.append(("Answer:\n", False))
+        out.append((self.completion_text(example, tokenizer), True))
+        return out
+
 
 class ChatTemplate:
     """The tokenizer's own chat template.
@@ -80,7 +112,7 @@ class ChatTemplate:
                 user = f"{user}\n\n{o.instruction}"
             messages: list[Message] = [{"role": "user", "content": user}]
         else:
-            messages = [dict(m) for m in example.prompt]
+            messages = [dict(m) for m in example.prompt]  # keeps the `train` marks
         if o.system and not any(m["role"] == "system" for m in messages):
             messages.insert(0, {"role": "system", "content": o.system})
         return messages
@@ -100,6 +132,43 @@ class ChatTemplate:
         else:
             body = final
         return body + self.end_of_turn(example, tokenizer)
+
+    def segments(self, example: Example, tokenizer: Any) -> list[tuple[str, bool]]:
+        """Every trained assistant turn of the history (its content and end-of-turn, up to
+        EOS), then the final answer; the rest is context. Each turn's span is where the
+        template's rendering of the conversation up to it differs from the one before."""
+        prompt = self.prompt_text(example, tokenizer)
+        completion = self.completion_text(example, tokenizer)
+        messages = self.messages(example)
+        turns = [i for i, m in enumerate(messages) if trained_turn(m)]
+        if not turns:
+            return [(prompt, False), (completion, True)]
+        eos = _eos(tokenizer)
+        out: list[tuple[str, bool]] = []
+        done = ""
+        for i in turns:
+            before = self._render(tokenizer, messages[:i], add_generation_prompt=True)
+            after = self._render(tokenizer, messages[: i + 1], add_generation_prompt=False)
+            if not before.startswith(done) or not after.startswith(before):
+                raise self._not_prefix(tokenizer, example)
+            turn = after[len(before) :]
+            cut = turn.index(eos) + len(eos) if eos in turn else len(turn.rstrip("\n"))
+            out += [(before[len(done) :], False), (turn[:cut], True)]
+            done = before + turn[:cut]
+        if not prompt.startswith(done):
+            raise self._not_prefix(tokenizer, example)
+        out += [(prompt[len(done) :], False), (completion, True)]
+        return out
+
+    @staticmethod
+    def _not_prefix(tokenizer: Any, example: Example) -> DataError:
+        return DataError(
+            f"example {example.id}: the chat template of "
+            f"{getattr(tokenizer, 'name_or_path', '?')!r} renders earlier turns differently "
+            "once later ones follow (e.g. it drops past reasoning), so the assistant turns of "
+            "the history cannot be trained in one sequence.",
+            hint="Train the final answer only: data.format.options.train_on=last.",
+        )
 
     def end_of_turn(self, example: Example, tokenizer: Any) -> str:
         """What the template writes after an assistant message; always ends with EOS."""
@@ -123,7 +192,16 @@ class ChatTemplate:
                 f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template.",
                 hint="Use data.template.name=tutor, or a tokenizer that ships a chat template.",
             )
-        text = tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=add_generation_prompt
-        )
+        try:
+            text = tokenizer.apply_chat_template(
+                plain(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except Exception as exc:  # jinja2's TemplateError: e.g. a role it does not take
+            roles = ", ".join(sorted({m["role"] for m in messages}))
+            raise DataError(
+                f"the chat template of {getattr(tokenizer, 'name_or_path', '?')!r} cannot "
+                f"render these messages (roles {roles}): {type(exc).__name__}: {exc}",
+                hint="Some templates take no system or tool messages; map those roles in "
+                "the data, or use data.template.name=tutor.",
+            ) from exc
         return str(text)

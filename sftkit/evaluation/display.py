@@ -28,6 +28,11 @@ def details(primary: str, metrics: Mapping[str, float]) -> str:
     parts = []
     if "correct" in metrics and "n" in metrics:
         parts.append(f"{int(metrics['correct'])}/{int(metrics['n'])} correct")
+    if "strict_match" in metrics and "flexible_extract" in metrics:
+        parts.append(
+            f"lm-eval strict-match {100 * metrics['strict_match']:.1f}%, "
+            f"flexible-extract {100 * metrics['flexible_extract']:.1f}%"
+        )
     if metrics.get("no_answer"):
         parts.append(f"{int(metrics['no_answer'])} without an answer")
     if metrics.get("hit_token_limit"):

@@ -10,6 +10,7 @@ from sftkit.errors import DataError
 from sftkit.evaluation.base import EvalResult, EvalTask, question_text
 from sftkit.evaluation.extract import extract_answer, gold_answer, prompt_opens_think
 from sftkit.evaluation.generate import Generation, greedy_generate
+from sftkit.evaluation.harness import extract, matches
 from sftkit.evaluation.stats import accuracy
 
 
@@ -58,10 +59,17 @@ class Gsm8kEvaluator:
             on_batch=score_batch,
         )
         predictions: list[dict[str, Any]] = []
+        harness = {"strict": 0, "flexible": 0}  # lm-evaluation-harness's two scores
         for example, gold, generation, extraction in zip(
             task.examples, golds, generations, found, strict=True
         ):
             hit = extraction.answer is not None and extraction.answer == gold
+            # the harness compares with the reference as written (GSM8K's '#### N'), not
+            # with sftkit's canonical number ("3.50" stays "3.50")
+            written = example.reference_answer or example.completion
+            scored = {mode: matches(generation.text, written, mode) for mode in harness}
+            for mode, ok in scored.items():
+                harness[mode] += ok
             predictions.append(
                 {
                     "id": example.id,
@@ -73,6 +81,9 @@ class Gsm8kEvaluator:
                     "output": generation.text,
                     "new_tokens": generation.new_tokens,
                     "finished": generation.finished,
+                    "strict_match": extract(generation.text, "strict"),
+                    "flexible_extract": extract(generation.text, "flexible"),
+                    "harness_correct": scored,
                 }
             )
         hits = sum(bool(p["correct"]) for p in predictions)
@@ -83,6 +94,9 @@ class Gsm8kEvaluator:
             "no_answer": sum(p["extracted"] is None for p in predictions),
             "hit_token_limit": unfinished,
             "mean_new_tokens": sum(p["new_tokens"] for p in predictions) / len(predictions),
+            # the same outputs scored as lm-evaluation-harness's gsm8k task does
+            "strict_match": harness["strict"] / len(predictions),
+            "flexible_extract": harness["flexible"] / len(predictions),
         }
         return EvalResult(
             evaluator=self.name,

@@ -127,24 +127,29 @@ def run_evaluations(
     display = current()
     stored: list[StoredResult] = []
     for component in components:
-        options = component.options
-        split = getattr(options, "split", "test")
-        examples = load_examples(resolved, split, getattr(options, "limit", None))
-        evaluator = build_evaluator(component)
-        label = f"{stage} {component.spec.name} ({split}, {len(examples)} examples)"
-        with display.stage(f"{stage} {component.spec.name}", len(examples)) as shown:
-            task = EvalTask(
-                model=model,
-                tokenizer=tokenizer,
-                examples=examples,
+        opened: list[Stage] = []
+
+        def on_stage(
+            label: str, total: int, _name: str = component.spec.name, _opened: list = opened
+        ) -> Progress | None:
+            if progress is not None:  # the caller's own display
+                return progress(label, total)
+            _opened.append(display.open(f"{stage} {_name}", total))
+            return stage_progress(_opened[-1])
+
+        try:
+            result = score(
+                resolved,
+                model,
+                tokenizer,
+                component,
                 template=template,
-                split=split,
-                max_seq_length=resolved.recipe.training.max_seq_length,
-                progress=progress(label, len(examples)) if progress else stage_progress(shown),
+                stage=stage,
+                progress=on_stage,
             )
-            result: EvalResult = evaluator.evaluate(task)
-        if not result.options:
-            result.options = options.model_dump()
+        finally:
+            for shown in opened:
+                shown.close()
         path = write_result(
             result,
             EvalPaths.under(out_root, stage, component.spec.name).root,
@@ -172,6 +177,37 @@ def so_far_text(metric: str, value: float) -> str:
 
     name = "acc" if metric == "accuracy" else metric
     return f"{name} {headline(metric, {metric: value})}"
+
+
+def score(
+    resolved: ResolvedRecipe,
+    model: Any,
+    tokenizer: Any,
+    component: Component[EvaluatorSpec],
+    *,
+    template: Any = None,
+    stage: str = "",
+    progress: Callable[[str, int], Progress | None] | None = None,
+) -> EvalResult:
+    """One evaluator on its split (and limit) of the prepared data; nothing is written.
+    `progress(label, total)` may return a progress callback."""
+    options = component.options
+    split = getattr(options, "split", "test")
+    examples = load_examples(resolved, split, getattr(options, "limit", None))
+    label = f"{stage} {component.spec.name} ({split}, {len(examples)} examples)".strip()
+    task = EvalTask(
+        model=model,
+        tokenizer=tokenizer,
+        examples=examples,
+        template=template if template is not None else build_template(resolved),
+        split=split,
+        max_seq_length=resolved.recipe.training.max_seq_length,
+        progress=progress(label, len(examples)) if progress else None,
+    )
+    result: EvalResult = build_evaluator(component).evaluate(task)
+    if not result.options:
+        result.options = options.model_dump()
+    return result
 
 
 def summary_line(stored: StoredResult) -> str:

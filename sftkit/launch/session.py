@@ -24,6 +24,9 @@ import yaml
 from sftkit.devices import is_cpu
 from sftkit.distributed.configs import (
     accelerate_config,
+    deepspeed_overrides,
+    engine_files,
+    merge_accelerate_config,
     write_configs,
 )
 from sftkit.distributed.describe import describe_engine
@@ -39,7 +42,7 @@ from sftkit.distributed.trainer import backend as choose_backend
 from sftkit.engine import engine_of
 from sftkit.errors import LaunchError, MissingDependencyError, WorkerFailedError
 from sftkit.recipe.load import load_recipe
-from sftkit.runpaths import LaunchPaths, RunPaths
+from sftkit.runpaths import DEEPSPEED_CONFIG, LaunchPaths, RunPaths
 
 if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe
@@ -61,6 +64,8 @@ class LaunchRequest:
     output_dir: Path | None = None
     resume: bool = False
     force: bool = False
+    deepspeed_config: Path | None = None  # the user's DeepSpeed JSON, instead of the generated
+    accelerate_config: Path | None = None  # the user's accelerate config, merged (configs.py)
 
 
 @dataclass
@@ -75,6 +80,9 @@ class LaunchPlan:
     config_dir: Path
     command: LaunchCommand
     notes: list[str] = field(default_factory=list)
+    brought: dict[str, str] = field(default_factory=dict)  # engine file name -> user's text
+    brought_accelerate: dict[str, Any] | None = None
+    accelerate_source: str = ""
 
     @property
     def run_dir(self) -> Path:
@@ -103,8 +111,12 @@ class LaunchPlan:
             f"# {self.files.accelerate_config}",
         ]
         config = accelerate_config(r, t, config_dir=self.config_dir, use_cpu=self.use_cpu)
+        if self.brought_accelerate is not None:
+            config = merge_accelerate_config(
+                self.brought_accelerate, config, source=self.accelerate_source
+            )
         lines.append(yaml.safe_dump(config, sort_keys=False).rstrip())
-        for name, content in engine_of(r).config_files(r).items():
+        for name, content in engine_files(r, self.brought).items():
             lines += ["", f"# {self.config_dir / name}", content.rstrip()]
         lines += ["", "# command", self.command.shell()]
         return "\n".join(lines)
@@ -113,6 +125,21 @@ class LaunchPlan:
 def plan_launch(request: LaunchRequest, *, registry: Registry) -> LaunchPlan:
     """Resolve the recipe for this launch and build the command. Starts and writes nothing."""
     extra = [f"output_dir={request.output_dir}"] if request.output_dir is not None else []
+    brought: dict[str, str] = {}
+    if request.deepspeed_config is not None:
+        chosen = load_recipe(request.recipe, (*request.overrides, *extra), registry=registry)
+        if chosen.recipe.distributed.engine not in ("none", "deepspeed"):
+            raise LaunchError(
+                f"--deepspeed-config brings a DeepSpeed JSON, but the recipe's engine is "
+                f"{chosen.recipe.distributed.engine!r}.",
+                hint="Drop the option, or use distributed.engine=deepspeed (or none).",
+            )
+        text, data = _read_brought(request.deepspeed_config, "DeepSpeed JSON")
+        extra += deepspeed_overrides(data, source=str(request.deepspeed_config))
+        brought[DEEPSPEED_CONFIG] = text
+    brought_accelerate = None
+    if request.accelerate_config is not None:
+        _, brought_accelerate = _read_brought(request.accelerate_config, "accelerate config")
     first = load_recipe(request.recipe, (*request.overrides, *extra), registry=registry)
     use_cpu = is_cpu(first.recipe.hardware.gpu)
     nproc = request.nproc if request.nproc is not None else _visible_gpus(use_cpu)
@@ -175,8 +202,23 @@ def plan_launch(request: LaunchRequest, *, registry: Registry) -> LaunchPlan:
         backend=backend,
         config_dir=config_dir,
         command=command,
-        notes=notes,
+        notes=notes + ([f"DeepSpeed settings from {request.deepspeed_config}."] if brought else []),
+        brought=brought,
+        brought_accelerate=brought_accelerate,
+        accelerate_source=str(request.accelerate_config or ""),
     )
+
+
+def _read_brought(path: Path, what: str) -> tuple[str, dict[str, Any]]:
+    """A user's config file: its text and its mapping (JSON is YAML too)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise LaunchError(f"cannot read the {what} {str(path)!r}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise LaunchError(f"the {what} {str(path)!r} does not hold a mapping.")
+    return text, data
 
 
 def run_launch(plan: LaunchPlan, *, echo: Callable[[str], None]) -> dict[str, Any]:
@@ -196,7 +238,13 @@ def run_launch(plan: LaunchPlan, *, echo: Callable[[str], None]) -> dict[str, An
 def _launch(plan: LaunchPlan, *, echo: Callable[[str], None]) -> dict[str, Any]:
     record: dict[str, Any] = {}
     generated = write_configs(
-        plan.resolved.recipe, plan.topology, plan.config_dir, use_cpu=plan.use_cpu
+        plan.resolved.recipe,
+        plan.topology,
+        plan.config_dir,
+        use_cpu=plan.use_cpu,
+        brought=plan.brought,
+        brought_accelerate=plan.brought_accelerate,
+        accelerate_source=plan.accelerate_source,
     )
     script = plan.files.launch_script
     script.write_text(

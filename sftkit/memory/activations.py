@@ -121,7 +121,7 @@ def norm_saved_per_token(setup: Setup) -> int:
 def layer_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
     """Bytes one decoder layer saves for backward (no checkpointing)."""
     s, d = setup.shape, dtypes(setup)
-    h, i = s.hidden_size, s.intermediate_size
+    h, i = s.hidden_size, s.mlp_width
     q, kv = s.q_size, s.kv_size
     lora = _lora_by_module(setup)
     n = batch * seq
@@ -132,8 +132,7 @@ def layer_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
     if s.qk_norm:  # per-head RMSNorm on q and k
         per_token += FP32 * (q + kv) + FP32 * (s.num_heads + s.num_kv_heads)
     # projections reading the first norm's output
-    qkv_modules = ["qkv_proj"] if s.fused_qkv else ["q_proj", "k_proj", "v_proj"]
-    per_token += _consumer_bytes(setup, d, h, d.stream, qkv_modules, lora)
+    per_token += _consumer_bytes(setup, d, h, d.stream, list(s.attention_input_modules), lora)
     # attention
     c = d.compute
     impl = setup.attn_implementation
@@ -151,20 +150,21 @@ def layer_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
     else:  # sdpa without padding, flash_attention_2/3 (unpadded)
         per_token += c * (q + 2 * kv) + c * q + FP32 * s.num_heads
         o_input_saved_by_attention = True
-    o_private, o_raw = _consumers(setup, d, q, c, ["o_proj"], lora)
+    o_private, o_raw = _consumers(setup, d, q, c, [s.attention_output_module], lora)
     # SDPA already saves its output, which is o_proj's input: saving it again is free.
     per_token += o_private + (c * q if o_raw and not o_input_saved_by_attention else 0)
     # MLP
     x = d.linear_out
+    up_modules = list(s.mlp_input_modules)
+    per_token += _consumer_bytes(setup, d, h, d.stream, up_modules, lora)
     if s.gated_mlp:
-        up_modules = ["gate_up_proj"] if s.fused_gate_up else ["gate_proj", "up_proj"]
-        per_token += _consumer_bytes(setup, d, h, d.stream, up_modules, lora)
         # gate and up outputs, and the activation's output (Liger's SwiGLU recomputes it)
         per_token += (2 if setup.liger else 3) * x * i
     else:
-        per_token += _consumer_bytes(setup, d, h, d.stream, ["up_proj"], lora)
         per_token += x * i
-    per_token += _consumer_bytes(setup, d, i, x, ["down_proj"], lora)
+    per_token += _consumer_bytes(setup, d, i, x, [s.mlp_output_module], lora)
+    if s.num_experts:  # the router's fp32 softmax, each token's copy per chosen expert
+        per_token += FP32 * s.num_experts + d.stream * h * s.experts_per_token
     return per_token * n + per_seq * batch
 
 
@@ -183,7 +183,7 @@ def first_layer_reduction(setup: Setup, batch: int, seq: int) -> int:
     s, d = setup.shape, dtypes(setup)
     h = s.hidden_size
     lora = _lora_by_module(setup)
-    modules = ["qkv_proj"] if s.fused_qkv else ["q_proj", "k_proj", "v_proj"]
+    modules = s.attention_input_modules
     per_token = norm_saved_per_token(setup)
     if setup.storage.linear_saves_input:
         per_token += d.stream * h
@@ -207,7 +207,7 @@ def backward_transient_bytes(setup: Setup, batch: int, seq: int) -> int:
     """Gradients in flight while one layer's backward runs (largest op: the MLP, or the
     attention scores for eager): an approximation, not an exact count."""
     s, d = setup.shape, dtypes(setup)
-    mlp = 3 * d.linear_out * s.intermediate_size
+    mlp = 3 * d.linear_out * s.mlp_width
     scores = (
         (2 * FP32 + d.compute) * s.num_heads * seq if setup.attn_implementation == "eager" else 0
     )

@@ -83,6 +83,27 @@ def notes_for(setup: Setup, on_gpu: bool) -> list[str]:
     return notes
 
 
+def generic_notes(shape: ModelShape) -> list[str]:
+    """What an estimate of a model outside the catalog counts exactly and what it does not."""
+    if not shape.generic:
+        return []
+    notes = [
+        f"{shape.model_type!r} is not in sftkit's catalog: its {shape.parameters:,} "
+        "parameters (weights, gradients, optimizer state) are counted tensor by tensor from "
+        f"the model built on the meta device; the {', '.join(shape.generic)} terms are "
+        "generic (the catalog's Llama-style decoder layer, from the config's hidden size, "
+        "heads, KV heads, head dim, MLP width"
+        + (" and experts per token)." if shape.num_experts else ").")
+    ]
+    plain = sum(g.total for g in shape.census() if g.role == "other")
+    if plain:
+        notes.append(
+            f"{plain:,} parameters are in tensors that are not linear layers (e.g. stacked MoE "
+            "experts): stored plainly, never quantized by bitsandbytes nor adapted by LoRA."
+        )
+    return notes
+
+
 def compute(
     resolved: ResolvedRecipe, *, gpu: str | None = None, model: str | None = None
 ) -> Estimate:
@@ -112,7 +133,8 @@ def compute(
         budget=budget,
         setting=setting_line(setup),
         recipe_source=resolved.source,
-        notes=notes_for(setup, budget.is_gpu),
+        notes=[*generic_notes(shape), *notes_for(setup, budget.is_gpu)],
+        generic=list(shape.generic),
     )
     if result.paged_spill_bytes:
         result.notes.append(

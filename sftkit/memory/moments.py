@@ -20,7 +20,7 @@ def _grad_profile(tensors: list[LaidTensor], num_layers: int) -> tuple[int, int,
         if not t.trainable:
             continue
         b = t.numel * t.dtype_bytes
-        if t.count == num_layers and "layers.*" in t.name:
+        if t.count == num_layers and ".*." in t.name:  # model.layers.*, transformer.h.*
             layer += b
         elif "embed_tokens" in t.name:
             emb += b * t.count

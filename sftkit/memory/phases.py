@@ -167,7 +167,7 @@ def _eval_parts(setup: Setup) -> list[Part]:
             prefill = (
                 ev.batch_size
                 * ev.prompt_tokens
-                * (3 * d.linear_out * s.intermediate_size + 2 * d.stream * s.hidden_size)
+                * (3 * d.linear_out * s.mlp_width + 2 * d.stream * s.hidden_size)
             )
             logits = ev.batch_size * s.vocab_size * (d.compute + 4)
             parts = [
@@ -190,7 +190,7 @@ def _eval_parts(setup: Setup) -> list[Part]:
             parts = [
                 Part(
                     f"{ev.name}: forward activations (no grad)",
-                    n * (3 * d.linear_out * s.intermediate_size + 2 * d.stream * s.hidden_size),
+                    n * (3 * d.linear_out * s.mlp_width + 2 * d.stream * s.hidden_size),
                     "activations",
                     "",
                 ),

@@ -69,6 +69,9 @@ class Estimate:
     allocated: dict[str, int] = field(default_factory=dict)
     reserved: dict[str, int] = field(default_factory=dict)
     resident_paged: dict[str, int] = field(default_factory=dict)
+    # Terms priced with generic formulas: the model's architecture is not in the catalog
+    # (`sftkit.modelshape.generic`); empty for a catalog family.
+    generic: list[str] = field(default_factory=list)
 
     # ------------------------------------------------------------------ verdict
 
@@ -156,6 +159,12 @@ class Estimate:
     # ------------------------------------------------------------------ output
 
     def to_dict(self) -> dict[str, Any]:
+        data = self._fields()
+        if self.generic:  # only then: a catalog model's memory.json is as before
+            data["generic_terms"] = list(self.generic)
+        return data
+
+    def _fields(self) -> dict[str, Any]:
         return {
             "model": self.model,
             "model_source": self.model_source,

@@ -123,7 +123,8 @@ def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bo
             hint="Set strategy.options.embeddings_on_host=false.",
         )
     evaluations = []
-    for component in resolved.evaluators:
+    # evaluators after training and those run while training (optimizer state resident)
+    for component in (*resolved.evaluators, *resolved.during_training):
         options = component.options
         batch = int(getattr(options, "batch_size", t.micro_batch_size))
         new_tokens = getattr(options, "max_new_tokens", None)

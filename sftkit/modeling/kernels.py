@@ -36,10 +36,15 @@ def check_kernels(recipe: Recipe, device: str) -> None:
 def check_inference_device(resolved: ResolvedRecipe, device: str) -> None:
     """Refuse, with the reason, to evaluate a model whose base storage cannot run a no-grad
     forward on `device` (the storage says why: e.g. bitsandbytes' CPU 4-bit kernel)."""
+    from sftkit.errors import UnknownArchitectureError
     from sftkit.memory.estimator import shape_for
 
     storage = resolved.strategy_parts.storage
-    reason = storage.inference_problem(shape_for(resolved), device)
+    try:
+        shape = shape_for(resolved)
+    except UnknownArchitectureError:
+        return  # nothing to check it against; the evaluation itself will say
+    reason = storage.inference_problem(shape, device)
     if reason:
         raise SftkitError(
             f"{resolved.source}: cannot evaluate the {resolved.strategy.spec.name} model "

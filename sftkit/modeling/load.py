@@ -84,6 +84,9 @@ def trust_remote_code_notice(recipe: Recipe) -> str:
 
 def load_tokenizer(recipe: Recipe) -> Any:
     """The recipe's tokenizer (``model.tokenizer`` or the model's own), with a pad token."""
+    from sftkit.versions import check_training_stack
+
+    check_training_stack("loading the model")  # a clash is exit 2, before an odd ImportError
     from transformers import AutoTokenizer
 
     name = recipe.model.tokenizer or recipe.model.name_or_path

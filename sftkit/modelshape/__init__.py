@@ -26,7 +26,7 @@ def resolve_model_shape(
 ) -> ModelShape:
     """Ask the ``resolve_model_shape`` hook (plugins first, built-in sources last)."""
     if manager is None:
-        return resolve_builtin(model)
+        return resolve_builtin(model, trust_remote_code=trust_remote_code)
     shape = manager.hook.resolve_model_shape(model=model, trust_remote_code=trust_remote_code)
     if shape is None:
         raise ModelShapeError(f"no plugin could resolve the shape of model {model!r}.")

@@ -3,7 +3,8 @@
 Each family lists the config defaults of its transformers config class (used only when a
 config.json omits a key) and the structural facts its modeling code hard-wires (Qwen2's
 q/k/v biases, Phi-3's fused projections, Gemma 2's four norms). A ``model_type`` not listed
-here is an error that names it: a silent guess would price the wrong model.
+here takes the generic path (`sftkit.modelshape.generic`): the model built on the meta
+device gives its exact census, and the estimate says which of its terms are generic.
 """
 
 from __future__ import annotations
@@ -95,10 +96,15 @@ def known_model_types() -> list[str]:
 
 
 def shape_from_config(
-    config: Mapping[str, Any], *, name: str = "<config>", source: str = "config.json"
+    config: Mapping[str, Any],
+    *,
+    name: str = "<config>",
+    source: str = "config.json",
+    trust_remote_code: bool = False,
 ) -> ModelShape:
-    """A `ModelShape` from a config.json mapping. Raises `ModelShapeError` for an
-    architecture the estimator does not know or a config that lacks a needed number."""
+    """A `ModelShape` from a config.json mapping: a catalog family's, or the generic one
+    (which needs torch and transformers). Raises `ModelShapeError` for a config that lacks
+    a needed number or that transformers cannot build either."""
     model_type = config.get("model_type")
     if not isinstance(model_type, str) or not model_type:
         raise ModelShapeError(
@@ -107,13 +113,9 @@ def shape_from_config(
         )
     family = FAMILIES.get(model_type)
     if family is None:
-        archs = ", ".join(config.get("architectures") or []) or "no 'architectures' entry"
-        raise ModelShapeError(
-            f"{name}: the memory estimator does not know the architecture {model_type!r} "
-            f"({archs}); it knows {', '.join(known_model_types())}.",
-            hint="A plugin can teach it more through the resolve_model_shape hook "
-            "(docs/plugin-hooks.md); sftkit never guesses the shape of an unknown model.",
-        )
+        from sftkit.modelshape.generic import generic_shape
+
+        return generic_shape(config, name=name, source=source, trust_remote_code=trust_remote_code)
     missing = [key for key in REQUIRED if not isinstance(config.get(key), int)]
     if missing:
         raise ModelShapeError(

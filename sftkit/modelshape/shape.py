@@ -12,7 +12,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-TensorRole = Literal["embedding", "lm_head", "linear", "bias", "norm"]
+# "other": a parameter of none of these kinds (an MoE layer's stacked expert weights, a
+# router that is not an nn.Linear, a scalar): stored plainly, never quantized or adapted.
+TensorRole = Literal["embedding", "lm_head", "linear", "bias", "norm", "other"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,10 @@ class TensorGroup:
     role: TensorRole
     shape: tuple[int, ...]
     count: int = 1
+    #: bitsandbytes replaces this linear layer when the base is quantized: transformers
+    #: replaces exactly ``nn.Linear`` and GPT-2's ``Conv1D`` (a subclass such as Falcon's
+    #: ``FalconLinear`` stays a plain layer, though LoRA still adapts it).
+    quantizable: bool = True
 
     @property
     def numel(self) -> int:
@@ -38,6 +44,18 @@ class TensorGroup:
     @property
     def total(self) -> int:
         return self.numel * self.count
+
+
+@dataclass(frozen=True)
+class ModuleNames:
+    """The linear modules of one decoder layer, by role, for an architecture whose names are
+    not Llama's (GPT-2's ``c_attn``/``c_proj``/``c_fc``, Falcon's ``query_key_value``...):
+    the activation model asks which LoRA branches read which tensor."""
+
+    attention_inputs: tuple[str, ...]  # read the attention norm's output (q/k/v)
+    attention_output: str  # reads the attention output (o_proj)
+    mlp_inputs: tuple[str, ...]  # read the MLP norm's output (gate/up)
+    mlp_output: str  # reads the MLP's intermediate activations (down_proj)
 
 
 @dataclass(frozen=True)
@@ -66,6 +84,17 @@ class ModelShape:
     final_logit_softcapping: float | None = None  # Gemma 2: tanh soft cap on the logits
     max_position_embeddings: int | None = None
     architecture: str = ""
+    # A model outside the catalog (sftkit.modelshape.generic): its exact census, read from
+    # the model built on the meta device, and the estimate's terms that are generic.
+    tensors: tuple[TensorGroup, ...] | None = None
+    generic: tuple[str, ...] = ()
+    modules: ModuleNames | None = None  # None: Llama's names (q_proj, ..., down_proj)
+    # Mixture of experts: each token runs `experts_per_token` of `num_experts` MLPs of width
+    # `expert_intermediate_size`, plus a shared expert of its own width if there is one.
+    num_experts: int = 0
+    experts_per_token: int = 0
+    expert_intermediate_size: int = 0
+    shared_expert_intermediate_size: int = 0
 
     # ------------------------------------------------------------------ derived sizes
 
@@ -77,8 +106,43 @@ class ModelShape:
     def kv_size(self) -> int:
         return self.num_kv_heads * self.head_dim
 
+    @property
+    def mlp_width(self) -> int:
+        """MLP intermediate activations per token: the MLP's width, or for a mixture of
+        experts the routed experts' widths and the shared expert's."""
+        if self.num_experts:
+            return (
+                self.experts_per_token * self.expert_intermediate_size
+                + self.shared_expert_intermediate_size
+            )
+        return self.intermediate_size
+
+    @property
+    def attention_input_modules(self) -> tuple[str, ...]:
+        if self.modules is not None:
+            return self.modules.attention_inputs
+        return ("qkv_proj",) if self.fused_qkv else ("q_proj", "k_proj", "v_proj")
+
+    @property
+    def attention_output_module(self) -> str:
+        return self.modules.attention_output if self.modules is not None else "o_proj"
+
+    @property
+    def mlp_input_modules(self) -> tuple[str, ...]:
+        if self.modules is not None:
+            return self.modules.mlp_inputs
+        if not self.gated_mlp:
+            return ("up_proj",)
+        return ("gate_up_proj",) if self.fused_gate_up else ("gate_proj", "up_proj")
+
+    @property
+    def mlp_output_module(self) -> str:
+        return self.modules.mlp_output if self.modules is not None else "down_proj"
+
     def census(self) -> tuple[TensorGroup, ...]:
         """Every parameter tensor, in the order transformers registers them."""
+        if self.tensors is not None:
+            return self.tensors
         h, i, n = self.hidden_size, self.intermediate_size, self.num_layers
         q, kv = self.q_size, self.kv_size
         groups: list[TensorGroup] = [
@@ -136,11 +200,18 @@ class ModelShape:
     def describe(self) -> str:
         p = self.parameters
         tied = "tied" if self.tie_word_embeddings else "untied"
+        moe = (
+            f", {self.num_experts} experts ({self.experts_per_token} per token, width "
+            f"{self.expert_intermediate_size})"
+            if self.num_experts
+            else ""
+        )
+        generic = " (not in sftkit's catalog: generic shape)" if self.generic else ""
         return (
             f"{self.model_type}: {self.num_layers} layers, hidden {self.hidden_size}, "
-            f"MLP {self.intermediate_size}, {self.num_heads} heads ({self.num_kv_heads} KV, "
+            f"MLP {self.intermediate_size}{moe}, {self.num_heads} heads ({self.num_kv_heads} KV, "
             f"head dim {self.head_dim}), vocabulary {self.vocab_size}, {tied} embeddings, "
-            f"{p:,} parameters"
+            f"{p:,} parameters{generic}"
         )
 
 

@@ -90,12 +90,15 @@ def local_config_path(model: str) -> Path | None:
     return None
 
 
-def resolve_builtin(model: str) -> ModelShape:
+def resolve_builtin(model: str, *, trust_remote_code: bool = False) -> ModelShape:
     """The built-in sources, in order: local path / ``builtin:``, catalog, hub (online only)."""
     config_path = local_config_path(model)
     if config_path is not None:
         return shape_from_config(
-            read_config(config_path, name=model), name=model, source=str(config_path)
+            read_config(config_path, name=model),
+            name=model,
+            source=str(config_path),
+            trust_remote_code=trust_remote_code,
         )
     key = _catalog_key(model)
     if key is not None:
@@ -104,7 +107,7 @@ def resolve_builtin(model: str) -> ModelShape:
             read_config(path, name=model), name=model, source=f"sftkit catalog ({key})"
         )
     config, source = _hub_config(model)
-    return shape_from_config(config, name=model, source=source)
+    return shape_from_config(config, name=model, source=source, trust_remote_code=trust_remote_code)
 
 
 def _offline() -> bool:

@@ -80,6 +80,18 @@ class ResolvedRecipe:
     # What loading changed that the user did not write (options dropped with a switched
     # component); the CLI shows each as a note.
     notes: tuple[str, ...] = ()
+    # data.mixture's formats, in its order (empty without a mixture; then data_format is
+    # the one format read)
+    mixture: tuple[Component[DatasetFormatSpec], ...] = ()
+    # evaluation.during_training's evaluators (run every training.eval_steps)
+    during_training: tuple[Component[EvaluatorSpec], ...] = ()
+
+    @property
+    def data_label(self) -> str:
+        """What the data is, in a few words: ``gsm8k``, or ``mixture of alpaca, sharegpt``."""
+        if not self.mixture:
+            return str(self.data_format.spec.name)
+        return "mixture of " + ", ".join(c.spec.name for c in self.mixture)
 
 
 def bundled_recipes_dir() -> Path:
@@ -108,6 +120,39 @@ def find_recipe(name_or_path: str) -> Path:
         + f" Bundled recipes: {', '.join(known) or '(none)'}.",
         hint="Pass a path to a YAML recipe, or a bundled name from `sftkit recipes`.",
     )
+
+
+def bundled_recipe(name: str) -> Path:
+    """A bundled recipe by name (``quickstart`` or ``quickstart.yaml``), never a path."""
+    bundled = bundled_recipes_dir()
+    stem = Path(name).name.removesuffix(".yaml")
+    path = bundled / f"{stem}.yaml"
+    if stem and path.is_file():
+        return path
+    known = sorted(p.stem for p in bundled.glob("*.yaml"))
+    hint = closest(stem, known)
+    raise DataError(
+        f"there is no bundled recipe {name!r}"
+        + (f"; did you mean {hint!r}?" if hint else ".")
+        + f" Bundled recipes: {', '.join(known) or '(none)'}.",
+        hint="`sftkit recipes` lists them.",
+    )
+
+
+def copy_recipe(name: str, dest: Path, *, force: bool = False) -> Path:
+    """Copy the bundled recipe `name` to `dest` (a file, or a directory to put NAME.yaml in)
+    to start from, as written (comments kept); never over an existing file unless `force`."""
+    source = bundled_recipe(name)
+    target = dest / source.name if dest.is_dir() else dest
+    if target.exists() and not force:
+        raise SftkitError(
+            f"{target} exists; sftkit does not overwrite it.",
+            hint="Choose another destination, or pass --force to replace it.",
+        )
+    if not target.parent.is_dir():
+        raise SftkitError(f"cannot copy to {target}: {target.parent} is not a directory.")
+    target.write_bytes(source.read_bytes())
+    return target
 
 
 def load_recipe(
@@ -251,11 +296,27 @@ def validate_recipe_data(
     strategy = _resolve(recipe.strategy, ("strategy",), registry.strategies, problems)
     optimizer = _resolve(recipe.optimizer, ("optimizer",), registry.optimizers, problems)
     data_format = _resolve(recipe.data.format, ("data", "format"), registry.formats, problems)
+    mixture = [
+        _resolve(
+            d.format, ("data", "mixture", "datasets", str(i), "format"), registry.formats, problems
+        )
+        for i, d in enumerate(recipe.data.mixture.datasets if recipe.data.mixture else [])
+    ]
     template = _resolve(recipe.data.template, ("data", "template"), registry.templates, problems)
     evaluators = [
         _resolve(ref, ("evaluation", "evaluators", str(i)), registry.evaluators, problems)
         for i, ref in enumerate(recipe.evaluation.evaluators)
     ]
+    during = [
+        _resolve(
+            _on_dev(ref, registry),
+            ("evaluation", "during_training", str(i)),
+            registry.evaluators,
+            problems,
+        )
+        for i, ref in enumerate(recipe.evaluation.during_training)
+    ]
+    problems.extend(_evaluation_problems(recipe, during, data_format))
     parts: Composition | None = None
     if strategy:
         try:
@@ -287,6 +348,8 @@ def validate_recipe_data(
         registry=registry,
         overrides=overrides,
         raw=data,
+        mixture=tuple(m for m in mixture if m is not None),
+        during_training=tuple(e for e in during if e is not None),
     )
     if registry.manager is not None:
         for result in registry.manager.hook.validate_recipe(recipe=resolved):
@@ -297,6 +360,81 @@ def validate_recipe_data(
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _on_dev(ref: ComponentRef, registry: Registry) -> ComponentRef:
+    """An evaluator run while training scores the dev split unless told otherwise: choosing
+    a checkpoint on test would leak it."""
+    if "split" in ref.options or ref.name not in registry.evaluators:
+        return ref
+    if "split" not in registry.evaluators.get(ref.name).options_model.model_fields:
+        return ref
+    return ComponentRef(name=ref.name, options={"split": "dev", **ref.options})
+
+
+def _evaluation_problems(
+    recipe: Recipe,
+    during: list[Component[EvaluatorSpec] | None],
+    data_format: Component[DatasetFormatSpec] | None,
+) -> list[Problem]:
+    """Evaluation while training: what it needs from the rest of the recipe."""
+    t, problems = recipe.training, []
+    stop = t.early_stopping
+    if t.eval_steps is None:
+        if stop is not None:
+            problems.append(
+                Problem(
+                    "training.early_stopping", "needs training.eval_steps (how often to evaluate)."
+                )
+            )
+        if recipe.evaluation.during_training:
+            problems.append(
+                Problem(
+                    "evaluation.during_training",
+                    "needs training.eval_steps (how often to run these evaluators).",
+                )
+            )
+        return problems
+    split_options = (
+        recipe.data.mixture
+        if recipe.data.mixture is not None
+        else (data_format.options if data_format is not None else None)
+    )
+    if getattr(split_options, "dev_size", None) == 0:
+        where = "data.mixture.dev_size" if recipe.data.mixture else "data.format.options.dev_size"
+        problems.append(
+            Problem("training.eval_steps", f"evaluates on the dev split, but {where} is 0.")
+        )
+    if stop is not None and t.save_steps is not None and t.save_steps % t.eval_steps:
+        problems.append(
+            Problem(
+                "training.save_steps",
+                f"with early stopping, checkpoints are saved when evaluating: {t.save_steps} "
+                f"is not a multiple of eval_steps {t.eval_steps}.",
+                f"Set training.save_steps={t.eval_steps} (or leave it null).",
+            )
+        )
+    if stop is not None and stop.metric != "loss":
+        name, _, metric = stop.metric.partition("/")
+        known = [c.spec.name for c in during if c is not None]
+        if not metric or name not in known:
+            problems.append(
+                Problem(
+                    "training.early_stopping.metric",
+                    f"{stop.metric!r} is neither 'loss' nor '<evaluator>/<metric>' of an "
+                    f"evaluator in evaluation.during_training ({', '.join(known) or 'none'}).",
+                )
+            )
+    if during and getattr(recipe.distributed.resolved_engine, "distributes", False):
+        problems.append(
+            Problem(
+                "evaluation.during_training",
+                f"evaluators during training run in one process; a {recipe.distributed.engine} "
+                "run evaluates its eval loss only.",
+                "Leave evaluation.during_training empty (training.eval_steps still logs the eval loss).",
+            )
+        )
+    return problems
 
 
 def _resolve(
@@ -502,6 +640,8 @@ def _options_model(data: dict[str, Any], path: tuple[str, ...], registry: Regist
     kind = COMPONENT_PATHS.get(path) or (
         "evaluators" if path[:2] == ("evaluation", "evaluators") else None
     )
+    if path[:3] == ("data", "mixture", "datasets") and path[-1:] == ("format",):
+        kind = "formats"
     node: Any = data
     for part in path:
         if isinstance(node, dict):

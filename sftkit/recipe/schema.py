@@ -66,8 +66,57 @@ class ModelSection(Strict):
     )
 
 
+class MixtureSource(Strict):
+    """One dataset of a mixture: a format with its options, and its share."""
+
+    format: ComponentRef
+    weight: float | None = Field(
+        default=None, gt=0, description="Relative share of the mixture's train examples."
+    )
+    samples: int | None = Field(
+        default=None, ge=1, description="Train examples taken from it (repeated if it has fewer)."
+    )
+
+    @model_validator(mode="after")
+    def _one_share(self) -> MixtureSource:
+        if (self.weight is None) == (self.samples is None):
+            raise ValueError("give a mixture dataset either a weight or a number of samples")
+        return self
+
+
+class MixtureSection(Strict):
+    """Several datasets trained together (`sftkit.data.mixture`): each one's train split
+    sampled by weight or count (seeded), dev split off the mixed train, tests concatenated."""
+
+    datasets: list[MixtureSource] = Field(min_length=1)
+    seed: int = Field(default=0, description="Seed of the sampling.")
+    total: int | None = Field(
+        default=None,
+        ge=1,
+        description="With weights: train examples in all (repeating rows where needed); "
+        "default: as many as the weights allow without repeating any.",
+    )
+    dev_size: int = Field(default=200, ge=0, description="Rows of the mixed train held out as dev.")
+    split_seed: int = Field(default=1234, description="Seed of the train/dev split.")
+    skip_bad_rows: bool = Field(
+        default=False, description="Skip malformed rows (counted) instead of failing."
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> MixtureSection:
+        by_weight = {d.weight is not None for d in self.datasets}
+        if len(by_weight) > 1:
+            raise ValueError("give every mixture dataset a weight, or every one a sample count")
+        if self.total is not None and not by_weight.pop():
+            raise ValueError("total applies to weighted mixtures; sample counts are totals")
+        return self
+
+
 class DataSection(Strict):
     format: ComponentRef = Field(default_factory=lambda: ComponentRef(name="gsm8k"))
+    mixture: MixtureSection | None = Field(
+        default=None, description="Several formats mixed, instead of data.format."
+    )
     template: ComponentRef = Field(default_factory=lambda: ComponentRef(name="tutor"))
     completion_only_loss: bool = True
     packing: bool = False
@@ -86,8 +135,35 @@ class DataSection(Strict):
         description="Largest source file in bytes (sources are read into memory); null: no limit.",
     )
 
+    @model_validator(mode="after")
+    def _format_or_mixture(self) -> DataSection:
+        if self.mixture is not None and "format" in self.model_fields_set:
+            raise ValueError("set data.format or data.mixture, not both")
+        return self
+
 
 Tracker = Literal["tensorboard", "wandb", "mlflow", "none"]
+
+
+class EarlyStoppingSection(Strict):
+    """Stop when the dev metric has not improved for `patience` evaluations
+    (training.eval_steps apart); the best checkpoint is kept and is the final model."""
+
+    patience: int = Field(ge=1, description="Evaluations without improvement before stopping.")
+    metric: str = Field(
+        default="loss",
+        min_length=1,
+        description="'loss' (the trainer's eval loss on dev), or '<evaluator>/<metric>' of an "
+        "evaluator in evaluation.during_training (e.g. gsm8k/accuracy).",
+    )
+    mode: Literal["min", "max"] | None = Field(
+        default=None, description="Which way is better; default: min for loss, max otherwise."
+    )
+    threshold: float = Field(default=0.0, ge=0, description="Smallest change that counts.")
+
+    @property
+    def greater_is_better(self) -> bool:
+        return self.mode == "max" if self.mode else self.metric != "loss"
 
 
 class TrainingSection(Strict):
@@ -127,6 +203,22 @@ class TrainingSection(Strict):
         default=False,
         description="Keep the checkpointed layer inputs in (pinned) host memory between forward "
         "and backward; needs gradient_checkpointing.",
+    )
+
+    eval_steps: int | None = Field(
+        default=None,
+        ge=1,
+        description="Every N optimizer steps: eval loss on the dev split (metrics.jsonl), and "
+        "evaluation.during_training's evaluators; null: no evaluation while training.",
+    )
+    early_stopping: EarlyStoppingSection | None = Field(
+        default=None, description="Stop when the dev metric stops improving (needs eval_steps)."
+    )
+    neftune_noise_alpha: float | None = Field(
+        default=None,
+        gt=0,
+        description="NEFTune: uniform noise of this scale on the input embeddings while "
+        "training (TRL/transformers' neftune_noise_alpha; 5 in the paper).",
     )
 
     @model_validator(mode="after")
@@ -262,6 +354,11 @@ class EvaluationSection(Strict):
     evaluators: list[ComponentRef] = Field(default_factory=list)
     before_training: bool = False
     after_training: bool = False
+    during_training: list[ComponentRef] = Field(
+        default_factory=list,
+        description="Evaluators run every training.eval_steps (their split defaults to dev; "
+        "set limit to keep it quick), scores in metrics.jsonl as eval/<evaluator>/<metric>.",
+    )
 
 
 class Recipe(Strict):

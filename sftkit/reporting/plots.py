@@ -88,3 +88,26 @@ def plot_learning_rate(
         axes.legend()
     figure.savefig(path)
     return path
+
+
+def plot_eval_metrics(
+    events: Sequence[dict[str, Any]], keys: dict[str, str], path: Path, *, title: str
+) -> Path | None:
+    """Each evaluator's headline score per step (`keys`: legend label -> metrics key, e.g.
+    ``"gsm8k accuracy" -> "eval/gsm8k/accuracy"``); None if nothing was logged."""
+    figure, axes = _figure()
+    drawn = False
+    for label, key in keys.items():
+        xs, ys = _series(events, key)
+        if xs:
+            axes.plot(xs, ys, "o-", markersize=4, linewidth=1.4, label=label)
+            drawn = True
+    if not drawn:
+        return None
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("score on dev")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.savefig(path)
+    return path

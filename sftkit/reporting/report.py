@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftkit.reporting.document import Code, Document, Heading, Image, Paragraph, Table
-from sftkit.reporting.plots import plot_learning_rate, plot_loss
+from sftkit.reporting.plots import plot_eval_metrics, plot_learning_rate, plot_loss
 from sftkit.reporting.record import RunRecord, load_run
 from sftkit.reporting.summary import (
     EVAL_HEADERS,
@@ -46,11 +46,25 @@ def write_report(run_dir: Path) -> ReportFiles:
     """(Re)build the run's report and plots from what is in the run directory."""
     record = load_run(run_dir)
     paths = RunPaths(run_dir)
+    evaluated = any("eval/loss" in e for e in record.events)
+    primaries = record.run.get("eval_primaries")
+    scores = (
+        {f"{name} {metric}": f"eval/{name}/{metric}" for name, metric in primaries.items()}
+        if isinstance(primaries, dict)
+        else {}
+    )
     plots = [
         p
         for p in (
-            plot_loss([("", record.events)], paths.loss_plot, title="training loss"),
+            plot_loss(
+                [("", record.events)],
+                paths.loss_plot,
+                title="training and eval loss" if evaluated else "training loss",
+            ),
             plot_learning_rate([("", record.events)], paths.lr_plot, title="learning rate"),
+            plot_eval_metrics(
+                record.events, scores, paths.eval_plot, title="evaluators during training"
+            ),
         )
         if p is not None
     ]

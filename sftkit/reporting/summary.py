@@ -110,7 +110,9 @@ def memory_rows(record: RunRecord) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = []
     memory = record.memory or {}
     estimated = memory.get("peak_bytes")
-    if memory:
+    if memory.get("unavailable"):
+        rows.append(("estimate", f"none: {memory['unavailable']}"))
+    elif memory:
         phase = memory.get("peak_phase")
         rows.append(("estimated peak", gib(estimated) + (f" ({phase})" if phase else "")))
         phases = memory.get("phases")
@@ -146,11 +148,44 @@ def training_rows(record: RunRecord) -> list[tuple[str, str]]:
     if events:
         best = min(events, key=lambda e: float(e["loss"]))
         rows.append(("lowest logged loss", f"{number(best['loss'])} at step {best['step']}"))
+    rows.extend(evaluation_rows(record))
     for key in ("started", "finished"):
         if run.get(key):
             rows.append((key, str(run[key])))
     if run.get("error"):
         rows.append(("error", str(run["error"])))
+    return rows
+
+
+def evaluation_rows(record: RunRecord) -> list[tuple[str, str]]:
+    """Evaluation while training: how often, the best evaluation and its checkpoint, early
+    stopping (from run.json and the eval/ events of metrics.jsonl)."""
+    run = record.run
+    evals = [e for e in record.events if isinstance(e.get("eval/loss"), int | float)]
+    if not run.get("eval_steps") and not evals:
+        return []
+    rows = [("evaluated", f"every {run.get('eval_steps', '?')} steps on dev, {len(evals)} times")]
+    if evals:
+        last = evals[-1]
+        rows.append(("last eval loss", f"{number(last['eval/loss'])} at step {last.get('step')}"))
+    name = run.get("best_metric_name") or "loss"
+    if run.get("best_metric") is not None:
+        checkpoint = run.get("best_checkpoint")
+        where = f" ({str(checkpoint).rstrip('/').rpartition('/')[2]})" if checkpoint else ""
+        rows.append(
+            (
+                f"best eval {name}",
+                f"{number(run['best_metric'])} at step {run.get('best_step')}{where}",
+            )
+        )
+    stop = run.get("early_stopping")
+    if isinstance(stop, dict):
+        if stop.get("stopped_early"):
+            text = f"stopped at step {run.get('steps')} of {run.get('max_steps')}"
+        else:
+            text = "did not stop early"
+        final = "; final/ is the best checkpoint" if stop.get("final_is_best") else ""
+        rows.append(("early stopping", f"{text} (patience {stop.get('patience')}){final}"))
     return rows
 
 

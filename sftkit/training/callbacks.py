@@ -49,7 +49,9 @@ class MetricsCallback(TrainerCallback):
         if tokens is not None and "loss" in logs and now > self.last_time:
             logs["tokens_per_second"] = (float(tokens) - self.last_tokens) / (now - self.last_time)
             self.last_tokens, self.last_time = float(tokens), now
-        event = {"step": state.global_step, "epoch": state.epoch, **logs}
+        # an evaluation's eval_loss, eval_gsm8k/accuracy, ... are eval/loss, ... as in TensorBoard
+        shown = {(f"eval/{k[5:]}" if k.startswith("eval_") else k): v for k, v in logs.items()}
+        event = {"step": state.global_step, "epoch": state.epoch, **shown}
         before = float(self.ctx.carried.get("train_runtime_s", 0.0))
         event["elapsed_s"] = round(before + now - self.started, 3)
         self.ctx.metrics.update(logs)

@@ -1,6 +1,12 @@
-"""The tokenized training set handed to the trainer: input_ids and labels per example,
-labels already masked by `sftkit.data.tokenize` (TRL keeps a given labels column as is,
-truncates to max_length, drops fully masked rows, and packs when asked)."""
+"""The tokenized training set handed to the trainer: input_ids and a completion_mask per
+example, both from `sftkit.data.tokenize` (1 on every trained segment: the answer, and each
+trained assistant turn of a conversation).
+
+TRL builds the labels from them with the recipe's ``SFTConfig(completion_only_loss=...)``:
+-100 outside the mask when it is on, every token trained when it is off, which is exactly
+`Encoded.labels` (what `sftkit preview` shows and eval-loss scores). TRL 1.0 to 1.16 all keep
+a ``completion_mask`` column through truncation and packing (a ``labels`` column would be
+dropped by 1.0's packing), and drop rows left with no trained token."""
 
 from __future__ import annotations
 
@@ -34,6 +40,6 @@ def tokenized_dataset(
     return Dataset.from_dict(
         {
             "input_ids": [e.input_ids for e in encoded],
-            "labels": [e.labels for e in encoded],
+            "completion_mask": [e.trained_mask for e in encoded],
         }
     )

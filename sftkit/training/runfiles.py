@@ -61,6 +61,10 @@ def resolved_recipe_data(resolved: ResolvedRecipe) -> dict[str, Any]:
     data["strategy"]["options"] = resolved.strategy.options.model_dump(mode="json")
     data["optimizer"]["options"] = resolved.optimizer.options.model_dump(mode="json")
     data["data"]["format"]["options"] = resolved.data_format.options.model_dump(mode="json")
+    if resolved.mixture:  # data.format is not read: leave it out, as the recipe did
+        del data["data"]["format"]
+        for source, part in zip(data["data"]["mixture"]["datasets"], resolved.mixture, strict=True):
+            source["format"]["options"] = part.options.model_dump(mode="json")
     data["data"]["template"]["options"] = resolved.template.options.model_dump(mode="json")
     for ref, component in zip(data["evaluation"]["evaluators"], resolved.evaluators, strict=True):
         ref["options"] = component.options.model_dump(mode="json")

@@ -40,6 +40,7 @@ from sftkit.errors import (
     RunInterrupted,
     SftkitError,
     TrainingDivergedError,
+    UnknownArchitectureError,
 )
 from sftkit.quiet import log_to, quiet_libraries
 from sftkit.runpaths import RunPaths
@@ -128,6 +129,9 @@ def start_run(
     returned context until `ctx.release()`), pre-flight the memory estimate, plan the
     resume, write recipe.yaml / memory.json / environment.json / run.json (running).
     `sftkit launch` calls this once, then `execute_run` in every rank."""
+    from sftkit.versions import check_training_stack
+
+    check_training_stack("sftkit run")  # before anything is written or imported
     from sftkit.modeling import training_device
     from sftkit.modeling.kernels import check_inference_device, check_kernels
     from sftkit.training.loss import check_loss_head
@@ -342,6 +346,13 @@ def preflight(
 
     try:
         result = memory_preflight(resolved)
+    except UnknownArchitectureError as exc:
+        # The estimator lacking an architecture is no reason to refuse the model.
+        echo(
+            "[yellow]warning:[/yellow] no memory estimate for this model, so no pre-flight "
+            f"check: {exc.message}"
+        )
+        return {"unavailable": exc.message}
     except DoesNotFitError:
         if not force:
             raise
@@ -355,12 +366,20 @@ def preflight(
 
 
 def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] = ()) -> None:
-    from transformers import PrinterCallback, ProgressCallback, set_seed
-    from trl import SFTTrainer
+    try:
+        from transformers import PrinterCallback, ProgressCallback, set_seed
+        from trl import SFTTrainer
+    except ImportError as exc:
+        if isinstance(exc, ModuleNotFoundError):
+            raise
+        from sftkit.versions import import_clash
+
+        raise import_clash(exc, doing="sftkit run") from exc
 
     from sftkit.data.prepare import prepare_data, read_examples
     from sftkit.modeling import build_model, load_tokenizer
     from sftkit.specs import load_factory
+    from sftkit.training import evaluating
     from sftkit.training.callbacks import HooksCallback, MetricsCallback, RichProgressCallback
     from sftkit.training.dataset import tokenized_dataset
     from sftkit.training.optimizer import build_optimizer, optimizer_lr
@@ -385,6 +404,14 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     dataset = tokenized_dataset(
         examples, template, tokenizer, completion_only_loss=recipe.data.completion_only_loss
     )
+    eval_dataset = None
+    if recipe.training.eval_steps is not None:  # eval loss on dev while training
+        eval_dataset = tokenized_dataset(
+            read_examples(prepared.split_path("dev")),
+            template,
+            tokenizer,
+            completion_only_loss=recipe.data.completion_only_loss,
+        )
     started = time.perf_counter()
     with display.stage("load model"):
         model = build_model(
@@ -412,6 +439,7 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
         if manager is not None:
             callbacks.append(HooksCallback(ctx, manager.hook))
         callbacks.append(RichProgressCallback(display))
+    callbacks.extend(evaluating.callbacks(ctx, console, main=is_main_process()))
     if ctx.interrupts is not None:
         from sftkit.training.interrupts import StopOnSignal
 
@@ -427,6 +455,7 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
         model=model,
         args=args,
         train_dataset=dataset,
+        eval_dataset=eval_dataset,
         processing_class=tokenizer,
         optimizers=trainer_optimizers(recipe, optimizer),  # FSDP builds it once sharded
         callbacks=callbacks,
@@ -477,6 +506,8 @@ def sft_config(ctx: RunContext, *, learning_rate: float) -> Any:
     """SFTConfig from the recipe (TRL 1.x names: max_length, completion_only_loss, ...)."""
     from trl import SFTConfig
 
+    from sftkit.training.evaluating import eval_arguments, save_steps
+
     t, data = ctx.recipe.training, ctx.recipe.data
     report_to = [r for r in t.report_to if r not in ("tensorboard", "none")] or "none"
     if t.liger_kernels:
@@ -506,7 +537,7 @@ def sft_config(ctx: RunContext, *, learning_rate: float) -> Any:
         logging_first_step=True,
         logging_nan_inf_filter=False,  # a NaN loss must show, not be smoothed over
         save_strategy="steps",
-        save_steps=t.save_steps or NEVER,  # the trainer always saves at the last step too
+        save_steps=save_steps(ctx.recipe) or NEVER,  # the trainer always saves at the end too
         save_total_limit=None,  # sftkit rotates, counting complete checkpoints only
         report_to=report_to,
         disable_tqdm=True,
@@ -517,6 +548,8 @@ def sft_config(ctx: RunContext, *, learning_rate: float) -> Any:
         dataset_num_proc=None,
         dataloader_num_workers=0,
         use_liger_kernel=t.liger_kernels,
+        neftune_noise_alpha=t.neftune_noise_alpha,
+        **eval_arguments(ctx.recipe),  # eval loss on dev, best checkpoint, early stopping
         **trl_config_kwargs(),
         **engine,  # DDP/FSDP/DeepSpeed settings for launched runs (sftkit.distributed)
     )
@@ -626,6 +659,9 @@ def run_summary(ctx: RunContext, output: Any) -> dict[str, Any]:
         "train_loss": train_loss,
         "peak_memory_bytes": torch.cuda.max_memory_allocated() if ctx.device == "cuda" else None,
     }
+    from sftkit.training.evaluating import best_summary
+
+    summary.update(best_summary(ctx))
     return summary
 
 
