@@ -230,15 +230,16 @@ def test_a_recipe_that_is_not_utf8_names_its_line(tmp_path: Path) -> None:
     assert f"{recipe}:{lines}: the recipe is not UTF-8 text" in result.stderr
 
 
-def test_a_directory_as_the_train_file(tmp_path: Path) -> None:
+def test_a_directory_as_the_train_file_is_read_as_a_dataset_directory(tmp_path: Path) -> None:
+    """A directory is a dataset (its train.jsonl is the train split), as datasets reads one;
+    the message is about the data it holds, never "does not exist"."""
     folder = tmp_path / "gsm"
     folder.mkdir()
     (folder / "train.jsonl").write_text('{"prompt": "1+1?", "completion": "#### 2"}\n')
     result = _prompt_completion(tmp_path, folder)
     assert result.exit_code == EXIT_BAD_INPUT, result.stderr
-    assert "data.format.options.train_file" in result.stderr and "is a directory" in result.stderr
-    assert str(folder / "train.jsonl") in result.stderr  # what to set instead
     assert "does not exist" not in result.stderr
+    assert "dev_size=1 leaves no training rows: the source has 1" in result.stderr
 
 
 # --------------------------------------------------------------------------- bad values

@@ -26,6 +26,7 @@ from sftkit.data.readers import (
     RawRow,
     ReadReport,
     SourceInfo,
+    check_source_file,
     convert_rows,
     iter_file,
     malformed,
@@ -124,6 +125,8 @@ def _parts(
         return _file_parts([path]) if files_hold_it else None
     if path.is_dir():
         return _directory_parts(path, split, hub, required=required)
+    if path.exists():  # a device, FIFO or socket: say what it is, never read it
+        check_source_file(path)
     if ref.startswith((".", "/", "~")) or ref.endswith(SUFFIXES) or not HUB_ID.match(ref):
         raise DataError(
             f"data source {ref!r} does not exist (looked at {path.resolve()}).",

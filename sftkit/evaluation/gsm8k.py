@@ -63,6 +63,8 @@ class Gsm8kEvaluator:
         for example, gold, generation, extraction in zip(
             task.examples, golds, generations, found, strict=True
         ):
+            if extraction is None:  # a generate() that did not report its batches
+                extraction = extract_answer(generation.text, starts_in_think=in_think)
             hit = extraction.answer is not None and extraction.answer == gold
             # the harness compares with the reference as written (GSM8K's '#### N'), not
             # with sftkit's canonical number ("3.50" stays "3.50")

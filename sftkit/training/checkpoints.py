@@ -276,13 +276,16 @@ def choose_checkpoint(paths: RunPaths, *, weights_only: bool = False) -> ResumeP
     return ResumePoint(None, tuple(skipped))
 
 
-def rotate(paths: RunPaths, keep: int | None) -> list[Path]:
+def rotate(paths: RunPaths, keep: int | None, *, protect: str | None = None) -> list[Path]:
     """Delete complete checkpoints beyond the newest `keep` (training.save_total_limit);
-    never one that is not complete, and never the newest complete one."""
+    never one that is not complete, never the newest complete one, and never `protect` (the
+    best checkpoint early stopping will load)."""
     if keep is None:
         return []
     complete = [path for _, path in paths.checkpoint_dirs() if complete_marker(path).is_file()]
     doomed = complete[: max(len(complete) - max(keep, 1), 0)]
+    if protect is not None:
+        doomed = [path for path in doomed if str(path) != str(protect)]
     for path in doomed:
         shutil.rmtree(path, ignore_errors=True)
     return doomed

@@ -66,6 +66,8 @@ def resumable_trainer(base: type, ctx: RunContext) -> type:
                 shutil.rmtree(partial, ignore_errors=True)
             try:
                 super()._save_checkpoint(model, trial)
+                if writer:
+                    self._point_best_at_published(partial, paths.checkpoint(step))
                 target = carry_file(partial, self.args.process_index)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text(json.dumps(window), encoding="utf-8")
@@ -78,7 +80,7 @@ def resumable_trainer(base: type, ctx: RunContext) -> type:
                         step=step,
                         max_steps=self.state.max_steps,
                     )
-                    rotate(paths, keep)
+                    rotate(paths, keep, protect=self.state.best_model_checkpoint)
             except BaseException as exc:
                 full = disk_full(exc, paths.root, f"saving checkpoint-{step}")  # before freeing
                 if writer:
@@ -89,6 +91,17 @@ def resumable_trainer(base: type, ctx: RunContext) -> type:
                     raise full from exc
                 raise
             self.accelerator.wait_for_everyone()
+
+        def _point_best_at_published(self, partial: Path, published: Path) -> None:
+            """transformers records the best checkpoint (training.early_stopping) by the
+            folder it saved into, here under .partial/: name the folder it is renamed to,
+            in the state and in the checkpoint's trainer_state.json, before it is sealed."""
+            if self.state.best_model_checkpoint != str(partial):
+                return
+            self.state.best_model_checkpoint = str(published)
+            state_file = partial / "trainer_state.json"
+            if state_file.is_file():
+                self.state.save_to_json(str(state_file))
 
         def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
             if checkpoint is not None and ctx.weights_only:
