@@ -13,7 +13,6 @@ not import torch at top level; import it inside the methods that train.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -176,22 +175,9 @@ class Engine:
         (a ``gradient_checkpointing`` key overrides the recipe's)."""
         return {}
 
-    def builds_optimizer_late(self, recipe: Recipe) -> bool:
-        """Must the optimizer be built after the trainer has prepared (sharded) the model?"""
-        return False
-
-    def trainer_class(
-        self,
-        trainer_cls: type,
-        recipe: Recipe,
-        *,
-        use_cpu: bool,
-        optimizer_factory: Callable[[Any], Any] | None = None,
-    ) -> type:
-        """`trainer_cls`, or a subclass that does what the engine needs from the trainer.
-        `optimizer_factory(model)` builds the recipe's optimizer (for engines that build it
-        late)."""
-        return trainer_cls
+    def prepare_trainer(self, trainer: Any, recipe: Recipe, *, use_cpu: bool) -> None:
+        """Adjust the trainer once its accelerator exists (`SftkitTrainer` asks every engine;
+        the optimizer is always built after this, in the trainer's `create_optimizer`)."""
 
 
 def engine_of(recipe: Recipe) -> Engine:

@@ -235,7 +235,7 @@ class RunPaths:
 
 def carry_file(checkpoint: Path, process: int) -> Path:
     """What one process carries across a checkpoint besides the trainer's files (the loss
-    window since the last log, the run's time so far: `sftkit.training.resumable`)."""
+    window since the last log, the run's time so far: `sftkit.training.trainer`)."""
     return Path(checkpoint) / f"sftkit_carry-{process}.json"
 
 

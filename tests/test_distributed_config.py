@@ -25,10 +25,8 @@ from sftkit.distributed.rank import is_main_process, local_rank, rank, world_siz
 from sftkit.distributed.topology import Topology
 from sftkit.distributed.trainer import (
     backend,
-    engine_trainer_class,
     shards_parameters,
     trainer_arguments,
-    trainer_optimizers,
 )
 from sftkit.errors import LaunchError, RecipeError
 from sftkit.recipe.load import load_recipe, validate_recipe_data
@@ -504,32 +502,22 @@ def test_trainer_arguments(monkeypatch, tmp_path):
     assert backend(recipe(engine="ddp", backend="gloo"), use_cpu=False) == "gloo"
 
 
-def test_engine_trainer_class(monkeypatch):
-    class Base:
-        optimizer = None
+def test_fsdp_on_cpu_promotes_the_trainer_only_with_several_processes(monkeypatch):
+    import sftkit.distributed.cpu_fsdp as cpu_fsdp
 
-        def create_optimizer(self, model=None):
-            return self.optimizer
-
-    def factory(model):
-        return ("optimizer over", model)
-
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert engine_trainer_class(Base, recipe(engine="ddp"), use_cpu=True) is Base
-    assert engine_trainer_class(Base, recipe(engine="fsdp"), use_cpu=False) is Base
-    assert trainer_optimizers(recipe(engine="ddp"), "opt") == ("opt", None)
-    assert trainer_optimizers(recipe(engine="fsdp"), "opt") == (None, None)
-    sub = engine_trainer_class(
-        Base, recipe(engine="fsdp"), use_cpu=False, optimizer_factory=factory
-    )
-    assert issubclass(sub, Base) and sub is not Base
-    trainer = sub()
-    trainer.model = "sharded model"
-    assert trainer.create_optimizer() == ("optimizer over", "sharded model")
-    assert trainer.create_optimizer() is trainer.optimizer  # built once
-    assert engine_trainer_class(Base, recipe(engine="fsdp"), use_cpu=True) is not Base
-    monkeypatch.setenv("WORLD_SIZE", "1")
-    assert engine_trainer_class(Base, recipe(engine="fsdp"), use_cpu=True) is Base
+    promoted = []
+    monkeypatch.setattr(cpu_fsdp, "promote_to_fsdp", promoted.append)
+    for engine, use_cpu, world, expected in [
+        ("ddp", True, "2", []),
+        ("fsdp", False, "2", []),
+        ("fsdp", True, "1", []),
+        ("fsdp", True, "2", ["trainer"]),
+    ]:
+        monkeypatch.setenv("WORLD_SIZE", world)
+        promoted.clear()
+        r = recipe(engine=engine)
+        r.distributed.resolved_engine.prepare_trainer("trainer", r, use_cpu=use_cpu)
+        assert promoted == expected, (engine, use_cpu, world)
 
 
 def test_describe_engine():

@@ -145,14 +145,13 @@ hardware: {{gpu: cpu}}
 
 
 def _loss_and_grads(model, batch, head):
-    from sftkit.training.loss import install
+    from sftkit.training.loss import HEADS, HeadedModel
 
     model.zero_grad(set_to_none=True)
     if head is None:  # the model's own loss (transformers' ForCausalLMLoss)
         out = model(**batch)
     else:
-        install(model, head)
-        out = model(**batch, fused_lm_head=True)
+        out = HeadedModel(model, HEADS[head])(**batch, fused_lm_head=True)
     out.loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return out.loss.detach(), grads
@@ -179,17 +178,21 @@ def test_heads_give_the_models_own_loss_and_gradients(tmp_path, strategy):
             assert torch.allclose(g, want_grads[name], rtol=1e-4, atol=1e-7), (head, name)
 
 
-def test_generation_is_unchanged_by_the_head(tmp_path):
-    from sftkit.training.loss import install
+def test_the_model_is_unchanged_by_the_head(tmp_path):
+    from sftkit.training.loss import HEADS, HeadedModel
 
     model = _model(tmp_path)
     model.eval()
     ids = torch.randint(0, LLAMA["vocab_size"], (1, 7))
+    head = model.get_output_embeddings()
     with torch.no_grad():
         before = model(input_ids=ids).logits
-        install(model, "chunked")
+        headed = HeadedModel(model, HEADS["chunked"])
+        headed(input_ids=ids, labels=ids, fused_lm_head=True)
+        passed_through = headed(input_ids=ids).logits
         after = model(input_ids=ids).logits
-    assert torch.equal(before, after)
+    assert torch.equal(before, after) and torch.equal(before, passed_through)
+    assert model.get_output_embeddings() is head
 
 
 def test_liger_is_refused_on_cpu_with_the_reason(tmp_path):

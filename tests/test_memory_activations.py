@@ -175,6 +175,7 @@ hardware: {{gpu: cpu}}
     torch.set_num_threads(1)
     model = build_model(resolved, None, base_dir=tmp_path / "base")
     prepare_for_training(model, setup)
-    batch = {**random_batch(setup, "cpu"), **install_loss_head(model, setup)}
-    saved, _ = saved_activation_bytes(model, batch, autocast_context(setup, "cpu"))
+    forward, extra = install_loss_head(model, setup)
+    batch = {**random_batch(setup, "cpu"), **extra}
+    saved, _ = saved_activation_bytes(model, batch, autocast_context(setup, "cpu"), forward)
     assert predicted_saved_bytes(setup, layout(setup)) == saved

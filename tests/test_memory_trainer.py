@@ -20,7 +20,7 @@ from sftkit.memory.setup import setup_from_recipe  # noqa: E402
 from sftkit.recipe.load import load_recipe_text  # noqa: E402
 from sftkit.testing import fresh_registry  # noqa: E402
 from sftkit.training.measure import measured_static  # noqa: E402
-from sftkit.training.techniques import after_trainer_built  # noqa: E402
+from sftkit.training.techniques import memory_techniques  # noqa: E402
 
 
 @pytest.mark.filterwarnings("ignore")
@@ -74,7 +74,8 @@ hardware: {{gpu: cpu}}
         processing_class=tokenizer,
         optimizers=(optimizer, None),
     )
-    after_trainer_built(trainer, resolved)  # as sftkit run does
+    for technique in memory_techniques(resolved):  # as SftkitTrainer does
+        technique(trainer.model)
     trainer.train()
     measured = measured_static(model, optimizer)
     predicted = static_bytes(setup_from_recipe(resolved, shape_for(resolved), on_gpu=False))

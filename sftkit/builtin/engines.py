@@ -19,7 +19,6 @@ override what differs, and register an instance. What each engine shards, per GP
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -156,47 +155,16 @@ class Fsdp(Engine):
             kwargs["gradient_checkpointing"] = False
         return kwargs
 
-    def builds_optimizer_late(self, recipe: Recipe) -> bool:
-        # FSDP shards parameters in place when the trainer prepares the model, so the
-        # optimizer must be built afterwards, over the sharded parameters (transformers
-        # refuses one passed in).
-        return True
+    def prepare_trainer(self, trainer: Any, recipe: Recipe, *, use_cpu: bool) -> None:
+        """On CPU, switch the freshly built accelerator state to FSDP: accelerate only
+        applies FSDP on accelerator devices (its CPU state is MULTI_CPU, which it wraps in
+        DDP), although `fully_shard` works with gloo on CPU, so CPU runs (the tests, a
+        laptop) take the same FSDP code path. The optimizer is built afterwards, over the
+        sharded parameters (`SftkitTrainer.create_optimizer`)."""
+        if use_cpu and world_size() > 1:
+            from sftkit.distributed.cpu_fsdp import promote_to_fsdp
 
-    def trainer_class(
-        self,
-        trainer_cls: type,
-        recipe: Recipe,
-        *,
-        use_cpu: bool,
-        optimizer_factory: Callable[[Any], Any] | None = None,
-    ) -> type:
-        """A subclass that builds the recipe's optimizer (`optimizer_factory(model)`) once
-        the model is sharded, in `create_optimizer`; and, on CPU, switches the freshly built
-        accelerator state to FSDP: accelerate only applies FSDP on accelerator devices (its
-        CPU state is MULTI_CPU, which it wraps in DDP), although `fully_shard` works with
-        gloo on CPU, so CPU runs (the tests, a laptop) take the same FSDP code path."""
-        cpu_fsdp = use_cpu and world_size() > 1
-        late = optimizer_factory is not None
-        if not (cpu_fsdp or late):
-            return trainer_cls
-
-        class EngineTrainer(trainer_cls):
-            def create_accelerator_and_postprocess(self) -> None:
-                super().create_accelerator_and_postprocess()
-                if cpu_fsdp:
-                    from sftkit.distributed.cpu_fsdp import promote_to_fsdp
-
-                    promote_to_fsdp(self)
-
-            def create_optimizer(self, model: Any = None) -> Any:
-                trainer: Any = self  # attributes of the transformers Trainer
-                if late and trainer.optimizer is None:
-                    assert optimizer_factory is not None
-                    trainer.optimizer = optimizer_factory(trainer.model if model is None else model)
-                return super().create_optimizer(model)
-
-        EngineTrainer.__name__ = EngineTrainer.__qualname__ = f"Engine{trainer_cls.__name__}"
-        return EngineTrainer
+            promote_to_fsdp(trainer)
 
 
 class DeepSpeed(Engine):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sftkit import compat
 from sftkit.data.example import Example
 from sftkit.data.readers import (
     SUFFIXES,
@@ -243,5 +244,5 @@ class _HubCache:
             return None
         name = f"{ref}[{split}]"
         rows = (RawRow(f"{name}:row {i + 1}", i, row) for i, row in enumerate(dataset))
-        fingerprint = getattr(dataset, "_fingerprint", None)
+        fingerprint = compat.dataset_fingerprint(dataset)
         return [_Part(name, f"{prefix}{name}", rows, fingerprint)]

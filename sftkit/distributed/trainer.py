@@ -1,7 +1,6 @@
 """What the runner hands the trainer so it runs the recipe's engine.
 
 `trainer_arguments` returns keyword arguments for `TrainingArguments`/TRL's `SFTConfig`;
-`engine_trainer_class` adapts the trainer class where the engine needs it (FSDP);
 `prepare_final_save` makes the final save a normal checkpoint whatever the engine shards.
 What is engine-specific, each engine object says (`sftkit.engine.Engine`); this module adds
 what is common to every multi-process run. Torch and accelerate are imported inside the
@@ -10,7 +9,6 @@ functions that need them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,31 +69,6 @@ def trainer_arguments(recipe: Recipe, run_dir: Path, *, use_cpu: bool) -> dict[s
         kwargs["ddp_find_unused_parameters"] = False
     kwargs.update(engine_of(recipe).trainer_arguments(recipe, run_dir, use_cpu=use_cpu))
     return kwargs
-
-
-def builds_optimizer_late(recipe: Recipe) -> bool:
-    """Must the optimizer be built once the trainer has prepared the model (FSDP shards the
-    parameters in place then)? The other engines take the optimizer sftkit built."""
-    return engine_of(recipe).builds_optimizer_late(recipe)
-
-
-def trainer_optimizers(recipe: Recipe, optimizer: Any) -> tuple[Any, None]:
-    """The trainer's `optimizers=` argument: the built optimizer, or none yet (FSDP)."""
-    return (None, None) if builds_optimizer_late(recipe) else (optimizer, None)
-
-
-def engine_trainer_class(
-    trainer_cls: type,
-    recipe: Recipe,
-    *,
-    use_cpu: bool,
-    optimizer_factory: Callable[[Any], Any] | None = None,
-) -> type:
-    """`trainer_cls`, or the subclass the engine needs (FSDP: one that builds the optimizer
-    with `optimizer_factory(model)` once the model is sharded, and runs FSDP on CPU)."""
-    return engine_of(recipe).trainer_class(
-        trainer_cls, recipe, use_cpu=use_cpu, optimizer_factory=optimizer_factory
-    )
 
 
 def prepare_final_save(trainer: Any) -> None:

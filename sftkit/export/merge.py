@@ -47,9 +47,9 @@ def dequantized_weight(module: Any) -> torch.Tensor:
     if state is not None and getattr(state, "packing_format_for_cpu", False):
         # bitsandbytes repacks 4-bit weights for its CPU kernel on the first forward in eval
         # mode; dequantization expects the standard layout, so undo the repacking first.
-        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+        from sftkit.compat import unpack_cpu_4bit
 
-        weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, state)
+        weight.data, weight.quant_state = unpack_cpu_4bit(weight.data, state)
         state = weight.quant_state
     if state is None:
         state = getattr(module, "state", None)  # LLM.int8 keeps its row scales here

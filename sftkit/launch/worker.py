@@ -47,8 +47,8 @@ def train_rank(run_dir: Path, *, resume: bool) -> None:
     from sftkit.runpaths import RunPaths
     from sftkit.training.checkpoints import choose_checkpoint
     from sftkit.training.context import RunContext
-    from sftkit.training.resumable import load_carry
     from sftkit.training.runner import execute_run
+    from sftkit.training.trainer import load_carry
 
     quiet_libraries()  # main() did; here too for a caller that comes in through this
     paths = RunPaths(run_dir)

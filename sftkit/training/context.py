@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,17 +31,9 @@ class RunContext:
     lock: Any = None
     interrupts: Any = None
     weights_only: bool = False  # resume from weights alone: fresh optimizer state
-    # What the resumed checkpoint carried for this process (sftkit.training.resumable).
+    # What the resumed checkpoint carried for this process (sftkit.training.trainer).
     carried: dict[str, Any] = field(default_factory=dict)
-    train_started: float | None = None  # perf_counter() when this process began training
-
-    def runtime_s(self) -> float:
-        """Training time of the whole run so far: earlier attempts' (up to the checkpoint
-        resumed from) plus this one's."""
-        before = float(self.carried.get("train_runtime_s", 0.0))
-        if self.train_started is None:
-            return before
-        return before + time.perf_counter() - self.train_started
+    clock: Any = None  # sftkit.training.trainer.RunClock: training time of the whole run
 
     def release(self) -> None:
         """Let go of the run directory's lock (if this context holds it)."""

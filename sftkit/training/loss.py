@@ -3,7 +3,8 @@
 TRL's SFTTrainer (>= 1.15) computes the loss as ``model(**inputs, fused_lm_head=True)``, a
 forward that `trl.trainer.utils.add_fused_lm_head` installs and that returns per-token
 log-probabilities, entropies and top-1 hits (`FusedCausalLMOutput`) instead of logits.
-`install` replaces that forward with one computing the same outputs with sftkit's head:
+`SftkitTrainer.compute_loss` hands TRL a `HeadedModel` in the model's place, which computes
+the same outputs with sftkit's head (the model itself is left as it is):
 
 - ``full``: the (tokens x vocabulary) logits, fp32 log-softmax, per-token NLL: the reference
   transformers' ``ForCausalLMLoss`` computes, token by token;
@@ -13,13 +14,13 @@ log-probabilities, entropies and top-1 hits (`FusedCausalLMOutput`) instead of l
 - ``liger``: Liger's fused linear cross-entropy (CUDA only).
 
 Every head scores the next token of every position but the last of each row (labels
-shifted left, padded with -100): the loss the model's own forward computes. Without
-``fused_lm_head`` the forward is the one before (generation and evaluation are unchanged).
+shifted left, padded with -100): the loss the model's own forward computes.
 """
 
 from __future__ import annotations
 
 import types
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -200,38 +201,41 @@ def liger_head(
 HEADS = {"full": full_head, "chunked": chunked_head, "liger": liger_head}
 
 
-def _output(**fields: Any) -> Any:
-    try:
-        from trl.trainer.utils import FusedCausalLMOutput
-    except ImportError:  # pragma: no cover - TRL < 1.15 never reaches here (check_loss_head)
-        return types.SimpleNamespace(**fields)
-    return FusedCausalLMOutput(**fields)
-
-
 def base_model(model: Any) -> Any:
-    """The transformers model under a PEFT wrapper (the one whose forward is patched)."""
+    """The transformers model under PEFT's (and DDP's) wrappers."""
+    model = getattr(model, "module", model)  # DistributedDataParallel
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def install(model: Any, name: str) -> None:
-    """Make ``model(..., labels=..., fused_lm_head=True)`` compute the loss with head `name`
-    (``full``, ``chunked``, ``liger``), returning what TRL's fused head returns."""
-    head = HEADS[name]
-    base = base_model(model)
-    config = (
-        base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
-    )
-    for key in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
-        if getattr(config, key, None) not in (None, 1.0):
-            raise SftkitError(
-                f"training.loss={name}: this model scales its logits ({key}), which sftkit's "
-                "loss heads do not implement.",
-                hint="Use training.loss=auto (TRL's fused head handles it).",
-            )
-    previous = base.forward
+class _Capture(torch.nn.Module):
+    """Stands in for the lm_head during one forward: keeps the final hidden states and
+    returns no logits, so the model never builds them."""
 
-    def forward(
-        self: Any,
+    def __init__(self) -> None:
+        super().__init__()
+        self.hidden: torch.Tensor | None = None
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        self.hidden = hidden
+        return hidden.new_empty(*hidden.shape[:-1], 0)
+
+
+class HeadedModel:
+    """`model` as TRL's `compute_loss` calls it, with the loss computed by `head`:
+    ``HeadedModel(model, head)(**inputs, fused_lm_head=True)`` returns what TRL's fused
+    head returns (per-token log-probabilities, entropies, top-1 hits), computed from the
+    final hidden states; any other call is the model's own. The model itself is never
+    changed: its output embedding stands aside only for the duration of the call
+    (`set_output_embeddings`), so generation and saving see the model as it is."""
+
+    def __init__(self, model: Any, head: Callable[..., tuple[torch.Tensor, ...]]) -> None:
+        self.model, self.head = model, head
+        self.base = base_model(model)
+        check_model(self.base)
+        self.lm_head = self.base.get_output_embeddings()
+
+    def __call__(
+        self,
         *args: Any,
         fused_lm_head: bool = False,
         labels: torch.Tensor | None = None,
@@ -240,25 +244,27 @@ def install(model: Any, name: str) -> None:
         **kwargs: Any,
     ) -> Any:
         if not fused_lm_head:
-            for key, value in (
-                ("labels", labels),
-                ("shift_labels", shift_labels),
-                ("num_items_in_batch", num_items_in_batch),
-            ):
+            for key, value in (("labels", labels), ("shift_labels", shift_labels)):
                 if value is not None:
                     kwargs[key] = value
-            return previous(*args, **kwargs)
+            return self.model(*args, **kwargs)
         if shift_labels is not None or labels is None:
             raise SftkitError(
-                f"training.loss={name} needs the labels (context and sequence parallelism, "
+                "sftkit's loss heads need the labels (context and sequence parallelism, "
                 "which pass pre-shifted labels, are not supported).",
                 hint="Use training.loss=auto.",
             )
-        kwargs["use_cache"] = False
-        hidden = self.base_model(*args, **kwargs).last_hidden_state
-        lm_head = self.get_output_embeddings()
-        log_probs, entropy, top1, mask = head(
-            hidden.to(lm_head.weight.device), lm_head, labels.to(lm_head.weight.device)
+        capture = _Capture()
+        self.base.set_output_embeddings(capture)
+        try:
+            self.model(*args, **{**kwargs, "use_cache": False})
+        finally:
+            self.base.set_output_embeddings(self.lm_head)
+        hidden = capture.hidden
+        assert hidden is not None, "the model's forward never reached its output embedding"
+        weight = self.lm_head.weight
+        log_probs, entropy, top1, mask = self.head(
+            hidden.to(weight.device), self.lm_head, labels.to(weight.device)
         )
         count = mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch
         return _output(
@@ -269,7 +275,27 @@ def install(model: Any, name: str) -> None:
             label_mask=mask,
         )
 
-    base.forward = types.MethodType(forward, base)
+
+def _output(**fields: Any) -> Any:
+    try:
+        from trl.trainer.utils import FusedCausalLMOutput
+    except ImportError:  # pragma: no cover - TRL < 1.15 never reaches here (check_loss_head)
+        return types.SimpleNamespace(**fields)
+    return FusedCausalLMOutput(**fields)
+
+
+def check_model(base: Any) -> None:
+    """A model whose logits are scaled is left to TRL's head, which implements that."""
+    config = (
+        base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
+    )
+    for key in ("final_logit_softcapping", "logit_scale", "logits_scaling"):
+        if getattr(config, key, None) not in (None, 1.0):
+            raise SftkitError(
+                f"training.loss: this model scales its logits ({key}), which sftkit's "
+                "loss heads do not implement.",
+                hint="Use training.loss=auto (TRL's fused head handles it).",
+            )
 
 
 def check_loss_head(resolved: ResolvedRecipe, device: str) -> None:
@@ -315,9 +341,7 @@ def trl_config_kwargs() -> dict[str, Any]:
     return {}
 
 
-def apply_loss_head(trainer: Any, resolved: ResolvedRecipe) -> None:
-    """After the trainer is built (TRL patched its fused head in then): put the recipe's
-    own head in its place, unless ``training.loss`` is ``auto``."""
+def runtime_head(resolved: ResolvedRecipe) -> Callable[..., tuple[torch.Tensor, ...]] | None:
+    """The function computing the recipe's loss head (None: ``auto``, TRL's own)."""
     name = resolved.recipe.training.loss
-    if name != "auto":
-        install(trainer.model, name)
+    return None if name == "auto" else HEADS[name]

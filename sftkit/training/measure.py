@@ -94,7 +94,7 @@ def measured_static(model: torch.nn.Module, optimizer: torch.optim.Optimizer) ->
 
 
 def saved_activation_bytes(
-    model: torch.nn.Module, batch: dict[str, Any], autocast: Any
+    model: torch.nn.Module, batch: dict[str, Any], autocast: Any, forward: Any = None
 ) -> tuple[int, Any]:
     """Run a forward pass and count the bytes autograd keeps for backward: tensors saved by
     built-in ops (saved-tensor hooks) and tensors custom Functions keep on their context
@@ -111,7 +111,7 @@ def saved_activation_bytes(
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
-        out = model(**batch)
+        out = (forward or model)(**batch)
     stack, visited = [out.loss.grad_fn], set()
     while stack:
         node = stack.pop()
@@ -211,10 +211,10 @@ def predicted_saved_bytes(setup: Setup, tensors: list[Any]) -> int:
     )
 
 
-def install_loss_head(model: Any, setup: Setup) -> dict[str, Any]:
+def install_loss_head(model: Any, setup: Setup) -> tuple[Any, dict[str, Any]]:
     """Compute the loss the way sftkit's runner does: TRL's chunked log-prob head when the
     installed TRL uses one, sftkit's head when the recipe names one (`training.loss`), else
-    the model's own loss. Returns the extra forward kwargs."""
+    the model's own loss. Returns what to call for the forward, and its extra kwargs."""
     from sftkit.components.loss import TrlChunkedLogProb
 
     if isinstance(setup.loss, TrlChunkedLogProb):
@@ -222,11 +222,10 @@ def install_loss_head(model: Any, setup: Setup) -> dict[str, Any]:
 
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))
-        return {"fused_lm_head": True}
-    from sftkit.training.loss import install
+        return model, {"fused_lm_head": True}
+    from sftkit.training.loss import HEADS, HeadedModel
 
-    install(model, setup.loss.name)
-    return {"fused_lm_head": True}
+    return HeadedModel(model, HEADS[setup.loss.name]), {"fused_lm_head": True}
 
 
 def autocast_context(setup: Setup, device: str) -> Any:
@@ -298,17 +297,18 @@ def measure_recipe(
             peaks["load"] = _cuda_peaks()
         optimizer = build_optimizer(resolved, net)
         prepare_for_training(net, setup)
-        batch = {**random_batch(setup, device), **install_loss_head(net, setup)}
+        forward, extra = install_loss_head(net, setup)
+        batch = {**random_batch(setup, device), **extra}
         ac = autocast_context(setup, device)
         if not setup.checkpointing and not on_gpu:
-            saved, out = saved_activation_bytes(net, batch, ac)
+            saved, out = saved_activation_bytes(net, batch, ac, forward)
             predicted_saved = predicted_saved_bytes(setup, net_layout(setup))
             cmp.rows.append(
                 Row("saved activations (no checkpointing)", predicted_saved, saved, exact=False)
             )
         else:
             with ac:
-                out = net(**batch)
+                out = forward(**batch)
         offload = getattr(net, "_sftkit_offload", None)
         if offload is not None:  # training.activation_offload: what went to host memory
             host = act.checkpointed_layer_bytes(setup, setup.micro_batch_size, setup.seq_len)

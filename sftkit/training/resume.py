@@ -7,7 +7,7 @@
   nothing is written;
 - ``evaluate``: final/ is complete but the run stopped before its evaluation or report;
 - ``continue``: train on from the newest complete checkpoint (one at the last step only
-  has final/ saved from it: `sftkit.training.resumable.AlreadyTrained`);
+  has final/ saved from it: `sftkit.training.trainer.AlreadyTrained`);
 - ``restart``: no checkpoint to continue from (stopped before its first): start over.
 
 `trim_metrics` cuts metrics.jsonl back to the checkpoint resumed from, so the resumed run's

@@ -11,7 +11,7 @@ Read top to bottom, this is the whole run:
    adapters), build the optimizer from its plugin;
 4. hand everything to TRL's SFTTrainer (today's API: SFTConfig(max_length=...),
    processing_class=, optimizers=(optimizer, None)) with metrics/hooks/progress callbacks,
-   its checkpoints made atomic and exactly resumable (`sftkit.training.resumable`);
+   its checkpoints made atomic and exactly resumable (`sftkit.training.trainer`);
 5. evaluate before training (if the recipe asks), train (or resume), save final/, evaluate
    after training, write the report, mark run.json completed.
 
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.markup import escape
 
-from sftkit import progress
+from sftkit import compat, progress
 from sftkit.devices import is_cpu
 from sftkit.errors import (
     DoesNotFitError,
@@ -173,7 +173,7 @@ def start_run(
         lock.release()
         raise
     if plan.checkpoint is not None:
-        from sftkit.training.resumable import load_carry
+        from sftkit.training.trainer import load_carry
 
         ctx.resumed_from, ctx.weights_only = plan.checkpoint, plan.weights_only
         ctx.carried = load_carry(plan.checkpoint, 0)
@@ -367,8 +367,9 @@ def preflight(
 
 def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] = ()) -> None:
     try:
-        from transformers import PrinterCallback, ProgressCallback, set_seed
-        from trl import SFTTrainer
+        from transformers import set_seed
+
+        from sftkit.training.trainer import AlreadyTrained, SftkitTrainer
     except ImportError as exc:
         if isinstance(exc, ModuleNotFoundError):
             raise
@@ -382,10 +383,6 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
     from sftkit.training import evaluating
     from sftkit.training.callbacks import HooksCallback, MetricsCallback, RichProgressCallback
     from sftkit.training.dataset import tokenized_dataset
-    from sftkit.training.optimizer import build_optimizer, optimizer_lr
-    from sftkit.training.resumable import AlreadyTrained, CarryCallback, resumable_trainer
-    from sftkit.training.sft_trainer import sftkit_trainer_class
-    from sftkit.training.techniques import after_trainer_built
 
     resolved, recipe, paths = ctx.resolved, ctx.recipe, ctx.paths
     display = progress.console_display(console)
@@ -417,20 +414,12 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
         model = build_model(
             resolved, tokenizer, base_dir=paths.base if recipe.model.random_init else None
         )
-        optimizer = build_optimizer(resolved, model)
     display.say(_describe_model(model, recipe, time.perf_counter() - started))
-    args = sft_config(ctx, learning_rate=optimizer_lr(optimizer))
     ctx.tokenizer = tokenizer
     from sftkit.distributed.rank import is_main_process, world_size
-    from sftkit.distributed.trainer import (
-        engine_trainer_class,
-        evaluates_in_process,
-        prepare_final_save,
-        trainer_optimizers,
-    )
+    from sftkit.distributed.trainer import evaluates_in_process, prepare_final_save
 
-    # First: the carried loss window is restored before any other callback sees a step.
-    callbacks: list[Any] = [CarryCallback(ctx)]
+    callbacks: list[Any] = []
     if is_main_process():  # one writer of metrics.jsonl and TensorBoard; hooks run once
         callbacks.append(MetricsCallback(ctx))
         if "tensorboard" in recipe.training.report_to:
@@ -445,25 +434,17 @@ def train(ctx: RunContext, *, console: Console, extra_callbacks: Sequence[Any] =
 
         callbacks.append(StopOnSignal(ctx.interrupts, single_process=world_size() == 1))
     callbacks.extend(extra_callbacks)
-    trainer_class = engine_trainer_class(
-        sftkit_trainer_class(SFTTrainer),
-        recipe,
-        use_cpu=is_cpu(ctx.device),
-        optimizer_factory=lambda sharded: build_optimizer(resolved, sharded),
-    )
-    trainer = resumable_trainer(trainer_class, ctx)(
+    trainer = SftkitTrainer(
+        parts=trainer_parts(ctx),
         model=model,
-        args=args,
+        args=sft_config(ctx),
         train_dataset=dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        optimizers=trainer_optimizers(recipe, optimizer),  # FSDP builds it once sharded
         callbacks=callbacks,
     )
-    after_trainer_built(trainer, resolved)  # the recipe's loss head and adapter dtype
-    # Our progress bar and metrics replace the trainer's tqdm bar and printed dicts.
-    trainer.remove_callback(PrinterCallback)
-    trainer.remove_callback(ProgressCallback)
+    for note in trainer.compat_notes:
+        display.say(note, markup=False)
     ctx.model, ctx.trainer = trainer.model, trainer
 
     if ctx.resumed_from is None and is_main_process():
@@ -502,7 +483,34 @@ def finish_evaluation(ctx: RunContext, *, console: Console) -> None:
     evaluate_stage(ctx, "after", echo=progress.console_display(console).say)
 
 
-def sft_config(ctx: RunContext, *, learning_rate: float) -> Any:
+def trainer_parts(ctx: RunContext) -> Any:
+    """What `SftkitTrainer` is given besides TRL's arguments: the run, its engine, how to
+    build its optimizer, its loss head and memory techniques."""
+    from sftkit.engine import engine_of
+    from sftkit.training.loss import runtime_head
+    from sftkit.training.optimizer import build_optimizer
+    from sftkit.training.techniques import memory_techniques
+    from sftkit.training.trainer import RunClock, TrainerParts
+
+    resolved, recipe = ctx.resolved, ctx.recipe
+    ctx.clock = RunClock(before=float(ctx.carried.get("train_runtime_s", 0.0)))
+    return TrainerParts(
+        paths=ctx.paths,
+        engine=engine_of(recipe),
+        recipe=recipe,
+        build_optimizer=lambda model: build_optimizer(resolved, model),
+        loss_head=runtime_head(resolved),
+        techniques=memory_techniques(resolved),
+        use_cpu=is_cpu(ctx.device),
+        keep=recipe.training.save_total_limit,
+        resumed=ctx.resumed_from is not None,
+        weights_only=ctx.weights_only,
+        carried=ctx.carried,
+        clock=ctx.clock,
+    )
+
+
+def sft_config(ctx: RunContext) -> Any:
     """SFTConfig from the recipe (TRL 1.x names: max_length, completion_only_loss, ...)."""
     from trl import SFTConfig
 
@@ -510,20 +518,21 @@ def sft_config(ctx: RunContext, *, learning_rate: float) -> Any:
 
     t, data = ctx.recipe.training, ctx.recipe.data
     report_to = [r for r in t.report_to if r not in ("tensorboard", "none")] or "none"
-    if t.liger_kernels:
+    if t.liger_kernels:  # applied by liger-kernel's own API (sftkit.training.techniques)
         _require("liger_kernel", "liger-kernel", "training.liger_kernels")
+    lr = getattr(ctx.resolved.optimizer.options, "lr", None)
     from sftkit.distributed.trainer import trainer_arguments
     from sftkit.training.loss import trl_config_kwargs
 
     engine = trainer_arguments(ctx.recipe, ctx.paths.root, use_cpu=is_cpu(ctx.device))
     checkpointing = engine.pop("gradient_checkpointing", t.gradient_checkpointing)
     return SFTConfig(
-        output_dir=str(ctx.paths.checkpoints),
+        output_dir=str(ctx.paths.partial),  # saved there, then published (SftkitTrainer)
         per_device_train_batch_size=t.micro_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         num_train_epochs=t.epochs,
         max_steps=t.max_steps if t.max_steps is not None else -1,
-        learning_rate=learning_rate,  # logged only: the scheduler scales the optimizer's lr
+        learning_rate=lr or 0.0,  # unused: the optimizer is sftkit's, with its own rates
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,  # a float in [0, 1) is a ratio of the total steps
         max_grad_norm=t.max_grad_norm if t.max_grad_norm is not None else 0.0,
@@ -547,7 +556,6 @@ def sft_config(ctx: RunContext, *, learning_rate: float) -> Any:
         completion_only_loss=data.completion_only_loss,
         dataset_num_proc=None,
         dataloader_num_workers=0,
-        use_liger_kernel=t.liger_kernels,
         neftune_noise_alpha=t.neftune_noise_alpha,
         **eval_arguments(ctx.recipe),  # eval loss on dev, best checkpoint, early stopping
         **trl_config_kwargs(),
@@ -641,8 +649,8 @@ def run_summary(ctx: RunContext, output: Any) -> dict[str, Any]:
     runtime = metrics.get("train_runtime")
     train_loss = metrics.get("train_loss")
     if carried:  # the trainer's figures cover only this attempt
-        runtime = round(ctx.runtime_s(), 4)
-        total = getattr(ctx.trainer, "_total_loss_scalar", None)
+        runtime = round(ctx.clock.seconds(), 4)
+        total: float | None = compat.total_loss(ctx.trainer)
         if output is None:  # as the trainer's summary would have added the last window
             total = carried.get("total_loss", 0.0) + carried.get("tr_loss", 0.0)
         train_loss = total / max(state.global_step, 0.001) if total is not None else None

@@ -1,17 +1,19 @@
-"""What sftkit does to the trainer's model once TRL's SFTTrainer holds it, so that what trains
-is what the recipe's components declare (and the estimate prices):
+"""The memory techniques a recipe asks for, as functions the trainer applies to its model
+once TRL's SFTTrainer has prepared it, so that what trains is what the recipe's components
+declare (and the estimate prices):
 
-- the loss head ``training.loss`` names, in place of TRL's (`sftkit.training.loss`);
 - the adapter dtype a quantized base's storage declares (``strategy.options.adapter_dtype``),
   restored after SFTTrainer's own cast of a k-bit model's trainable parameters to bf16;
 - the checkpointed layer inputs kept in host memory (``training.activation_offload``,
   `sftkit.training.offload`).
 
-`sftkit run` calls `after_trainer_built`; the measure mode and the tests call the same.
+`SftkitTrainer` applies `memory_techniques(resolved)`; the measure mode and the tests the
+same functions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sftkit.components import Composition, Precision
@@ -36,12 +38,39 @@ def restore_declared_dtypes(model: Any, parts: Composition, p: Precision) -> Non
     cast_trainable(model, parts.storage.adapter_dtype(p))
 
 
-def after_trainer_built(trainer: Any, resolved: ResolvedRecipe) -> None:
-    from sftkit.training.loss import apply_loss_head
-
-    restore_declared_dtypes(trainer.model, resolved.strategy_parts, precision_of(resolved))
-    apply_loss_head(trainer, resolved)
+def memory_techniques(resolved: ResolvedRecipe) -> tuple[Callable[[Any], None], ...]:
+    parts, precision = resolved.strategy_parts, precision_of(resolved)
+    techniques: list[Callable[[Any], None]] = [
+        lambda model: restore_declared_dtypes(model, parts, precision)
+    ]
     if resolved.recipe.training.activation_offload:
         from sftkit.training.offload import install
 
-        install(trainer.model)
+        techniques.append(install)
+    if resolved.recipe.training.liger_kernels:
+        techniques.append(apply_liger_kernels)
+    return tuple(techniques)
+
+
+def apply_liger_kernels(model: Any) -> None:
+    """Liger's Triton kernels for this architecture's layers (RoPE, RMSNorm, SwiGLU, ...),
+    through liger-kernel's own per-model apply function, on this model instance. Its loss
+    kernels stay off: the loss is TRL's fused head or the one ``training.loss`` names."""
+    import inspect
+
+    from liger_kernel.transformers.monkey_patch import MODEL_TYPE_TO_APPLY_LIGER_FN
+
+    from sftkit.errors import SftkitError
+    from sftkit.training.loss import base_model
+
+    base = base_model(model)
+    apply = MODEL_TYPE_TO_APPLY_LIGER_FN.get(base.config.model_type)
+    if apply is None:
+        raise SftkitError(
+            f"training.liger_kernels: liger-kernel has no kernels for model type "
+            f"{base.config.model_type!r}.",
+            hint="Add the override training.liger_kernels=false.",
+        )
+    accepted = inspect.signature(apply).parameters
+    off = {k: False for k in ("cross_entropy", "fused_linear_cross_entropy") if k in accepted}
+    apply(model=base, **off)
