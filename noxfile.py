@@ -1,4 +1,5 @@
-"""Developer sessions. `nox` runs tests, plugins, minimums, lint and typecheck; `nox -s gpu`
+"""Developer sessions. `nox` runs tests, plugins, minimums, lint and typecheck; `nox -s newest`
+(the newest releases, not by default) and `nox -s gpu`
 is opt-in (it runs the tests marked `gpu` in the current environment, on a machine with
 CUDA), and so is `nox -s rehearsal` (the one-call GPU session rehearsed on the CPU,
 docs/benchmarks.md).
@@ -92,6 +93,27 @@ def minimums(session: nox.Session) -> None:
         "pytest",
         "tests/test_minimums.py",
         "tests/test_versions.py",
+        "tests/test_compat.py",
+        "tests/test_data_chat.py::test_trl_builds_sftkits_labels",
+        *session.posargs,
+        env={"HF_HUB_OFFLINE": "1"},
+    )
+
+
+@nox.session(default=False)
+def newest(session: nox.Session) -> None:
+    """The newest releases of the training stack, running the minimums' smoke subset and the
+    compat gate (`sftkit/compat.py`): checking a new release is this one command. When it
+    passes, raise `compat.TESTED` to the versions it printed."""
+    session.install(TORCH_SPEC, *(("--index-url", TORCH_INDEX) if TORCH_INDEX else ()))
+    session.install("--upgrade", "-e", ".[dev]")
+    session.run(
+        "python", "-c", "from sftkit import compat; print(*compat.check() or ['as tested'])"
+    )  # fmt: skip
+    session.run(
+        "pytest",
+        "tests/test_minimums.py",
+        "tests/test_compat.py",
         "tests/test_data_chat.py::test_trl_builds_sftkits_labels",
         *session.posargs,
         env={"HF_HUB_OFFLINE": "1"},

@@ -17,7 +17,7 @@ from sftkit.errors import SftkitError
 # package -> oldest release sftkit works with (checked by `nox -s minimums`)
 MINIMUMS: dict[str, str] = {
     "torch": "2.6",
-    "transformers": "5.0.0",
+    "transformers": "5.3.0",
     "trl": "1.0.0",
     "peft": "0.18.0",
     "accelerate": "1.10.0",
@@ -27,7 +27,8 @@ MINIMUMS: dict[str, str] = {
 }
 # What each is needed for, in a clash message.
 WHY = {
-    "transformers": "models, tokenizers and the trainer (its 4.x tokenizer files differ)",
+    "transformers": "models, tokenizers and the trainer (5.0-5.2 keep the loss window an "
+    "exact resume carries in local variables)",
     "trl": "SFTTrainer (0.x imports names transformers 5 removed)",
     "bitsandbytes": "quantized bases and 8-bit optimizers (older releases fail on CPU)",
     "peft": "adapters (0.17 imports names transformers 5 removed)",

@@ -62,9 +62,9 @@ def test_an_old_package_is_exit_2_naming_it(monkeypatch, capsys, tmp_path):
     )
     err = capsys.readouterr().err
     assert code == 2
-    assert "transformers 4.56.1 is older than sftkit needs (>= 5.0.0)" in err
+    assert "transformers 4.56.1 is older than sftkit needs (>= 5.3.0)" in err
     assert "trl 0.23.0 is older than sftkit needs (>= 1.0.0)" in err
-    assert "pip install -U 'transformers>=5.0.0' 'trl>=1.0.0'" in err
+    assert "pip install -U 'transformers>=5.3.0' 'trl>=1.0.0'" in err
     assert "bug" not in err
     assert not (tmp_path / "r").exists()  # refused before anything was written
 
