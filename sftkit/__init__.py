@@ -38,6 +38,8 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         LaidTensor,
         LlmInt8,
         LoRA,
+        LossHead,
+        LossQuery,
         LowRankLayer,
         Precision,
         TrainedCopies,
@@ -95,7 +97,9 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         EngineSpec,
         EvaluatorSpec,
         FactoredState,
+        LossHeadSpec,
         NoOptions,
+        ObjectiveSpec,
         OptimizerSpec,
         OptimizerState,
         Options,
@@ -105,7 +109,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from sftkit.strategies.base import Strategy, StrategyContext, StrategyProtocol
     from sftkit.strategies.groups import check_param_groups, decays, default_param_groups
     from sftkit.strategies.lora import Lora, Lora8bit, QLora
-    from sftkit.training.context import RunContext
+    from sftkit.training.context import RunView
 
 # public name -> the module that owns it
 _EXPORTS: dict[str, str] = {
@@ -119,6 +123,8 @@ _EXPORTS: dict[str, str] = {
     "PromptTemplateSpec": "sftkit.specs",
     "EvaluatorSpec": "sftkit.specs",
     "EngineSpec": "sftkit.specs",
+    "LossHeadSpec": "sftkit.specs",
+    "ObjectiveSpec": "sftkit.specs",
     "Options": "sftkit.specs",
     "NoOptions": "sftkit.specs",
     "SplitOptions": "sftkit.builtin.formats",
@@ -140,6 +146,8 @@ _EXPORTS: dict[str, str] = {
     "LaidTensor": "sftkit.components",
     "Precision": "sftkit.components",
     "Composition": "sftkit.components",
+    "LossHead": "sftkit.components",
+    "LossQuery": "sftkit.components",
     "lora_adapters": "sftkit.builtin.strategies",
     "nf4_storage": "sftkit.builtin.strategies",
     "int8_storage": "sftkit.builtin.strategies",
@@ -203,7 +211,7 @@ _EXPORTS: dict[str, str] = {
     "load_recipe_text": "sftkit.recipe.load",
     "Registry": "sftkit.registry",
     "AppContext": "sftkit.cli.app",
-    "RunContext": "sftkit.training.context",
+    "RunView": "sftkit.training.context",
     # errors a plugin raises
     "SftkitError": "sftkit.errors",
     "DataError": "sftkit.errors",

@@ -22,11 +22,13 @@ if TYPE_CHECKING:  # the annotations only: importing this module stays cheap
     from sftkit.specs import (
         DatasetFormatSpec,
         EvaluatorSpec,
+        LossHeadSpec,
+        ObjectiveSpec,
         OptimizerSpec,
         PromptTemplateSpec,
         StrategySpec,
     )
-    from sftkit.training.context import RunContext
+    from sftkit.training.context import RunView
 
 hookspec = pluggy.HookspecMarker("sftkit")
 hookimpl = pluggy.HookimplMarker("sftkit")
@@ -67,6 +69,17 @@ def register_evaluators(register: Callable[[EvaluatorSpec], None]) -> None:
 @hookspec
 def register_engines(register: Register) -> None:
     """Call ``register(EngineSpec(...))`` once per distributed engine."""
+
+
+@hookspec
+def register_loss_heads(register: Callable[[LossHeadSpec], None]) -> None:
+    """Call ``register(LossHeadSpec(...))`` once per loss head (a ``training.loss`` value)."""
+
+
+@hookspec
+def register_objectives(register: Callable[[ObjectiveSpec], None]) -> None:
+    """Call ``register(ObjectiveSpec(...))`` once per training objective (a
+    ``training.objective`` value: how a model is trained)."""
 
 
 @hookspec
@@ -114,16 +127,16 @@ def configure(settings: dict[str, Any]) -> None:
 
 
 @hookspec
-def on_train_start(run: RunContext) -> None:
-    """Called once before the first training step with the ``RunContext``."""
+def on_train_start(run: RunView) -> None:
+    """Called once before the first training step with the run, read-only (``RunView``)."""
 
 
 @hookspec
-def on_log(run: RunContext, logs: dict[str, float]) -> None:
+def on_log(run: RunView, logs: dict[str, float]) -> None:
     """Called on every trainer log event (loss, learning rate, throughput ...), with the
     global ``step`` and ``elapsed_s`` (seconds since training started) added."""
 
 
 @hookspec
-def on_train_end(run: RunContext, metrics: dict[str, float]) -> None:
+def on_train_end(run: RunView, metrics: dict[str, float]) -> None:
     """Called once after training with the final metrics."""

@@ -35,6 +35,7 @@ DEFAULT_PLUGINS: tuple[tuple[str, str], ...] = (
     ("builtin.commands", "sftkit.builtin.commands"),
     ("builtin.modelshape", "sftkit.builtin.modelshape"),
     ("builtin.engines", "sftkit.builtin.engines"),
+    ("builtin.training", "sftkit.builtin.training"),
     ("builtin.distributed", "sftkit.builtin.distributed"),
     ("builtin.hardware", "sftkit.builtin.hardware"),
 )

@@ -12,6 +12,8 @@ from sftkit.specs import (
     DatasetFormatSpec,
     EngineSpec,
     EvaluatorSpec,
+    LossHeadSpec,
+    ObjectiveSpec,
     OptimizerSpec,
     PromptTemplateSpec,
     StrategySpec,
@@ -28,6 +30,8 @@ KINDS: dict[str, tuple[str, type]] = {
     "templates": ("register_prompt_templates", PromptTemplateSpec),
     "evaluators": ("register_evaluators", EvaluatorSpec),
     "engines": ("register_engines", EngineSpec),
+    "loss_heads": ("register_loss_heads", LossHeadSpec),
+    "objectives": ("register_objectives", ObjectiveSpec),
 }
 
 
@@ -210,6 +214,8 @@ class Registry:
         )
         self.evaluators: Catalog[EvaluatorSpec] = Catalog("evaluators", EvaluatorSpec, manager)
         self.engines: Catalog[EngineSpec] = Catalog("engines", EngineSpec, manager)
+        self.loss_heads: Catalog[LossHeadSpec] = Catalog("loss_heads", LossHeadSpec, manager)
+        self.objectives: Catalog[ObjectiveSpec] = Catalog("objectives", ObjectiveSpec, manager)
 
     def catalog(self, kind: str) -> Catalog[Any]:
         if kind not in KINDS:

@@ -17,7 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal, Protocol, Union, get_args,
 from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
-from sftkit.components import Adapter, BaseStorage, Composition, Dense, FullTraining
+from sftkit.components import Adapter, BaseStorage, Composition, Dense, FullTraining, LossHead
 from sftkit.engine import Engine
 from sftkit.errors import PluginError, SpecError
 
@@ -359,6 +359,56 @@ AnySpec = (
     | EvaluatorSpec
     | EngineSpec
 )
+
+
+@dataclass(frozen=True)
+class LossHeadSpec:
+    """A loss head, the value of ``training.loss``: how the loss is computed from the final
+    hidden states. `memory` declares what it keeps (a `sftkit.components.LossHead`, which
+    the estimator prices); `factory` names the function that computes it at run time,
+    ``head(hidden, lm_head, labels) -> (log_probs, entropy, is_top1, label_mask)``, each
+    (batch, sequence) and zero where the next-token label is -100."""
+
+    kind: ClassVar[str] = "loss head"
+
+    name: str
+    summary: str
+    memory: LossHead
+    factory: str
+
+    def __post_init__(self) -> None:
+        _check_name(self)
+        if not isinstance(self.memory, LossHead):
+            raise SpecError(
+                f"loss head {self.name!r}: memory is a {type(self.memory).__name__}, not a "
+                "sftkit.components.LossHead."
+            )
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """How a model is trained, the value of ``training.objective`` (``sft`` is built in;
+    preference or RL objectives are plugins). `trainer` names the trainer class, which takes
+    `SftkitTrainer`'s arguments (subclass it); `config` its TrainingArguments class, given
+    the arguments sftkit builds for `SFTConfig`; `factory` the function building its data,
+    ``dataset(examples, template, tokenizer, recipe) -> datasets.Dataset``."""
+
+    kind: ClassVar[str] = "objective"
+
+    name: str
+    summary: str
+    trainer: str
+    config: str
+    factory: str
+
+    def __post_init__(self) -> None:
+        _check_name(self)
+        for attr in ("trainer", "config"):
+            if ":" not in getattr(self, attr):
+                raise SpecError(
+                    f"objective {self.name!r}: {attr} {getattr(self, attr)!r} must be "
+                    "'package.module:attr'."
+                )
 
 
 def _check_name(spec: Any) -> None:

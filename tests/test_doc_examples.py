@@ -47,6 +47,7 @@ def test_every_guide_block_is_a_module_or_a_verified_excerpt():
     for block in blocks:
         assert block.startswith(("# file: ", "# from: ")), block[:80]
     kinds = {"qa_format", "terse_template", "contains_eval", "budget", "csv_log", "workspace"}
+    kinds |= {"z_loss", "dft"}
     strategies_and_engines = {"dropout_strategy", "layer_decay", "ring_engine"}
     assert {Path(p).stem for p in _tagged("file")} >= kinds | strategies_and_engines
 
@@ -186,8 +187,9 @@ def test_on_log_gets_step_and_elapsed_time(acme, tmp_path):
 
     manager = fresh_manager()
     assert manager.register(acme.csv_log.plugin, "acme-csv")
+    view = types.SimpleNamespace(run_dir=tmp_path)
     callback = HooksCallback(
-        types.SimpleNamespace(run_dir=tmp_path, metrics={}, carried={}), manager.hook
+        types.SimpleNamespace(view=lambda: view, metrics={}, carried={}), manager.hook
     )
     callback.on_train_begin(None, types.SimpleNamespace(global_step=0), None)
     callback.on_log(None, types.SimpleNamespace(global_step=7), None, logs={"loss": 1.5})
@@ -196,6 +198,52 @@ def test_on_log_gets_step_and_elapsed_time(acme, tmp_path):
     step, elapsed, loss = row.split(",")
     assert header == "step,elapsed_s,loss" and step == "7" and loss == "1.5"
     assert 0 <= float(elapsed) < 60
+
+
+def test_the_loss_head_and_objective_are_listed_validated_and_priced(acme):
+    plugins = [acme.z_loss, acme.dft]
+    heads = invoke_cli("list", "loss_heads", plugins=plugins)
+    objectives = invoke_cli("list", "objectives", plugins=plugins)
+    assert "z-loss" in heads.stdout and "chunked" in heads.stdout, heads.stderr
+    assert "dft" in objectives.stdout and "sft" in objectives.stdout, objectives.stderr
+    ok = invoke_cli(
+        "validate", "quickstart", "training.loss=z-loss", "training.objective=dft",
+        plugins=plugins,
+    )  # fmt: skip
+    assert ok.exit_code == 0, ok.stderr
+    typo = invoke_cli("validate", "quickstart", "training.loss=z-los", plugins=plugins)
+    assert typo.exit_code == 2 and "z-loss" in typo.stderr, typo.stderr
+    assert "training.loss" in typo.stderr
+    from sftkit import estimate, load_recipe
+
+    from sftkit.memory import activations
+    from sftkit.memory.estimator import shape_for
+    from sftkit.memory.setup import setup_from_recipe
+
+    with registered(*plugins) as registry:
+        resolved = load_recipe("quickstart", ["training.loss=z-loss"], registry=registry)
+        mine = estimate(resolved)
+        full = estimate(load_recipe("quickstart", ["training.loss=full"], registry=registry))
+        setup = setup_from_recipe(resolved, shape_for(resolved), on_gpu=False)
+    assert "loss computed by z-loss." in mine.notes and "full fp32 logits" in full.notes[-1]
+    b, s = setup.micro_batch_size, setup.seq_len  # 32 x 128 tokens, vocabulary 128
+    assert activations.loss_saved_bytes(setup, b, s) == b * s * (4 * 128 + 20)
+
+
+@pytest.mark.slow
+def test_the_loss_head_and_objective_train(acme, tmp_path):
+    run_dir = tmp_path / "run"
+    result = invoke_cli(
+        "run", "quickstart", *FAST_OVERRIDES, "training.loss=z-loss", "training.objective=dft",
+        "--output-dir", str(run_dir), plugins=[acme.z_loss, acme.dft],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"
+    import torch
+
+    args = torch.load(run_dir / "checkpoints" / "checkpoint-3" / "training_args.bin",
+                      weights_only=False)  # fmt: skip
+    assert type(args).__name__ == "DftConfig" and args.loss_type == "dft"
 
 
 @pytest.mark.slow

@@ -145,13 +145,14 @@ hardware: {{gpu: cpu}}
 
 
 def _loss_and_grads(model, batch, head):
-    from sftkit.training.loss import HEADS, HeadedModel
+    from sftkit.training.loss import HeadedModel, chunked_head, full_head
 
     model.zero_grad(set_to_none=True)
     if head is None:  # the model's own loss (transformers' ForCausalLMLoss)
         out = model(**batch)
     else:
-        out = HeadedModel(model, HEADS[head])(**batch, fused_lm_head=True)
+        function = {"full": full_head, "chunked": chunked_head}[head]
+        out = HeadedModel(model, function)(**batch, fused_lm_head=True)
     out.loss.backward()
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return out.loss.detach(), grads
@@ -179,7 +180,7 @@ def test_heads_give_the_models_own_loss_and_gradients(tmp_path, strategy):
 
 
 def test_the_model_is_unchanged_by_the_head(tmp_path):
-    from sftkit.training.loss import HEADS, HeadedModel
+    from sftkit.training.loss import HeadedModel, chunked_head
 
     model = _model(tmp_path)
     model.eval()
@@ -187,7 +188,7 @@ def test_the_model_is_unchanged_by_the_head(tmp_path):
     head = model.get_output_embeddings()
     with torch.no_grad():
         before = model(input_ids=ids).logits
-        headed = HeadedModel(model, HEADS["chunked"])
+        headed = HeadedModel(model, chunked_head)
         headed(input_ids=ids, labels=ids, fused_lm_head=True)
         passed_through = headed(input_ids=ids).logits
         after = model(input_ids=ids).logits

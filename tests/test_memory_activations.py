@@ -175,7 +175,10 @@ hardware: {{gpu: cpu}}
     torch.set_num_threads(1)
     model = build_model(resolved, None, base_dir=tmp_path / "base")
     prepare_for_training(model, setup)
-    forward, extra = install_loss_head(model, setup)
+    import sftkit.training.loss as runtime
+
+    functions = {"full": runtime.full_head, "chunked": runtime.chunked_head}
+    forward, extra = install_loss_head(model, setup, functions.get(head))
     batch = {**random_batch(setup, "cpu"), **extra}
     saved, _ = saved_activation_bytes(model, batch, autocast_context(setup, "cpu"), forward)
     assert predicted_saved_bytes(setup, layout(setup)) == saved

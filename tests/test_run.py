@@ -182,7 +182,7 @@ class Recorder:
     @hookimpl
     def on_log(self, run: Any, logs: dict[str, float]) -> None:
         self.calls.append(("log", dict(logs)))
-        if self.stop_at is not None and run.trainer.state.global_step >= self.stop_at:
+        if self.stop_at is not None and run.state.global_step >= self.stop_at:
             raise KeyboardInterrupt("stopped by the test")
 
     @hookimpl

@@ -10,6 +10,7 @@ alone; nothing outside this package asks which kind a part is.
 
 from sftkit.components.adapters import Adapter, FullTraining, LoRA, LowRankLayer, TrainedCopies
 from sftkit.components.composition import Composition
+from sftkit.components.loss import LossHead, LossQuery
 from sftkit.components.storage import BaseStorage, Bnb4bit, Dense, LlmInt8
 from sftkit.components.tensors import LaidTensor, Precision, TensorKind
 
@@ -23,6 +24,8 @@ __all__ = [
     "LaidTensor",
     "LlmInt8",
     "LoRA",
+    "LossHead",
+    "LossQuery",
     "LowRankLayer",
     "Precision",
     "TensorKind",

@@ -71,6 +71,8 @@ class LossHead:
     casts_lm_head: bool = True
     #: why it cannot run on a CPU, or None
     cpu_problem: str | None = None
+    #: (import name, pip package) it needs at run time beyond the training stack
+    requires: tuple[tuple[str, str], ...] = ()
 
     def saved_bytes(self, q: LossQuery) -> int:
         return 0
@@ -234,6 +236,7 @@ class ChunkedCrossEntropy(LossHead):
 @dataclass(frozen=True)
 class LigerFusedLinearCE(LossHead):
     name = "liger"
+    requires = (("liger_kernel", "liger-kernel"),)
     cpu_problem = (
         "Liger's fused linear cross-entropy is a Triton kernel that needs a CUDA GPU; "
         "training.loss=chunked is sftkit's pure-torch equivalent"
@@ -279,7 +282,8 @@ class LigerFusedLinearCE(LossHead):
         return "loss computed by Liger's fused linear cross-entropy (no full logits; CUDA only)."
 
 
-#: ``training.loss`` values with a fixed head (``auto`` is resolved by the estimator's setup)
+#: the built-in heads (registered in `sftkit.builtin.training`); ``auto`` is TRL's head from
+#: TRL 1.15, else the full logits (the estimator's setup)
 LOSS_HEADS: dict[str, LossHead] = {
     "full": FullLogits(),
     "chunked": ChunkedCrossEntropy(),

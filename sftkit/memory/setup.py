@@ -39,6 +39,7 @@ from sftkit.specs import OptimizerSpec, StrategySpec
 if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe
     from sftkit.recipe.schema import DistributedSection
+    from sftkit.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,7 @@ def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bo
         distributed=r.distributed,
         on_gpu=on_gpu,
         evaluations=tuple(evaluations),
-        loss=loss_head(t.loss),
+        loss=loss_head(t.loss, resolved.registry),
         liger=t.liger_kernels,
         optimizer_in_backward=t.optimizer_in_backward,
         activation_offload=t.activation_offload,
@@ -193,16 +194,21 @@ def trl_fuses(release: tuple[int, ...] | None) -> bool:
     return release is None or release >= TRL_FUSED_HEAD
 
 
-def loss_head(setting: str = "auto") -> LossHead:
-    """The head ``training.loss`` names; ``auto``: the installed trainer's."""
+def loss_head(setting: str = "auto", registry: Registry | None = None) -> LossHead:
+    """The head ``training.loss`` names (registered by a `register_loss_heads` hook);
+    ``auto``: the installed trainer's."""
     if os.environ.get(ENV) is not None:
         raise SftkitError(
             f"the environment variable {ENV} is no longer read: the loss head is the recipe "
-            "switch training.loss (auto, full, chunked or liger).",
+            "switch training.loss (auto, or a head `sftkit list loss_heads` shows).",
             hint=f"Unset {ENV} and add e.g. the override training.loss=full.",
         )
     if setting != "auto":
-        return LOSS_HEADS[setting]
+        if registry is None:
+            from sftkit.registry import default_registry
+
+            registry = default_registry()
+        return registry.loss_heads.get(setting).memory
     return TRL_HEAD if trl_fuses(installed_trl()) else LOSS_HEADS["full"]
 
 

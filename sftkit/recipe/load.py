@@ -317,6 +317,8 @@ def validate_recipe_data(
         for i, ref in enumerate(recipe.evaluation.during_training)
     ]
     problems.extend(_evaluation_problems(recipe, during, data_format))
+    problems.extend(_named(recipe.training.loss, "training.loss", registry.loss_heads, ("auto",)))
+    problems.extend(_named(recipe.training.objective, "training.objective", registry.objectives))
     parts: Composition | None = None
     if strategy:
         try:
@@ -435,6 +437,29 @@ def _evaluation_problems(
             )
         )
     return problems
+
+
+def _named(
+    name: str, path: str, catalog: Catalog[Any], also: tuple[str, ...] = ()
+) -> list[Problem]:
+    """A component named by a plain string (``training.loss``, ``training.objective``)."""
+    if name in also:
+        return []
+    try:
+        catalog.entry(name)
+    except UnknownComponentError as exc:
+        known = [*also, *exc.known]
+        suggestion = closest(name, known)
+        return [
+            Problem(
+                path,
+                f"unknown {catalog.spec_type.kind} {name!r}; known: {', '.join(known)}.",  # type: ignore[attr-defined]
+                f"Did you mean {suggestion!r}?" if suggestion else None,
+            )
+        ]
+    except DuplicateComponentError as exc:
+        return [Problem(path, exc.message, exc.hint)]
+    return []
 
 
 def _resolve(

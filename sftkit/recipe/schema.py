@@ -188,11 +188,16 @@ class TrainingSection(Strict):
         default=False,
         description="Use Liger's fused RMSNorm/SwiGLU/RoPE kernels (the loss head is `loss`).",
     )
-    loss: Literal["auto", "full", "chunked", "liger"] = Field(
+    loss: str = Field(
         default="auto",
         description="The loss head: auto (the installed trainer's: TRL's chunked log-prob head "
-        "from TRL 1.15), full (fp32 logits), chunked (sftkit's chunked cross-entropy, never "
-        "the tokens x vocabulary logits), liger (Liger's fused linear cross-entropy, CUDA).",
+        "from TRL 1.15), or a registered one (`sftkit list loss_heads`): full (fp32 logits), "
+        "chunked (sftkit's chunked cross-entropy, never the tokens x vocabulary logits), "
+        "liger (Liger's fused linear cross-entropy, CUDA), or a plugin's.",
+    )
+    objective: str = Field(
+        default="sft",
+        description="How the model is trained (`sftkit list objectives`): sft, or a plugin's.",
     )
     optimizer_in_backward: bool = Field(
         default=False,

@@ -73,17 +73,17 @@ class HooksCallback(TrainerCallback):
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.started = time.perf_counter()
-        self.hook.on_train_start(run=self.ctx)
+        self.hook.on_train_start(run=self.ctx.view())
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
         if logs is not None:
             before = float(self.ctx.carried.get("train_runtime_s", 0.0))  # earlier attempts
             elapsed = round(before + time.perf_counter() - self.started, 3)
             event = {**logs, "step": state.global_step, "elapsed_s": elapsed}
-            self.hook.on_log(run=self.ctx, logs=event)
+            self.hook.on_log(run=self.ctx.view(), logs=event)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.hook.on_train_end(run=self.ctx, metrics=dict(self.ctx.metrics))
+        self.hook.on_train_end(run=self.ctx.view(), metrics=dict(self.ctx.metrics))
 
 
 class RichProgressCallback(TrainerCallback):

@@ -9,12 +9,38 @@ from typing import TYPE_CHECKING, Any
 from sftkit.runpaths import RunPaths
 
 if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase, TrainerState
+
     from sftkit.recipe.load import ResolvedRecipe
+    from sftkit.recipe.schema import Recipe
+
+
+@dataclass(frozen=True)
+class RunView:
+    """What the lifecycle hooks receive as `run`: the run, read-only. `state` is the
+    trainer's `TrainerState` (global step, max steps, log history, best checkpoint)."""
+
+    resolved: ResolvedRecipe
+    paths: RunPaths
+    device: str
+    resumed_from: Path | None
+    model: torch.nn.Module  # a PeftModel for LoRA strategies
+    tokenizer: PreTrainedTokenizerBase
+    state: TrainerState
+
+    @property
+    def run_dir(self) -> Path:
+        return self.paths.root
+
+    @property
+    def recipe(self) -> Recipe:
+        return self.resolved.recipe
 
 
 @dataclass
 class RunContext:
-    """Passed as `run` to ``on_train_start``, ``on_log`` and ``on_train_end``."""
+    """The run's state inside sftkit, filled as it goes (plugins see `view()`)."""
 
     resolved: ResolvedRecipe
     paths: RunPaths
@@ -34,6 +60,17 @@ class RunContext:
     # What the resumed checkpoint carried for this process (sftkit.training.trainer).
     carried: dict[str, Any] = field(default_factory=dict)
     clock: Any = None  # sftkit.training.trainer.RunClock: training time of the whole run
+
+    def view(self) -> RunView:
+        return RunView(
+            self.resolved,
+            self.paths,
+            self.device,
+            self.resumed_from,
+            self.trainer.model,
+            self.tokenizer,
+            self.trainer.state,
+        )
 
     def release(self) -> None:
         """Let go of the run directory's lock (if this context holds it)."""

@@ -43,3 +43,10 @@ def tokenized_dataset(
             "completion_mask": [e.trained_mask for e in encoded],
         }
     )
+
+
+def sft_dataset(examples: list[Example], template: Any, tokenizer: Any, recipe: Any) -> Any:
+    """The ``sft`` objective's data (its `ObjectiveSpec.factory`)."""
+    return tokenized_dataset(
+        examples, template, tokenizer, completion_only_loss=recipe.data.completion_only_loss
+    )

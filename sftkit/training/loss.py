@@ -198,9 +198,6 @@ def liger_head(
     return log_probs, torch.zeros_like(log_probs, dtype=torch.float32), top1, mask
 
 
-HEADS = {"full": full_head, "chunked": chunked_head, "liger": liger_head}
-
-
 def base_model(model: Any) -> Any:
     """The transformers model under PEFT's (and DDP's) wrappers."""
     model = getattr(model, "module", model)  # DistributedDataParallel
@@ -300,13 +297,15 @@ def check_model(base: Any) -> None:
 
 def check_loss_head(resolved: ResolvedRecipe, device: str) -> None:
     """Before anything loads: the recipe's loss head can run here with the installed TRL."""
-    from sftkit.components.loss import LOSS_HEADS
+    import importlib.util
+
+    from sftkit.errors import MissingDependencyError
     from sftkit.memory.setup import TRL_FUSED_HEAD, installed_trl
 
     name = resolved.recipe.training.loss
     if name == "auto":
         return
-    head = LOSS_HEADS[name]
+    head = resolved.registry.loss_heads.get(name).memory
     if head.cpu_problem and device != "cuda":
         raise SftkitError(
             f"training.loss={name} cannot run on {device}: {head.cpu_problem}.",
@@ -320,13 +319,9 @@ def check_loss_head(resolved: ResolvedRecipe, device: str) -> None:
             f"{'.'.join(map(str, TRL_FUSED_HEAD))}; TRL {shown} is installed.",
             hint="pip install -U 'trl>=1.15', or use training.loss=auto.",
         )
-    if name == "liger":
-        import importlib.util
-
-        from sftkit.errors import MissingDependencyError
-
-        if importlib.util.find_spec("liger_kernel") is None:
-            raise MissingDependencyError("liger-kernel", "training.loss=liger")
+    for module, package in head.requires:
+        if importlib.util.find_spec(module) is None:
+            raise MissingDependencyError(package, f"training.loss={name}")
 
 
 def trl_config_kwargs() -> dict[str, Any]:
@@ -343,5 +338,12 @@ def trl_config_kwargs() -> dict[str, Any]:
 
 def runtime_head(resolved: ResolvedRecipe) -> Callable[..., tuple[torch.Tensor, ...]] | None:
     """The function computing the recipe's loss head (None: ``auto``, TRL's own)."""
+    from sftkit.specs import load_factory
+
     name = resolved.recipe.training.loss
-    return None if name == "auto" else HEADS[name]
+    if name == "auto":
+        return None
+    head: Callable[..., tuple[torch.Tensor, ...]] = load_factory(
+        resolved.registry.loss_heads.get(name).factory
+    )
+    return head

@@ -211,10 +211,11 @@ def predicted_saved_bytes(setup: Setup, tensors: list[Any]) -> int:
     )
 
 
-def install_loss_head(model: Any, setup: Setup) -> tuple[Any, dict[str, Any]]:
+def install_loss_head(model: Any, setup: Setup, head: Any = None) -> tuple[Any, dict[str, Any]]:
     """Compute the loss the way sftkit's runner does: TRL's chunked log-prob head when the
     installed TRL uses one, sftkit's head when the recipe names one (`training.loss`), else
-    the model's own loss. Returns what to call for the forward, and its extra kwargs."""
+    the model's own loss (`head`: the recipe's head function, `runtime_head`). Returns
+    what to call for the forward, and its extra kwargs."""
     from sftkit.components.loss import TrlChunkedLogProb
 
     if isinstance(setup.loss, TrlChunkedLogProb):
@@ -223,9 +224,9 @@ def install_loss_head(model: Any, setup: Setup) -> tuple[Any, dict[str, Any]]:
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         add_fused_lm_head(base, outputs=("log_probs", "entropy", "is_top1"))
         return model, {"fused_lm_head": True}
-    from sftkit.training.loss import HEADS, HeadedModel
+    from sftkit.training.loss import HeadedModel
 
-    return HeadedModel(model, HEADS[setup.loss.name]), {"fused_lm_head": True}
+    return HeadedModel(model, head), {"fused_lm_head": True}
 
 
 def autocast_context(setup: Setup, device: str) -> Any:
@@ -279,6 +280,7 @@ def measure_recipe(
 
     from sftkit.memory.estimator import shape_for
     from sftkit.modeling import build_model, training_device
+    from sftkit.training.loss import runtime_head
     from sftkit.training.optimizer import build_optimizer
 
     device = training_device(resolved.recipe)
@@ -297,7 +299,7 @@ def measure_recipe(
             peaks["load"] = _cuda_peaks()
         optimizer = build_optimizer(resolved, net)
         prepare_for_training(net, setup)
-        forward, extra = install_loss_head(net, setup)
+        forward, extra = install_loss_head(net, setup, runtime_head(resolved))
         batch = {**random_batch(setup, device), **extra}
         ac = autocast_context(setup, device)
         if not setup.checkpointing and not on_gpu:
