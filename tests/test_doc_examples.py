@@ -215,7 +215,6 @@ def test_the_loss_head_and_objective_are_listed_validated_and_priced(acme):
     assert typo.exit_code == 2 and "z-loss" in typo.stderr, typo.stderr
     assert "training.loss" in typo.stderr
     from sftkit import estimate, load_recipe
-
     from sftkit.memory import activations
     from sftkit.memory.estimator import shape_for
     from sftkit.memory.setup import setup_from_recipe
