@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from sftkit.errors import SftkitError
-from sftkit.versions import MINIMUMS, installed, release
+from sftkit.versions import installed, release
 
 # The newest release of each package the test suite passed on (raise after `nox -s newest`).
 TESTED: dict[str, str] = {
@@ -35,135 +36,84 @@ TESTED: dict[str, str] = {
 @dataclass(frozen=True)
 class Private:
     """One private name: `owner` is ``module:Class`` or a module; `set_by_class` marks an
-    instance attribute the class's own code assigns (checked in its source)."""
+    instance attribute the class's own code assigns (looked for in its source)."""
 
     package: str
     owner: str
     name: str
     why: str
-    verified: tuple[str, ...]
+    verified: tuple[str, ...]  # the releases it was checked in
     set_by_class: bool = False
 
     def present(self) -> bool:
         module_name, _, attr = self.owner.partition(":")
         try:
             owner: Any = importlib.import_module(module_name)
-            if attr:
-                owner = getattr(owner, attr)
-        except (ImportError, AttributeError):
-            return False
-        if not self.set_by_class:
-            return hasattr(owner, self.name)
-        # An instance attribute exists only once the class's code has run: ask its source.
-        try:
+            owner = getattr(owner, attr) if attr else owner
+            if not self.set_by_class:
+                return hasattr(owner, self.name)
             source = inspect.getsource(owner)
-        except (OSError, TypeError):
+        except (ImportError, AttributeError, OSError, TypeError):
             return False
-        return f"self.{self.name} " in source or f"self.{self.name}=" in source
+        return f"self.{self.name} =" in source
 
 
-TRAINER = "transformers.trainer:Trainer"
-SFT_TRAINER = "trl.trainer.sft_trainer:SFTTrainer"
-PRIVATE: tuple[Private, ...] = (
-    Private(
-        "transformers",
-        TRAINER,
-        "_load_optimizer_and_scheduler",
-        "a weights-only restart keeps its fresh optimizer (the checkpoint's may be damaged)",
-        ("5.0.0", "5.25.0"),
-    ),
-    *(
-        Private(
-            "transformers",
-            TRAINER,
-            name,
-            "the loss window an exact resume carries across a checkpoint",
-            ("5.0.0", "5.25.0"),
-            set_by_class=True,
-        )
-        for name in ("_tr_loss", "_total_loss_scalar", "_globalstep_last_logged")
-    ),
-    *(
-        Private(
-            "trl",
-            SFT_TRAINER,
-            name,
-            "TRL's per-step metrics and token count an exact resume carries",
-            ("1.0.0", "1.16.0"),
-            set_by_class=True,
-        )
-        for name in ("_metrics", "_total_train_tokens")
-    ),
-    Private(
-        "accelerate",
-        "accelerate.state:PartialState",
-        "_shared_state",
-        "FSDP on CPU: the state every later AcceleratorState copies",
-        ("1.10.0", "1.16.0"),
-    ),
-    Private(
-        "datasets",
-        "datasets.arrow_dataset:Dataset",
-        "_fingerprint",
-        "a saved dataset's identity, recorded with the data a run was prepared from",
-        ("5.2.0",),
-        set_by_class=True,
-    ),
-    Private(
-        "bitsandbytes",
-        "bitsandbytes.functional",
-        "_convert_weight_packed_for_cpu_inverse",
-        "merging over a 4-bit base repacked for bitsandbytes' CPU kernel",
-        ("0.50.0", "0.50.2"),
-    ),
-)
+_T, _S = "transformers.trainer:Trainer", "trl.trainer.sft_trainer:SFTTrainer"
+_WINDOW = "the loss window an exact resume carries across a checkpoint"
+# transformers 5.0-5.2 kept the window in local variables (hence the minimum of 5.3.0).
+_TF = ("5.3.0", "5.4.0", "5.5.0", "5.10.0", "5.15.0", "5.20.0", "5.25.0")
+PRIVATE: tuple[Private, ...] = tuple(
+    Private(*row)
+    for row in (
+        ("transformers", _T, "_load_optimizer_and_scheduler",
+         "a weights-only restart keeps its fresh optimizer", ("5.0.0", "5.25.0")),
+        ("transformers", _T, "_tr_loss", _WINDOW, _TF, True),
+        ("transformers", _T, "_total_loss_scalar", _WINDOW, _TF, True),
+        ("transformers", _T, "_globalstep_last_logged", _WINDOW, _TF, True),
+        ("trl", _S, "_metrics", _WINDOW, ("1.0.0", "1.16.0"), True),
+        ("trl", _S, "_total_train_tokens", _WINDOW, ("1.0.0", "1.16.0"), True),
+        ("accelerate", "accelerate.state:PartialState", "_shared_state",
+         "FSDP on CPU", ("1.10.0", "1.16.0")),
+        ("datasets", "datasets.arrow_dataset:Dataset", "_fingerprint",
+         "a loaded dataset's identity", ("5.2.0",), True),
+        ("bitsandbytes", "bitsandbytes.functional", "_convert_weight_packed_for_cpu_inverse",
+         "merging over a 4-bit base packed for the CPU", ("0.50.2",)),
+    )
+)  # fmt: skip
 
 
 class IncompatibleLibraryError(SftkitError):
     """A private name sftkit relies on is gone from an installed library (exit 2)."""
 
 
-def check(packages: tuple[str, ...] | None = None) -> list[str]:
-    """Raise `IncompatibleLibraryError` if any private name of the installed `packages` (all
-    by default) is missing; otherwise the lines to say about packages newer than tested."""
-    wanted = [p for p in PRIVATE if packages is None or p.package in packages]
-    missing = [p for p in wanted if installed(p.package) is not None and not p.present()]
+def check() -> list[str]:
+    """Raise `IncompatibleLibraryError` if a private name of an installed library is
+    missing; otherwise the lines to say about packages newer than tested."""
+    missing = [p for p in PRIVATE if installed(p.package) is not None and not p.present()]
     if missing:
         lines = [
             f"  {p.package} {installed(p.package)}: {p.owner.replace(':', '.')}.{p.name} is "
-            f"gone ({p.why}); newest tested: {p.package} {TESTED.get(p.package, '?')}"
+            f"gone ({p.why}); newest tested: {p.package} {TESTED[p.package]}"
             for p in missing
         ]
-        pins = " ".join(
-            sorted(
-                {
-                    f"'{p.package}>={MINIMUMS.get(p.package, '0')},<={TESTED[p.package]}'"
-                    for p in missing
-                    if p.package in TESTED
-                }
-            )
-        )
+        pins = sorted({f"'{p.package}=={TESTED[p.package]}'" for p in missing})
         raise IncompatibleLibraryError(
             "sftkit does not work with the installed version of a library it builds on:\n"
             + "\n".join(lines),
-            hint=f"Install the tested versions (pip install {pins}), or an sftkit release "
-            "that supports the new one.",
+            hint=f"Install the tested version (pip install {' '.join(pins)}), or an sftkit "
+            "release that supports the new one.",
         )
-    return newer_than_tested({p.package for p in wanted})
+    return newer_than_tested()
 
 
-def newer_than_tested(packages: set[str] | None = None) -> list[str]:
+def newer_than_tested() -> list[str]:
     """One line per installed package newer than `TESTED` (it runs; this says so)."""
-    lines = []
-    for package, tested in TESTED.items():
-        version = installed(package)
-        wanted = packages is None or package in packages
-        if wanted and version is not None and release(version) > release(tested):
-            lines.append(
-                f"note: {package} {version} is newer than sftkit was tested with "
-                f"({tested}); `nox -s newest` checks it."
-            )
-    return lines
+    return [
+        f"note: {package} {version} is newer than sftkit was tested with ({tested}); "
+        "`nox -s newest` checks it."
+        for package, tested in TESTED.items()
+        if (version := installed(package)) is not None and release(version) > release(tested)
+    ]
 
 
 # ----------------------------------------------------------------- the reaches themselves
@@ -185,8 +135,6 @@ class WeightsOnlyRestart:
 
 def fast_forward(scheduler: Any, step: int) -> None:
     """Step a fresh learning-rate scheduler to `step`, as the interrupted run had."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "lr_scheduler.step() before optimizer.step()"
         for _ in range(step):

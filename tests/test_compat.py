@@ -108,3 +108,19 @@ def test_liger_kernels_come_from_liger_kernels_own_apply_function(monkeypatch):
 
     with pytest.raises(SftkitError, match="no kernels for model type 'unknown-arch'"):
         apply_liger_kernels(model)
+
+
+@pytest.mark.slow
+def test_a_runs_log_holds_no_deprecation_warning_of_trl_or_transformers(tmp_path):
+    """sftkit calls TRL and transformers through their current API: nothing they deprecate
+    (TRL's use_liger_kernel, transformers' gradient_checkpointing argument, ...)."""
+    from sftkit.testing import quick_run
+
+    run_dir = quick_run(tmp_path / "run", "training.loss=chunked")
+    log = (run_dir / "sftkit.log").read_text(encoding="utf-8")
+    deprecations = [
+        line
+        for line in log.splitlines()
+        if re.search(r"deprecat|FutureWarning", line, re.I) and re.search(r"trl|transformers", line)
+    ]
+    assert deprecations == []

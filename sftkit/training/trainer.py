@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import PrinterCallback, ProgressCallback, TrainerCallback
 from trl import SFTTrainer
@@ -41,6 +41,12 @@ from sftkit.errors import TrainingDivergedError
 from sftkit.runpaths import CHECKPOINT_PREFIX, RunPaths, carry_file
 from sftkit.training.checkpoints import publish, rotate
 from sftkit.training.runfiles import disk_full
+
+if TYPE_CHECKING:
+    import torch
+
+    from sftkit.engine import Engine
+    from sftkit.recipe.schema import Recipe
 
 CHECKPOINTS_README = """\
 # Checkpoints of an sftkit run
@@ -81,11 +87,11 @@ class TrainerParts:
     """Everything a run hands the trainer besides TRL's own arguments."""
 
     paths: RunPaths
-    engine: Any  # sftkit.engine.Engine
-    recipe: Any  # the resolved recipe's Recipe (what the engine reads)
-    build_optimizer: Callable[[Any], Any]  # model -> torch.optim.Optimizer
-    loss_head: Any = None  # sftkit.training.loss.RuntimeHead, None: TRL's own
-    techniques: Sequence[Callable[[Any], None]] = ()
+    engine: Engine
+    recipe: Recipe  # what the engine reads
+    build_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]
+    loss_head: Callable[..., tuple[torch.Tensor, ...]] | None = None  # None: TRL's own
+    techniques: Sequence[Callable[[torch.nn.Module], None]] = ()
     use_cpu: bool = False
     keep: int | None = None  # training.save_total_limit
     resumed: bool = False
