@@ -15,6 +15,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -187,9 +188,12 @@ def test_on_log_gets_step_and_elapsed_time(acme, tmp_path):
 
     manager = fresh_manager()
     assert manager.register(acme.csv_log.plugin, "acme-csv")
+    from sftkit.training.trainer import RunClock
+
     view = types.SimpleNamespace(run_dir=tmp_path)
+    clock = RunClock(started=time.perf_counter())
     callback = HooksCallback(
-        types.SimpleNamespace(view=lambda: view, metrics={}, carried={}), manager.hook
+        types.SimpleNamespace(view=lambda: view, metrics={}, clock=clock), manager.hook
     )
     callback.on_train_begin(None, types.SimpleNamespace(global_step=0), None)
     callback.on_log(None, types.SimpleNamespace(global_step=7), None, logs={"loss": 1.5})

@@ -33,12 +33,11 @@ class MetricsCallback(TrainerCallback):
 
     def __init__(self, ctx: RunContext) -> None:
         self.ctx = ctx
-        self.started = time.perf_counter()
-        self.last_time = self.started
+        self.last_time = time.perf_counter()
         self.last_tokens = 0.0
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.started = self.last_time = time.perf_counter()
+        self.last_time = time.perf_counter()
         self.last_tokens = float(self.ctx.carried.get("train_tokens") or 0)  # a resumed run's
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
@@ -52,8 +51,7 @@ class MetricsCallback(TrainerCallback):
         # an evaluation's eval_loss, eval_gsm8k/accuracy, ... are eval/loss, ... as in TensorBoard
         shown = {(f"eval/{k[5:]}" if k.startswith("eval_") else k): v for k, v in logs.items()}
         event = {"step": state.global_step, "epoch": state.epoch, **shown}
-        before = float(self.ctx.carried.get("train_runtime_s", 0.0))
-        event["elapsed_s"] = round(before + now - self.started, 3)
+        event["elapsed_s"] = round(self.ctx.clock.seconds(), 3)
         self.ctx.metrics.update(logs)
         with self.ctx.paths.metrics.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps({k: _plain(v) for k, v in event.items()}) + "\n")
@@ -67,18 +65,14 @@ class HooksCallback(TrainerCallback):
     trainer's values plus ``step`` (global step) and ``elapsed_s``, as metrics.jsonl has."""
 
     def __init__(self, ctx: RunContext, hook: Any) -> None:
-        self.ctx = ctx
-        self.hook = hook
-        self.started = time.perf_counter()
+        self.ctx, self.hook = ctx, hook
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        self.started = time.perf_counter()
         self.hook.on_train_start(run=self.ctx.view())
 
     def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
-        if logs is not None:
-            before = float(self.ctx.carried.get("train_runtime_s", 0.0))  # earlier attempts
-            elapsed = round(before + time.perf_counter() - self.started, 3)
+        if logs is not None:  # elapsed_s: earlier attempts' training time included
+            elapsed = round(self.ctx.clock.seconds(), 3)
             event = {**logs, "step": state.global_step, "elapsed_s": elapsed}
             self.hook.on_log(run=self.ctx.view(), logs=event)
 
