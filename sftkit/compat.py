@@ -186,7 +186,8 @@ def unpack_cpu_4bit(weight: Any, state: Any) -> tuple[Any, Any]:
     """Undo bitsandbytes' repacking of a 4-bit weight for its CPU kernel."""
     from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
 
-    return _convert_weight_packed_for_cpu_inverse(weight, state)  # type: ignore[no-any-return]
+    unpacked: tuple[Any, Any] = _convert_weight_packed_for_cpu_inverse(weight, state)
+    return unpacked
 
 
 def dataset_fingerprint(dataset: Any) -> str | None:

@@ -38,9 +38,9 @@ def restore_declared_dtypes(model: Any, parts: Composition, p: Precision) -> Non
     cast_trainable(model, parts.storage.adapter_dtype(p))
 
 
-def memory_techniques(resolved: ResolvedRecipe) -> tuple[Callable[[Any], None], ...]:
+def memory_techniques(resolved: ResolvedRecipe) -> tuple[Callable[[Any], object], ...]:
     parts, precision = resolved.strategy_parts, precision_of(resolved)
-    techniques: list[Callable[[Any], None]] = [
+    techniques: list[Callable[[Any], object]] = [
         lambda model: restore_declared_dtypes(model, parts, precision)
     ]
     if resolved.recipe.training.activation_offload:

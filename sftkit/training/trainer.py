@@ -91,7 +91,7 @@ class TrainerParts:
     recipe: Recipe  # what the engine reads
     build_optimizer: Callable[[torch.nn.Module], torch.optim.Optimizer]
     loss_head: Callable[..., tuple[torch.Tensor, ...]] | None = None  # None: TRL's own
-    techniques: Sequence[Callable[[torch.nn.Module], None]] = ()
+    techniques: Sequence[Callable[[Any], object]] = ()
     use_cpu: bool = False
     keep: int | None = None  # training.save_total_limit
     resumed: bool = False

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from sftkit.specs import load_factory
 
@@ -39,7 +39,7 @@ def prepare(resolved: ResolvedRecipe, say: Callable[..., None]) -> TrainingData:
     objective = resolved.registry.objectives.get(recipe.training.objective)
     build = load_factory(objective.factory)
 
-    def split(name: str) -> Any:
+    def split(name: Literal["train", "dev"]) -> Any:
         return build(read_examples(prepared.split_path(name)), template, tokenizer, recipe)
 
     dev = split("dev") if recipe.training.eval_steps is not None else None
