@@ -55,9 +55,3 @@ def build_optimizer(resolved: ResolvedRecipe, model: torch.nn.Module) -> torch.o
             "torch.optim.Optimizer."
         )
     return optimizer
-
-
-def optimizer_lr(optimizer: torch.optim.Optimizer) -> float:
-    """The optimizer's base learning rate (0.0 for relative-step optimizers)."""
-    lr = optimizer.param_groups[0].get("lr")
-    return float(lr) if lr is not None else 0.0
