@@ -1,7 +1,7 @@
 """Building the optimizer from the recipe's optimizer plugin.
 
-The trainer receives this object (``optimizers=(optimizer, None)``), never a string name,
-so what trains is exactly what the registry and the memory estimator describe. The
+`SftkitTrainer.create_optimizer` builds it once, over the model as the engine left it (FSDP's
+sharded parameters), never from a string name, so what trains is exactly what the registry and the memory estimator describe. The
 parameter groups (the strategy's, or sftkit's default decay/no-decay split) are fixed here,
 before the optimizer exists: the trainer's scheduler then scales each group's own rate, and
 the groups are part of the optimizer state a checkpoint saves and ``--resume`` restores.
