@@ -91,7 +91,7 @@ def test_no_space_left_names_the_run_directory(tmp_path: Path, monkeypatch) -> N
     def full(path: Path, data: object) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")  # a write: no file name
 
-    monkeypatch.setattr("sftkit.training.runner.write_json", full)
+    monkeypatch.setattr("sftkit.training.stages.claim.write_json", full)
     result = _run(tmp_path)
     assert result.exit_code == EXIT_BAD_INPUT, result.stderr
     assert f"no space left on the device holding {tmp_path / 'run'}" in result.stderr
@@ -120,7 +120,7 @@ def test_a_full_disk_behind_a_library_error_is_still_exit_2(tmp_path, monkeypatc
                 raise error from cause
         raise error
 
-    monkeypatch.setattr("sftkit.training.runner.write_json", full)
+    monkeypatch.setattr("sftkit.training.stages.claim.write_json", full)
     result = _run(tmp_path)
     assert result.exit_code == EXIT_BAD_INPUT, result.stderr
     assert "no space left on the device" in result.stderr
@@ -138,7 +138,7 @@ def test_a_refused_write_is_exit_2_with_the_file(tmp_path, monkeypatch, code, me
     def refused(path: Path, data: object) -> None:
         raise OSError(code, message, str(path))
 
-    monkeypatch.setattr("sftkit.training.runner.write_json", refused)
+    monkeypatch.setattr("sftkit.training.stages.claim.write_json", refused)
     result = _run(tmp_path)
     assert result.exit_code == EXIT_BAD_INPUT, result.stderr
     assert said in result.stderr and str(tmp_path / "run" / "memory.json") in result.stderr
@@ -289,7 +289,7 @@ def test_a_real_bug_is_still_exit_1(tmp_path: Path, monkeypatch) -> None:
     def broken(path: Path, data: object) -> None:
         raise KeyError("peak_bytes")
 
-    monkeypatch.setattr("sftkit.training.runner.write_json", broken)
+    monkeypatch.setattr("sftkit.training.stages.claim.write_json", broken)
     result = _run(tmp_path)
     assert result.exit_code == EXIT_INTERNAL
     assert "internal error: KeyError" in result.stderr and "This is a bug" in result.stderr

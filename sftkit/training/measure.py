@@ -268,7 +268,11 @@ def prepare_for_training(model: Any, setup: Setup) -> None:
 
         install(model)
     if setup.checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # its name from transformers 5.2x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         if not setup.trains_base and hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
 
