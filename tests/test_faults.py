@@ -460,3 +460,68 @@ def test_a_nan_loss_is_a_failure_with_its_step(recipe, tmp_path, capsys, monkeyp
     assert record["status"] == "failed" and record["failed_step"] == 3
     assert not (run_dir / "final").exists()
     assert not (run_dir / "checkpoints" / "checkpoint-4").exists()
+
+
+EVALUATED = ("evaluation.evaluators=[{name: eval-loss}]", "evaluation.after_training=true")
+
+
+def assert_summary_kept(run_dir: Path, reference: Path) -> None:
+    """Issue 21 case 1: a resume that only finishes the run keeps every event and the
+    training summary, and the report shows the final loss."""
+    assert_exact(run_dir, reference)
+    assert [e for e in events(run_dir) if "train_runtime" in e]  # the trainer's summary
+    expected = run_json(reference)
+    assert run_json(run_dir)["max_steps"] == STEPS
+    final = f"{expected['final_loss']:.4g}"
+    assert f"final loss | {final}" in (run_dir / "report.md").read_text()
+
+
+def test_killed_just_after_final_is_saved_loses_nothing(recipe, reference, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    done = faulty("kill-after-final", recipe, run_dir)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert (run_dir / "final" / "sftkit_complete.json").is_file()
+    assert "steps" not in run_json(run_dir)  # killed before the summary was recorded
+    logged = len(events(run_dir))
+    code, out = resume(recipe, run_dir, capsys)
+    assert code == 0, out
+    assert "final/ is saved (step 8): finishing the run's evaluation and report" in out
+    assert len(events(run_dir)) == logged  # not one line trimmed
+    assert_summary_kept(run_dir, reference)
+    assert run_json(run_dir)["resumes"][0] == {
+        **run_json(run_dir)["resumes"][0],
+        "from_step": STEPS,
+        "how": "evaluate",
+    }
+
+
+@pytest.mark.parametrize("fault", ["sigint-eval", "kill-eval"])
+def test_stopped_during_the_evaluation_after_training(fault, recipe, reference, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    done = faulty(fault, recipe, run_dir, *EVALUATED)
+    assert done.returncode == (130 if fault == "sigint-eval" else -signal.SIGKILL), done.stderr
+    logged = len(events(run_dir))
+    code, out = resume(recipe, run_dir, capsys, *EVALUATED)
+    assert code == 0, out
+    assert len(events(run_dir)) == logged
+    assert (run_dir / "eval" / "after-eval-loss" / "metrics.json").is_file()
+    assert_summary_kept(run_dir, reference)
+
+
+def test_a_checkpoint_corrupted_in_place_is_skipped_not_blamed_on_the_lr(
+    recipe, reference, killed, tmp_path, capsys
+):
+    """Issue 21 cases 3 and 8: checkpoint-4's weights overwritten with NaN bytes, its size
+    and safetensors header kept. The checksum catches it: skipped with the reason, resumed
+    exactly from checkpoint-2 (it used to resume silently and 'diverge', blaming the lr)."""
+    run_dir = copy_of(killed, tmp_path)
+    model = run_dir / "checkpoints" / "checkpoint-4" / "model.safetensors"
+    data = bytearray(model.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start:] = b"\xff" * (len(data) - start)
+    model.write_bytes(bytes(data))
+    code, out = resume(recipe, run_dir, capsys)
+    assert code == 0, out
+    assert "skipped checkpoint-4: model.safetensors has changed since it was saved" in out
+    assert "resuming from checkpoint-2" in out and "optimizer.options.lr" not in out
+    assert_exact(run_dir, reference)

@@ -6,6 +6,7 @@ and the small cases of issue 16."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -328,3 +329,26 @@ def test_a_missing_test_split_is_said_once(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert (result.stdout + result.stderr).count("no test split") == 1, result.stderr
+
+
+def test_a_run_that_failed_before_training_does_not_block_its_directory(tmp_path: Path) -> None:
+    """Issue 21 case 15: a missing data file fails the run before its first step; the rerun
+    in the same directory (the file fixed, the recipe changed) is not refused."""
+    missing = tmp_path / "train.jsonl"
+    failed = invoke_cli(
+        "run",
+        QUICKSTART,
+        "data.format.name=prompt-completion",
+        f"data.format.options.train_file={missing}",
+        "--output-dir",
+        str(tmp_path / "run"),
+    )
+    assert failed.exit_code == EXIT_BAD_INPUT, failed.stderr
+    assert (tmp_path / "run" / "recipe.yaml").is_file()  # a run directory, with no step
+    again = _run(tmp_path)
+    assert again.exit_code == 0, again.stderr
+    said = " ".join(again.stderr.split())
+    assert f"reusing {tmp_path / 'run'}: the run there (failed: DataError: data source" in said
+    assert "stopped before its first step, so nothing in it is lost." in said
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "completed" and "resumes" not in record

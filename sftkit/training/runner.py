@@ -47,7 +47,7 @@ from sftkit.runpaths import RunPaths
 from sftkit.training.checkpoints import choose_checkpoint, discard_partial, publish
 from sftkit.training.context import RunContext
 from sftkit.training.lock import RunLock, check_unlocked, command_line
-from sftkit.training.resume import plan_run, read_json_safely, trim_metrics
+from sftkit.training.resume import plan_run, read_json_safely, resumed_fields
 from sftkit.training.runfiles import (
     check_run_dir,
     disk_full,
@@ -207,16 +207,7 @@ def _prepare_directory(ctx: RunContext, estimate: dict[str, Any], console: Conso
     }
     if plan.kind == "new" or "started" not in record:
         fields["started"] = now()
-    if plan.kind != "new":
-        trim_metrics(paths, plan.step)
-        fields["resumes"] = [
-            *record.get("resumes", []),
-            {
-                "at": now(),
-                "from_step": plan.step,
-                "how": plan.kind + (" (weights only)" if plan.weights_only else ""),
-            },
-        ]
+    fields.update(resumed_fields(paths, plan, record))  # metrics.jsonl made to match
     update_run_json(paths, drop=ENDING_FIELDS, **fields)
 
 
