@@ -319,3 +319,34 @@ def test_a_run_that_stopped_before_its_first_step_frees_its_directory(tmp_path, 
     paths.checkpoint(2).mkdir(parents=True)
     with pytest.raises(RunDirectoryError, match="already holds a run"):
         check_run_dir(paths, changed, resume=False)
+
+
+def test_prepare_data_into_a_live_runs_data_is_refused_however_named(tmp_path, capsys):
+    """Issue 21 case 6: --force into RUN/data named by data.prepared_dir (the recipe's
+    output_dir elsewhere) is refused like output_dir=RUN, naming the holder."""
+    from sftkit.cli import run_cli
+    from sftkit.testing import quickstart_recipe
+
+    paths = RunPaths(tmp_path / "run")
+    code = (
+        "import sys; from pathlib import Path; from sftkit.runpaths import RunPaths; "
+        "from sftkit.training.lock import RunLock; "
+        f"lock = RunLock.acquire(RunPaths(Path({str(paths.root)!r})), command='sftkit run'); "
+        "print('held', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        alias = tmp_path / "alias"
+        alias.symlink_to(paths.root)
+        for named in (f"output_dir={paths.root}", f"data.prepared_dir={alias / 'data'}"):
+            args = ["prepare-data", str(quickstart_recipe()), named, "--force"]
+            capsys.readouterr()
+            assert run_cli(args) == 2
+            err = " ".join(capsys.readouterr().err.split())
+            assert f"is in use by pid {holder.pid} on " in err and "kill -INT" in err, err
+        assert not paths.data.exists()
+    finally:
+        holder.communicate("")

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from sftkit.errors import RunLockedError
-from sftkit.runpaths import RunPaths
+from sftkit.runpaths import LOCK_FILE, RunPaths
 
 try:  # Linux, macOS
     import fcntl
@@ -225,6 +225,16 @@ def check_unlocked(paths: RunPaths) -> None:
                 raise _locked(paths, holder, other_host=alive is None) from None
     finally:
         os.close(fd)  # also drops the probe's own flock
+
+
+def check_no_run_holds(path: Path) -> None:
+    """Raise `RunLockedError` if `path` is in (or is) a run directory a live process holds,
+    however the path is spelled: `sftkit prepare-data --force` into RUN/data, named by
+    output_dir=RUN or by data.prepared_dir=RUN/data, would change a live run's data."""
+    target = Path(path).resolve()
+    for directory in (target, *target.parents):
+        if (directory / LOCK_FILE).is_file():
+            check_unlocked(RunPaths(directory))
 
 
 def _flock(fd: int) -> bool:

@@ -47,6 +47,7 @@ from sftkit.runpaths import RunPaths
 from sftkit.training.checkpoints import choose_checkpoint, discard_partial, publish
 from sftkit.training.context import RunContext
 from sftkit.training.lock import RunLock, check_unlocked, command_line
+from sftkit.training.preconditions import check_conditions, training_variables
 from sftkit.training.resume import plan_run, read_json_safely, resumed_fields
 from sftkit.training.runfiles import (
     check_run_dir,
@@ -150,6 +151,7 @@ def start_run(
     device = training_device(recipe)
     check_kernels(recipe, device)  # before anything is written or loaded
     check_loss_head(resolved, device)
+    conditions = check_conditions(resolved, device, paths if resume else None)
     if recipe.evaluation.evaluators and (
         recipe.evaluation.before_training or recipe.evaluation.after_training
     ):
@@ -163,7 +165,7 @@ def start_run(
         # Again, now that the directory is ours: another process may have been quicker.
         notes = check_run_dir(paths, resolved, resume=resume)
         plan = plan_run(paths, resolved, resume=resume, weights_only=weights_only)
-        for note in (*notes, *plan.notes):
+        for note in (*notes, *plan.notes, *conditions):
             say(note, markup=False)
         ctx = RunContext(resolved=resolved, paths=paths, device=device, plan=plan, lock=lock)
         if plan.kind == "done":
@@ -203,6 +205,7 @@ def _prepare_directory(ctx: RunContext, estimate: dict[str, Any], console: Conso
         "strategy": recipe.strategy.name,
         "optimizer": recipe.optimizer.name,
         "device": ctx.device,
+        "environment_variables": training_variables(),
         "resumed_from": str(plan.checkpoint) if plan.checkpoint else None,
     }
     if plan.kind == "new" or "started" not in record:
