@@ -525,3 +525,61 @@ def test_a_checkpoint_corrupted_in_place_is_skipped_not_blamed_on_the_lr(
     assert "skipped checkpoint-4: model.safetensors has changed since it was saved" in out
     assert "resuming from checkpoint-2" in out and "optimizer.options.lr" not in out
     assert_exact(run_dir, reference)
+
+
+class RunsCode:
+    """Unpickling this runs a shell command (the test checks it never ran)."""
+
+    def __init__(self, flag: Path) -> None:
+        self.flag = flag
+
+    def __reduce__(self) -> Any:
+        return (os.system, (f"touch {self.flag}",))
+
+
+def code_pickle(path: Path, flag: Path, *, bare: bool = False) -> None:
+    import pickle
+
+    if bare:
+        path.write_bytes(pickle.dumps({"state": RunsCode(flag)}))
+    else:
+        torch.save({"state": RunsCode(flag)}, path)
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "rng_state.pth"])
+def test_a_checkpoint_pickle_that_runs_code_is_skipped_with_its_name(
+    name, recipe, reference, killed, tmp_path, capsys
+):
+    """Issue 21 case 9: a pickle that would run code in checkpoint-4 (its marker rewritten
+    to match, so the checksums pass): skipped naming the file, resumed exactly from
+    checkpoint-2; it used to be torch's refusal as an "internal error", exit 1."""
+    from sftkit.training.checkpoints import write_marker
+
+    run_dir = copy_of(killed, tmp_path)
+    flag = tmp_path / "ran"
+    latest = run_dir / "checkpoints" / "checkpoint-4"
+    code_pickle(latest / name, flag, bare=name.endswith(".pth"))
+    write_marker(latest, kind="checkpoint", step=4, max_steps=STEPS)
+    code, out = resume(recipe, run_dir, capsys)
+    assert code == 0, out
+    assert f"skipped checkpoint-4: {name} holds a pickle that would run code when loaded" in out
+    assert "resuming from checkpoint-2" in out
+    assert_exact(run_dir, reference)
+    assert not flag.exists()
+
+
+def test_a_model_pickle_that_runs_code_is_exit_2_naming_the_file(tmp_path, capsys):
+    from tiny_models import config_dir
+
+    model = config_dir(tmp_path / "model")
+    flag = tmp_path / "ran"
+    code_pickle(model / "pytorch_model.bin", flag)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(recipe_text(model, tmp_path / "run", random_init=False))
+    capsys.readouterr()
+    assert run_cli(["run", str(path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "torch refused to load a pickle that would run code: " in err
+    assert f"{model / 'pytorch_model.bin'} would import posix.system" in err
+    assert "internal error" not in err and not flag.exists()
+    assert run_json(tmp_path / "run")["status"] == "failed"

@@ -7,10 +7,11 @@ only a folder under .partial/, which the next run discards (`discard_partial`).
 
 `choose_checkpoint` picks the newest checkpoint that checks out (`inspect`): its marker, every
 file it lists at its recorded size and checksum (a file changed in place, its size kept, is
-caught), readable trainer state and safetensors headers, and the optimizer and scheduler
-state an exact resume needs. Every newer one skipped is returned with
+caught), readable trainer state and safetensors headers, no pickle that would run code
+(`sftkit.training.pickles`), and the optimizer and scheduler state an exact resume needs. Every newer one skipped is returned with
 the reason. One with weights but no optimizer or scheduler state is used only for an explicit
-weights-only restart. Torch-free.
+weights-only restart. Torch-free (the pickle check imports torch only for a checkpoint that
+holds a pickle).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 from sftkit._version import __version__
 from sftkit.errors import RunDirectoryError
 from sftkit.runpaths import COMPLETE_MARKER, RunPaths, complete_marker
+from sftkit.training import pickles
 
 # transformers' names (trainer.py: OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME).
 TRAINER_STATE = "trainer_state.json"
@@ -296,6 +298,10 @@ def inspect(directory: Path, step: int, *, verify: bool = True) -> CheckpointSta
             problems[rel] = (
                 f"{rel} has changed since it was saved (its checksum differs; same size)"
             )
+    for rel, path in present.items() if verify else ():  # after the checksums: cheap to read
+        found = pickles.problem(path, rel) if pickles.is_loaded_pickle(rel) else None
+        if found and rel not in problems:
+            problems[rel] = found
     top = {rel.split("/", 1)[0] for rel in present}
     if not top & set(OPTIMIZER_FILES) and not any(
         "/" in rel and rel.startswith(OPTIMIZER_DIR_PREFIX) for rel in present

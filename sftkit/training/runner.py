@@ -47,6 +47,7 @@ from sftkit.runpaths import RunPaths
 from sftkit.training.checkpoints import choose_checkpoint, discard_partial, publish
 from sftkit.training.context import RunContext
 from sftkit.training.lock import RunLock, check_unlocked, command_line
+from sftkit.training.pickles import loaded_from, refused_pickle
 from sftkit.training.preconditions import check_conditions, training_variables
 from sftkit.training.resume import plan_run, read_json_safely, resumed_fields
 from sftkit.training.runfiles import (
@@ -253,6 +254,8 @@ def execute_run(ctx: RunContext, *, console: Console, callbacks: Sequence[Any] =
             error = interrupted(ctx, exc.signum)
         elif (full := disk_full(exc, ctx.paths.root, "writing the run")) is not None:
             error = full
+        elif (refused := refused_pickle(exc, loaded_from(ctx))) is not None:
+            error = refused
         if main:  # Ctrl-C without our handler (a library caller) is an interrupt too
             record_ending(ctx, interrupted(ctx, 2) if type(exc) is KeyboardInterrupt else error)
         if error is exc:
