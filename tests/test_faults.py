@@ -583,3 +583,35 @@ def test_a_model_pickle_that_runs_code_is_exit_2_naming_the_file(tmp_path, capsy
     assert f"{model / 'pytorch_model.bin'} would import posix.system" in err
     assert "internal error" not in err and not flag.exists()
     assert run_json(tmp_path / "run")["status"] == "failed"
+
+
+def test_divergence_right_after_a_resume_names_the_checkpoint(
+    recipe, reference, killed, tmp_path, capsys
+):
+    """Issue 21 case 8, where the checksums cannot help (a marker from before sftkit
+    recorded them): the loss is NaN at the first step after resuming from the damaged
+    checkpoint-4; the message names it and the intact checkpoint-2, not the lr. Doing what
+    it says resumes exactly."""
+    run_dir = copy_of(killed, tmp_path)
+    latest = run_dir / "checkpoints" / "checkpoint-4"
+    model = latest / "model.safetensors"
+    data = bytearray(model.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start:] = b"\xff" * (len(data) - start)
+    model.write_bytes(bytes(data))
+    marker = json.loads((latest / "sftkit_complete.json").read_text())
+    del marker["checksums"]
+    (latest / "sftkit_complete.json").write_text(json.dumps(marker))
+    code, out = resume(recipe, run_dir, capsys)
+    assert code == 2, out
+    assert "the training loss is nan at step 5: training diverged" in out
+    assert "the first step trained after resuming from checkpoint-4" in out
+    assert "checkpoint-4 is likely damaged" in out and "not the learning rate" in out
+    assert "checkpoint-2 checks out" in out and "optimizer.options.lr" not in out
+    aside = run_dir / "checkpoint-4.suspect"
+    assert f"mv {latest} {aside}" in out
+    latest.rename(aside)
+    code, out = resume(recipe, run_dir, capsys)
+    assert code == 0, out
+    assert "resuming from checkpoint-2" in out
+    assert_exact(run_dir, reference)

@@ -350,3 +350,57 @@ def test_prepare_data_into_a_live_runs_data_is_refused_however_named(tmp_path, c
         assert not paths.data.exists()
     finally:
         holder.communicate("")
+
+
+def test_a_lock_shared_with_workers_outlives_their_launcher(tmp_path):
+    """Issue 21 case 2: `sftkit launch` shares its lock with its workers; killed with -9, its
+    orphaned worker still holds the run, so a resume is refused naming the worker, and the
+    lock is free only once the worker is gone."""
+    import signal
+    import time
+
+    paths = RunPaths(tmp_path / "run")
+    worker = (
+        "import sys, time; from pathlib import Path; from sftkit.runpaths import RunPaths; "
+        "from sftkit.training.lock import hold_shared; "
+        f"assert hold_shared(RunPaths(Path({str(paths.root)!r}))); "
+        "print('joined', flush=True); time.sleep(120)"
+    )
+    launcher = (
+        "import subprocess, sys, time; from pathlib import Path; "
+        "from sftkit.runpaths import RunPaths; from sftkit.training.lock import RunLock; "
+        f"lock = RunLock.acquire(RunPaths(Path({str(paths.root)!r})), command='sftkit launch'); "
+        "lock.share(); "
+        f"w = subprocess.Popen([sys.executable, '-c', {worker!r}], stdout=subprocess.PIPE, "
+        "text=True, start_new_session=True); "
+        "print(w.pid, w.stdout.readline().strip(), flush=True); time.sleep(120)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    pid, said = parent.stdout.readline().split()
+    child = int(pid)
+    try:
+        assert said == "joined"
+        with pytest.raises(RunLockedError, match=f"in use by pid {parent.pid}"):
+            RunLock.acquire(paths, command="resume")  # both alive: the launcher is named
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        with pytest.raises(RunLockedError) as refused:
+            RunLock.acquire(paths, command="resume")
+        message = " ".join(str(refused.value).split())
+        assert f"in use by pid {child}, which pid {parent.pid}" in message
+        assert "no longer running, but they are" in message and f"kill {child}" in message
+        with pytest.raises(RunLockedError):
+            check_unlocked(paths)
+    finally:
+        os.kill(child, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the worker is reaped by init, not by us
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    notes: list[str] = []
+    RunLock.acquire(paths, command="resume", echo=notes.append).release()
+    assert "no longer running" in notes[0]

@@ -327,8 +327,8 @@ def choose_checkpoint(
     without optimizer or scheduler state. Without it, when no checkpoint is complete but one
     has weights, `RunDirectoryError` says so (resuming it would silently restart the
     optimizer and the schedule). Checkpoints are inspected newest first, and only until
-    one is chosen (checksums read the files). `verify=False` skips the checksums (a launched
-    worker, whose checkpoint node 0 already verified)."""
+    one is chosen (checksums read the files). `verify=False` skips the checksums and the
+    pickle check."""
     skipped: list[CheckpointStatus] = []
     for step, path in reversed(paths.checkpoint_dirs()):
         status = inspect(path, step, verify=verify)

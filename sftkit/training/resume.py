@@ -24,13 +24,15 @@ starts run.json and metrics.jsonl afresh. Torch-free.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from sftkit.runpaths import RunPaths
-from sftkit.training.checkpoints import ResumePoint, choose_checkpoint, final_marker
+from sftkit.errors import TrainingDivergedError
+from sftkit.runpaths import CHECKPOINT_PREFIX, RunPaths
+from sftkit.training.checkpoints import ResumePoint, choose_checkpoint, final_marker, inspect
 from sftkit.training.runfiles import events, is_unstarted, now, read_json, unstarted_note
 
 if TYPE_CHECKING:
@@ -154,6 +156,46 @@ def recovered_summary(paths: RunPaths, step: int, record: dict[str, Any]) -> dic
         "final_loss": losses[-1] if losses else None,
         "train_loss": ending.get("train_loss"),
     }
+
+
+def diverged_after_resume(
+    error: TrainingDivergedError, paths: RunPaths, resumed_from: Path | None
+) -> TrainingDivergedError:
+    """`error` reworded when the loss diverged before any finite loss since a resume: the
+    run trained fine up to its checkpoint, so the checkpoint (damaged in a way its marker
+    cannot show, e.g. one written before sftkit recorded checksums) is the suspect, not the
+    learning rate; the hint names the earlier checkpoint that checks out."""
+    if resumed_from is None or not resumed_from.name.startswith(CHECKPOINT_PREFIX):
+        return error
+    step = int(resumed_from.name[len(CHECKPOINT_PREFIX) :])
+    if any(
+        isinstance(e.get("loss"), (int, float)) and math.isfinite(e["loss"]) and e["step"] > step
+        for e in events(paths)
+    ):
+        return error
+    earlier = next(
+        (
+            path
+            for at, path in reversed(paths.checkpoint_dirs())
+            if at < step and inspect(path, at).problem is None
+        ),
+        None,
+    )
+    aside = f"mv {resumed_from} {paths.root / (resumed_from.name + '.suspect')}"
+    then = (
+        f"{earlier.name} checks out: move {resumed_from.name} aside (`{aside}`) and resume "
+        f"again; the run continues from {earlier.name}."
+        if earlier is not None
+        else f"No earlier checkpoint checks out: move {resumed_from.name} aside (`{aside}`) "
+        "and resume again to start over."
+    )
+    return TrainingDivergedError(
+        error.step,
+        error.value,
+        hint=f"This is the first step trained after resuming from {resumed_from.name}, and "
+        f"the run trained without trouble up to it: {resumed_from.name} is likely damaged "
+        f"(its weights or optimizer state), not the learning rate. {then}",
+    )
 
 
 def read_json_safely(paths: RunPaths) -> dict[str, Any]:

@@ -49,7 +49,12 @@ from sftkit.training.context import RunContext
 from sftkit.training.lock import RunLock, check_unlocked, command_line
 from sftkit.training.pickles import loaded_from, refused_pickle
 from sftkit.training.preconditions import check_conditions, training_variables
-from sftkit.training.resume import plan_run, read_json_safely, resumed_fields
+from sftkit.training.resume import (
+    diverged_after_resume,
+    plan_run,
+    read_json_safely,
+    resumed_fields,
+)
 from sftkit.training.runfiles import (
     check_run_dir,
     disk_full,
@@ -256,6 +261,8 @@ def execute_run(ctx: RunContext, *, console: Console, callbacks: Sequence[Any] =
             error = full
         elif (refused := refused_pickle(exc, loaded_from(ctx))) is not None:
             error = refused
+        elif isinstance(exc, TrainingDivergedError):  # right after a resume: the checkpoint?
+            error = diverged_after_resume(exc, ctx.paths, ctx.resumed_from)
         if main:  # Ctrl-C without our handler (a library caller) is an interrupt too
             record_ending(ctx, interrupted(ctx, 2) if type(exc) is KeyboardInterrupt else error)
         if error is exc:
