@@ -600,7 +600,7 @@ def test_divergence_right_after_a_resume_names_the_checkpoint(
     data[start:] = b"\xff" * (len(data) - start)
     model.write_bytes(bytes(data))
     marker = json.loads((latest / "sftkit_complete.json").read_text())
-    del marker["checksums"]
+    marker.pop("checksums", None)  # as an older sftkit wrote it
     (latest / "sftkit_complete.json").write_text(json.dumps(marker))
     code, out = resume(recipe, run_dir, capsys)
     assert code == 2, out

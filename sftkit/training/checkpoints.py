@@ -49,28 +49,27 @@ WEIGHT_DIR_PREFIXES = ("pytorch_model_fsdp_", "global_step")
 CHUNK = 8 * 2**20  # checksums stream the file in pieces of this size
 
 
-def _hasher() -> tuple[str, Any]:
-    """xxHash's XXH3-128 where installed (many GB/s: a checkpoint's checksums cost about
-    what reading it back costs), else BLAKE2b from the standard library."""
+def _hasher(algorithm: str | None = None) -> tuple[str, Any] | None:
+    """A fresh hasher: `algorithm` (a marker's; None if this environment lacks it), or by
+    default xxHash's XXH3-128 where installed (many GB/s: a checkpoint's checksums cost
+    about what reading it back costs), else BLAKE2b from the standard library."""
+    if algorithm == "blake2b":
+        return "blake2b", hashlib.blake2b(digest_size=16)
     try:
         import xxhash
     except ImportError:
-        return "blake2b", hashlib.blake2b(digest_size=16)
+        return None if algorithm is not None else ("blake2b", hashlib.blake2b(digest_size=16))
+    if algorithm not in (None, "xxh3_128"):
+        return None
     return "xxh3_128", xxhash.xxh3_128()
 
 
-def checksum(path: Path, algorithm: str | None = None) -> tuple[str, str] | None:
-    """(algorithm, hex digest) of `path`, read in chunks; None if `algorithm` (a marker's)
-    is not available here."""
-    name, hasher = _hasher()
-    if algorithm is not None and algorithm != name:
-        if algorithm != "blake2b":
-            return None
-        name, hasher = algorithm, hashlib.blake2b(digest_size=16)
+def _digest(path: Path, hasher: Any) -> str:
+    """`hasher`'s digest of `path`, read in chunks."""
     with path.open("rb") as handle:
         while chunk := handle.read(CHUNK):
             hasher.update(chunk)
-    return name, hasher.hexdigest()
+    return str(hasher.hexdigest())
 
 
 # Checksums verified in this process, by (file, digest, size, mtime): `plan_run` runs twice.
@@ -83,10 +82,10 @@ def _changed(path: Path, algorithm: str, expected: str) -> bool:
     key = (str(path), expected, stat.st_size, stat.st_mtime_ns)
     if key in _VERIFIED:
         return False
-    found = checksum(path, algorithm)
-    if found is None:  # made with a hash this environment lacks: sizes only
+    hasher = _hasher(algorithm)
+    if hasher is None:  # made with a hash this environment lacks: sizes only
         return False
-    if found[1] != expected:
+    if _digest(path, hasher[1]) != expected:
         return True
     _VERIFIED.add(key)
     return False
@@ -160,11 +159,12 @@ def write_marker(directory: Path, *, kind: str, step: int, **extra: Any) -> dict
     file's size, and its checksum."""
     files: dict[str, int] = {}
     sums: dict[str, str] = {}
-    algorithm = _hasher()[0]
+    algorithm = "blake2b"
     for rel, path in _files(directory):
         _fsync(path)
         files[rel] = path.stat().st_size
-        sums[rel] = checksum(path, algorithm)[1]  # type: ignore[index]
+        algorithm, hasher = _hasher() or ("blake2b", hashlib.blake2b(digest_size=16))
+        sums[rel] = _digest(path, hasher)
     marker = {
         "kind": kind,
         "step": step,

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -117,9 +118,12 @@ def resumed_fields(paths: RunPaths, plan: RunPlan, record: dict[str, Any]) -> di
     """run.json's fields (besides status and times) for a run about to go on per `plan`;
     metrics.jsonl made to match (see the module docstring). `record` is run.json as it is."""
     if plan.kind == "new":
-        # A reused directory (`is_unstarted`): nothing of the earlier attempt carries over.
+        # A reused directory (`is_unstarted`): nothing of the earlier attempt carries over
+        # (an evaluation before training of another recipe would show in the report).
         for stale in (paths.run, paths.metrics):
             stale.unlink(missing_ok=True)
+        for folder in (paths.eval, paths.tensorboard):
+            shutil.rmtree(folder, ignore_errors=True)
         return {}
     fields: dict[str, Any] = {}
     if plan.kind == "evaluate":
@@ -143,7 +147,7 @@ def recovered_summary(paths: RunPaths, step: int, record: dict[str, Any]) -> dic
         return {}
     logged = events(paths)
     losses = [e["loss"] for e in logged if "loss" in e]
-    ending = next((e for e in reversed(logged) if SUMMARY_KEY in e), {})
+    ending: dict[str, Any] = next((e for e in reversed(logged) if SUMMARY_KEY in e), {})
     marker = final_marker(paths) or {}
     runtime = ending.get(SUMMARY_KEY)
     tokens = next((e["num_tokens"] for e in reversed(logged) if "num_tokens" in e), None)
