@@ -126,9 +126,12 @@ def check_run_dir(paths: RunPaths, resolved: ResolvedRecipe, *, resume: bool) ->
 
 
 def is_unstarted(paths: RunPaths) -> bool:
-    """Is `paths` a run directory whose run stopped before completing a step? No checkpoint
-    (not even a partial one), no final/ and no step logged: nothing a rerun could lose."""
-    if not paths.recipe.is_file() or paths.checkpoint_dirs() or paths.final.exists():
+    """Is `paths` a run directory whose run stopped before completing a step? One sftkit
+    started (recipe.yaml and run.json) with no checkpoint (not even a partial one), no
+    final/ and no step logged: nothing a rerun could lose."""
+    if not (paths.recipe.is_file() and paths.run.is_file()):
+        return False
+    if paths.checkpoint_dirs() or paths.final.exists():
         return False
     if paths.partial.is_dir() and any(paths.partial.iterdir()):
         return False
