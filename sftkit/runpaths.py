@@ -37,8 +37,8 @@ RECIPE_FILE = "recipe.yaml"
 DATA_DIR = "data"  # the one entry a new run may find already there (prepared data)
 # transformers names checkpoints `checkpoint-<global step>` (PREFIX_CHECKPOINT_DIR).
 CHECKPOINT_PREFIX = "checkpoint-"
-# Written last into a checkpoint or final/: the files it holds and their sizes. A folder
-# without it is not complete (its save was cut short).
+# Written last into a checkpoint or final/: the files it holds, their sizes and checksums. A
+# folder without it is not complete (its save was cut short).
 COMPLETE_MARKER = "sftkit_complete.json"
 LOCK_FILE = "run.lock"
 PARTIAL_DIR = ".partial"

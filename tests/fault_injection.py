@@ -12,6 +12,8 @@ no fault hook of its own. KIND is one of
     kill-save         SIGKILL while checkpoint-STEP is being written (model written, the
                       optimizer state half-written)
     kill-final        SIGKILL while final/ is being written (STEP unused)
+    kill-after-final  SIGKILL just after final/ is renamed into place, complete (STEP unused)
+    sigint-eval, kill-eval   SIGINT / SIGKILL during the evaluation after training
     pause             wait during step STEP until the file $SFTKIT_TEST_GO exists
 
 STEP counts optimizer steps from 1. Torch runs on one thread, so runs compare bit for bit.
@@ -82,6 +84,31 @@ def install(kind: str, step: int) -> None:
                 _kill()
 
         trainer.save_model = save_model  # type: ignore[method-assign]
+
+    if kind == "kill-after-final":
+        original_replace = os.replace
+
+        def replace(src: Any, dst: Any, *args: Any, **kwargs: Any) -> None:
+            original_replace(src, dst, *args, **kwargs)
+            if os.path.basename(os.fspath(dst)) == "final":
+                _kill()
+
+        os.replace = replace  # type: ignore[assignment]
+
+    if kind in ("sigint-eval", "kill-eval"):
+        from sftkit.evaluation import runner
+
+        original_evaluate = runner.evaluate_in_run
+
+        def evaluate_in_run(*args: Any, stage: str, **kwargs: Any) -> Any:
+            if stage == "after":
+                if kind == "kill-eval":
+                    _kill()
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)  # the handler stops the run here
+            return original_evaluate(*args, stage=stage, **kwargs)
+
+        runner.evaluate_in_run = evaluate_in_run  # type: ignore[assignment]
 
 
 def main() -> None:

@@ -230,3 +230,90 @@ def test_cpu_launch_needs_nproc_and_bad_topology_is_an_input_error(workspace, ca
     code = run_cli(["launch", str(recipe), "--nproc", "2", "--nnodes", "2", "--dry-run"])
     assert code == 2
     assert "--master-addr" in capsys.readouterr().err
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below `pid` (from /proc), however deep."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_launch_killed_with_9_takes_its_workers_with_it(workspace):
+    """Issue 21 case 2: `sftkit launch --nproc 2` killed with -9 mid-run: the launcher and
+    both workers die with it (they used to train on, orphaned, beside the resume), and no
+    resume takes the lock while any of them lives; then the resume trains every step once."""
+    import signal
+    import time
+
+    from sftkit.errors import RunLockedError
+    from sftkit.runpaths import RunPaths
+    from sftkit.training.lock import RunLock
+
+    recipe = write_recipe(workspace, "killed", max_steps=40, save_steps=2, micro_batch_size=4)
+    run_dir = workspace / "runs" / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-c", "from sftkit.cli import main; main()", "launch", str(recipe)]
+    parent = subprocess.Popen(
+        [*command, "--nproc", "2"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    started: set[int] = set()
+    try:
+        deadline = time.monotonic() + 240
+        metrics = run_dir / "metrics.jsonl"
+        while time.monotonic() < deadline and parent.poll() is None:
+            started |= descendants(parent.pid)
+            if metrics.is_file() and '"step": 3' in metrics.read_text():
+                break
+            time.sleep(0.2)
+        assert parent.poll() is None, parent.communicate()[1][-4000:]
+        started |= descendants(parent.pid)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            living = {pid for pid in started if alive(pid)}
+            try:
+                RunLock.acquire(RunPaths(run_dir), command="probe").release()
+            except RunLockedError:
+                pass
+            else:  # the lock is free: then none of the run's processes may be alive
+                assert not {pid for pid in living if alive(pid)}, "lock taken while alive"
+            if not living:
+                break
+            time.sleep(0.2)
+        assert not living, f"orphans still running: {sorted(living)}"
+    finally:
+        for pid in started:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        if parent.poll() is None:
+            parent.kill()
+    done = launch(recipe, "--nproc", "2", "--resume")
+    assert "resuming from checkpoint-" in done.stderr
+    logged = [e["step"] for e in events(run_dir) if "loss" in e]
+    assert logged == list(range(1, 41))
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "completed"

@@ -460,3 +460,158 @@ def test_a_nan_loss_is_a_failure_with_its_step(recipe, tmp_path, capsys, monkeyp
     assert record["status"] == "failed" and record["failed_step"] == 3
     assert not (run_dir / "final").exists()
     assert not (run_dir / "checkpoints" / "checkpoint-4").exists()
+
+
+EVALUATED = ("evaluation.evaluators=[{name: eval-loss}]", "evaluation.after_training=true")
+
+
+def assert_summary_kept(run_dir: Path, reference: Path) -> None:
+    """Issue 21 case 1: a resume that only finishes the run keeps every event and the
+    training summary, and the report shows the final loss."""
+    assert_exact(run_dir, reference)
+    assert [e for e in events(run_dir) if "train_runtime" in e]  # the trainer's summary
+    expected = run_json(reference)
+    assert run_json(run_dir)["max_steps"] == STEPS
+    final = f"{expected['final_loss']:.4g}"
+    assert f"final loss | {final}" in (run_dir / "report.md").read_text()
+
+
+def test_killed_just_after_final_is_saved_loses_nothing(recipe, reference, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    done = faulty("kill-after-final", recipe, run_dir)
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    assert (run_dir / "final" / "sftkit_complete.json").is_file()
+    assert "steps" not in run_json(run_dir)  # killed before the summary was recorded
+    logged = len(events(run_dir))
+    code, out = resume(recipe, run_dir, capsys)
+    assert code == 0, out
+    assert "final/ is saved (step 8): finishing the run's evaluation and report" in out
+    assert len(events(run_dir)) == logged  # not one line trimmed
+    assert_summary_kept(run_dir, reference)
+    assert run_json(run_dir)["resumes"][0] == {
+        **run_json(run_dir)["resumes"][0],
+        "from_step": STEPS,
+        "how": "evaluate",
+    }
+
+
+@pytest.mark.parametrize("fault", ["sigint-eval", "kill-eval"])
+def test_stopped_during_the_evaluation_after_training(fault, recipe, reference, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    done = faulty(fault, recipe, run_dir, *EVALUATED)
+    assert done.returncode == (130 if fault == "sigint-eval" else -signal.SIGKILL), done.stderr
+    logged = len(events(run_dir))
+    code, out = resume(recipe, run_dir, capsys, *EVALUATED)
+    assert code == 0, out
+    assert len(events(run_dir)) == logged
+    assert (run_dir / "eval" / "after-eval-loss" / "metrics.json").is_file()
+    assert_summary_kept(run_dir, reference)
+
+
+def test_a_checkpoint_corrupted_in_place_is_skipped_not_blamed_on_the_lr(
+    recipe, reference, killed, tmp_path, capsys
+):
+    """Issue 21 cases 3 and 8: checkpoint-4's weights overwritten with NaN bytes, its size
+    and safetensors header kept. The checksum catches it: skipped with the reason, resumed
+    exactly from checkpoint-2 (it used to resume silently and 'diverge', blaming the lr)."""
+    run_dir = copy_of(killed, tmp_path)
+    model = run_dir / "checkpoints" / "checkpoint-4" / "model.safetensors"
+    data = bytearray(model.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start:] = b"\xff" * (len(data) - start)
+    model.write_bytes(bytes(data))
+    code, out = resume(recipe, run_dir, capsys)
+    assert code == 0, out
+    assert "skipped checkpoint-4: model.safetensors has changed since it was saved" in out
+    assert "resuming from checkpoint-2" in out and "optimizer.options.lr" not in out
+    assert_exact(run_dir, reference)
+
+
+class RunsCode:
+    """Unpickling this runs a shell command (the test checks it never ran)."""
+
+    def __init__(self, flag: Path) -> None:
+        self.flag = flag
+
+    def __reduce__(self) -> Any:
+        return (os.system, (f"touch {self.flag}",))
+
+
+def code_pickle(path: Path, flag: Path, *, bare: bool = False) -> None:
+    import pickle
+
+    if bare:
+        path.write_bytes(pickle.dumps({"state": RunsCode(flag)}))
+    else:
+        torch.save({"state": RunsCode(flag)}, path)
+
+
+@pytest.mark.parametrize("name", ["optimizer.pt", "rng_state.pth"])
+def test_a_checkpoint_pickle_that_runs_code_is_skipped_with_its_name(
+    name, recipe, reference, killed, tmp_path, capsys
+):
+    """Issue 21 case 9: a pickle that would run code in checkpoint-4 (its marker rewritten
+    to match, so the checksums pass): skipped naming the file, resumed exactly from
+    checkpoint-2; it used to be torch's refusal as an "internal error", exit 1."""
+    from sftkit.training.checkpoints import write_marker
+
+    run_dir = copy_of(killed, tmp_path)
+    flag = tmp_path / "ran"
+    latest = run_dir / "checkpoints" / "checkpoint-4"
+    code_pickle(latest / name, flag, bare=name.endswith(".pth"))
+    write_marker(latest, kind="checkpoint", step=4, max_steps=STEPS)
+    code, out = resume(recipe, run_dir, capsys)
+    assert code == 0, out
+    assert f"skipped checkpoint-4: {name} holds a pickle that would run code when loaded" in out
+    assert "resuming from checkpoint-2" in out
+    assert_exact(run_dir, reference)
+    assert not flag.exists()
+
+
+def test_a_model_pickle_that_runs_code_is_exit_2_naming_the_file(tmp_path, capsys):
+    from tiny_models import config_dir
+
+    model = config_dir(tmp_path / "model")
+    flag = tmp_path / "ran"
+    code_pickle(model / "pytorch_model.bin", flag)
+    path = tmp_path / "recipe.yaml"
+    path.write_text(recipe_text(model, tmp_path / "run", random_init=False))
+    capsys.readouterr()
+    assert run_cli(["run", str(path)]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "torch refused to load a pickle that would run code: " in err
+    assert f"{model / 'pytorch_model.bin'} would import posix.system" in err
+    assert "internal error" not in err and not flag.exists()
+    assert run_json(tmp_path / "run")["status"] == "failed"
+
+
+def test_divergence_right_after_a_resume_names_the_checkpoint(
+    recipe, reference, killed, tmp_path, capsys
+):
+    """Issue 21 case 8, where the checksums cannot help (a marker from before sftkit
+    recorded them): the loss is NaN at the first step after resuming from the damaged
+    checkpoint-4; the message names it and the intact checkpoint-2, not the lr. Doing what
+    it says resumes exactly."""
+    run_dir = copy_of(killed, tmp_path)
+    latest = run_dir / "checkpoints" / "checkpoint-4"
+    model = latest / "model.safetensors"
+    data = bytearray(model.read_bytes())
+    start = 8 + int.from_bytes(data[:8], "little")
+    data[start:] = b"\xff" * (len(data) - start)
+    model.write_bytes(bytes(data))
+    marker = json.loads((latest / "sftkit_complete.json").read_text())
+    marker.pop("checksums", None)  # as an older sftkit wrote it
+    (latest / "sftkit_complete.json").write_text(json.dumps(marker))
+    code, out = resume(recipe, run_dir, capsys)
+    assert code == 2, out
+    assert "the training loss is nan at step 5: training diverged" in out
+    assert "the first step trained after resuming from checkpoint-4" in out
+    assert "checkpoint-4 is likely damaged" in out and "not the learning rate" in out
+    assert "checkpoint-2 checks out" in out and "optimizer.options.lr" not in out
+    aside = run_dir / "checkpoint-4.suspect"
+    assert f"mv {latest} {aside}" in out
+    latest.rename(aside)
+    code, out = resume(recipe, run_dir, capsys)
+    assert code == 0, out
+    assert "resuming from checkpoint-2" in out
+    assert_exact(run_dir, reference)

@@ -244,6 +244,7 @@ def test_what_a_resume_may_change(tmp_path, registry):
     paths = RunPaths(tmp_path / "run")
     paths.root.mkdir()
     write_recipe(paths, tiny(tmp_path, registry))
+    paths.metrics.write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")  # it has trained
     assert check_run_dir(paths, tiny(tmp_path, registry), resume=True) == []
     # The same run moved elsewhere (or spelled another way) is still the same run.
     moved = tiny(tmp_path, registry, f"output_dir={tmp_path / 'elsewhere'}")
@@ -266,3 +267,140 @@ def test_metrics_are_cut_back_to_the_checkpoint(tmp_path):
     assert trim_metrics(paths, 4) == 4
     steps = [json.loads(line)["step"] for line in paths.metrics.read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+def test_a_file_changed_in_place_is_caught_by_its_checksum(tmp_path):
+    """Issue 21 case 3: the marker records checksums; same size, other bytes: skipped."""
+    paths = RunPaths(tmp_path / "run")
+    checkpoint(paths, 2)
+    checkpoint(paths, 4)
+    marker = json.loads((paths.checkpoint(4) / "sftkit_complete.json").read_text())
+    assert set(marker["checksums"]["files"]) == set(marker["files"])
+    optimizer = paths.checkpoint(4) / "optimizer.pt"
+    optimizer.write_bytes(b"Optimizer")  # one byte flipped, the size kept
+    point = choose_checkpoint(paths)
+    assert point.checkpoint is not None and point.checkpoint.step == 2
+    assert point.skipped[0].problem == (
+        "optimizer.pt has changed since it was saved (its checksum differs; same size)"
+    )
+    # The weights are intact: a weights-only restart may still use checkpoint-4.
+    assert choose_checkpoint(paths, weights_only=True).checkpoint.step == 4  # type: ignore[union-attr]
+    # A marker from before checksums were recorded: sizes only, as then.
+    del marker["checksums"]
+    (paths.checkpoint(4) / "sftkit_complete.json").write_text(json.dumps(marker))
+    assert inspect(paths.checkpoint(4), 4).problem is None
+
+
+def test_a_run_that_stopped_before_its_first_step_frees_its_directory(tmp_path, registry):
+    """Issue 21 case 15: no checkpoint, no final/, no step logged: reused, said in one line,
+    with or without --resume and whatever the recipe now is."""
+    from sftkit.training.resume import plan_run, resumed_fields
+
+    paths = RunPaths(tmp_path / "run")
+    paths.root.mkdir()
+    write_recipe(paths, tiny(tmp_path, registry))
+    update_run_json(paths, status="failed", error="DataError: no such file: train.jsonl")
+    changed = tiny(tmp_path, registry, "training.max_steps=30")
+    for resume in (False, True):
+        assert check_run_dir(paths, changed, resume=resume) == []
+        plan = plan_run(paths, changed, resume=resume)
+        assert plan.kind == "new"
+        assert plan.notes == [
+            f"reusing {paths.root}: the run there (failed: DataError: no such file: "
+            "train.jsonl) stopped before its first step, so nothing in it is lost."
+        ]
+    assert resumed_fields(paths, plan, {}) == {} and not paths.run.exists()
+    # One logged step, or a checkpoint, and the directory holds a run again.
+    write_recipe(paths, tiny(tmp_path, registry))
+    paths.metrics.write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")
+    with pytest.raises(RunDirectoryError, match="already holds a run"):
+        check_run_dir(paths, changed, resume=False)
+    paths.metrics.unlink()
+    paths.checkpoint(2).mkdir(parents=True)
+    with pytest.raises(RunDirectoryError, match="already holds a run"):
+        check_run_dir(paths, changed, resume=False)
+
+
+def test_prepare_data_into_a_live_runs_data_is_refused_however_named(tmp_path, capsys):
+    """Issue 21 case 6: --force into RUN/data named by data.prepared_dir (the recipe's
+    output_dir elsewhere) is refused like output_dir=RUN, naming the holder."""
+    from sftkit.cli import run_cli
+    from sftkit.testing import quickstart_recipe
+
+    paths = RunPaths(tmp_path / "run")
+    code = (
+        "import sys; from pathlib import Path; from sftkit.runpaths import RunPaths; "
+        "from sftkit.training.lock import RunLock; "
+        f"lock = RunLock.acquire(RunPaths(Path({str(paths.root)!r})), command='sftkit run'); "
+        "print('held', flush=True); sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        alias = tmp_path / "alias"
+        alias.symlink_to(paths.root)
+        for named in (f"output_dir={paths.root}", f"data.prepared_dir={alias / 'data'}"):
+            args = ["prepare-data", str(quickstart_recipe()), named, "--force"]
+            capsys.readouterr()
+            assert run_cli(args) == 2
+            err = " ".join(capsys.readouterr().err.split())
+            assert f"is in use by pid {holder.pid} on " in err and "kill -INT" in err, err
+        assert not paths.data.exists()
+    finally:
+        holder.communicate("")
+
+
+def test_a_lock_shared_with_workers_outlives_their_launcher(tmp_path):
+    """Issue 21 case 2: `sftkit launch` shares its lock with its workers; killed with -9, its
+    orphaned worker still holds the run, so a resume is refused naming the worker, and the
+    lock is free only once the worker is gone."""
+    import signal
+    import time
+
+    paths = RunPaths(tmp_path / "run")
+    worker = (
+        "import sys, time; from pathlib import Path; from sftkit.runpaths import RunPaths; "
+        "from sftkit.training.lock import hold_shared; "
+        f"assert hold_shared(RunPaths(Path({str(paths.root)!r}))); "
+        "print('joined', flush=True); time.sleep(120)"
+    )
+    launcher = (
+        "import subprocess, sys, time; from pathlib import Path; "
+        "from sftkit.runpaths import RunPaths; from sftkit.training.lock import RunLock; "
+        f"lock = RunLock.acquire(RunPaths(Path({str(paths.root)!r})), command='sftkit launch'); "
+        "lock.share(); "
+        f"w = subprocess.Popen([sys.executable, '-c', {worker!r}], stdout=subprocess.PIPE, "
+        "text=True, start_new_session=True); "
+        "print(w.pid, w.stdout.readline().strip(), flush=True); time.sleep(120)"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    pid, said = parent.stdout.readline().split()
+    child = int(pid)
+    try:
+        assert said == "joined"
+        with pytest.raises(RunLockedError, match=f"in use by pid {parent.pid}"):
+            RunLock.acquire(paths, command="resume")  # both alive: the launcher is named
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        with pytest.raises(RunLockedError) as refused:
+            RunLock.acquire(paths, command="resume")
+        message = " ".join(str(refused.value).split())
+        assert f"in use by pid {child}, which pid {parent.pid}" in message
+        assert "no longer running, but they are" in message and f"kill {child}" in message
+        with pytest.raises(RunLockedError):
+            check_unlocked(paths)
+    finally:
+        os.kill(child, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # the worker is reaped by init, not by us
+        try:
+            os.kill(child, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    notes: list[str] = []
+    RunLock.acquire(paths, command="resume", echo=notes.append).release()
+    assert "no longer running" in notes[0]

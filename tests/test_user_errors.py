@@ -6,6 +6,7 @@ and the small cases of issue 16."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -328,3 +329,63 @@ def test_a_missing_test_split_is_said_once(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert (result.stdout + result.stderr).count("no test split") == 1, result.stderr
+
+
+def test_a_run_that_failed_before_training_does_not_block_its_directory(tmp_path: Path) -> None:
+    """Issue 21 case 15: a missing data file fails the run before its first step; the rerun
+    in the same directory (the file fixed, the recipe changed) is not refused."""
+    missing = tmp_path / "train.jsonl"
+    failed = invoke_cli(
+        "run",
+        QUICKSTART,
+        "data.format.name=prompt-completion",
+        f"data.format.options.train_file={missing}",
+        "--output-dir",
+        str(tmp_path / "run"),
+    )
+    assert failed.exit_code == EXIT_BAD_INPUT, failed.stderr
+    assert (tmp_path / "run" / "recipe.yaml").is_file()  # a run directory, with no step
+    again = _run(tmp_path)
+    assert again.exit_code == 0, again.stderr
+    said = " ".join(again.stderr.split())
+    assert f"reusing {tmp_path / 'run'}: the run there (failed: DataError: data source" in said
+    assert "stopped before its first step, so nothing in it is lost." in said
+    record = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert record["status"] == "completed" and "resumes" not in record
+
+
+def test_fp16_on_the_cpu_is_refused_not_trained_as_fp32(tmp_path: Path) -> None:
+    """Issue 21 case 5: accelerate has no fp16 autocast on the CPU; the run would be fp32."""
+    result = _run(tmp_path, "training.precision=fp16")
+    assert result.exit_code == EXIT_BAD_INPUT, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "training.precision is fp16, but this run trains on the CPU" in said
+    assert "Use training.precision=fp32 (or bf16" in said
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_an_environment_that_contradicts_the_recipe_is_refused(tmp_path, monkeypatch) -> None:
+    """Issue 21 case 4: ACCELERATE_MIXED_PRECISION=bf16 would train an fp32 recipe in bf16."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")
+    result = _run(tmp_path, "training.precision=fp32")
+    assert result.exit_code == EXIT_BAD_INPUT, result.stderr
+    said = " ".join(result.stderr.split())
+    assert (
+        "ACCELERATE_MIXED_PRECISION=bf16 would train in bf16, but training.precision is fp32"
+        in said
+    )
+    assert "env -u ACCELERATE_MIXED_PRECISION" in said
+    assert not (tmp_path / "run").exists()
+
+
+def test_environment_variables_that_change_training_are_said_and_recorded(
+    tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # agrees with fp32: recorded only
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    result = _run(tmp_path, "training.precision=fp32")
+    assert result.exit_code == 0, result.stderr
+    said = " ".join(result.stderr.split())
+    assert "environment: ACCELERATE_MIXED_PRECISION=no, CUBLAS_WORKSPACE_CONFIG=:4096:8" in said
+    recorded = json.loads((tmp_path / "run" / "run.json").read_text())["environment_variables"]
+    assert recorded["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"

@@ -71,13 +71,9 @@ def _refuse_while_running(resolved: Any, output: Path | None) -> None:
     """Preparing into a run directory that a live process trains in would change its data
     under it: refused with who holds the run (`sftkit.training.lock`)."""
     from sftkit.data.prepare import prepared_dir
-    from sftkit.runpaths import RunPaths
-    from sftkit.training.lock import check_unlocked
+    from sftkit.training.lock import check_no_run_holds
 
-    run = RunPaths(Path(resolved.recipe.output_dir))
-    target = (output or prepared_dir(resolved)).resolve()
-    if run.root.is_dir() and target.is_relative_to(run.root.resolve()):
-        check_unlocked(run)
+    check_no_run_holds(output or prepared_dir(resolved))
 
 
 @click.command(name="preview")

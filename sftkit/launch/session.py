@@ -41,6 +41,7 @@ from sftkit.distributed.topology import Topology
 from sftkit.distributed.trainer import backend as choose_backend
 from sftkit.engine import engine_of
 from sftkit.errors import LaunchError, MissingDependencyError, WorkerFailedError
+from sftkit.launch.lifetime import die_with_parent
 from sftkit.recipe.load import load_recipe
 from sftkit.runpaths import DEEPSPEED_CONFIG, LaunchPaths, RunPaths
 
@@ -229,13 +230,15 @@ def run_launch(plan: LaunchPlan, *, echo: Callable[[str], None]) -> dict[str, An
     try:  # node 0 holds the run directory's lock until its workers are done
         if ctx is not None and ctx.plan.kind == "done":
             return record
-        return _launch(plan, echo=echo)
+        if ctx is not None and ctx.lock is not None:
+            ctx.lock.share()  # the workers hold it too, until the last of them is gone
+        return _launch(plan, echo=echo, lock=ctx.lock if ctx is not None else None)
     finally:
         if ctx is not None:
             ctx.release()
 
 
-def _launch(plan: LaunchPlan, *, echo: Callable[[str], None]) -> dict[str, Any]:
+def _launch(plan: LaunchPlan, *, echo: Callable[[str], None], lock: Any = None) -> dict[str, Any]:
     record: dict[str, Any] = {}
     generated = write_configs(
         plan.resolved.recipe,
@@ -255,7 +258,14 @@ def _launch(plan: LaunchPlan, *, echo: Callable[[str], None]) -> dict[str, Any]:
     echo(
         f"launch: {plan.topology.world_size} processes via {plan.launcher}; configs in {generated.accelerate.parent}"
     )
-    returncode = subprocess.call(plan.command.argv, env={**os.environ, **plan.command.env})
+    # Killed outright, this process takes the launcher (and so the workers) with it; the
+    # launcher holds the run's lock with it (and the workers, `sftkit.launch.worker`).
+    returncode = subprocess.call(
+        plan.command.argv,
+        env={**os.environ, **plan.command.env},
+        preexec_fn=die_with_parent(),
+        pass_fds=lock.inherited() if lock is not None else (),
+    )
     if plan.topology.is_first_node:
         record = _settle_run_json(plan, returncode)
     if returncode != 0:

@@ -20,6 +20,7 @@ from typing import Any
 
 from sftkit.distributed.launch import ENV_BACKEND
 from sftkit.distributed.rank import is_main_process, local_rank, rank
+from sftkit.launch.lifetime import arm_here
 
 
 def join_process_group() -> str:
@@ -47,11 +48,13 @@ def train_rank(run_dir: Path, *, resume: bool) -> None:
     from sftkit.runpaths import RunPaths
     from sftkit.training.checkpoints import choose_checkpoint
     from sftkit.training.context import RunContext
+    from sftkit.training.lock import hold_shared
     from sftkit.training.runner import execute_run
     from sftkit.training.trainer import load_carry
 
     quiet_libraries()  # main() did; here too for a caller that comes in through this
     paths = RunPaths(run_dir)
+    hold_shared(paths)  # the run stays locked while any of its workers lives
     if is_main_process():
         log_to(paths.log)  # the libraries' messages, as in `sftkit run`
     device = join_process_group()
@@ -92,6 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
+    arm_here()  # an orphaned worker would train on beside a resume: die with the launcher
     from sftkit.quiet import quiet_libraries
 
     # Before torch & co. load: their logging, warnings and bars go to the run's sftkit.log.

@@ -1,20 +1,23 @@
 """Checkpoints that are either complete or absent, and the one a resume continues from.
 
 A checkpoint (and final/) is assembled under ``<run>/.partial/`` by the trainer, then
-`publish` writes its completeness marker (every file with its size, written last and synced)
-and renames the folder into place. A save cut short by a kill, a signal or a full disk leaves
+`publish` writes its completeness marker (every file with its size and checksum, written last
+and synced) and renames the folder into place. A save cut short by a kill, a signal or a full disk leaves
 only a folder under .partial/, which the next run discards (`discard_partial`).
 
 `choose_checkpoint` picks the newest checkpoint that checks out (`inspect`): its marker, every
-file it lists at its recorded size, readable trainer state and safetensors headers, and the
-optimizer and scheduler state an exact resume needs. Every newer one skipped is returned with
+file it lists at its recorded size and checksum (a file changed in place, its size kept, is
+caught), readable trainer state and safetensors headers, no pickle that would run code
+(`sftkit.training.pickles`), and the optimizer and scheduler state an exact resume needs. Every newer one skipped is returned with
 the reason. One with weights but no optimizer or scheduler state is used only for an explicit
-weights-only restart. Torch-free.
+weights-only restart. Torch-free (the pickle check imports torch only for a checkpoint that
+holds a pickle).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -27,6 +30,7 @@ from typing import Any
 from sftkit._version import __version__
 from sftkit.errors import RunDirectoryError
 from sftkit.runpaths import COMPLETE_MARKER, RunPaths, complete_marker
+from sftkit.training import pickles
 
 # transformers' names (trainer.py: OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME).
 TRAINER_STATE = "trainer_state.json"
@@ -42,6 +46,49 @@ WEIGHT_FILES = (
     "adapter_model.bin",
 )
 WEIGHT_DIR_PREFIXES = ("pytorch_model_fsdp_", "global_step")
+CHUNK = 8 * 2**20  # checksums stream the file in pieces of this size
+
+
+def _hasher(algorithm: str | None = None) -> tuple[str, Any] | None:
+    """A fresh hasher: `algorithm` (a marker's; None if this environment lacks it), or by
+    default xxHash's XXH3-128 where installed (many GB/s: a checkpoint's checksums cost
+    about what reading it back costs), else BLAKE2b from the standard library."""
+    if algorithm == "blake2b":
+        return "blake2b", hashlib.blake2b(digest_size=16)
+    try:
+        import xxhash
+    except ImportError:
+        return None if algorithm is not None else ("blake2b", hashlib.blake2b(digest_size=16))
+    if algorithm not in (None, "xxh3_128"):
+        return None
+    return "xxh3_128", xxhash.xxh3_128()
+
+
+def _digest(path: Path, hasher: Any) -> str:
+    """`hasher`'s digest of `path`, read in chunks."""
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            hasher.update(chunk)
+    return str(hasher.hexdigest())
+
+
+# Checksums verified in this process, by (file, digest, size, mtime): `plan_run` runs twice.
+_VERIFIED: set[tuple[str, str, int, int]] = set()
+
+
+def _changed(path: Path, algorithm: str, expected: str) -> bool:
+    """Does `path` no longer have the checksum its marker recorded?"""
+    stat = path.stat()
+    key = (str(path), expected, stat.st_size, stat.st_mtime_ns)
+    if key in _VERIFIED:
+        return False
+    hasher = _hasher(algorithm)
+    if hasher is None:  # made with a hash this environment lacks: sizes only
+        return False
+    if _digest(path, hasher[1]) != expected:
+        return True
+    _VERIFIED.add(key)
+    return False
 
 
 @dataclass(frozen=True)
@@ -108,11 +155,16 @@ def _fsync(path: Path, *, directory: bool = False) -> None:
 
 
 def write_marker(directory: Path, *, kind: str, step: int, **extra: Any) -> dict[str, Any]:
-    """Sync every file of `directory` to disk, then write its marker (synced too)."""
+    """Sync every file of `directory` to disk, then write its marker (synced too): each
+    file's size, and its checksum."""
     files: dict[str, int] = {}
+    sums: dict[str, str] = {}
+    algorithm = "blake2b"
     for rel, path in _files(directory):
         _fsync(path)
         files[rel] = path.stat().st_size
+        algorithm, hasher = _hasher() or ("blake2b", hashlib.blake2b(digest_size=16))
+        sums[rel] = _digest(path, hasher)
     marker = {
         "kind": kind,
         "step": step,
@@ -120,6 +172,7 @@ def write_marker(directory: Path, *, kind: str, step: int, **extra: Any) -> dict
         "sftkit_version": __version__,
         **extra,
         "files": files,
+        "checksums": {"algorithm": algorithm, "files": sums},
     }
     target = complete_marker(directory)
     tmp = target.with_name(target.name + ".tmp")
@@ -204,8 +257,9 @@ def _is_weights(rel: str) -> bool:
     return rel in WEIGHT_FILES or rel.split("/", 1)[0].startswith(WEIGHT_DIR_PREFIXES)
 
 
-def inspect(directory: Path, step: int) -> CheckpointStatus:
-    """Check one checkpoint folder; see the module docstring."""
+def inspect(directory: Path, step: int, *, verify: bool = True) -> CheckpointStatus:
+    """Check one checkpoint folder; see the module docstring. `verify`: the checksums too
+    (a marker from before sftkit recorded them has sizes only)."""
     problems: dict[str, str] = {}  # a file, or "optimizer"/"scheduler"/..., -> what is wrong
     try:
         marker = read_marker(directory)
@@ -233,6 +287,21 @@ def inspect(directory: Path, step: int) -> CheckpointStatus:
         problems.setdefault(TRAINER_STATE, f"{TRAINER_STATE} is missing")
     elif TRAINER_STATE not in problems and (problem := _state_problem(present[TRAINER_STATE])):
         problems[TRAINER_STATE] = f"{TRAINER_STATE} {problem}"
+    # Last: a file that reads as damaged already says more than a differing checksum.
+    sums = (marker or {}).get("checksums") or {}
+    for rel, expected in (sums.get("files") or {}).items() if verify else ():
+        if (
+            rel in present
+            and rel not in problems
+            and _changed(present[rel], sums["algorithm"], expected)
+        ):
+            problems[rel] = (
+                f"{rel} has changed since it was saved (its checksum differs; same size)"
+            )
+    for rel, path in present.items() if verify else ():  # after the checksums: cheap to read
+        found = pickles.problem(path, rel) if pickles.is_loaded_pickle(rel) else None
+        if found and rel not in problems:
+            problems[rel] = found
     top = {rel.split("/", 1)[0] for rel in present}
     if not top & set(OPTIMIZER_FILES) and not any(
         "/" in rel and rel.startswith(OPTIMIZER_DIR_PREFIX) for rel in present
@@ -249,22 +318,26 @@ def inspect(directory: Path, step: int) -> CheckpointStatus:
     return CheckpointStatus(directory, step, first, has_weights, marker or {})
 
 
-def choose_checkpoint(paths: RunPaths, *, weights_only: bool = False) -> ResumePoint:
+def choose_checkpoint(
+    paths: RunPaths, *, weights_only: bool = False, verify: bool = True
+) -> ResumePoint:
     """The newest checkpoint an exact resume can use, with the newer ones skipped.
 
     With `weights_only`, the newest with intact weights and trainer state is taken even
     without optimizer or scheduler state. Without it, when no checkpoint is complete but one
     has weights, `RunDirectoryError` says so (resuming it would silently restart the
-    optimizer and the schedule)."""
-    statuses = [inspect(path, step) for step, path in reversed(paths.checkpoint_dirs())]
+    optimizer and the schedule). Checkpoints are inspected newest first, and only until
+    one is chosen (checksums read the files). `verify=False` skips the checksums and the
+    pickle check."""
     skipped: list[CheckpointStatus] = []
-    for status in statuses:
+    for step, path in reversed(paths.checkpoint_dirs()):
+        status = inspect(path, step, verify=verify)
         if status.problem is None:
             return ResumePoint(status, tuple(skipped))
         if weights_only and status.has_weights:
             return ResumePoint(status, tuple(skipped), weights_only=True)
         skipped.append(status)
-    usable = next((s for s in statuses if s.has_weights), None)
+    usable = next((s for s in skipped if s.has_weights), None)
     if usable is not None:
         raise RunDirectoryError(
             f"cannot resume {paths.root} exactly: no checkpoint is complete (an exact resume "

@@ -8,6 +8,12 @@ the file holds the holder's pid, host, start time and command, for the messages.
 `flock` is not available (some network filesystems), the file is created exclusively and a
 holder on this host is checked by its pid.
 
+`sftkit launch` shares its lock with the workers it starts (`share`, then `hold_shared` in
+each worker): the lock is then free only once every process of the run is gone, so a
+worker orphaned by its launcher's death still keeps `--resume` out (the workers also die
+with their parent: `sftkit.launch.session`). The message names the processes that hold it
+(from /proc/locks where there is one).
+
 The lock file also keeps `RESERVE_BYTES` of disk in reserve: when the disk fills up, the run
 gives them back (`release_reserve`) so that it can still record its failure in run.json.
 Torch-free.
@@ -28,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from sftkit.errors import RunLockedError
-from sftkit.runpaths import RunPaths
+from sftkit.runpaths import LOCK_FILE, RunPaths
 
 try:  # Linux, macOS
     import fcntl
@@ -167,6 +173,22 @@ class RunLock:
         except OSError:
             os.ftruncate(self._fd, len(line))
 
+    def share(self) -> None:
+        """Turn the lock shared, so that the workers this process starts hold it with it
+        (`hold_shared`); others are still refused. Without flock there is nothing to share
+        (the pid check covers this process only)."""
+        if self._fd is None or not self._flocked or fcntl is None:
+            return
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # the kernel drops, then re-takes: another took it between
+            raise _locked(self.paths, holder_of(self.paths)) from None
+
+    def inherited(self) -> tuple[int, ...]:
+        """The descriptor a child process may inherit to hold this very lock with its
+        parent (`subprocess`'s pass_fds): the lock is then free only once both are gone."""
+        return (self._fd,) if self._fd is not None and self._flocked else ()
+
     def release_reserve(self) -> None:
         """Give the reserved bytes back to a full disk."""
         if self._fd is not None:
@@ -227,6 +249,63 @@ def check_unlocked(paths: RunPaths) -> None:
         os.close(fd)  # also drops the probe's own flock
 
 
+# The shared hold of this process (a launched worker), kept open until it exits.
+_held: list[int] = []
+
+
+def hold_shared(paths: RunPaths) -> bool:
+    """A launched worker joins its launcher's shared lock (see the module docstring), held
+    until the worker exits. False where there is nothing to join (no lock file: another
+    node without the run directory; no flock); `RunLockedError` if another process holds
+    the lock exclusively (this run is not the one writing there)."""
+    try:
+        fd = os.open(paths.lock, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        if fcntl is None:  # pragma: no cover
+            raise OSError(errno.ENOSYS, "no fcntl")
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise _locked(paths, holder_of(paths)) from None
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in NO_FLOCK:
+            raise
+        return False
+    _held.append(fd)
+    return True
+
+
+def lock_holders(path: Path) -> list[int]:
+    """The pids holding an flock on `path`, from /proc/locks (Linux); [] elsewhere."""
+    try:
+        stat = os.stat(path)
+        lines = Path("/proc/locks").read_text(encoding="ascii", errors="replace").splitlines()
+    except OSError:
+        return []
+    here = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    pids = []
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 6 or parts[1] != "FLOCK":
+            continue
+        if parts[5] == here and parts[4].isdigit():
+            pids.append(int(parts[4]))
+    return sorted(set(pids))
+
+
+def check_no_run_holds(path: Path) -> None:
+    """Raise `RunLockedError` if `path` is in (or is) a run directory a live process holds,
+    however the path is spelled: `sftkit prepare-data --force` into RUN/data, named by
+    output_dir=RUN or by data.prepared_dir=RUN/data, would change a live run's data."""
+    target = Path(path).resolve()
+    for directory in (target, *target.parents):
+        if (directory / LOCK_FILE).is_file():
+            check_unlocked(RunPaths(directory))
+
+
 def _flock(fd: int) -> bool:
     if fcntl is None:  # pragma: no cover
         raise OSError(errno.ENOSYS, "no fcntl")
@@ -250,6 +329,18 @@ def _read(fd: int) -> str:
 
 def _locked(paths: RunPaths, holder: Holder | None, *, other_host: bool = False) -> RunLockedError:
     who = holder.describe() if holder else "another process"
+    if holder is not None and holder.alive_here() is False:
+        # Its launcher is gone, its workers are not: name them.
+        pids = [pid for pid in lock_holders(paths.lock) if pid != os.getpid()]
+        shown = f"pid {', '.join(map(str, pids))}" if pids else "other processes"
+        return RunLockedError(
+            f"{paths.root} is in use by {shown}, which {holder.describe()} started; that "
+            "process is no longer running, but they are.",
+            hint=f"Wait for them to finish, or stop them (`kill {' '.join(map(str, pids))}`), "
+            "then continue with --resume."
+            if pids
+            else "Wait for them to finish, or stop them, then continue with --resume.",
+        )
     hint = (
         f"Wait for it to finish, or stop it (`kill -INT {holder.pid}` stops a run at its next "
         "step with a checkpoint), then continue with --resume."

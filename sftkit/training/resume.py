@@ -10,21 +10,31 @@
   has final/ saved from it: `sftkit.training.trainer.AlreadyTrained`);
 - ``restart``: no checkpoint to continue from (stopped before its first): start over.
 
-`trim_metrics` cuts metrics.jsonl back to the checkpoint resumed from, so the resumed run's
-events follow without a step logged twice. Torch-free.
+A directory whose earlier run stopped before its first step (no checkpoint, no final/, no
+step in metrics.jsonl: a missing data file, say) is free to reuse: the plan is ``new``, with
+or without --resume, and says so in one line (`is_unstarted`).
+
+`resumed_fields` gives run.json's fields for each kind: a continued run cuts metrics.jsonl
+back to its checkpoint (`trim_metrics`), so the resumed run's events follow without a step
+logged twice; an ``evaluate`` keeps every event and puts back a training summary that a kill
+between saving final/ and writing run.json left out; a ``new`` run in a reused directory
+starts run.json and metrics.jsonl afresh. Torch-free.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from sftkit.runpaths import RunPaths
-from sftkit.training.checkpoints import ResumePoint, choose_checkpoint, final_marker
-from sftkit.training.runfiles import read_json
+from sftkit.errors import TrainingDivergedError
+from sftkit.runpaths import CHECKPOINT_PREFIX, RunPaths
+from sftkit.training.checkpoints import ResumePoint, choose_checkpoint, final_marker, inspect
+from sftkit.training.runfiles import events, is_unstarted, now, read_json, unstarted_note
 
 if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe
@@ -39,6 +49,7 @@ class RunPlan:
     kind: PlanKind
     point: ResumePoint | None = None
     notes: list[str] = field(default_factory=list)
+    final_step: int = 0  # ``evaluate``: the step final/ was saved at
 
     @property
     def checkpoint(self) -> Path | None:
@@ -46,7 +57,10 @@ class RunPlan:
 
     @property
     def step(self) -> int:
-        return self.point.checkpoint.step if self.point and self.point.checkpoint else 0
+        """The step the run continues from (final/'s for ``evaluate``)."""
+        if self.point and self.point.checkpoint:
+            return self.point.checkpoint.step
+        return self.final_step
 
     @property
     def weights_only(self) -> bool:
@@ -56,9 +70,11 @@ class RunPlan:
 def plan_run(
     paths: RunPaths, resolved: ResolvedRecipe, *, resume: bool, weights_only: bool = False
 ) -> RunPlan:
+    record = read_json_safely(paths)
+    if is_unstarted(paths):
+        return RunPlan("new", notes=[unstarted_note(paths, record)])
     if not resume:
         return RunPlan("new")
-    record = read_json_safely(paths)
     final = final_marker(paths)
     wanted = resolved.recipe.training.max_steps
     if final is not None:
@@ -75,6 +91,7 @@ def plan_run(
                 )
             return RunPlan(
                 "evaluate",
+                final_step=step,
                 notes=[
                     f"final/ is saved (step {step}): finishing the run's evaluation and report."
                 ],
@@ -95,6 +112,94 @@ def plan_run(
     )
     notes.append(f"resuming from {chosen.name} (step {chosen.step}){how}.")
     return RunPlan("continue", point, notes)
+
+
+def resumed_fields(paths: RunPaths, plan: RunPlan, record: dict[str, Any]) -> dict[str, Any]:
+    """run.json's fields (besides status and times) for a run about to go on per `plan`;
+    metrics.jsonl made to match (see the module docstring). `record` is run.json as it is."""
+    if plan.kind == "new":
+        # A reused directory (`is_unstarted`): nothing of the earlier attempt carries over
+        # (an evaluation before training of another recipe would show in the report).
+        for stale in (paths.run, paths.metrics):
+            stale.unlink(missing_ok=True)
+        for folder in (paths.eval, paths.tensorboard):
+            shutil.rmtree(folder, ignore_errors=True)
+        return {}
+    fields: dict[str, Any] = {}
+    if plan.kind == "evaluate":
+        fields.update(recovered_summary(paths, plan.final_step, record))
+    else:
+        trim_metrics(paths, plan.step)
+    how = plan.kind + (" (weights only)" if plan.weights_only else "")
+    fields["resumes"] = [
+        *record.get("resumes", []),
+        {"at": now(), "from_step": plan.step, "how": how},
+    ]
+    return fields
+
+
+def recovered_summary(paths: RunPaths, step: int, record: dict[str, Any]) -> dict[str, Any]:
+    """The training summary of a run whose final/ is complete, where run.json lacks it
+    (killed between saving final/ and recording the summary), from final/'s marker and the
+    events metrics.jsonl kept: the trainer's end-of-training event holds the whole run's
+    train_loss and runtime."""
+    if "steps" in record:
+        return {}
+    logged = events(paths)
+    losses = [e["loss"] for e in logged if "loss" in e]
+    ending: dict[str, Any] = next((e for e in reversed(logged) if SUMMARY_KEY in e), {})
+    marker = final_marker(paths) or {}
+    runtime = ending.get(SUMMARY_KEY)
+    tokens = next((e["num_tokens"] for e in reversed(logged) if "num_tokens" in e), None)
+    return {
+        "steps": step,
+        "max_steps": marker.get("max_steps", step),
+        "epochs": ending.get("epoch"),
+        "train_runtime_s": runtime,
+        "tokens_per_second": tokens / runtime if tokens and runtime else None,
+        "final_loss": losses[-1] if losses else None,
+        "train_loss": ending.get("train_loss"),
+    }
+
+
+def diverged_after_resume(
+    error: TrainingDivergedError, paths: RunPaths, resumed_from: Path | None
+) -> TrainingDivergedError:
+    """`error` reworded when the loss diverged before any finite loss since a resume: the
+    run trained fine up to its checkpoint, so the checkpoint (damaged in a way its marker
+    cannot show, e.g. one written before sftkit recorded checksums) is the suspect, not the
+    learning rate; the hint names the earlier checkpoint that checks out."""
+    if resumed_from is None or not resumed_from.name.startswith(CHECKPOINT_PREFIX):
+        return error
+    step = int(resumed_from.name[len(CHECKPOINT_PREFIX) :])
+    if any(
+        isinstance(e.get("loss"), (int, float)) and math.isfinite(e["loss"]) and e["step"] > step
+        for e in events(paths)
+    ):
+        return error
+    earlier = next(
+        (
+            path
+            for at, path in reversed(paths.checkpoint_dirs())
+            if at < step and inspect(path, at).problem is None
+        ),
+        None,
+    )
+    aside = f"mv {resumed_from} {paths.root / (resumed_from.name + '.suspect')}"
+    then = (
+        f"{earlier.name} checks out: move {resumed_from.name} aside (`{aside}`) and resume "
+        f"again; the run continues from {earlier.name}."
+        if earlier is not None
+        else f"No earlier checkpoint checks out: move {resumed_from.name} aside (`{aside}`) "
+        "and resume again to start over."
+    )
+    return TrainingDivergedError(
+        error.step,
+        error.value,
+        hint=f"This is the first step trained after resuming from {resumed_from.name}, and "
+        f"the run trained without trouble up to it: {resumed_from.name} is likely damaged "
+        f"(its weights or optimizer state), not the learning rate. {then}",
+    )
 
 
 def read_json_safely(paths: RunPaths) -> dict[str, Any]:

@@ -83,6 +83,8 @@ def check_run_dir(paths: RunPaths, resolved: ResolvedRecipe, *, resume: bool) ->
     occupied = (
         sorted(p.name for p in root.iterdir() if p.name not in REUSABLE) if root.is_dir() else []
     )
+    if is_unstarted(paths):  # nothing to lose: free to reuse (the plan says so)
+        return []
     if not resume:
         shown = f"{', '.join(occupied[:5])}{', ...' if len(occupied) > 5 else ''}"
         if occupied and not paths.recipe.is_file():
@@ -121,6 +123,43 @@ def check_run_dir(paths: RunPaths, resolved: ResolvedRecipe, *, resume: bool) ->
             "in another directory.",
         )
     return _length_change(saved.get("training") or {}, current["training"])
+
+
+def is_unstarted(paths: RunPaths) -> bool:
+    """Is `paths` a run directory whose run stopped before completing a step? One sftkit
+    started (recipe.yaml and run.json) with no checkpoint (not even a partial one), no
+    final/ and no step logged: nothing a rerun could lose."""
+    if not (paths.recipe.is_file() and paths.run.is_file()):
+        return False
+    if paths.checkpoint_dirs() or paths.final.exists():
+        return False
+    if paths.partial.is_dir() and any(paths.partial.iterdir()):
+        return False
+    return not any(event.get("step", 0) > 0 for event in events(paths))
+
+
+def unstarted_note(paths: RunPaths, record: dict[str, Any]) -> str:
+    how = record.get("status") or "stopped"
+    error = f": {record['error']}" if record.get("error") else ""
+    return (
+        f"reusing {paths.root}: the run there ({how}{error}) stopped before its first step, "
+        "so nothing in it is lost."
+    )
+
+
+def events(paths: RunPaths) -> list[dict[str, Any]]:
+    """The whole events of metrics.jsonl (a half-written last line is left out)."""
+    if not paths.metrics.is_file():
+        return []
+    events = []
+    for line in paths.metrics.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict):
+            events.append(event)
+    return events
 
 
 def _length_change(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:

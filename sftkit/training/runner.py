@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 
 from sftkit import progress
-from sftkit.errors import RunInterrupted
+from sftkit.errors import RunInterrupted, TrainingDivergedError
 from sftkit.training.context import RunContext
-from sftkit.training.resume import read_json_safely
+from sftkit.training.pickles import loaded_from, refused_pickle
+from sftkit.training.resume import diverged_after_resume, read_json_safely
 from sftkit.training.runfiles import disk_full, now, update_run_json
 from sftkit.training.stages.claim import ENDING_FIELDS, claim
 from sftkit.training.stages.evaluate import evaluate, finish_evaluation
@@ -131,6 +132,10 @@ def execute_run(ctx: RunContext, *, console: Console, callbacks: Sequence[Any] =
             error = interrupted(ctx, exc.signum)
         elif (full := disk_full(exc, ctx.paths.root, "writing the run")) is not None:
             error = full
+        elif (refused := refused_pickle(exc, loaded_from(ctx))) is not None:
+            error = refused
+        elif isinstance(exc, TrainingDivergedError):  # right after a resume: the checkpoint?
+            error = diverged_after_resume(exc, ctx.paths, ctx.resumed_from)
         if main:  # Ctrl-C without our handler (a library caller) is an interrupt too
             record_ending(ctx, interrupted(ctx, 2) if type(exc) is KeyboardInterrupt else error)
         if error is exc:

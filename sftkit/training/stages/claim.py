@@ -16,7 +16,8 @@ from sftkit.quiet import log_to, quiet_libraries
 from sftkit.training.checkpoints import discard_partial
 from sftkit.training.context import RunContext
 from sftkit.training.lock import RunLock, command_line
-from sftkit.training.resume import plan_run, read_json_safely, trim_metrics
+from sftkit.training.preconditions import training_variables
+from sftkit.training.resume import plan_run, read_json_safely, resumed_fields
 from sftkit.training.runfiles import (
     check_run_dir,
     environment,
@@ -41,7 +42,7 @@ def claim(planned: Planned, request: RunRequest, say: Callable[..., None]) -> Ru
     try:
         notes = check_run_dir(paths, resolved, resume=request.resume)
         plan = plan_run(paths, resolved, resume=request.resume, weights_only=request.weights_only)
-        for note in (*notes, *plan.notes):
+        for note in (*notes, *plan.notes, *planned.notes):
             say(note, markup=False)
         ctx = RunContext(
             resolved=resolved, paths=paths, device=planned.device, plan=plan, lock=lock
@@ -83,15 +84,12 @@ def _write_directory(ctx: RunContext, estimate: dict[str, Any], say: Callable[..
         "strategy": recipe.strategy.name,
         "optimizer": recipe.optimizer.name,
         "device": ctx.device,
+        "environment_variables": training_variables(),
         "resumed_from": str(plan.checkpoint) if plan.checkpoint else None,
     }
     if plan.kind == "new" or "started" not in record:
         fields["started"] = now()
-    if plan.kind != "new":
-        trim_metrics(paths, plan.step)
-        how = plan.kind + (" (weights only)" if plan.weights_only else "")
-        resumed = {"at": now(), "from_step": plan.step, "how": how}
-        fields["resumes"] = [*record.get("resumes", []), resumed]
+    fields.update(resumed_fields(paths, plan, record))  # metrics.jsonl made to match
     update_run_json(paths, drop=ENDING_FIELDS, **fields)
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sftkit.errors import DoesNotFitError, UnknownArchitectureError
 from sftkit.runpaths import RunPaths
 from sftkit.training.lock import check_unlocked
+from sftkit.training.preconditions import check_conditions
 from sftkit.training.resume import RunPlan, plan_run
 from sftkit.training.runfiles import check_run_dir
 
@@ -34,7 +35,7 @@ class Planned:
     resolved: ResolvedRecipe
     paths: RunPaths
     plan: RunPlan
-    notes: tuple[str, ...]
+    notes: tuple[str, ...]  # to say at the start (the environment in effect, ...)
     estimate: dict[str, Any]  # memory.json ({} when there is nothing to do)
     device: str  # "" when there is nothing to do
 
@@ -50,7 +51,10 @@ def plan(resolved: ResolvedRecipe, request: RunRequest, say: Callable[..., None]
     if run_plan.kind == "done":  # nothing to do: not even the lock file is written
         return Planned(resolved, paths, run_plan, (*notes, *run_plan.notes), {}, "")
     estimate = preflight(resolved, force=request.force, echo=say)
-    return Planned(resolved, paths, run_plan, (), estimate, check_device(resolved))
+    device = check_device(resolved)
+    # Refuses an environment that contradicts the recipe; else what to say at the start.
+    conditions = check_conditions(resolved, device, paths if request.resume else None)
+    return Planned(resolved, paths, run_plan, tuple(conditions), estimate, device)
 
 
 def check_device(resolved: ResolvedRecipe) -> str:
