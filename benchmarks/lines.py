@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 LINE_SCHEMA = "sftkit-benchmark-line/1"
-STAGES = ("setup", "model", "cap", "speed", "grid", "tests")
+STAGES = ("setup", "model", "cap", "speed", "eval", "grid", "tests")
 KINDS = (*STAGES, "end")
 POINTS_FILE, LOG_FILE, REPORT_FILE = "points.jsonl", "run.log", "report.md"
 OUT_FILES = (POINTS_FILE, LOG_FILE, REPORT_FILE)
@@ -49,6 +49,7 @@ _BY_KIND: dict[str, dict[str, Any]] = {
     "cap": _POINT,
     "grid": _POINT,
     "speed": {"role": str, "device": dict, "versions": dict},
+    "eval": {"eval_schema": str, "device": dict},
     "tests": {"returncode": int, "summary": str},
     "end": {"not_started": list, "budget_s": _NUMBER},
 }

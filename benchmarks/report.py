@@ -446,6 +446,7 @@ def render_session(lines: list[dict], *, not_started: list[str] | None = None) -
     else:
         out.append("_Not run._\n")
 
+    out.append(render_eval(by_kind.get("eval") or []))
     out.append("\n## Speed: the seed's script against sftkit\n\n")
     speed = by_kind.get("speed") or []
     if speed:
@@ -485,4 +486,37 @@ def render_session(lines: list[dict], *, not_started: list[str] | None = None) -
         if pending
         else "Nothing: every planned piece of work started.\n"
     )
+    return "".join(out)
+
+
+def render_eval(lines: list[dict]) -> str:
+    """The GSM8K test evaluation: today's settings against the new path, per variant."""
+    out = ["\n## Evaluation: the GSM8K test with today's settings and the new path\n\n"]
+    if not lines:
+        return out[0] + "_Not run._\n"
+    for line in lines:
+        spec = line.get("spec") or {}
+        out.append(
+            f"{spec.get('limit', '?')} problems per variant, {spec.get('max_new_tokens', '?')} "
+            f"new tokens each (random weights: no output stops early; accuracy means nothing), "
+            f"model loaded in {line.get('load_seconds', '?')} s.\n\n"
+            "| variant | batch | merged copy | problems/s | seconds | 1,319 problems "
+            "(extrapolated) | accuracy |\n"
+            "|---|---:|---|---:|---:|---:|---:|\n"
+        )
+        variants = line.get("variants") or {}
+        today = (variants.get("today") or {}).get("problems_per_second")
+        for name, v in variants.items():
+            ratio = (
+                f" ({v['problems_per_second'] / today:.2f}x today)"
+                if today and name != "today"
+                else ""
+            )
+            out.append(
+                f"| {name} | {v.get('batch_size_used')} | "
+                f"{'yes' if v.get('merged_copy_used') else 'no'} | {v.get('problems_per_second')}{ratio} "
+                f"| {v.get('seconds')} | {v.get('gsm8k_test_seconds')} s | {v.get('accuracy')} |\n"
+            )
+        if line.get("failed"):
+            out.append(f"\n- failed: {line['failed']}\n")
     return "".join(out)

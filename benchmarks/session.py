@@ -73,6 +73,11 @@ TINY_SPEED_OVERRIDES = (
     "data.format.options.dev_size=4",
 )
 TINY_BASELINE_OVERRIDES = {"gradient_accumulation_steps": 1, "max_length": 256}
+# The evaluation point: problems per variant and the budget every variant generates (random
+# weights never stop early, so each output runs all of it; the 1,319-problem time is
+# extrapolated from the rate).
+EVAL_LIMIT, EVAL_TOKENS = 32, 256
+EVAL_TINY_LIMIT, EVAL_TINY_TOKENS = 8, 16
 
 
 @dataclass
@@ -89,6 +94,7 @@ class Config:
     site: Path | None = None  # where the carried wheels are installed (default: bench/site)
     point_timeout_s: float = 200.0
     speed_timeout_s: float = 240.0
+    eval_timeout_s: float = 150.0
     model_timeout_s: float = 300.0
     min_start_s: float = 45.0  # a point needs at least this long before the deadline
     grid_steps: int = 3
@@ -483,6 +489,60 @@ class Session:
             payload["warmup_steps"] = self.config.speed_warmup_steps
             self.record("speed", name, started, payload)
 
+    def stage_eval(self) -> None:
+        """The gsm8k evaluator on GSM8K's test problems (carried) with the 8B model: today's
+        settings (the recipe's hand-set batch of 8) against the new path (the estimator's
+        batch; then with the static cache and compiled decoding), one process, one load."""
+        from benchmarks.eval_point import SCHEMA
+
+        if not self.may_start("eval", need_s=120.0 if self.config.cuda else 10.0):
+            return
+        from benchmarks.data import load_rows, write_jsonl
+
+        started = self.elapsed()
+        gsm8k = self.config.shared / GSM8K_DIR.relative_to(".gpu-shared")
+        out = self.scratch / "eval"
+        out.mkdir(parents=True, exist_ok=True)
+        source = f"GSM8K's test split ({gsm8k})"
+        if not (gsm8k / "test.jsonl").is_file() or not (gsm8k / "train.jsonl").is_file():
+            # A fresh checkout: generated rows of GSM8K's length (the timing needs no real
+            # problems; the weights are random anyway).
+            rows, source = load_rows(None, 1319 + 400)
+            gsm8k = out / "data"
+            write_jsonl(rows[:400], gsm8k / "train.jsonl")
+            write_jsonl(rows[400:], gsm8k / "test.jsonl")
+        gpu = "cpu" if not self.config.cuda else f"{self.device.get('total_mib', 81559)}MiB"
+        spec = {
+            "recipe": str(REPO / "recipes" / "r1_gsm8k_qlora.yaml"),
+            "overrides": [
+                f"model.name_or_path={self.model_dir}",
+                f"data.format.options.source={gsm8k}",
+                f"hardware.gpu={gpu}",
+                f"output_dir={out / 'run'}",
+                *(TINY_OVERRIDES if self.config.tiny else ()),
+            ],
+            "device": self.config.device,
+            "limit": EVAL_TINY_LIMIT if self.config.tiny else EVAL_LIMIT,
+            "max_new_tokens": EVAL_TINY_TOKENS if self.config.tiny else EVAL_TOKENS,
+            "variants": {
+                "today": {"batch_size": 8, "merged_copy": False},  # the quantized base
+                "new": {},
+                "new-static": {"static_cache": True},
+            },
+        }
+        spec_path, result_path = out / "spec.json", out / "result.json"
+        spec_path.write_text(json.dumps(spec, indent=1))
+        command = [sys.executable, "-m", "benchmarks.eval_point", str(spec_path), str(result_path)]
+        outcome = self.run(command, self.config.eval_timeout_s, what="eval gsm8k")
+        payload: dict[str, Any] = {"eval_schema": SCHEMA, "device": self.device, "data": source}
+        if result_path.is_file():
+            payload.update(json.loads(result_path.read_text()))
+            payload["eval_schema"] = payload.pop("schema", SCHEMA)
+        if outcome.code != 0:
+            payload["failed"] = outcome.reason
+            payload["log_tail"] = outcome.log_tail
+        self.record("eval", "gsm8k-test", started, payload)
+
     def stage_tests(self) -> None:
         if not self.may_start("pytest -m gpu", need_s=60.0 if self.config.cuda else 10.0):
             return
@@ -525,12 +585,17 @@ class Session:
             "model": self.stage_model,
             "cap": lambda: self.stage_points("cap"),
             "speed": self.stage_speed,
+            "eval": self.stage_eval,
             "grid": lambda: self.stage_points("grid"),
             "tests": self.stage_tests,
         }
         for stage in self.config.stages:
             self.say(f"=== {stage} ===")
-            if stage in ("cap", "speed", "grid") and self.model_dir is None and not self.stopped:
+            if (
+                stage in ("cap", "speed", "eval", "grid")
+                and self.model_dir is None
+                and not self.stopped
+            ):
                 self._reuse_model()
             steps[stage]()
         self.finish()

@@ -63,14 +63,16 @@ def log_file(directory: Path) -> Path:
 
 @dataclass(frozen=True)
 class EvalPaths:
-    """One evaluation's folder, ``<out_root>/<stage>-<evaluator>/``: under ``<run>/eval/``
-    for a run, or wherever ``sftkit eval --output-dir`` points."""
+    """One evaluation's folder, ``<out_root>/<stage>-<evaluator>[-<variant>]/``: under
+    ``<run>/eval/`` for a run, or wherever ``sftkit eval --output-dir`` points. The variant
+    (``first100``, ``dev-first50``) keeps evaluations of other splits or limits apart."""
 
     root: Path
 
     @classmethod
-    def under(cls, out_root: Path, stage: str, evaluator: str) -> EvalPaths:
-        return cls(Path(out_root) / f"{stage}-{evaluator}")
+    def under(cls, out_root: Path, stage: str, evaluator: str, variant: str = "") -> EvalPaths:
+        name = f"{stage}-{evaluator}" + (f"-{variant}" if variant else "")
+        return cls(Path(out_root) / name)
 
     @property
     def metrics(self) -> Path:
@@ -200,8 +202,8 @@ class RunPaths:
     def eval(self) -> Path:
         return self.root / "eval"
 
-    def evaluation(self, stage: str, evaluator: str) -> EvalPaths:
-        return EvalPaths.under(self.eval, stage, evaluator)
+    def evaluation(self, stage: str, evaluator: str, variant: str = "") -> EvalPaths:
+        return EvalPaths.under(self.eval, stage, evaluator, variant)
 
     @property
     def launch(self) -> LaunchPaths:

@@ -462,6 +462,28 @@ def test_session_rehearsal_one_point_per_stage_on_cpu(tmp_path):
     assert "lora+adamw-s128-b1-gc" not in end["not_started"]  # LIMIT, not the budget
 
 
+def test_session_eval_stage_on_cpu(tmp_path):
+    """The eval stage (docs/benchmarks.md): today's settings, the new path and the static
+    cache on one loaded model, each variant's rate and the extrapolated 1,319-problem time."""
+    out = tmp_path / "out"
+    lines, _ = _rehearse(
+        out, tmp_path / "bench", STAGES="model,eval", SHARED_DIR=str(tmp_path / "no-shared")
+    )
+    from benchmarks.lines import validate_line
+
+    (line,) = [line for line in lines if line["kind"] == "eval"]
+    assert validate_line(line) == [] and "failed" not in line, line.get("log_tail")
+    assert "synthetic" in line["data"]  # no carried GSM8K: rows of its length
+    variants = line["variants"]
+    assert list(variants) == ["today", "new", "new-static"]
+    assert variants["today"]["batch_size_used"] == 8 and not variants["today"]["merged_copy_used"]
+    assert variants["new"]["merged_copy_used"]  # NF4 base, and host RAM has room for the copy
+    for v in variants.values():
+        assert v["n"] == 8 and v["problems_per_second"] > 0
+        assert v["gsm8k_test_seconds"] == pytest.approx(1319 * v["seconds"] / 8, rel=0.02)
+    assert "## Evaluation: the GSM8K test" in (out / "report.md").read_text()
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     __import__("os").environ.get("SFTKIT_REHEARSAL") != "1",
@@ -551,7 +573,7 @@ def test_line_schema_names_what_is_missing():
         "end 'x': 'budget_s' is bool"
     ]
     assert validate_line(_line("nope")) == ["nope 'x': unknown kind (one of setup, model, "
-                                            "cap, speed, grid, tests, end)"]  # fmt: skip
+                                            "cap, speed, eval, grid, tests, end)"]  # fmt: skip
     point = _line(
         point={}, device={}, versions={}, predicted={"phases": {}},
         measured={"completed": True, "phases": {"load": {"seconds": 1}}},

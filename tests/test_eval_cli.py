@@ -74,7 +74,7 @@ def test_eval_on_a_run_writes_predictions_and_updates_the_report(
     assert run_cli(["eval", str(run_dir), "--limit", "3"]) == 0
     out = capsys.readouterr().out
     assert "gsm8k" in out and "fine-tuned" in out and "accuracy" in out
-    result = run_dir / "eval" / "manual-gsm8k"
+    result = run_dir / "eval" / "manual-gsm8k-first3"
     rows = read_jsonl(result / "predictions.jsonl")
     assert len(rows) == 3
     assert {"question", "gold", "extracted", "output", "correct"} <= set(rows[0])
@@ -82,7 +82,26 @@ def test_eval_on_a_run_writes_predictions_and_updates_the_report(
     assert metrics["n"] == 3 and metrics["model"] == "fine-tuned" and metrics["split"] == "test"
     assert metrics["options"]["max_new_tokens"] == 6  # the run's recipe options
     assert 0 <= metrics["metrics"]["ci_low"] <= metrics["metrics"]["ci_high"] <= 1
-    assert "| manual | fine-tuned | gsm8k | test | 3 |" in (run_dir / "report.md").read_text()
+    assert (
+        "| manual | fine-tuned | gsm8k | test, first 3 | 3 |" in (run_dir / "report.md").read_text()
+    )
+
+
+def test_evaluations_of_other_limits_are_kept_apart(
+    run_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One folder per (stage, split, limit): a later --limit never replaces another limit's
+    evaluation, and a repeat of the same one says it replaces it."""
+    assert run_cli(["eval", str(run_dir), "--limit", "2"]) == 0
+    assert run_cli(["eval", str(run_dir), "--limit", "4"]) == 0
+    capsys.readouterr()
+    assert run_cli(["eval", str(run_dir), "--limit", "2"]) == 0
+    shown = capsys.readouterr()
+    assert "replacing the earlier manual gsm8k evaluation" in shown.out + shown.err
+    names = {p.name for p in (run_dir / "eval").iterdir()}
+    assert {"manual-gsm8k-first2", "manual-gsm8k-first4"} <= names
+    report = (run_dir / "report.md").read_text()
+    assert "| gsm8k | test, first 2 | 2 |" in report and "| gsm8k | test, first 4 | 4 |" in report
 
 
 def test_eval_of_the_base_with_another_evaluator_and_split(run_dir: Path) -> None:
@@ -90,7 +109,9 @@ def test_eval_of_the_base_with_another_evaluator_and_split(run_dir: Path) -> Non
         ["eval", str(run_dir), "--base", "--split", "dev", "--limit", "2", "-e", "eval-loss"]
     )
     assert code == 0
-    metrics = json.loads((run_dir / "eval" / "base-eval-loss" / "metrics.json").read_text())
+    metrics = json.loads(
+        (run_dir / "eval" / "base-eval-loss-dev-first2" / "metrics.json").read_text()
+    )
     assert (metrics["model"], metrics["split"], metrics["n"]) == ("base", "dev", 2)
     assert metrics["metrics"]["perplexity"] > 1
 
@@ -100,7 +121,14 @@ def test_eval_on_a_recipe_scores_its_base_model(tmp_path: Path, run_dir: Path) -
     recipe.write_text(RECIPE.format(out=tmp_path / "never-trained"))
     out = tmp_path / "results"
     assert run_cli(["eval", str(recipe), "--limit", "2", "--output-dir", str(out)]) == 0
-    assert len(read_jsonl(out / "base-gsm8k" / "predictions.jsonl")) == 2
+    assert len(read_jsonl(out / "base-gsm8k-first2" / "predictions.jsonl")) == 2
+    # everything it wrote is under --output-dir: no data prepared in the recipe's output_dir
+    assert not (tmp_path / "never-trained").exists()
+    assert set(tmp_path.iterdir()) == {recipe, out}
+    # other data options: prepared beside the first, no fingerprint clash
+    other = ["data.format.options.test_size=5"]
+    assert run_cli(["eval", str(recipe), *other, "--limit", "2", "--output-dir", str(out)]) == 0
+    assert len(list(out.glob("data-*"))) == 2
 
 
 def test_eval_refuses_a_directory_that_is_not_a_run(tmp_path: Path) -> None:

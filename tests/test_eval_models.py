@@ -232,3 +232,62 @@ def test_eval_loss_matches_a_direct_computation(model, tokenizer) -> None:
     assert result.metrics["perplexity"] == pytest.approx(math.exp(total / count), rel=1e-4)
     assert not result.higher_is_better
     assert sum(p["tokens"] for p in result.predictions) == count
+
+
+class ScriptedLM(OracleLM):
+    """Writes a fixed output per problem (found by its question in the prompt)."""
+
+    def __init__(self, tokenizer: Any, outputs: dict[str, str]) -> None:
+        super().__init__(tokenizer)
+        self.outputs = outputs
+
+    def generate(self, input_ids, attention_mask, generation_config, stopping_criteria):
+        rows = []
+        for ids in input_ids.tolist():
+            prompt = self.tokenizer.decode(ids, skip_special_tokens=True)
+            text = next(out for question, out in self.outputs.items() if question in prompt)
+            new = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            rows.append([*ids, *new[: generation_config.max_new_tokens]])
+        width = max(len(r) for r in rows)
+        pad = generation_config.pad_token_id
+        return torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+
+
+def test_reasoning_outputs_are_scored_on_what_follows_think(tokenizer) -> None:
+    """A <think> block is reasoning: the answer is what follows </think> (by sftkit's rule
+    and the harness's two); an output still inside <think> has no answer and says so."""
+    examples = problems(3)  # gold answers 1, 5, 9
+    outputs = {
+        # reasoning mentions a wrong '#### 7'; the answer after </think> is right
+        "What is 0 + 1?": "<think>maybe 0 + 1 = 7\n#### 7\nno.</think>\n0 + 1 = 1\n#### 1",
+        # right number inside the reasoning, wrong one after it: wrong
+        "What is 1 + 4?": "<think>1 + 4 = 5\n#### 5</think>\n#### 6",
+        # never closes its reasoning: no answer, counted as still thinking
+        "What is 2 + 7?": "<think>2 + 7 = 9\n#### 9 so the answer",
+    }
+    task = EvalTask(ScriptedLM(tokenizer, outputs), tokenizer, examples, Plain(), split="test")
+    result = Gsm8kEvaluator(Gsm8kEvalOptions(max_new_tokens=80, batch_size=3)).evaluate(task)
+    by_id = {p["id"]: p for p in result.predictions}
+    assert (by_id["p0"]["extracted"], by_id["p0"]["correct"]) == ("1", True)
+    assert by_id["p0"]["strict_match"] == "1" and by_id["p0"]["harness_correct"]["strict"]
+    assert (by_id["p1"]["extracted"], by_id["p1"]["correct"]) == ("6", False)
+    assert by_id["p2"]["extracted"] is None and by_id["p2"]["unclosed_think"] is True
+    assert by_id["p2"]["strict_match"] == "[invalid]"
+    assert result.metrics["unclosed_think"] == 1 and result.metrics["no_answer"] == 1
+    assert result.metrics["strict_match"] == pytest.approx(1 / 3)
+
+
+def test_the_default_budget_leaves_room_to_think(tokenizer) -> None:
+    """Unset max_new_tokens: 512 for an answer, 4096 when the prompt opens <think>."""
+
+    class Thinking(Plain):
+        def prompt_text(self, example: Example, tokenizer: Any) -> str:
+            return super().prompt_text(example, tokenizer) + "<think>\n"
+
+    outputs = {"What is 0 + 1?": "0 + 1 = 1</think>\n#### 1"}
+    for template, budget in ((Plain(), 512), (Thinking(), 4096)):
+        task = EvalTask(ScriptedLM(tokenizer, outputs), tokenizer, problems(1), template, "test")
+        result = Gsm8kEvaluator(Gsm8kEvalOptions()).evaluate(task)
+        assert result.options["max_new_tokens_used"] == budget
+        assert result.predictions[0]["correct"] is True
+    assert result.predictions[0]["unclosed_think"] is False

@@ -18,10 +18,15 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 def test_the_recipes_evaluators_with_command_line_split_and_limit(registry) -> None:
     resolved = load_recipe(RECIPES / "r1_gsm8k_qlora.yaml", registry=registry)
     (gsm8k,) = select_evaluators(resolved)
-    assert gsm8k.spec.name == "gsm8k" and gsm8k.options.max_new_tokens == 512
+    assert gsm8k.spec.name == "gsm8k" and gsm8k.options.split == "test"
+    assert gsm8k.options.max_new_tokens is None  # the default: room to think after <think>
     (limited,) = select_evaluators(resolved, split="dev", limit=7)
     assert (limited.options.split, limited.options.limit) == ("dev", 7)
-    assert limited.options.max_new_tokens == 512  # the recipe's other options are kept
+    assert limited.options.new_token_budget == 4096
+    budget = ["evaluation.evaluators.0.options.max_new_tokens=300"]
+    resolved = load_recipe(RECIPES / "r1_gsm8k_qlora.yaml", budget, registry=registry)
+    (limited,) = select_evaluators(resolved, limit=7)
+    assert limited.options.max_new_tokens == 300  # the recipe's other options are kept
 
 
 def test_named_evaluators_and_the_default(registry) -> None:

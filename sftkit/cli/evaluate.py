@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from sftkit.cli.app import AppContext, pass_app
+from sftkit.devices import use_cpu_thread_policy
 from sftkit.errors import RunDirectoryError
 from sftkit.runpaths import EvalPaths, RunPaths, is_run_dir, log_file
 
@@ -55,9 +56,10 @@ def eval_command(
     \b
     Prints accuracy with its 95% confidence interval and n, and writes metrics.json and
     predictions.jsonl (question, gold, extracted answer, raw output, correct) under
-    RUN_DIR/eval/<stage>-<evaluator>/ (stage: manual for the fine-tuned model, base for
-    --base or a recipe; a recipe's go to runs/eval-<recipe name>/ when its output_dir is
-    under runs/). Examples:
+    RUN_DIR/eval/<stage>-<evaluator>[-<split>][-first<N>]/ (stage: manual for the fine-tuned
+    model, base for --base or a recipe; one folder per stage, split and limit, so a --limit
+    never replaces a full evaluation; a recipe's go to runs/eval-<recipe name>/ when its
+    output_dir is under runs/, and it writes nothing else). Examples:
       sftkit eval runs/quickstart --limit 50
       sftkit eval runs/quickstart --base --limit 50
       sftkit eval recipes/quickstart.yaml --split dev
@@ -78,10 +80,24 @@ def eval_command(
         # The run's prepared data lives in the run directory, wherever it has been moved.
         overrides = (f"output_dir={run_dir}", *overrides)
     resolved = load_recipe(recipe_path, overrides, registry=app.registry)
+    if run_dir is None:
+        if output_dir is None:
+            output_dir = recipe_eval_dir(resolved.recipe.output_dir, target)
+        if not resolved.recipe.data.prepared_dir:
+            # Write only under the output directory: the data is prepared there, one folder
+            # per data fingerprint, so an evaluation with other data options never clashes.
+            from sftkit.data.prepare import fingerprint
 
-    from sftkit.evaluation.runner import select_evaluators
+            where = output_dir / f"data-{fingerprint(resolved)}"
+            resolved = load_recipe(
+                recipe_path, (*overrides, f"data.prepared_dir={where}"), registry=app.registry
+            )
+    use_cpu_thread_policy(resolved.recipe.hardware.gpu)  # as `sftkit run`; before torch loads
+
+    from sftkit.evaluation.runner import check_evaluators, select_evaluators
 
     components = select_evaluators(resolved, evaluators, split=split, limit=limit)
+    check_evaluators(components)  # a missing optional package: exit 2 before loading a model
     with _run_lock(run_dir, output_dir):
         _evaluate(resolved, run_dir, target, base, output_dir, components)
 

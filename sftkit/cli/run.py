@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import shlex
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,7 +11,7 @@ import click
 
 from sftkit.cli.app import AppContext, pass_app
 from sftkit.cli.core import recipe_arguments, show_notes
-from sftkit.devices import is_cpu
+from sftkit.devices import use_cpu_thread_policy
 from sftkit.errors import DiskFullError, RunInterrupted
 
 if TYPE_CHECKING:
@@ -81,12 +79,10 @@ def run_command(
     extra = (f"output_dir={output_dir}",) if output_dir is not None else ()
     resolved = load_recipe(recipe, (*overrides, *extra), registry=app.registry)
     show_notes(resolved)
-    if is_cpu(resolved.recipe.hardware.gpu) and "torch" not in sys.modules:
-        # OpenMP threads that spin while they wait make a CPU run several times slower as
-        # soon as anything else uses the cores. Quickstart model, 2 cores, light load:
-        # 1.8 s/step spinning, 0.32 s/step passive, 0.31 s/step with one thread. Must be set
-        # before torch loads libgomp; an explicit OMP_WAIT_POLICY wins.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    use_cpu_thread_policy(resolved.recipe.hardware.gpu)  # before torch loads
+    from sftkit.evaluation.runner import check_evaluators
+
+    check_evaluators([*resolved.evaluators, *resolved.during_training])  # exit 2 before training
     from sftkit.training.runner import run_recipe
 
     console = current().console

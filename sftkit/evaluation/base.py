@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,19 +47,23 @@ class EvalTask:
     split: str
     max_seq_length: int = 1024
     progress: Progress | None = None
+    # The batch the memory estimator finds fits the evaluation phase on the recipe's card
+    # (`sftkit.evaluation.batching`), for an evaluator whose options leave batch_size unset.
+    batch_size: int = 8
 
     def generate(
         self,
         prompts: Sequence[str],
         *,
         max_new_tokens: int,
-        batch_size: int = 8,
+        batch_size: int | None = None,
         stop_at_answer: bool = False,
     ) -> list[Generation]:
         """Greedy completions of `prompts` by the task's model, in order, reporting progress;
         each has ``text`` (new text only), ``new_tokens`` and ``finished`` (stopped by EOS,
         or by the first complete ``#### N`` line with `stop_at_answer`, not by the budget).
-        Imports torch on first use, as the evaluators that call it do anyway."""
+        `batch_size` defaults to the task's. Imports torch on first use, as the evaluators
+        that call it do anyway."""
         from sftkit.evaluation.generate import greedy_generate
 
         return greedy_generate(
@@ -66,7 +71,7 @@ class EvalTask:
             self.tokenizer,
             prompts,
             max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
+            batch_size=batch_size or self.batch_size,
             stop_at_answer=stop_at_answer,
             progress=self.progress,
         )
@@ -119,6 +124,36 @@ class StoredEval:
     @property
     def value(self) -> float:
         return self.metrics[self.primary]
+
+    @property
+    def limit(self) -> int | None:
+        limit = self.options.get("limit")
+        return int(limit) if isinstance(limit, int | float) else None
+
+    @property
+    def key(self) -> tuple[str, str, str, int | None]:
+        """What makes two evaluations of a run the same one: (stage, evaluator, split,
+        limit). sftkit keeps one folder per key; comparisons pair them by it."""
+        return (self.stage, self.evaluator, self.split, self.limit)
+
+    @property
+    def scope(self) -> str:
+        """Which problems, for a person: ``test``, ``test, first 100``."""
+        return scope(self.split, self.limit)
+
+
+def scope(split: str, limit: int | None) -> str:
+    return split + (f", first {limit}" if limit is not None else "")
+
+
+def variant(split: str, limit: int | None) -> str:
+    """The folder suffix that keeps an evaluation of another split or limit from replacing
+    one already stored: ``""`` for the whole test split, ``first100``, ``dev``,
+    ``dev-first50`` (a split that is not a file-name word, an lm-eval task list, is made one)."""
+    parts = [] if split == "test" else [re.sub(r"[^A-Za-z0-9_.]+", "_", split).strip("_.")]
+    if limit is not None:
+        parts.append(f"first{limit}")
+    return "-".join(p for p in parts if p)
 
 
 def write_result(

@@ -4,13 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+# Metrics that are fractions of problems, shown in percent: sftkit's accuracy and the
+# harness's scores (``strict_match``, ``exact_match``, ``acc``, ..., or ``task/strict_match``).
+PERCENT_METRICS = frozenset(
+    {"accuracy", "strict_match", "flexible_extract", "exact_match", "acc", "acc_norm"}
+)
+
+
+def is_fraction(metric: str) -> bool:
+    return metric.rpartition("/")[2] in PERCENT_METRICS
+
 
 def headline(primary: str, metrics: Mapping[str, float]) -> str:
     """The headline metric as text: ``41.0%`` for an accuracy, ``1.234`` for a loss."""
     value = metrics.get(primary)
     if value is None:
         return "-"
-    if primary == "accuracy":
+    if is_fraction(primary):
         return f"{100 * value:.1f}%"
     return f"{value:.4g}"
 
@@ -33,6 +43,13 @@ def details(primary: str, metrics: Mapping[str, float]) -> str:
             f"lm-eval strict-match {100 * metrics['strict_match']:.1f}%, "
             f"flexible-extract {100 * metrics['flexible_extract']:.1f}%"
         )
+    for name, value in metrics.items():  # the harness's other scores and their errors
+        if name.endswith("_stderr") and name.removesuffix("_stderr") == primary:
+            parts.append(
+                f"stderr {100 * value:.1f} pts" if is_fraction(primary) else f"stderr {value:.3g}"
+            )
+    if metrics.get("unclosed_think"):
+        parts.append(f"{int(metrics['unclosed_think'])} still thinking (no </think>)")
     if metrics.get("no_answer"):
         parts.append(f"{int(metrics['no_answer'])} without an answer")
     if metrics.get("hit_token_limit"):
@@ -46,6 +63,6 @@ def details(primary: str, metrics: Mapping[str, float]) -> str:
 
 def delta(primary: str, before: float, after: float) -> str:
     """``+12.0 pts`` for accuracies, ``-0.31`` for other metrics."""
-    if primary == "accuracy":
+    if is_fraction(primary):
         return f"{100 * (after - before):+.1f} pts"
     return f"{after - before:+.4g}"

@@ -80,6 +80,15 @@ def strip_reasoning(text: str, *, starts_in_think: bool = False) -> str:
     return "".join(out)
 
 
+def unclosed_think(text: str, *, starts_in_think: bool = False) -> bool:
+    """Did the output stop inside its reasoning (a ``<think>`` never closed, or no
+    ``</think>`` after a prompt that opened one)? Such an output has no answer: it ran out of
+    tokens while thinking, and is reported as such rather than as a wrong number."""
+    if starts_in_think and THINK_CLOSE not in text:
+        return True
+    return text.rfind(THINK_OPEN) > text.rfind(THINK_CLOSE)
+
+
 def normalize_number(text: str) -> str | None:
     """The canonical form of one written number, or None if `text` is not one.
 

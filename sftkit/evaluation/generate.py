@@ -1,6 +1,6 @@
 """Batched greedy generation: left padding, KV cache, a new-token budget, stop at EOS.
 
-Prompts are sorted by length so each batch pads little, generated in batches with
+Prompts are sorted by token length so each batch pads little, generated in batches with
 ``transformers``' ``generate`` (greedy, ``use_cache=True``), and returned in input order with
 only the new text. A sequence stops at EOS or, optionally, once its ``#### N`` answer line is
 complete: the first such line is what is scored, so what follows cannot change the result.
@@ -29,15 +29,17 @@ class Generation:
     finished: bool  # stopped by EOS or the answer rule, not by the token budget
 
 
-def encode_left_padded(
-    tokenizer: Any, prompts: Sequence[str], pad_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention mask, padded on the left: generation appends on the right, so
-    every row's last prompt token must sit in the same (last) column. Prompts are encoded
-    exactly as training encodes them (`sftkit.data.tokenize`: the text carries BOS)."""
+def encode_prompts(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+    """Prompts encoded exactly as training encodes them (`sftkit.data.tokenize`: the text
+    carries BOS)."""
     from sftkit.data.tokenize import encode_text
 
-    rows = [encode_text(p, tokenizer) for p in prompts]
+    return [encode_text(p, tokenizer) for p in prompts]
+
+
+def left_padded(rows: Sequence[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask, padded on the left: generation appends on the right, so
+    every row's last prompt token must sit in the same (last) column."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -78,14 +80,20 @@ def greedy_generate(
     batch_size: int = 8,
     stop_at_answer: bool = False,
     starts_in_think: bool = False,
+    static_cache: bool = False,
     progress: Progress | None = None,
     on_batch: Callable[[Sequence[int], Sequence[Generation]], None] | None = None,
 ) -> list[Generation]:
     """Greedy completions of `prompts`, in order. After each batch, `on_batch(indices,
     generations)` gets the batch's positions in `prompts` and its completions (an evaluator
-    scores as it goes), then `progress(done, total)` is called."""
+    scores as it goes), then `progress(done, total)` is called.
+
+    Prompts are sorted by token length (longest first, so an out-of-memory shows at once), so
+    a batch pads little. `static_cache` asks transformers for a static KV cache, with which
+    it compiles the decoding step on a GPU (its own criteria; a CPU decodes uncompiled)."""
     eos = eos_ids(model, tokenizer)
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    encoded = encode_prompts(tokenizer, prompts)
+    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     results: list[Generation | None] = [None] * len(prompts)
     device = model_device(model)
     was_training = bool(getattr(model, "training", False))
@@ -103,10 +111,11 @@ def greedy_generate(
                 eos_token_id=eos or None,
                 pad_token_id=pad_id,
                 use_cache=True,
+                **({"cache_implementation": "static"} if static_cache else {}),
             )
             for start in range(0, len(order), batch_size):
                 batch = order[start : start + batch_size]
-                ids, mask = encode_left_padded(tokenizer, [prompts[i] for i in batch], pad_id)
+                ids, mask = left_padded([encoded[i] for i in batch], pad_id)
                 prompt_len = ids.shape[1]
                 criteria = StoppingCriteriaList()
                 if stop_at_answer:

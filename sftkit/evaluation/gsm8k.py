@@ -6,9 +6,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from sftkit.builtin.evaluators import ANSWER_TOKENS, THINKING_TOKENS
 from sftkit.errors import DataError
 from sftkit.evaluation.base import EvalResult, EvalTask, question_text
-from sftkit.evaluation.extract import extract_answer, gold_answer, prompt_opens_think
+from sftkit.evaluation.extract import (
+    extract_answer,
+    gold_answer,
+    prompt_opens_think,
+    strip_reasoning,
+    unclosed_think,
+)
 from sftkit.evaluation.generate import Generation, greedy_generate
 from sftkit.evaluation.harness import extract, matches
 from sftkit.evaluation.stats import accuracy
@@ -18,7 +25,12 @@ class Gsm8kEvaluator:
     """Exact match of the extracted final number against the reference answer.
 
     Options (`sftkit.builtin.evaluators.Gsm8kEvalOptions`): split, limit, batch_size,
-    max_new_tokens, stop_at_answer, confidence.
+    max_new_tokens, static_cache, stop_at_answer, confidence.
+
+    Reasoning-aware: with a template whose prompt opens ``<think>`` (R1 distills), or an
+    output that opens one, only the text after ``</think>`` is scored (by sftkit's rule and
+    by the harness's two); an output that never closes its reasoning has no answer and is
+    counted as ``unclosed_think``. The default budget leaves room to think.
     """
 
     name = "gsm8k"
@@ -34,6 +46,8 @@ class Gsm8kEvaluator:
         prompts = [task.template.prompt_text(e, task.tokenizer) for e in task.examples]
         # R1-distill chat templates open <think> in the prompt; the output starts inside it.
         in_think = bool(prompts) and all(prompt_opens_think(p) for p in prompts)
+        budget = self.options.max_new_tokens or (THINKING_TOKENS if in_think else ANSWER_TOKENS)
+        batch_size = self.options.batch_size or task.batch_size
         found: list[Any] = [None] * len(prompts)
         correct = 0
         done = 0
@@ -52,10 +66,11 @@ class Gsm8kEvaluator:
             task.model,
             task.tokenizer,
             prompts,
-            max_new_tokens=self.options.max_new_tokens,
-            batch_size=self.options.batch_size,
+            max_new_tokens=budget,
+            batch_size=batch_size,
             stop_at_answer=self.options.stop_at_answer,
             starts_in_think=in_think,
+            static_cache=self.options.static_cache,
             on_batch=score_batch,
         )
         predictions: list[dict[str, Any]] = []
@@ -69,7 +84,9 @@ class Gsm8kEvaluator:
             # the harness compares with the reference as written (GSM8K's '#### N'), not
             # with sftkit's canonical number ("3.50" stays "3.50")
             written = example.reference_answer or example.completion
-            scored = {mode: matches(generation.text, written, mode) for mode in harness}
+            # the harness scores what follows the reasoning too (its think_end_token)
+            visible = strip_reasoning(generation.text, starts_in_think=in_think)
+            scored = {mode: matches(visible, written, mode) for mode in harness}
             for mode, ok in scored.items():
                 harness[mode] += ok
             predictions.append(
@@ -83,8 +100,9 @@ class Gsm8kEvaluator:
                     "output": generation.text,
                     "new_tokens": generation.new_tokens,
                     "finished": generation.finished,
-                    "strict_match": extract(generation.text, "strict"),
-                    "flexible_extract": extract(generation.text, "flexible"),
+                    "unclosed_think": unclosed_think(generation.text, starts_in_think=in_think),
+                    "strict_match": extract(visible, "strict"),
+                    "flexible_extract": extract(visible, "flexible"),
                     "harness_correct": scored,
                 }
             )
@@ -95,6 +113,8 @@ class Gsm8kEvaluator:
             **score.to_dict(),
             "no_answer": sum(p["extracted"] is None for p in predictions),
             "hit_token_limit": unfinished,
+            # stopped inside <think>: no answer because it was still reasoning
+            "unclosed_think": sum(bool(p["unclosed_think"]) for p in predictions),
             "mean_new_tokens": sum(p["new_tokens"] for p in predictions) / len(predictions),
             # the same outputs scored as lm-evaluation-harness's gsm8k task does
             "strict_match": harness["strict"] / len(predictions),
@@ -107,7 +127,12 @@ class Gsm8kEvaluator:
             metrics=metrics,
             primary="accuracy",
             predictions=predictions,
-            options=self.options.model_dump(),
+            # the options as set, and the batch and budget they resolved to
+            options={
+                **self.options.model_dump(),
+                "batch_size_used": batch_size,
+                "max_new_tokens_used": budget,
+            },
             elapsed_s=time.perf_counter() - started,
         )
 

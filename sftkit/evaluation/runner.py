@@ -14,7 +14,15 @@ from typing import Any
 from pydantic import ValidationError
 
 from sftkit.errors import RecipeError, SftkitError
-from sftkit.evaluation.base import EvalResult, EvalTask, Progress, write_result
+from sftkit.evaluation.base import (
+    EvalResult,
+    EvalTask,
+    Progress,
+    read_result,
+    scope,
+    variant,
+    write_result,
+)
 from sftkit.progress import Stage, current
 from sftkit.recipe.load import Component, ResolvedRecipe, _problems_from_validation
 from sftkit.runpaths import EvalPaths, RunPaths
@@ -89,6 +97,13 @@ def build_evaluator(component: Component[EvaluatorSpec]) -> Any:
     return evaluator
 
 
+def check_evaluators(components: Sequence[Component[EvaluatorSpec]]) -> None:
+    """Build each evaluator once, before any model loads or any training starts: one that
+    needs a package not installed (the lm-eval extra) exits 2 now, not after hours."""
+    for component in components:
+        build_evaluator(component)
+
+
 def build_template(resolved: ResolvedRecipe) -> Any:
     """The recipe's prompt template object (``.prompt_text`` / ``.completion_text``)."""
     component = resolved.template
@@ -150,15 +165,30 @@ def run_evaluations(
         finally:
             for shown in opened:
                 shown.close()
+        where = EvalPaths.under(
+            out_root, stage, component.spec.name, variant(result.split, _limit(result))
+        )
+        earlier = read_result(where.root)
+        if earlier is not None:  # same stage, split and limit: say so, never silently
+            display.say(
+                f"replacing the earlier {stage} {component.spec.name} evaluation in "
+                f"{where.root} ({earlier.scope}, n={earlier.n}, {earlier.primary} "
+                f"{earlier.metrics.get(earlier.primary, float('nan')):.4g})"
+            )
         path = write_result(
             result,
-            EvalPaths.under(out_root, stage, component.spec.name).root,
+            where.root,
             stage=stage,
             model=model_label,
             extra={"recipe": resolved.source, "plugin": component.plugin, **(extra or {})},
         )
         stored.append(StoredResult(result, stage, path))
     return stored
+
+
+def _limit(result: EvalResult) -> int | None:
+    limit = result.options.get("limit")
+    return int(limit) if isinstance(limit, int) else None
 
 
 def stage_progress(stage: Stage) -> Progress:
@@ -204,7 +234,18 @@ def score(
         max_seq_length=resolved.recipe.training.max_seq_length,
         progress=progress(label, len(examples)) if progress else None,
     )
-    result: EvalResult = build_evaluator(component).evaluate(task)
+    evaluator = build_evaluator(component)
+    merged = False
+    if "batch_size" in type(options).model_fields:
+        from sftkit.evaluation.batching import plan
+
+        task.batch_size, merged = plan(resolved, component, len(examples))
+    if merged:
+        from sftkit.evaluation.merged import evaluated_on_merged_copy
+
+        result: EvalResult = evaluated_on_merged_copy(evaluator, task)
+    else:
+        result = evaluator.evaluate(task)
     if not result.options:
         result.options = options.model_dump()
     return result
@@ -220,7 +261,7 @@ def summary_line(stored: StoredResult) -> str:
     return (
         f"{when}: {result.evaluator} {result.primary} {headline(result.primary, result.metrics)}"
         + (f" {ci}" if ci != "-" else "")
-        + f" (n={result.n}, {result.split})"
+        + f" (n={result.n}, {scope(result.split, _limit(result))})"
     )
 
 

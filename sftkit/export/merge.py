@@ -17,43 +17,13 @@ from typing import Any
 import torch
 
 from sftkit.errors import SftkitError
+from sftkit.modeling.quantized import bnb_linear_types, dequantized_weight, has_quantized_layers
 
 
 def is_peft_model(model: Any) -> bool:
     from peft import PeftModel
 
     return isinstance(model, PeftModel)
-
-
-def _bnb_linear_types() -> tuple[Any, ...]:
-    try:
-        import bitsandbytes as bnb
-    except ImportError:  # pragma: no cover - bitsandbytes is in the train extra
-        return ()
-    return (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)
-
-
-def has_quantized_layers(model: Any) -> bool:
-    types = _bnb_linear_types()
-    return bool(types) and any(isinstance(m, types) for m in model.modules())
-
-
-def dequantized_weight(module: Any) -> torch.Tensor:
-    """The fp32 weight of a bitsandbytes linear layer."""
-    from peft.utils.integrations import dequantize_bnb_weight
-
-    weight = module.weight
-    state = getattr(weight, "quant_state", None)
-    if state is not None and getattr(state, "packing_format_for_cpu", False):
-        # bitsandbytes repacks 4-bit weights for its CPU kernel on the first forward in eval
-        # mode; dequantization expects the standard layout, so undo the repacking first.
-        from sftkit.compat import unpack_cpu_4bit
-
-        weight.data, weight.quant_state = unpack_cpu_4bit(weight.data, state)
-        state = weight.quant_state
-    if state is None:
-        state = getattr(module, "state", None)  # LLM.int8 keeps its row scales here
-    return dequantize_bnb_weight(weight, state=state).float()
 
 
 def merge_adapters(model: Any, dtype: torch.dtype) -> Any:
@@ -83,7 +53,7 @@ def _merge_over_quantized(model: Any, dtype: torch.dtype) -> Any:
     from peft.tuners.lora import LoraLayer
     from transformers import AutoModelForCausalLM
 
-    quantized = _bnb_linear_types()
+    quantized = bnb_linear_types()
     merged_weights: dict[int, torch.Tensor] = {}
     module: Any
     for name, module in model.named_modules():
@@ -138,7 +108,7 @@ def _merge_over_quantized(model: Any, dtype: torch.dtype) -> Any:
 
 def describe_quantization(model: Any) -> str | None:
     """``"4-bit NF4"`` / ``"8-bit LLM.int8"`` for a bitsandbytes base, else None."""
-    types = _bnb_linear_types()
+    types = bnb_linear_types()
     module: Any
     for module in model.modules():
         if types and isinstance(module, types[0]):

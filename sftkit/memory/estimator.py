@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from sftkit.errors import DoesNotFitError
 from sftkit.memory.budget import resolve_budget
+from sftkit.memory.evalcopy import merged_copy_term
 from sftkit.memory.phases import breakdown
 from sftkit.memory.result import (
     Estimate,
@@ -110,13 +111,19 @@ def compute(
     shape = shape_for(resolved, model)
     budget = resolve_budget(gpu or resolved.recipe.hardware.gpu, manager_of(resolved))
     setup = setup_from_recipe(resolved, shape, on_gpu=budget.is_gpu)
-    b = breakdown(setup, extra_terms(resolved, shape))
+    terms = extra_terms(resolved, shape)
+    b = breakdown(setup, terms)
     device, paged = pool_totals(b, "device"), pool_totals(b, "paged")
     resident = (
         resident_paged(device, paged, budget.total_bytes)
         if budget.is_gpu
         else dict.fromkeys(device, 0)
     )
+    # the evaluators' merged bf16 copy, when the evaluation phase has room for it
+    copy = merged_copy_term(resolved, shape, device["evaluation"] + resident["evaluation"], budget)
+    if copy is not None:
+        b = breakdown(setup, [*terms, copy])
+        device = pool_totals(b, "device")
     result = Estimate(
         model=shape.name,
         model_source=shape.source,

@@ -54,6 +54,7 @@ class EvalWorkload:
 
 
 FULL = LOSS_HEADS["full"]
+UNSET_EVAL_BATCH = 8
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,11 @@ def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bo
     # evaluators after training and those run while training (optimizer state resident)
     for component in (*resolved.evaluators, *resolved.during_training):
         options = component.options
-        batch = int(getattr(options, "batch_size", t.micro_batch_size))
-        new_tokens = getattr(options, "max_new_tokens", None)
+        # An unset batch is the evaluator's choice at run time (the largest that fits the
+        # evaluation phase); it is priced at 8, the fixed default it replaced.
+        batch = int(getattr(options, "batch_size", None) or UNSET_EVAL_BATCH)
+        # the most an evaluator may generate, when its default depends on the template
+        new_tokens = getattr(options, "new_token_budget", getattr(options, "max_new_tokens", None))
         max_length = getattr(options, "max_length", None) or t.max_seq_length
         if new_tokens is not None:
             evaluations.append(

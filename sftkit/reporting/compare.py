@@ -64,16 +64,16 @@ def compare(a: RunRecord, b: RunRecord) -> Comparison:
     ma, mb = a.memory or {}, b.memory or {}
     row("estimated peak", ma.get("peak_bytes"), mb.get("peak_bytes"), gib, True)
     row("measured peak", ra.get("peak_memory_bytes"), rb.get("peak_memory_bytes"), gib, True)
-    evals_a = {(e.stage, e.evaluator, e.split): e for e in a.evals}
-    evals_b = {(e.stage, e.evaluator, e.split): e for e in b.evals}
-    for key in sorted(set(evals_a) | set(evals_b)):
+    evals_a = {e.key: e for e in a.evals}
+    evals_b = {e.key: e for e in b.evals}
+    for key in sorted(set(evals_a) | set(evals_b), key=str):
         ea, eb = evals_a.get(key), evals_b.get(key)
-        stage, name, split = key
-        primary = (ea or eb).primary  # type: ignore[union-attr]
+        shown = ea or eb
+        primary = shown.primary  # type: ignore[union-attr]
         change = delta(primary, ea.value, eb.value) if ea and eb else ""
         results.append(
             (
-                f"{name} {primary} ({stage}, {split})",
+                f"{key[1]} {primary} ({key[0]}, {shown.scope})",  # type: ignore[union-attr]
                 _eval_cell(ea),
                 _eval_cell(eb),
                 change,

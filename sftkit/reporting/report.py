@@ -101,8 +101,9 @@ def build_document(record: RunRecord, plots: list[Path]) -> Document:
         doc.add(
             Paragraph(
                 "Predictions (question, gold, extracted answer, raw output, correct) are in "
-                "`eval/<stage>-<evaluator>/predictions.jsonl`. Stages: before/after = the base "
-                "and fine-tuned model scored by `sftkit run`; base/manual = by `sftkit eval`."
+                "`eval/<stage>-<evaluator>[-<split>][-first<N>]/predictions.jsonl`, one folder per "
+                "stage, split and limit. Stages: before/after = the base and fine-tuned model "
+                "scored by `sftkit run`; base/manual = by `sftkit eval`."
             )
         )
     else:

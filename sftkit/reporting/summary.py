@@ -198,7 +198,7 @@ def eval_rows(evals: list[StoredEval]) -> list[tuple[str, ...]]:
             e.stage,
             e.model,
             e.evaluator,
-            e.split,
+            e.scope,  # the split and any limit: which evaluation this is
             str(e.n),
             e.primary,
             headline(e.primary, e.metrics),
@@ -212,15 +212,15 @@ def eval_rows(evals: list[StoredEval]) -> list[tuple[str, ...]]:
 def before_after(evals: list[StoredEval]) -> list[str]:
     """One line per evaluator scored both before and after training on the same split."""
     lines = []
-    by_key = {(e.stage, e.evaluator, e.split): e for e in evals}
-    for (stage, name, split), after in by_key.items():
+    by_key = {e.key: e for e in evals}
+    for (stage, name, split, limit), after in by_key.items():
         if stage != "after":
             continue
-        before = by_key.get(("before", name, split))
+        before = by_key.get(("before", name, split, limit))
         if before is None:
             continue
         lines.append(
-            f"{name} on {split}: {headline(before.primary, before.metrics)} before, "
+            f"{name} on {after.scope}: {headline(before.primary, before.metrics)} before, "
             f"{headline(after.primary, after.metrics)} after "
             f"({delta(after.primary, before.value, after.value)})"
         )
