@@ -142,7 +142,13 @@ class Catalog(Generic[S]):
 
     def failure_notes(self, name: str) -> list[str]:
         """Why `name` may be missing: the broken plugin that had registered it, else every
-        plugin that failed before registering anything of this kind."""
+        plugin that failed before registering anything of this kind; and the plugins turned
+        off, and by what."""
+        blocked = self._manager.blocked_note() if self._manager else None
+        turned_off = [f"{blocked[0].upper()}{blocked[1:]}."] if blocked else []
+        return self._broken_notes(name) + turned_off
+
+    def _broken_notes(self, name: str) -> list[str]:
         known = [
             f"{self._noun.capitalize()} {name!r} was registered by "
             f"{self._describe_plugin(broken.plugin)}, whose registration then failed: "

@@ -26,7 +26,7 @@ from sftkit.errors import (
     RunInterrupted,
     SftkitError,
 )
-from sftkit.extras import as_missing_dependency
+from sftkit.extras import as_broken_install, as_missing_dependency
 from sftkit.oserrors import from_exception
 from sftkit.plugins import SftkitPluginManager, make_plugin_manager
 from sftkit.progress import Display, current, use
@@ -94,7 +94,11 @@ def _run(args: list[str], manager: SftkitPluginManager | None) -> int:
         current().close()  # the error goes below the progress lines, not among them
         # The user's to fix, though no sftkit code raised it: a package this command needs
         # is missing, or the file system refused (full, read-only, permissions, ...).
-        known = as_missing_dependency(exc, f"`sftkit {_command(args)}`") or from_exception(exc)
+        known = (
+            as_missing_dependency(exc, f"`sftkit {_command(args)}`")
+            or as_broken_install(exc)
+            or from_exception(exc)
+        )
         if known is not None:
             known.__cause__ = exc
             return _report(known)

@@ -71,6 +71,7 @@ def export_run(
     adapter = paths.final_is_adapter
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_partials(out)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     try:
@@ -113,6 +114,29 @@ def export_run(
 
         result.pushed_to = push_folder(out, push_to_hub, private=private)
     return result
+
+
+def remove_abandoned_partials(out: Path) -> list[Path]:
+    """Remove the ``.NAME.partial-PID`` directories of exports to `out` whose process is gone
+    (killed with -9, or the machine went down: nothing ran their cleanup). A live process's
+    partial is left alone. Returns what was removed."""
+    removed = []
+    for partial in out.parent.glob(f".{out.name}.partial-*"):
+        pid = partial.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
+            removed.append(partial)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _copy_final(final: Path, out: Path) -> None:

@@ -7,6 +7,7 @@ what was expected, what was found, and a "did you mean" where one is close.
 from __future__ import annotations
 
 import copy
+import reprlib
 import types
 import typing
 from collections.abc import Iterable, Sequence
@@ -693,8 +694,13 @@ def _annotation_is_str(annotation: Any) -> bool:
     return False
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring = 3, 4, 4, 40
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    """A value in a message, cut short before it is rendered (not after: a value can be huge)."""
+    text = _SHORT.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -26,6 +26,9 @@ from sftkit.specs import reject_bool_for_number
 
 # Seeds go to Python, NumPy and torch; NumPy takes 0 .. 2**32 - 1.
 MAX_SEED = 2**32 - 1
+# A billion optimizer steps is years of the fastest run; more is a typo (1e23), and the
+# trainer's step arithmetic would overflow its int64 counters.
+MAX_STEPS = 10**9
 MiB, GiB = 2**20, 2**30
 
 
@@ -170,7 +173,9 @@ class TrainingSection(Strict):
     micro_batch_size: int = Field(default=1, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
     epochs: float = Field(default=1.0, gt=0)
-    max_steps: int | None = Field(default=None, ge=1, description="Overrides epochs when set.")
+    max_steps: int | None = Field(
+        default=None, ge=1, le=MAX_STEPS, description="Overrides epochs when set."
+    )
     max_seq_length: int = Field(default=1024, ge=8)
     gradient_checkpointing: bool = True
     precision: Precision = "bf16"
