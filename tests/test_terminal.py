@@ -290,15 +290,9 @@ def test_library_records_are_held_then_logged(tmp_path: Path, mode: str) -> None
         assert "[datasets.load] WARNING: datasets held" in result.stderr
 
 
-def test_nox_does_not_say_uv_is_missing() -> None:
+def test_nox_does_not_say_uv_is_missing(noxfile) -> None:
     import logging
 
-    pytest.importorskip("nox")
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("sftkit_noxfile", ROOT / "noxfile.py")
-    assert spec is not None and spec.loader is not None
-    spec.loader.exec_module(importlib.util.module_from_spec(spec))
     nox_logger = logging.getLogger("nox")
 
     def shown(message: str) -> bool:
