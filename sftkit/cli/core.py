@@ -33,8 +33,11 @@ def show_notes(resolved: Any) -> None:
 @pass_app
 def validate(app: AppContext, recipe: str, overrides: tuple[str, ...]) -> None:
     """Check a recipe and its overrides: schema, components, options, compatibility."""
+    from sftkit.preflight import check as check_before_loading
+
     resolved = load_recipe(recipe, overrides, registry=app.registry)
     show_notes(resolved)
+    check_before_loading(resolved, machine=False)  # the data files it names exist
     r = resolved.recipe
     click.echo(f"{resolved.source}: OK")
     click.echo(

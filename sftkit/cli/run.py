@@ -80,6 +80,9 @@ def run_command(
     resolved = load_recipe(recipe, (*overrides, *extra), registry=app.registry)
     show_notes(resolved)
     use_cpu_thread_policy(resolved.recipe.hardware.gpu)  # before torch loads
+    from sftkit.preflight import check as check_before_loading
+
+    check_before_loading(resolved, machine=True)  # the evaluators' check imports torch
     from sftkit.evaluation.runner import check_evaluators
 
     check_evaluators([*resolved.evaluators, *resolved.during_training])  # exit 2 before training
