@@ -72,6 +72,7 @@ def test_a_large_value_is_cut_short_before_it_is_shown(registry):
         ("optimizer.options.betas=[0.9,1.0]", {"optimizer.options.betas.1"}),
         ("optimizer.options.betas=[-0.1,0.9]", {"optimizer.options.betas.0"}),
         ("training.max_steps=1e23", {"training.max_steps"}),
+        ("training.max_steps=100000000000", {"training.max_steps"}),
     ],
 )
 def test_values_out_of_range_fail_validation(registry, override, key):
