@@ -105,8 +105,23 @@ def run_command(
     elapsed = time.perf_counter() - started
     loss = result.metrics.get("train_loss")
     click.echo(
-        f"{result.status}: {result.run_dir} in {_duration(elapsed)}"
+        f"{result.status}: {result.run_dir} in {_took(elapsed, result.run_dir)}"
         + (f" (train loss {loss:.4f})" if isinstance(loss, float) else "")
+    )
+
+
+def _took(elapsed: float, run_dir: Path) -> str:
+    """This part's wall time, or, after resumes, the whole run's over all its parts."""
+    from sftkit.runpaths import RunPaths
+    from sftkit.training.resume import read_json_safely
+
+    earlier = read_json_safely(RunPaths(run_dir)).get("earlier_parts_s") or []
+    parts = [float(s) for s in earlier if isinstance(s, int | float)]
+    if not parts:
+        return _duration(elapsed)
+    return (
+        f"{_duration(sum(parts) + elapsed)} over {len(parts) + 1} parts "
+        f"(this one {_duration(elapsed)})"
     )
 
 
