@@ -93,7 +93,11 @@ def test_a_partial_export_left_by_kill_9_goes_with_the_next_export(lora_run, tmp
     live = lora_run / "export" / f".merged.partial-{os.getppid()}"  # a live process's: kept
     live.mkdir()
     result = export_run(lora_run, merge=True)
-    assert (result.output_dir / "model.safetensors").is_file()
+    weights = result.output_dir / "model.safetensors"
+    # Not the 0600 safetensors writes: what the umask gives any new file (case 17).
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert weights.stat().st_mode & 0o777 == 0o666 & ~umask
     assert partials(lora_run) == [live.name]
     live.rmdir()
     assert remove_abandoned_partials(result.output_dir) == []

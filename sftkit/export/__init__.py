@@ -18,6 +18,7 @@ from sftkit import progress
 from sftkit.dtypes import DTYPES, torch_dtype
 from sftkit.errors import RunDirectoryError, SftkitError
 from sftkit.export.card import model_card
+from sftkit.oserrors import open_to_umask
 from sftkit.reporting.record import load_run
 from sftkit.runpaths import RunPaths
 
@@ -95,6 +96,7 @@ def export_run(
         )
         (partial / "README.md").write_text(card, encoding="utf-8")
         shutil.copy2(paths.recipe, partial / RECIPE_COPY)
+        open_to_umask(partial)  # safetensors writes 0600, and copy2 keeps a 0600 of final/
         if out.exists():  # appeared while we worked
             raise RunDirectoryError(f"{out} appeared during the export; not replacing it.")
         partial.rename(out)

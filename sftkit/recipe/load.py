@@ -258,17 +258,28 @@ def apply_component_overrides(
             continue
         if any(o.delete and o.path[: len(path) + 1] == (*path, "options") for o in overrides):
             continue  # `~data.format.options` on the line: the user deletes them already
-        dropped = old["options"]
-        keys = ", ".join(map(str, dropped)) if isinstance(dropped, dict) else repr(dropped)
-        _node(cleared, path).pop("options", None)
+        options = old["options"]
+        # Options the new component also declares keep their values (lora -> qlora-nf4
+        # keeps rank and alpha); the others belong to the old one.
+        accepted = getattr(_options_model(applied, path, registry), "model_fields", {})
+        kept = {k: v for k, v in options.items() if k in accepted} if isinstance(options, dict) else {}
+        dropped = [k for k in options if k not in kept] if isinstance(options, dict) else [options]
+        if kept:
+            _node(cleared, path)["options"] = kept
+        else:
+            _node(cleared, path).pop("options", None)
+        if not dropped:
+            continue
         dotted = ".".join(path)
+        also = f", kept {', '.join(map(str, kept))}" if kept else ""
         notes.append(
             f"{dotted}.{name_key}={new.get(name_key)}: dropped the recipe's options for "
-            f"{old.get(name_key)} ({keys}); {new.get(name_key)} takes its defaults, plus any "
-            f"{dotted}.options.KEY=VALUE on the command line."
+            f"{old.get(name_key)} that {new.get(name_key)} does not take "
+            f"({', '.join(map(str, dropped))}){also}; {new.get(name_key)} takes its defaults "
+            f"for the rest, plus any {dotted}.options.KEY=VALUE on the command line."
         )
-    if not notes:
-        return applied, []
+    if cleared == data:
+        return applied, notes
     return apply_overrides(
         cleared, overrides, is_string=lambda p: _is_string_field(cleared, p, registry)
     ), notes
