@@ -53,6 +53,9 @@ def validate(app: AppContext, recipe: str, overrides: tuple[str, ...]) -> None:
         f"  training   micro-batch {t.micro_batch_size} x accumulation {t.gradient_accumulation_steps}, "
         f"sequence {t.max_seq_length}, {t.precision}, checkpointing {'on' if t.gradient_checkpointing else 'off'}"
     )
+    if t.trainer_args:
+        shown = ", ".join(f"{k}={v!r}" for k, v in t.trainer_args.items())
+        click.echo(f"  TRL        {shown}")
     click.echo(f"  hardware   {r.hardware.num_gpus} x {r.hardware.gpu}")
     engine = engine_of(r)
     if engine.distributes:
