@@ -74,6 +74,9 @@ def plugins_command(app: AppContext, show_all: bool) -> None:
         noun = kind[:-1] if kind != "strategies" else "strategy"
         for entry in catalog:
             provided.setdefault(entry.plugin, []).append(f"{noun} {entry.spec.name}")
+        for name, (_, builtins) in catalog.shadowed().items():
+            for entry in builtins:
+                provided.setdefault(entry.plugin, []).append(f"{noun} {name} (shadowed)")
         for name, entries in catalog.conflicts().items():
             for entry in entries:
                 provided.setdefault(entry.plugin, []).append(f"{noun} {name} (conflict)")
@@ -125,6 +128,13 @@ def list_command(app: AppContext, kind: str) -> None:
     Console().print(table)
     notes = [catalog.conflict_error(name) for name in conflicts]
     err = Console(stderr=True)
+    for name, (winner, builtins) in catalog.shadowed().items():
+        kept = ", ".join(f"{e.plugin}:{name}" for e in builtins)
+        err.print(
+            f"[yellow]shadowed[/yellow] {escape(name)} is plugin {escape(winner.plugin)!r}'s; "
+            f"the built-in one stays available as {escape(kept)}",
+            highlight=False,
+        )
     for note in notes:
         err.print(f"[red]conflict[/red] {escape(str(note))}", highlight=False)
     for broken in catalog.broken:
