@@ -20,3 +20,33 @@ def test_quick_run_twice_in_one_test(quick_run):
         assert (
             max(e.get("step", 0) for e in map(json.loads, (run / "metrics.jsonl").open())) == steps
         )
+
+
+def test_hooks_marked_every_process_run_on_the_other_processes():
+    from sftkit import every_process, hookimpl
+    from sftkit.testing import fresh_manager
+    from sftkit.training.callbacks import lifecycle_hooks
+
+    seen: list[str] = []
+
+    class Everywhere:
+        @every_process
+        @hookimpl
+        def on_train_start(self, run):
+            seen.append("everywhere")
+
+    class MainOnly:
+        @hookimpl
+        def on_train_start(self, run):
+            seen.append("main only")
+
+    manager = fresh_manager()
+    manager.register(Everywhere(), "everywhere")
+    manager.register(MainOnly(), "main-only")
+    lifecycle_hooks(manager, main=True).on_train_start(run=None)
+    assert sorted(seen) == ["everywhere", "main only"]
+    seen.clear()
+    lifecycle_hooks(manager, main=False).on_train_start(run=None)
+    assert seen == ["everywhere"]
+    manager.unregister("everywhere")
+    assert lifecycle_hooks(manager, main=False) is None  # nothing to call elsewhere

@@ -38,16 +38,24 @@ def build_trainer(
 ) -> Any:
     from sftkit.distributed.rank import is_main_process, world_size
     from sftkit.training import evaluating
-    from sftkit.training.callbacks import HooksCallback, MetricsCallback, RichProgressCallback
+    from sftkit.training.callbacks import (
+        HooksCallback,
+        MetricsCallback,
+        RichProgressCallback,
+        lifecycle_hooks,
+    )
 
     recipe, main = ctx.recipe, is_main_process()
+    manager = ctx.resolved.registry.manager
+    hooks = lifecycle_hooks(manager, main=main) if manager is not None else None
     callbacks: list[Any] = []
-    if main:  # one writer of metrics.jsonl and TensorBoard; hooks run once
+    if main:  # one writer of metrics.jsonl and TensorBoard
         callbacks.append(MetricsCallback(ctx))
         if "tensorboard" in recipe.training.report_to:
             callbacks.append(_tensorboard(ctx.paths, resumed_at=ctx.plan.step if ctx.plan else 0))
-        if ctx.resolved.registry.manager is not None:
-            callbacks.append(HooksCallback(ctx, ctx.resolved.registry.manager.hook))
+    if hooks is not None:  # all on the main process; elsewhere those marked every_process
+        callbacks.append(HooksCallback(ctx, hooks))
+    if main:
         callbacks.append(RichProgressCallback(progress.current()))
     callbacks.extend(evaluating.callbacks(ctx, progress.current().console, main=main))
     if ctx.interrupts is not None:
