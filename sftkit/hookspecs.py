@@ -131,7 +131,6 @@ def every_process(function: F) -> F:
     return function
 
 
-
 @hookspec(historic=True)
 def configure(settings: dict[str, Any]) -> None:
     """Called once with global settings (plugin manager options, environment). Historic: a
