@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from sftkit.cli.app import AppContext
     from sftkit.components import (
         Adapter,
+        BaseStorage,
         Composition,
         Dense,
         LaidTensor,

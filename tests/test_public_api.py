@@ -64,7 +64,7 @@ def test_the_names_plugins_use_are_public():
 
 
 def test_private_names_are_not_exported():
-    for name in ("Registry", "Recipe", "engine_of", "BaseStorage", "iter_jsonl"):
+    for name in ("Registry", "Recipe", "engine_of", "Bnb4bit", "iter_jsonl"):
         assert name not in sftkit.__all__
         with pytest.raises(AttributeError):
             getattr(sftkit, name)

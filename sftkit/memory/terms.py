@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from sftkit.errors import SftkitError
 
@@ -73,6 +73,12 @@ class MemoryTerm:
             raise ValueError(f"memory term {self.name!r}: unknown phases {unknown}; known {PHASES}")
         if self.bytes < 0:
             raise ValueError(f"memory term {self.name!r}: negative bytes {self.bytes}")
+        for what, value, allowed in (
+            ("category", self.category, get_args(Category)),
+            ("pool", self.pool, get_args(Pool)),
+        ):
+            if value not in allowed:
+                raise ValueError(f"memory term {self.name!r}: {what} {value!r}; known {allowed}")
 
 
 #: Which of a phase's three device figures a device part first counts in: ``allocated``
