@@ -33,12 +33,16 @@ def tiny(tmp_path: Path, registry, *overrides: str):
 
 
 def test_the_field_list_is_the_installed_trls():
+    """Equal on the TRL the list names; another TRL (the minimums, a newer release) runs on
+    the fallback, and this says to regenerate the list."""
     pytest.importorskip("trl")
     listed = json.loads(trainer_args.FIELDS_FILE.read_text())
-    assert listed == trainer_args.generate(), (
-        "sftkit/recipe/trl_fields.json is for another TRL: regenerate it with "
-        "`python -m sftkit.recipe.trainer_args`"
-    )
+    if listed["trl"] != trainer_args.installed_trl():
+        pytest.skip(
+            f"trl_fields.json lists TRL {listed['trl']}, TRL {trainer_args.installed_trl()} is "
+            "installed: `python -m sftkit.recipe.trainer_args` regenerates it"
+        )
+    assert listed == trainer_args.generate()
     assert set(trainer_args.OWNED) <= set(listed["fields"])  # no stale owned name
 
 
