@@ -55,4 +55,4 @@ def as_missing_dependency(exc: BaseException, purpose: str) -> MissingDependency
 
 
 # Optional packages outside the training stack that a recipe can ask for.
-OPTIONAL = frozenset({"liger_kernel", "deepspeed", "pyarrow", "wandb", "mlflow"})
+OPTIONAL = frozenset({"liger_kernel", "deepspeed", "pyarrow", "wandb", "mlflow", "trackio"})

@@ -142,7 +142,7 @@ class DataSection(Strict):
         return self
 
 
-Tracker = Literal["tensorboard", "wandb", "mlflow", "none"]
+Tracker = Literal["tensorboard", "wandb", "mlflow", "trackio", "none"]
 
 
 class EarlyStoppingSection(Strict):
