@@ -425,3 +425,32 @@ def test_a_recipe_asking_for_a_name_a_failed_registration_gave_is_told_why():
     assert "kaput" in result.stderr
     listed = invoke_cli("list", "strategies", plugins=[plugin])
     assert listed.exit_code == 0 and "broken" in listed.stderr and "kaput" in listed.stderr
+
+
+def test_a_shadowed_format_name_prepares_its_own_data():
+    """The plugin's `prompt-completion` and the built-in one never share prepared data."""
+    from sftkit.data.prepare import fingerprint
+    from sftkit.testing import tiny_recipe
+
+    spec = DatasetFormatSpec(
+        name="prompt-completion",
+        summary="Tab-separated prompt/completion.",
+        factory="sftkit.data.formats:PromptCompletionFormat",
+        options_model=PromptCompletionOptions,  # the same options: only the plugin differs
+    )
+    mine = _plugin("tabbed", register_dataset_formats=lambda register: register(spec))
+    source = "data.format.options.source=x.jsonl"
+    plain = fingerprint(
+        tiny_recipe("data.format.name=prompt-completion", "~data.format.options", source)
+    )
+    with registered(mine) as registry:
+        ours, builtin = (
+            fingerprint(
+                tiny_recipe(
+                    f"data.format.name={name}", "~data.format.options", source, registry=registry
+                )
+            )
+            for name in ("prompt-completion", "builtin.formats:prompt-completion")
+        )
+    assert ours != builtin
+    assert builtin == plain  # the built-in's data is the same with or without the plugin
