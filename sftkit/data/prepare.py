@@ -118,6 +118,9 @@ def fingerprint(resolved: ResolvedRecipe) -> str:
     else:
         name = resolved.data_format.spec.name
         payload = {"format": name, "options": _fingerprinted(name, resolved.data_format.options)}
+        shadowing = resolved.registry.formats.shadowed().get(name)
+        if shadowing and shadowing[0].plugin == resolved.data_format.plugin:
+            payload["plugin"] = resolved.data_format.plugin  # not the built-in's data
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -29,6 +29,7 @@ from sftkit.errors import (
 )
 from sftkit.recipe.overrides import Override, apply_overrides, parse_override
 from sftkit.recipe.schema import ComponentRef, DistributedSection, Recipe
+from sftkit.recipe.trainer_args import trainer_args_problems
 from sftkit.recipe.yamlio import read_yaml
 from sftkit.registry import Catalog, Registry
 from sftkit.specs import (
@@ -206,7 +207,7 @@ def load_recipe_text(
     resolved = validate_recipe_data(
         data, registry=registry, source=source, overrides=tuple(map(str, parsed))
     )
-    return replace(resolved, notes=tuple(notes)) if notes else resolved
+    return replace(resolved, notes=(*notes, *resolved.notes)) if notes else resolved
 
 
 def _component_nodes(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
@@ -302,6 +303,8 @@ def validate_recipe_data(
         problems.extend(_component_problems_raw(data, registry))
         raise RecipeError(_unique(problems), source=source) from None
 
+    args_problems, notes = trainer_args_problems(recipe.training.trainer_args)
+    problems.extend(args_problems)
     engine = _resolve_engine(recipe.distributed, registry, problems)
     if engine is not None:
         recipe = recipe.model_copy(update={"distributed": engine[1]})
@@ -364,6 +367,7 @@ def validate_recipe_data(
         raw=data,
         mixture=tuple(m for m in mixture if m is not None),
         during_training=tuple(e for e in during if e is not None),
+        notes=tuple(notes),
     )
     if registry.manager is not None:
         for result in registry.manager.hook.validate_recipe(recipe=resolved):

@@ -145,7 +145,7 @@ class DataSection(Strict):
         return self
 
 
-Tracker = Literal["tensorboard", "wandb", "mlflow", "none"]
+Tracker = Literal["tensorboard", "wandb", "mlflow", "trackio", "none"]
 
 
 class EarlyStoppingSection(Strict):
@@ -229,6 +229,12 @@ class TrainingSection(Strict):
         gt=0,
         description="NEFTune: uniform noise of this scale on the input embeddings while "
         "training (TRL/transformers' neftune_noise_alpha; 5 in the paper).",
+    )
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="TRL SFTConfig options passed through unchanged (dataloader_num_workers, "
+        "loss_type, torch_compile, ...); names sftkit sets from the recipe are refused "
+        "(sftkit.recipe.trainer_args).",
     )
 
     @model_validator(mode="after")
