@@ -120,8 +120,10 @@ class ChatTemplate:
     def prompt_text(self, example: Example, tokenizer: Any) -> str:
         return self._render(tokenizer, self.messages(example), add_generation_prompt=True)
 
-    def completion_text(self, example: Example, tokenizer: Any) -> str:
-        prompt = self.prompt_text(example, tokenizer)
+    def completion_text(self, example: Example, tokenizer: Any, prompt: str | None = None) -> str:
+        """The answer after `prompt` (rendered here unless the caller already has it)."""
+        if prompt is None:
+            prompt = self.prompt_text(example, tokenizer)
         reasoning, final = split_final_answer(example.completion)
         if prompt.rstrip().endswith("<think>"):
             # The template opened a reasoning block: close it before the answer.
@@ -138,7 +140,7 @@ class ChatTemplate:
         EOS), then the final answer; the rest is context. Each turn's span is where the
         template's rendering of the conversation up to it differs from the one before."""
         prompt = self.prompt_text(example, tokenizer)
-        completion = self.completion_text(example, tokenizer)
+        completion = self.completion_text(example, tokenizer, prompt)
         messages = self.messages(example)
         turns = [i for i, m in enumerate(messages) if trained_turn(m)]
         if not turns:

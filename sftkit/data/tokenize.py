@@ -108,7 +108,21 @@ def encode_all(
     *,
     completion_only_loss: bool = True,
 ) -> list[Encoded]:
-    return [
-        encode_example(template, ex, tokenizer, completion_only_loss=completion_only_loss)
-        for ex in examples
-    ]
+    """`encode_example` for many examples, with every segment of them encoded in one call
+    of the tokenizer (a fast tokenizer encodes a batch in Rust, many times faster than one
+    text at a time; the ids are the same)."""
+    pieces = [segments_of(template, ex, tokenizer) for ex in examples]
+    texts = [text for segments in pieces for text, _ in segments]
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    out: list[Encoded] = []
+    at = 0
+    for segments in pieces:
+        row: list[int] = []
+        mask: list[int] = []
+        for _, trained in segments:
+            piece = ids[at]
+            at += 1
+            row.extend(int(i) for i in piece)
+            mask.extend([int(trained)] * len(piece))
+        out.append(from_mask(row, mask, completion_only_loss=completion_only_loss))
+    return out

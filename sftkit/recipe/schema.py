@@ -123,6 +123,12 @@ class DataSection(Strict):
     prepared_dir: str | None = Field(
         default=None, description="Where prepared splits live; default: <output_dir>/data."
     )
+    num_proc: int | None = Field(
+        default=None,
+        ge=1,
+        description="Worker processes that tokenize the splits (and TRL's dataset passes); "
+        "default: the CPUs sftkit may use.",
+    )
     max_row_bytes: int | None = Field(
         default=4 * MiB,
         ge=1,

@@ -22,7 +22,8 @@ class TrainingData:
 
 
 def prepare(resolved: ResolvedRecipe, say: Callable[..., None]) -> TrainingData:
-    from sftkit.data.prepare import prepare_data, read_examples
+    from sftkit.data.prepare import prepare_data
+    from sftkit.data.tokenized import PreparedSplit
     from sftkit.modeling import load_tokenizer
 
     recipe = resolved.recipe
@@ -40,7 +41,7 @@ def prepare(resolved: ResolvedRecipe, say: Callable[..., None]) -> TrainingData:
     build = load_factory(objective.factory)
 
     def split(name: Literal["train", "dev"]) -> Any:
-        return build(read_examples(prepared.split_path(name)), template, tokenizer, recipe)
+        return build(PreparedSplit(prepared, name), template, tokenizer, recipe)
 
     dev = split("dev") if recipe.training.eval_steps is not None else None
     return TrainingData(tokenizer, split("train"), dev)
