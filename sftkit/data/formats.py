@@ -25,9 +25,6 @@ from sftkit.data.readers import (
 )
 from sftkit.data.sources import read_splits
 
-GSM8K_ANSWER = re.compile(r"^####\s*(-?[\d,]*\.?\d+)\s*$")
-CALCULATOR = re.compile(r"<<[^<>]*>>")
-
 
 @dataclass
 class RawSplits:
@@ -51,23 +48,6 @@ class DatasetFormat(Protocol):
     def read(self, *, skip_bad_rows: bool) -> RawSplits: ...
 
 
-def final_answer(answer: str) -> tuple[str, str]:
-    """Split a GSM8K-style answer into (reasoning, number) at its last '#### N' line."""
-    lines = answer.rstrip().splitlines()
-    match = GSM8K_ANSWER.match(lines[-1].strip()) if lines else None
-    if match is None:
-        raise RowError("'answer' does not end with a line '#### <number>'")
-    return "\n".join(lines[:-1]).rstrip(), match.group(1).replace(",", "")
-
-
-def reference_of(completion: str) -> str | None:
-    """The '#### N' number of a completion, if it ends with one (what gsm8k scores)."""
-    try:
-        return final_answer(completion)[1]
-    except RowError:
-        return None
-
-
 def example_id(row: RawRow) -> str:
     return f"{row.split or 'train'}-{row.index:05d}"
 
@@ -87,6 +67,20 @@ class SourceFormat:
 
 
 # --------------------------------------------------------------------------- GSM8K
+# The only format that knows GSM8K's '#### N' answer line: the others take a row's own
+# reference_answer, if any (the gsm8k evaluator reads '#### N' off the completion otherwise).
+
+GSM8K_ANSWER = re.compile(r"^####\s*(-?[\d,]*\.?\d+)\s*$")
+CALCULATOR = re.compile(r"<<[^<>]*>>")
+
+
+def final_answer(answer: str) -> tuple[str, str]:
+    """Split a GSM8K-style answer into (reasoning, number) at its last '#### N' line."""
+    lines = answer.rstrip().splitlines()
+    match = GSM8K_ANSWER.match(lines[-1].strip()) if lines else None
+    if match is None:
+        raise RowError("'answer' does not end with a line '#### <number>'")
+    return "\n".join(lines[:-1]).rstrip(), match.group(1).replace(",", "")
 
 
 class Gsm8kFormat(SourceFormat):
@@ -112,7 +106,7 @@ class PromptCompletionFormat(SourceFormat):
         prompt = require_text(row.data, self.options.prompt_field)
         completion = require_text(row.data, self.options.completion_field)
         reference = row.data.get("reference_answer")
-        return Example(example_id(row), prompt, completion, reference or reference_of(completion))
+        return Example(example_id(row), prompt, completion, reference if reference else None)
 
 
 class AlpacaFormat(SourceFormat):
@@ -135,7 +129,7 @@ class AlpacaFormat(SourceFormat):
         prompt: str | list[Message] = text
         if isinstance(system, str) and system.strip():
             prompt = [{"role": "system", "content": system}, {"role": "user", "content": text}]
-        return Example(example_id(row), prompt, output, reference_of(output))
+        return Example(example_id(row), prompt, output)
 
 
 # --------------------------------------------------------------------------- conversations
@@ -196,8 +190,7 @@ def conversation_example(row: RawRow, turns: list[Turn], *, key: str, train_on: 
         if i in trained:
             message["train"] = True
         history.append(message)
-    completion = turns[last].content
-    return Example(example_id(row), history, completion, reference_of(completion))
+    return Example(example_id(row), history, turns[last].content)
 
 
 def _flag(message: dict[str, Any], where: str) -> bool | None:
