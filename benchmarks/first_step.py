@@ -9,7 +9,8 @@ template and the model directory's locally built tokenizer (`benchmarks.build_ra
 and write to their own output directory, as a second run with another learning rate does:
 run 1 prepares and tokenizes, run 2 finds whatever its code keeps. The clock stops when the
 first step's loss is logged (the `on_log` hook); the child also times the run's data stage
-(`sftkit.training.stages.data.prepare`: reading, splitting, tokenizing). `--baseline-src`
+(`sftkit.training.stages.data.prepare` less loading the tokenizer: reading, splitting, tokenizing;
+`datasets` imported before the run, its import timed apart). `--baseline-src`
 names a source tree of another sftkit (e.g. `git archive` of an earlier commit) timed the same
 way first, and the ratios compare against it.
 """
@@ -19,6 +20,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -50,14 +53,20 @@ output_dir: "{output}"
 
 def child(recipe: Path, out: Path) -> None:
     """Run `sftkit run recipe`; write the data stage's seconds and the clock at the first
-    logged step to `out`, then exit at once."""
+    logged step to `out`, then exit at once. `datasets` is imported first (its import is
+    timed apart): both codes import it in the data stage, and TRL needs it regardless, so the
+    data stage's figure is the preparation itself."""
+    started = time.time()
+    import datasets  # noqa: F401
+
+    import_datasets_s = time.time() - started
     import sftkit.modeling
     from sftkit import hookspecs
     from sftkit.cli import run_cli
     from sftkit.plugins import make_plugin_manager
     from sftkit.training.stages import data
 
-    timings: dict[str, float] = {"tokenizer_s": 0.0}
+    timings: dict[str, Any] = {"tokenizer_s": 0.0, "import_datasets_s": import_datasets_s}
     prepare = data.prepare
     load_tokenizer = sftkit.modeling.load_tokenizer
 
@@ -83,6 +92,7 @@ def child(recipe: Path, out: Path) -> None:
         def on_log(self, run: Any, logs: dict[str, float]) -> None:
             if "loss" in logs:
                 timings["first_step_at"] = time.time()
+                timings["sftkit"] = str(Path(sftkit.modeling.__file__).parent.parent)
                 out.write_text(json.dumps(timings))
                 os._exit(0)
 
@@ -92,8 +102,10 @@ def child(recipe: Path, out: Path) -> None:
     raise SystemExit(f"the run ended (exit {code}) before a training step was logged")
 
 
-def time_runs(src: Path, args: argparse.Namespace, label: str) -> list[dict[str, float]]:
-    work = args.work / label
+def time_runs(
+    src: Path, args: argparse.Namespace, label: str, work: Path
+) -> list[dict[str, float]]:
+    shutil.rmtree(work, ignore_errors=True)  # every repetition starts with nothing prepared
     prepared = work / "prepared"
     results = []
     for run in range(1, args.runs + 1):
@@ -115,7 +127,7 @@ def time_runs(src: Path, args: argparse.Namespace, label: str) -> list[dict[str,
         done = subprocess.run(
             [sys.executable, "-m", "benchmarks.first_step", "--child", str(recipe), str(out)],
             env={**env, "PYTHONPATH": f"{src}{os.pathsep}{REPO}"},
-            cwd=REPO,
+            cwd=work,  # not REPO: `python -m` puts the working directory first on sys.path
             capture_output=True,
             text=True,
         )
@@ -131,7 +143,9 @@ def time_runs(src: Path, args: argparse.Namespace, label: str) -> list[dict[str,
             # the data stage less loading the tokenizer (importing transformers, mostly),
             # which the model stage would pay otherwise: reading, splitting, tokenizing
             "preparation_s": round(timing["data_stage_s"] - timing["tokenizer_s"], 2),
+            "import_datasets_s": round(timing["import_datasets_s"], 2),
         }
+        result["sftkit"] = timing["sftkit"]
         print(
             f"{label:>8} run {run}: {result['to_first_step_s']:6.2f} s to the first step; data "
             f"stage {result['data_stage_s']:5.2f} s, of which preparation "
@@ -152,21 +166,41 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--baseline-src", type=Path, default=None)
     parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3, help="Repetitions (medians reported)")
     args = parser.parse_args()
-    timed: dict[str, list[dict[str, float]]] = {}
+    codes = {"current": REPO}
     if args.baseline_src is not None:
-        timed["baseline"] = time_runs(args.baseline_src.resolve(), args, "baseline")
-    timed["current"] = time_runs(REPO, args, "current")
-    if "baseline" in timed:
-        base = timed["baseline"]
+        codes = {"baseline": args.baseline_src.resolve(), **codes}
+    timed: dict[str, list[list[dict[str, Any]]]] = {label: [] for label in codes}
+    for repetition in range(args.repeat):  # interleaved, so that load on the machine hits both
+        for label, src in codes.items():
+            timed[label].append(time_runs(src, args, label, args.work / f"{label}-{repetition}"))
+    median: dict[str, dict[int, dict[str, float]]] = {}
+    for label, repetitions in timed.items():
+        median[label] = {
+            run: {
+                key: statistics.median(r[run - 1][key] for r in repetitions)
+                for key in ("to_first_step_s", "data_stage_s", "preparation_s")
+            }
+            for run in range(1, args.runs + 1)
+        }
+        for run, values in median[label].items():
+            print(
+                f"median of {args.repeat}, {label} run {run}: {values['to_first_step_s']:.2f} s "
+                f"to the first step, preparation {values['preparation_s']:.2f} s"
+            )
+    if "baseline" in median:
+        base, new = median["baseline"], median["current"]
         for key in ("to_first_step_s", "preparation_s"):
-            for run in timed["current"]:
-                for ref in base:
-                    ratio = ref[key] / max(run[key], 1e-9)
-                    print(
-                        f"{key}: baseline run {ref['run']} / current run {run['run']} = {ratio:.1f}x"
-                    )
-    (args.work / "first_step.json").write_text(json.dumps(timed, indent=2) + "\n")
+            for run in new:
+                ratio = base[1][key] / max(new[run][key], 1e-9)
+                same = base[run][key] / max(new[run][key], 1e-9)
+                print(
+                    f"{key}: baseline first run / current run {run} = {ratio:.1f}x; "
+                    f"baseline run {run} / current run {run} = {same:.1f}x"
+                )
+    out = {"runs": timed, "median": median, "load_average": os.getloadavg()}
+    (args.work / "first_step.json").write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@ run, resume or ``sftkit prepare-data`` with the same inputs, without tokenizing.
 
 The key is a hash of everything that decides the ids (`cache_inputs`): the prepared split
 (its sha256, and the sources and their checksums it was prepared from), the format and its
-options, the template and its options, the tokenizer (vocabulary, merges, special tokens,
+options, the template and its options (and a chat template file's content), the reasoning setting, the
+tokenizer (vocabulary, merges, special tokens,
 chat template), the maximum length, completion-only loss, the objective and sftkit's version.
 Any change gives another key and a fresh build; the older builds of the split are pruned to
 the last `KEPT`. An entry appears whole or not at all (written beside, then renamed).
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, overload
 from sftkit import progress
 from sftkit._version import __version__
 from sftkit.data.example import Example
-from sftkit.data.tokenize import encode_all
+from sftkit.data.tokenize import Reasoning, encode_all
 from sftkit.errors import DataError
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ def tokenizer_fingerprint(tokenizer: Any) -> str:
 
 
 def cache_inputs(
-    split: PreparedSplit, tokenizer: Any, recipe: Any, objective: str
+    split: PreparedSplit, template: Any, tokenizer: Any, recipe: Any, objective: str
 ) -> dict[str, Any]:
     """Everything the tokenized split depends on (hashed into its key; stored beside it)."""
     manifest = split.prepared.manifest
@@ -102,6 +103,9 @@ def cache_inputs(
         "sources": [[s.get("source"), s.get("sha256")] for s in manifest.get("sources", [])],
         "format": [manifest.get("format"), manifest.get("fingerprint")],
         "template": recipe.data.template.model_dump(mode="json"),
+        # what a template reads beyond its options (a chat template file's content)
+        "template_identity": getattr(template, "cache_identity", lambda: None)(),
+        "reasoning": [recipe.data.reasoning, recipe.data.mask_empty_think],
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "max_length": recipe.training.max_seq_length,
         "completion_only_loss": recipe.data.completion_only_loss,
@@ -126,10 +130,20 @@ def workers(rows: int, num_proc: int | None) -> int:
 
 
 def _encode_batch(
-    batch: dict[str, list[str]], template: Any, tokenizer: Any, completion_only_loss: bool
+    batch: dict[str, list[str]],
+    template: Any,
+    tokenizer: Any,
+    completion_only_loss: bool,
+    reasoning: Reasoning,
 ) -> dict[str, list[list[int]]]:
     examples = [Example.from_dict(json.loads(line)) for line in batch["example"]]
-    encoded = encode_all(template, examples, tokenizer, completion_only_loss=completion_only_loss)
+    encoded = encode_all(
+        template,
+        examples,
+        tokenizer,
+        completion_only_loss=completion_only_loss,
+        reasoning=reasoning,
+    )
     return {
         "input_ids": [e.input_ids for e in encoded],
         "completion_mask": [e.trained_mask for e in encoded],
@@ -150,7 +164,7 @@ def tokenized_split(
 
     if len(split) == 0:
         raise DataError(f"the {split.name} split is empty: there is nothing to train on.")
-    inputs = cache_inputs(split, tokenizer, recipe, objective)
+    inputs = cache_inputs(split, template, tokenizer, recipe, objective)
     key = cache_key(inputs)
     root = split.prepared.directory / CACHE
     target = root / f"{split.name}-{key}"
@@ -173,6 +187,7 @@ def tokenized_split(
                 "template": template,
                 "tokenizer": tokenizer,
                 "completion_only_loss": recipe.data.completion_only_loss,
+                "reasoning": Reasoning.of(recipe),
             },
             new_fingerprint=key,
             desc=f"tokenizing {split.name}",
