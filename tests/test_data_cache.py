@@ -1,6 +1,6 @@
 """The tokenized-split cache: a second run with the same inputs loads it without tokenizing,
 and a change to any one input it is keyed on (source, format options, template, tokenizer,
-maximum length, completion-only loss, sftkit version) builds it again."""
+maximum length, completion-only loss, reasoning, sftkit version) builds it again."""
 
 from __future__ import annotations
 
@@ -104,6 +104,7 @@ CHANGES: dict[str, Any] = {
     "tokenizer": _change_tokenizer,
     "max length": ("training.max_seq_length=256",),
     "completion-only": ("data.completion_only_loss=false",),
+    "reasoning": ("data.reasoning=mask",),
     "sftkit version": "version",
 }
 
