@@ -106,6 +106,22 @@ def encode_text(text: str, tokenizer: Any) -> list[int]:
     return [int(i) for i in ids]
 
 
+def encode_texts(texts: list[str], tokenizer: Any) -> list[list[int]]:
+    """The ids of each text (``add_special_tokens=False``), as `encode_text` gives them. A
+    fast tokenizer that neither truncates, pads nor splits special tokens is asked for the
+    ids alone (`tokenizers`' ``encode_batch_fast``: no offsets, no per-text conversion)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    fast = getattr(backend, "encode_batch_fast", None)
+    if (
+        fast is not None
+        and not getattr(tokenizer, "split_special_tokens", False)
+        and backend.truncation is None
+        and backend.padding is None
+    ):
+        return [encoding.ids for encoding in fast(texts, add_special_tokens=False)]
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
 def encode_prompt(template: Any, example: Example, tokenizer: Any) -> list[int]:
     """The ids a model is given at generation time (evaluation uses this)."""
     return encode_text(template.prompt_text(example, tokenizer), tokenizer)
@@ -186,7 +202,7 @@ def encode_all(
     text at a time; the ids are the same)."""
     pieces = [segments_of(template, ex, tokenizer, reasoning) for ex in examples]
     texts = [text for segments in pieces for text, _ in segments]
-    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    ids = encode_texts(texts, tokenizer) if texts else []
     out: list[Encoded] = []
     at = 0
     for segments in pieces:
@@ -195,7 +211,7 @@ def encode_all(
         for _, trained in segments:
             piece = ids[at]
             at += 1
-            row.extend(int(i) for i in piece)
+            row.extend(piece)
             mask.extend([int(trained)] * len(piece))
         out.append(from_mask(row, mask, completion_only_loss=completion_only_loss))
     return out

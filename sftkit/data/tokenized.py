@@ -36,7 +36,10 @@ log = logging.getLogger("sftkit.data")
 
 CACHE = "tokenized"
 KEPT = 4  # builds kept per split (a user switching between two tokenizers keeps both)
-ROWS_PER_WORKER = 1000  # below this a worker process costs more than it saves
+# Rows per worker process below which one more costs more than it saves: the tokenizer's
+# batch encoding already runs on every core, so workers only share the template rendering
+# (GSM8K's 7,273 train rows on the 2-core machine: 1.8 s in one process, 2.3 s in two).
+ROWS_PER_WORKER = 10_000
 
 
 class PreparedSplit(Sequence[Example]):
