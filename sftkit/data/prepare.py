@@ -55,6 +55,7 @@ ADDED_OPTIONS: dict[str, dict[str, Any]] = {
         "train_file": None,
         "test_file": None,
     },
+    "chat": {"tools_field": "tools"},
     "prompt-completion": {
         "source": None,
         "config": None,

@@ -126,6 +126,20 @@ class DataSection(Strict):
     prepared_dir: str | None = Field(
         default=None, description="Where prepared splits live; default: <output_dir>/data."
     )
+    reasoning: Literal["train", "mask", "drop"] = Field(
+        default="train",
+        description="Reasoning traces (<think>...</think>, a message's reasoning_content): "
+        "trained with the answer, masked (context, no loss), or dropped from the text.",
+    )
+    mask_empty_think: bool = Field(
+        default=True, description="Mask empty think blocks (<think></think>) whatever the mode."
+    )
+    num_proc: int | None = Field(
+        default=None,
+        ge=1,
+        description="Worker processes that tokenize the splits (and TRL's dataset passes); "
+        "default: the CPUs sftkit may use.",
+    )
     max_row_bytes: int | None = Field(
         default=4 * MiB,
         ge=1,
