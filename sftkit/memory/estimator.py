@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from sftkit.errors import DoesNotFitError
+from sftkit.memory import activations as act
 from sftkit.memory.budget import resolve_budget
 from sftkit.memory.evalcopy import merged_copy_term
 from sftkit.memory.phases import breakdown
@@ -74,8 +75,20 @@ def notes_for(setup: Setup, on_gpu: bool) -> list[str]:
         notes.append("no GPU: compared with host RAM; CUDA context and workspaces left out.")
     if setup.padded and setup.attn_implementation in ("sdpa", "eager"):
         notes.append(
-            "assumes a 4-D attention mask (padded or packed batches): SDPA repeats k/v per "
-            "head and keeps an s x s mask per layer."
+            f"attention: {setup.attention_description}: SDPA repeats k/v per head and keeps an "
+            "s x s mask per layer (packed rows: training.mask_free_packing drops it)."
+        )
+    else:
+        notes.append(f"attention: {setup.attention_description}.")
+    if setup.tiled_mlp:
+        notes.append(
+            "tiled MLP: each MLP keeps only its input and is recomputed in backward in tiles "
+            f"of {act.mlp_tile_tokens(setup, setup.micro_batch_size, setup.seq_len):,} tokens."
+        )
+    if setup.compiled:
+        notes.append(
+            "compiled decoder layers priced as eager ones (conservative: inductor's fusions "
+            "keep the same or fewer tensors for backward); compiling takes host memory once."
         )
     notes.append(setup.loss.note())
     notes.extend(setup.storage.notes(setup.composition.has_adapters))

@@ -317,6 +317,7 @@ def validate_recipe_data(
         for i, ref in enumerate(recipe.evaluation.during_training)
     ]
     problems.extend(_evaluation_problems(recipe, during, data_format))
+    problems.extend(_attention_problems(recipe))
     problems.extend(_named(recipe.training.loss, "training.loss", registry.loss_heads, ("auto",)))
     problems.extend(_named(recipe.training.objective, "training.objective", registry.objectives))
     parts: Composition | None = None
@@ -372,6 +373,29 @@ def _on_dev(ref: ComponentRef, registry: Registry) -> ComponentRef:
     if "split" not in registry.evaluators.get(ref.name).options_model.model_fields:
         return ref
     return ComponentRef(name=ref.name, options={"split": "dev", **ref.options})
+
+
+def _attention_problems(recipe: Recipe) -> list[Problem]:
+    """training.mask_free_packing: what it needs of the data and the attention kernel."""
+    if not recipe.training.mask_free_packing:
+        return []
+    problems = []
+    if not recipe.data.packing:
+        problems.append(
+            Problem(
+                "training.mask_free_packing",
+                "applies to packed rows only: set data.packing to true, or drop the switch.",
+            )
+        )
+    if recipe.model.attn_implementation == "eager":
+        problems.append(
+            Problem(
+                "training.mask_free_packing",
+                "needs model.attn_implementation sdpa (or flash_attention_2/3): eager "
+                "attention always builds the s x s mask.",
+            )
+        )
+    return problems
 
 
 def _evaluation_problems(
