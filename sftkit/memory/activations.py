@@ -151,7 +151,8 @@ def layer_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
     elif setup.padded and impl == "sdpa":
         kv_saved = q if groups > 1 else kv
         per_token += c * (q + 2 * kv_saved) + c * q + FP32 * s.num_heads
-        per_seq += c * seq * (16 * math.ceil(seq / 16))  # float mask, padded to 16 columns
+        # a float mask per layer; CUDA's memory-efficient kernel pads it to 16 columns
+        per_seq += c * seq * (16 * math.ceil(seq / 16) if setup.on_gpu else seq)
         o_input_saved_by_attention = True
     else:  # no mask: sdpa unpadded or per packed document, flash varlen, flex attention
         per_token += c * (q + 2 * kv) + c * q + FP32 * s.num_heads
