@@ -156,6 +156,7 @@ def search(
 
 
 MAX_MICRO_BATCH = 4096
+MAX_SEQ_SEARCH = 1 << 20  # 1,048,576 tokens
 MAX_GPUS = 64
 
 
@@ -166,7 +167,9 @@ def fit_search(
     from sftkit.memory.estimator import shape_for
 
     shape = shape_for(resolved, model)
-    max_seq = shape.max_position_embeddings or 131072
+    # Memory decides the row length searched; the model's position window is said beside it
+    # (rows past it run on positions the model never saw unless its rope is scaled).
+    max_seq = MAX_SEQ_SEARCH
     results = {
         "training.micro_batch_size": search(
             resolved, "training.micro_batch_size", 1, MAX_MICRO_BATCH, gpu=gpu, model=model
@@ -181,6 +184,8 @@ def fit_search(
             model=model,
         ),
     }
+    if shape.max_position_embeddings:
+        results["training.max_seq_length"]["window"] = shape.max_position_embeddings
     r = resolved.recipe
     if engine_of(r).searches_gpu_counts(r.distributed):
         results["hardware.num_gpus"] = _gpu_search(resolved, gpu=gpu, model=model)

@@ -388,4 +388,10 @@ def render_fit(e: Estimate) -> list[str]:
                 if found.get("next") is not None
                 else f"  {key} = {found['value']}  (peak {gib(found['peak_bytes'])}; search limit {found['limit']})"
             )
+            window = found.get("window")
+            if window and found["value"] > window:
+                lines.append(
+                    f"    (memory allows it; the model's position window is {window:,} tokens "
+                    "(max_position_embeddings): longer rows need its rope scaled)"
+                )
     return lines
