@@ -4,12 +4,11 @@ estimator prices them the right way, and measure mode's saved bytes match the te
 
 from __future__ import annotations
 
-
 import pytest
 
 from sftkit.attention import SEQUENCE_SDPA, attention_for
-from sftkit.memory.estimator import estimate
 from sftkit.errors import RecipeError
+from sftkit.memory.estimator import estimate
 from sftkit.recipe.load import load_recipe
 from sftkit.testing import fresh_registry
 
@@ -29,7 +28,7 @@ def test_attention_choice():
 
 
 def test_mask_free_packing_needs_packed_rows():
-    with pytest.raises(RecipeError, match="data.packing"):
+    with pytest.raises(RecipeError, match=r"data\.packing"):
         load_recipe(
             "recipes/quickstart.yaml",
             overrides=["training.mask_free_packing=true", "data.packing=false"],
@@ -110,8 +109,7 @@ def _packed_loss(model, docs):
 def _one_by_one_loss(model, docs):
     trained = sum(len(d) - 1 for d in docs)
     total = sum(
-        model(input_ids=d[None], labels=d[None], use_cache=False).loss * (len(d) - 1)
-        for d in docs
+        model(input_ids=d[None], labels=d[None], use_cache=False).loss * (len(d) - 1) for d in docs
     )
     return total / trained
 
@@ -138,9 +136,7 @@ def test_packed_row_equals_documents_one_by_one(attn):
     register()
     reference = _model("eager")
     model = _model(attn, reference.state_dict())
-    _assert_same(
-        _loss_and_grads(model, _packed_loss), _loss_and_grads(reference, _one_by_one_loss)
-    )
+    _assert_same(_loss_and_grads(model, _packed_loss), _loss_and_grads(reference, _one_by_one_loss))
 
 
 def test_sequence_sdpa_without_cumulative_lengths_uses_the_position_ids():

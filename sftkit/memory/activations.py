@@ -127,7 +127,7 @@ def norm_saved_per_token(setup: Setup) -> int:
 def layer_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
     """Bytes one decoder layer saves for backward (no checkpointing)."""
     s, d = setup.shape, dtypes(setup)
-    h, i = s.hidden_size, s.mlp_width
+    h = s.hidden_size
     q, kv = s.q_size, s.kv_size
     lora = _lora_by_module(setup)
     n = batch * seq
@@ -291,6 +291,20 @@ def lm_head_bytes(setup: Setup) -> int:
     if any("lm_head" in a.trained_modules() for a in setup.adapters):
         return setup.storage.trained_copy_bytes(setup.precision)
     return setup.storage.plain_bytes(setup.precision)
+
+
+def autocast_copies_in_backward(setup: Setup, tensors: list[LaidTensor]) -> tuple[int, int]:
+    """(at the start of backward, while a layer's backward runs): the autocast copies alive.
+    Without checkpointing every copy the forward saved; with it the layers' copies were
+    dropped with the rest of their saved tensors and come back one layer at a time, when
+    the layer is recomputed."""
+    total = autocast_weight_copy_bytes(setup, tensors)
+    if not setup.checkpointing:
+        return total, total
+    layers = setup.shape.num_layers
+    per_layer = autocast_weight_copy_bytes(setup, [t for t in tensors if t.count == layers])
+    outside = total - per_layer
+    return outside, outside + per_layer // max(layers, 1)
 
 
 def autocast_weight_copy_bytes(setup: Setup, tensors: list[LaidTensor]) -> int:

@@ -236,6 +236,7 @@ def fewest_gpus(
 
 
 PER_CATEGORY = 3
+GPUS = 5  # the category of more GPUs: the most disruptive change
 
 
 @dataclass(frozen=True)
@@ -389,10 +390,19 @@ def suggest(
         s = maker(resolved, gpu, model)
         if s is not None:
             found.append((category, s))
-    found.extend((5, s) for s in _more_gpus(resolved, gpu, model))
-    if not any(cat < 5 for cat, _ in found):
+    found.extend((GPUS, s) for s in _more_gpus(resolved, gpu, model))
+    if not any(cat < GPUS for cat, _ in found):
         found.extend(_pairs(resolved, singles, gpu, model))
-    found.sort(key=lambda cs: (cs[0], -cs[1].peak_bytes))
+    # the least disruptive kind first and, within a kind, the changes that need least memory
+    # (the least spilled paged state breaking ties); more GPUs: the fewest (highest per-GPU
+    # peak) first
+    found.sort(
+        key=lambda cs: (
+            cs[0],
+            -cs[1].peak_bytes if cs[0] == GPUS else cs[1].peak_bytes,
+            cs[1].spill_bytes,
+        )
+    )
     out: list[Suggestion] = []
     per: dict[int, int] = {}
     # Two changes with the same predicted memory are one suggestion (lora-plus prices

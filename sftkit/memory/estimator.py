@@ -22,7 +22,7 @@ from sftkit.memory.result import (
     resident_paged,
 )
 from sftkit.memory.setup import Setup, describe, setup_from_recipe
-from sftkit.memory.terms import MemoryTerm, gib
+from sftkit.memory.terms import MemoryTerm
 from sftkit.modelshape import ModelShape, resolve_model_shape
 
 if TYPE_CHECKING:
@@ -127,11 +127,9 @@ def compute(
     terms = extra_terms(resolved, shape)
     b = breakdown(setup, terms)
     device, paged = pool_totals(b, "device"), pool_totals(b, "paged")
-    resident = (
-        resident_paged(device, paged, budget.total_bytes)
-        if budget.is_gpu
-        else dict.fromkeys(device, 0)
-    )
+    # On a GPU, paged state stays on the device while there is room and spills to host RAM
+    # after; on the CPU the "device" is host RAM, so all of it counts in the total.
+    resident = resident_paged(device, paged, budget.total_bytes) if budget.is_gpu else paged
     # the evaluators' merged bf16 copy, when the evaluation phase has room for it
     copy = merged_copy_term(resolved, shape, device["evaluation"] + resident["evaluation"], budget)
     if copy is not None:
@@ -155,11 +153,12 @@ def compute(
         recipe_source=resolved.source,
         notes=[*generic_notes(shape), *notes_for(setup, budget.is_gpu)],
         generic=list(shape.generic),
+        cannot_run=(
+            f"training.loss={setup.loss.name}: {setup.loss.cpu_problem}"
+            if setup.loss.cpu_problem and not budget.is_gpu
+            else ""
+        ),
     )
-    if result.paged_spill_bytes:
-        result.notes.append(
-            f"{gib(result.paged_spill_bytes)} of paged optimizer state spills to host RAM."
-        )
     return result
 
 

@@ -142,9 +142,7 @@ def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bo
         prompt_tokens = int(getattr(options, "max_prompt_tokens", None) or t.max_seq_length)
         if new_tokens is not None:
             evaluations.append(
-                EvalWorkload(
-                    component.spec.name, "generate", batch, prompt_tokens, int(new_tokens)
-                )
+                EvalWorkload(component.spec.name, "generate", batch, prompt_tokens, int(new_tokens))
             )
         else:
             evaluations.append(EvalWorkload(component.spec.name, "loss", batch, int(max_length)))

@@ -11,6 +11,7 @@ else (a padding mask, a KV cache during generation) goes to transformers' own SD
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from sftkit.attention import SEQUENCE_SDPA
@@ -22,7 +23,7 @@ def document_spans(kwargs: dict[str, Any], length: int, rows: int) -> list[list[
     cu = kwargs.get("cu_seq_lens_q")
     if cu is not None and rows == 1 and int(cu[-1]) == length:
         bounds = [int(x) for x in cu.tolist()]
-        return [list(zip(bounds[:-1], bounds[1:], strict=True))]
+        return [list(itertools.pairwise(bounds))]
     positions = kwargs.get("position_ids")
     if positions is None or positions.shape[-1] != length:
         return []
@@ -51,8 +52,10 @@ def sequence_sdpa_forward(
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     rows, _, length, _ = query.shape
-    spans = [] if attention_mask is not None or key.shape[2] != length else (
-        document_spans(kwargs, length, rows)
+    spans = (
+        []
+        if attention_mask is not None or key.shape[2] != length
+        else (document_spans(kwargs, length, rows))
     )
     if not spans:
         return sdpa_attention_forward(

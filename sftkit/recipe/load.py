@@ -514,7 +514,11 @@ def _resolve(
             "" if entry.plugin.startswith("builtin.") else f" (options of plugin {entry.plugin!r})"
         )
         for problem in _problems_from_validation(exc, options_model, prefix=f"{dotted}.options"):
-            problems.append(Problem(problem.path, problem.message + owner, problem.suggestion))
+            message = problem.message.replace(
+                "it takes no options",
+                f"{catalog.spec_type.kind} {ref.name!r} takes no options",  # type: ignore[attr-defined]
+            )
+            problems.append(Problem(problem.path, message + owner, problem.suggestion))
         return None
     return Component(entry.spec, options, entry.plugin)
 
@@ -606,11 +610,14 @@ def _problems_from_validation(
         if kind == "extra_forbidden":
             allowed = _fields_at(model, loc[:-1])
             hint = closest(loc[-1], allowed) if allowed else None
+            expected = (
+                f"expected one of: {', '.join(allowed)}" if allowed else "it takes no options"
+            )
             problems.append(
                 Problem(
                     path,
-                    f"unknown key; expected one of: {', '.join(allowed)}.",
-                    f"Did you mean {hint!r}?" if hint else None,
+                    f"unknown key; {expected}.",
+                    f"Did you mean {hint!r}?" if hint else "Remove the key.",
                 )
             )
         elif kind == "missing":
@@ -619,7 +626,9 @@ def _problems_from_validation(
             msg = err["msg"]
             if msg.startswith("Value error, "):
                 msg = msg[len("Value error, ") :]
-            problems.append(Problem(path, f"{msg}; found {_show(found)}."))
+            # a whole section's check (found: the section itself) names its keys in msg
+            shown = "" if isinstance(found, dict) else f"; found {_show(found)}"
+            problems.append(Problem(path, f"{msg}{shown}."))
     return problems
 
 
