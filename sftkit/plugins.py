@@ -75,7 +75,9 @@ class SftkitPluginManager:
     infos: dict[str, PluginInfo] = field(default_factory=dict)
     failures: list[PluginFailure] = field(default_factory=list)
     blocked: frozenset[str] = frozenset()
-    blocked_by_env: frozenset[str] = frozenset()  # the part of `blocked` SFTKIT_DISABLE_PLUGINS named
+    blocked_by_env: frozenset[str] = (
+        frozenset()
+    )  # the part of `blocked` SFTKIT_DISABLE_PLUGINS named
 
     def blocked_note(self) -> str | None:
         """Which plugins are turned off and by what, for a "not found" message."""

@@ -34,6 +34,12 @@ class Gsm8kEvalOptions(EvalOptions):
         description=f"Generation budget per problem; default {ANSWER_TOKENS}, or "
         f"{THINKING_TOKENS} when the prompt opens a <think> block (room to reason first).",
     )
+    max_prompt_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="The longest prompt (tokens) the evaluation phase is priced for; a longer "
+        "one is refused. Default: training.max_seq_length. GSM8K's prompts are a few hundred.",
+    )
     merged_copy: bool = Field(
         default=True,
         description="Over a quantized base, generate with a bf16 copy with the adapters merged "

@@ -11,6 +11,7 @@ import dataclasses
 from typing import TYPE_CHECKING, Any
 
 from sftkit.errors import DoesNotFitError, PluginError
+from sftkit.memory import activations as act
 from sftkit.memory.budget import resolve_budget
 from sftkit.memory.evalcopy import merged_copy_term
 from sftkit.memory.phases import breakdown
@@ -22,7 +23,7 @@ from sftkit.memory.result import (
     resident_paged,
 )
 from sftkit.memory.setup import Setup, describe, setup_from_recipe
-from sftkit.memory.terms import MemoryTerm, gib
+from sftkit.memory.terms import MemoryTerm
 from sftkit.modelshape import ModelShape, resolve_model_shape
 
 if TYPE_CHECKING:
@@ -80,8 +81,20 @@ def notes_for(setup: Setup, on_gpu: bool) -> list[str]:
         notes.append("no GPU: compared with host RAM; CUDA context and workspaces left out.")
     if setup.padded and setup.attn_implementation in ("sdpa", "eager"):
         notes.append(
-            "assumes a 4-D attention mask (padded or packed batches): SDPA repeats k/v per "
-            "head and keeps an s x s mask per layer."
+            f"attention: {setup.attention_description}: SDPA repeats k/v per head and keeps an "
+            "s x s mask per layer (packed rows: training.mask_free_packing drops it)."
+        )
+    else:
+        notes.append(f"attention: {setup.attention_description}.")
+    if setup.tiled_mlp:
+        notes.append(
+            "tiled MLP: each MLP keeps only its input and is recomputed in backward in tiles "
+            f"of {act.mlp_tile_tokens(setup, setup.micro_batch_size, setup.seq_len):,} tokens."
+        )
+    if setup.compiled:
+        notes.append(
+            "compiled decoder layers priced as eager ones (conservative: inductor's fusions "
+            "keep the same or fewer tensors for backward); compiling takes host memory once."
         )
     notes.append(setup.loss.note())
     notes.extend(setup.storage.notes(setup.composition.has_adapters))
@@ -120,11 +133,9 @@ def compute(
     terms = extra_terms(resolved, shape)
     b = breakdown(setup, terms)
     device, paged = pool_totals(b, "device"), pool_totals(b, "paged")
-    resident = (
-        resident_paged(device, paged, budget.total_bytes)
-        if budget.is_gpu
-        else dict.fromkeys(device, 0)
-    )
+    # On a GPU, paged state stays on the device while there is room and spills to host RAM
+    # after; on the CPU the "device" is host RAM, so all of it counts in the total.
+    resident = resident_paged(device, paged, budget.total_bytes) if budget.is_gpu else paged
     # the evaluators' merged bf16 copy, when the evaluation phase has room for it
     copy = merged_copy_term(resolved, shape, device["evaluation"] + resident["evaluation"], budget)
     if copy is not None:
@@ -148,11 +159,12 @@ def compute(
         recipe_source=resolved.source,
         notes=[*generic_notes(shape), *notes_for(setup, budget.is_gpu), *term_notes(terms)],
         generic=list(shape.generic),
+        cannot_run=(
+            f"training.loss={setup.loss.name}: {setup.loss.cpu_problem}"
+            if setup.loss.cpu_problem and not budget.is_gpu
+            else ""
+        ),
     )
-    if result.paged_spill_bytes:
-        result.notes.append(
-            f"{gib(result.paged_spill_bytes)} of paged optimizer state spills to host RAM."
-        )
     return result
 
 

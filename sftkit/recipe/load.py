@@ -263,7 +263,9 @@ def apply_component_overrides(
         # Options the new component also declares keep their values (lora -> qlora-nf4
         # keeps rank and alpha); the others belong to the old one.
         accepted = getattr(_options_model(applied, path, registry), "model_fields", {})
-        kept = {k: v for k, v in options.items() if k in accepted} if isinstance(options, dict) else {}
+        kept = (
+            {k: v for k, v in options.items() if k in accepted} if isinstance(options, dict) else {}
+        )
         dropped = [k for k in options if k not in kept] if isinstance(options, dict) else [options]
         if kept:
             _node(cleared, path)["options"] = kept
@@ -332,6 +334,7 @@ def validate_recipe_data(
         for i, ref in enumerate(recipe.evaluation.during_training)
     ]
     problems.extend(_evaluation_problems(recipe, during, data_format))
+    problems.extend(_attention_problems(recipe))
     problems.extend(_named(recipe.training.loss, "training.loss", registry.loss_heads, ("auto",)))
     problems.extend(_named(recipe.training.objective, "training.objective", registry.objectives))
     parts: Composition | None = None
@@ -388,6 +391,29 @@ def _on_dev(ref: ComponentRef, registry: Registry) -> ComponentRef:
     if "split" not in registry.evaluators.get(ref.name).options_model.model_fields:
         return ref
     return ComponentRef(name=ref.name, options={"split": "dev", **ref.options})
+
+
+def _attention_problems(recipe: Recipe) -> list[Problem]:
+    """training.mask_free_packing: what it needs of the data and the attention kernel."""
+    if not recipe.training.mask_free_packing:
+        return []
+    problems = []
+    if not recipe.data.packing:
+        problems.append(
+            Problem(
+                "training.mask_free_packing",
+                "applies to packed rows only: set data.packing to true, or drop the switch.",
+            )
+        )
+    if recipe.model.attn_implementation == "eager":
+        problems.append(
+            Problem(
+                "training.mask_free_packing",
+                "needs model.attn_implementation sdpa (or flash_attention_2/3): eager "
+                "attention always builds the s x s mask.",
+            )
+        )
+    return problems
 
 
 def _evaluation_problems(
@@ -506,7 +532,11 @@ def _resolve(
             "" if entry.plugin.startswith("builtin.") else f" (options of plugin {entry.plugin!r})"
         )
         for problem in _problems_from_validation(exc, options_model, prefix=f"{dotted}.options"):
-            problems.append(Problem(problem.path, problem.message + owner, problem.suggestion))
+            message = problem.message.replace(
+                "it takes no options",
+                f"{catalog.spec_type.kind} {ref.name!r} takes no options",  # type: ignore[attr-defined]
+            )
+            problems.append(Problem(problem.path, message + owner, problem.suggestion))
         return None
     return Component(entry.spec, options, entry.plugin)
 
@@ -598,11 +628,14 @@ def _problems_from_validation(
         if kind == "extra_forbidden":
             allowed = _fields_at(model, loc[:-1])
             hint = closest(loc[-1], allowed) if allowed else None
+            expected = (
+                f"expected one of: {', '.join(allowed)}" if allowed else "it takes no options"
+            )
             problems.append(
                 Problem(
                     path,
-                    f"unknown key; expected one of: {', '.join(allowed)}.",
-                    f"Did you mean {hint!r}?" if hint else None,
+                    f"unknown key; {expected}.",
+                    f"Did you mean {hint!r}?" if hint else "Remove the key.",
                 )
             )
         elif kind == "missing":
@@ -611,7 +644,9 @@ def _problems_from_validation(
             msg = err["msg"]
             if msg.startswith("Value error, "):
                 msg = msg[len("Value error, ") :]
-            problems.append(Problem(path, f"{msg}; found {_show(found)}."))
+            # a whole section's check (found: the section itself) names its keys in msg
+            shown = "" if isinstance(found, dict) else f"; found {_show(found)}"
+            problems.append(Problem(path, f"{msg}{shown}."))
     return problems
 
 

@@ -223,6 +223,22 @@ class TrainingSection(Strict):
         description="Step each parameter as soon as its gradient exists and free it (at most one "
         "gradient lives); needs gradient_accumulation_steps 1 and max_grad_norm null.",
     )
+    mask_free_packing: bool = Field(
+        default=False,
+        description="Packed rows (data.packing) keep their documents apart by position ids "
+        "instead of an s x s mask: flex attention on CUDA, causal SDPA per document on the "
+        "CPU (FlashAttention is always mask-free); with sdpa.",
+    )
+    tiled_mlp: bool = Field(
+        default=False,
+        description="Compute each MLP in sequence tiles, recomputed tile by tile in backward "
+        "(Arctic Long Sequence Training's TiledMLP, through liger-kernel): for long rows.",
+    )
+    compile: bool = Field(
+        default=False,
+        description="Compile each decoder layer with torch.compile (regional: one layer's "
+        "graph, reused by all), a one-time cost in the first steps.",
+    )
     activation_offload: bool = Field(
         default=False,
         description="Keep the checkpointed layer inputs in (pinned) host memory between forward "

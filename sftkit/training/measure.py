@@ -263,6 +263,10 @@ def prepare_for_training(model: Any, setup: Setup) -> None:
     from sftkit.training.techniques import restore_declared_dtypes
 
     restore_declared_dtypes(model, setup.composition, setup.precision)
+    if setup.tiled_mlp:
+        from sftkit.training.layers import install_tiled_mlp
+
+        install_tiled_mlp(model)
     if setup.activation_offload and setup.checkpointing:
         from sftkit.training.offload import install
 
