@@ -393,7 +393,15 @@ class ObjectiveSpec:
     the arguments sftkit builds for `SFTConfig`; `factory` the function building its data,
     ``dataset(split, template, tokenizer, recipe) -> datasets.Dataset``, where `split` is a
     `sftkit.data.tokenized.PreparedSplit` (a sequence of `Example`s that also knows its file,
-    for `tokenized_split`'s cache)."""
+    for `tokenized_split`'s cache).
+
+    `options_model` validates ``training.objective_options``; the options are passed to
+    `config` with sftkit's arguments (name them as the config's fields). The memory it
+    declares, which the estimator prices: `sequences_per_example`, how many sequences each
+    example puts through the model in a step (2 for a preference pair); `reference_copy`,
+    whether a frozen reference of what trains is kept beside the model (a copy of the
+    adapters under LoRA/QLoRA, of the whole model under full training); `own_loss`, that its
+    trainer computes the loss itself (``training.loss`` must stay ``auto``)."""
 
     kind: ClassVar[str] = "objective"
 
@@ -402,6 +410,10 @@ class ObjectiveSpec:
     trainer: str
     config: str
     factory: str
+    options_model: type[Options] = NoOptions
+    sequences_per_example: int = 1
+    reference_copy: bool = False
+    own_loss: bool = False
 
     def __post_init__(self) -> None:
         _check_name(self)
@@ -411,6 +423,11 @@ class ObjectiveSpec:
                     f"objective {self.name!r}: {attr} {getattr(self, attr)!r} must be "
                     "'package.module:attr'."
                 )
+        if self.sequences_per_example < 1:
+            raise SpecError(
+                f"objective {self.name!r}: sequences_per_example must be at least 1, "
+                f"not {self.sequences_per_example}."
+            )
 
 
 def _check_name(spec: Any) -> None:

@@ -118,6 +118,12 @@ class ShareGptOptions(SourceOptions):
     train_on: TrainOn = Field(default="all", description="As for the chat format.")
 
 
+class PreferenceOptions(SourceOptions):
+    prompt_field: str = Field(default="prompt", description="The prompt: a string or messages.")
+    chosen_field: str = Field(default="chosen", description="The preferred answer.")
+    rejected_field: str = Field(default="rejected", description="The rejected answer.")
+
+
 class SyntheticArithmeticOptions(SplitOptions):
     train_size: int = Field(default=2000, ge=1)
     test_size: int = Field(default=200, ge=1)
@@ -160,6 +166,12 @@ FORMATS = (
         summary="ShareGPT {conversations: [{from, value}]}: human/gpt/system/tool speakers.",
         factory="sftkit.data.formats:ShareGptFormat",
         options_model=ShareGptOptions,
+    ),
+    DatasetFormatSpec(
+        name="preference",
+        summary="Preference pairs {prompt, chosen, rejected}, plain or conversational (dpo).",
+        factory="sftkit.data.formats:PreferenceFormat",
+        options_model=PreferenceOptions,
     ),
     DatasetFormatSpec(
         name="synthetic-arithmetic",

@@ -1,4 +1,5 @@
-"""Built-in loss heads (``training.loss``) and the built-in training objective (``sft``).
+"""Built-in loss heads (``training.loss``) and the built-in training objectives (``sft``,
+``dpo``).
 
 A plugin adds either exactly like this module does: a `LossHeadSpec` whose `memory` declares
 what the head keeps (the estimator prices it from that alone) and whose factory computes it;
@@ -8,9 +9,34 @@ its data.
 
 from __future__ import annotations
 
+from typing import Literal
+
+from pydantic import Field
+
 from sftkit.components.loss import LOSS_HEADS
 from sftkit.hookspecs import Register, hookimpl
-from sftkit.specs import LossHeadSpec, ObjectiveSpec
+from sftkit.specs import LossHeadSpec, ObjectiveSpec, Options
+
+# The loss types TRL 1.16's DPOTrainer computes (DPOConfig.loss_type; a test checks the
+# installed TRL names each).
+DpoLoss = Literal[
+    "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
+    "aot", "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+]  # fmt: skip
+
+
+class DpoOptions(Options):
+    beta: float = Field(
+        default=0.1,
+        gt=0,
+        description="How far the policy may move from the reference (DPO's beta; for ipo the "
+        "regularisation).",
+    )
+    loss_type: list[DpoLoss] = Field(
+        default_factory=lambda: list[DpoLoss](["sigmoid"]),
+        min_length=1,
+        description="TRL's DPO loss (sigmoid: the DPO paper's); several are summed.",
+    )
 
 
 @hookimpl(trylast=True)
@@ -50,5 +76,19 @@ def register_objectives(register: Register[ObjectiveSpec]) -> None:
             trainer="sftkit.training.trainer:SftkitTrainer",
             config="trl:SFTConfig",
             factory="sftkit.training.dataset:sft_dataset",
+        )
+    )
+    register(
+        ObjectiveSpec(
+            "dpo",
+            "Direct preference optimization on {prompt, chosen, rejected} pairs (TRL's "
+            "DPOTrainer); data.format preference.",
+            trainer="sftkit.training.preference:SftkitDpoTrainer",
+            config="sftkit.training.preference:dpo_config",
+            factory="sftkit.training.preference:dpo_dataset",
+            options_model=DpoOptions,
+            sequences_per_example=2,  # chosen and rejected, both through the model each step
+            reference_copy=True,
+            own_loss=True,
         )
     )

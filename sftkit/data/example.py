@@ -21,7 +21,8 @@ class Example:
     messages ending before the assistant's answer; earlier assistant turns marked
     ``"train": True`` are trained too); `completion` is the answer the model is trained to
     produce; `reference_answer` is the final answer an evaluator compares against
-    (for GSM8K the number after ``####``), or None.
+    (for GSM8K the number after ``####``), or None. A preference pair (the ``preference``
+    format) has `completion` as the chosen answer and `rejected` as the rejected one.
     """
 
     id: str
@@ -29,6 +30,7 @@ class Example:
     completion: str
     reference_answer: str | None = None
     tools: list[dict[str, Any]] | None = None  # function schemas the chat template renders
+    rejected: str | None = None  # the rejected answer of a preference pair
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -39,6 +41,8 @@ class Example:
         }
         if self.tools is not None:  # absent otherwise: earlier prepared files stay the same
             out["tools"] = self.tools
+        if self.rejected is not None:
+            out["rejected"] = self.rejected
         return out
 
     @classmethod
@@ -52,6 +56,7 @@ class Example:
             completion=str(row["completion"]),
             reference_answer=row.get("reference_answer"),
             tools=row.get("tools"),
+            rejected=None if row.get("rejected") is None else str(row["rejected"]),
         )
 
     @property

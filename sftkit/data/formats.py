@@ -352,6 +352,71 @@ class ShareGptFormat(SourceFormat):
 # --------------------------------------------------------------------------- synthetic
 
 
+# --------------------------------------------------------------------------- preference pairs
+
+
+class PreferenceFormat(SourceFormat):
+    """{prompt, chosen, rejected} (TRL's preference layout, for the ``dpo`` objective):
+    plain strings, or conversational, the prompt a list of {role, content} messages and each
+    answer a string or a list of one assistant message."""
+
+    def convert(self, row: RawRow) -> Example:
+        o = self.options
+        data = row.data
+        if not isinstance(data, dict):
+            raise RowError(f"expected a JSON object, found {type(data).__name__}")
+        prompt: str | list[Message]
+        if isinstance(data.get(o.prompt_field), list):
+            prompt = self._messages(data[o.prompt_field], o.prompt_field)
+        else:
+            prompt = require_text(data, o.prompt_field)
+        chosen = self._answer(data, o.chosen_field)
+        rejected = self._answer(data, o.rejected_field)
+        if chosen == rejected:
+            raise RowError(f"{o.chosen_field!r} and {o.rejected_field!r} are the same answer")
+        return Example(example_id(row), prompt, chosen, rejected=rejected)
+
+    @staticmethod
+    def _messages(value: list[Any], key: str) -> list[Message]:
+        if not value:
+            raise RowError(f"{key!r} is an empty list of messages")
+        out: list[Message] = []
+        for i, message in enumerate(value):
+            where = f"{key}[{i}]"
+            if not isinstance(message, dict):
+                raise RowError(f"{where} is not an object")
+            role, content = message.get("role"), message.get("content")
+            if role not in ("system", "user", "assistant"):
+                raise RowError(f"{where}.role must be system, user or assistant, found {role!r}")
+            if not isinstance(content, str):
+                raise RowError(f"{where}.content must be a string")
+            out.append({"role": role, "content": content})
+        if out[-1]["role"] != "user":
+            raise RowError(f"the last message of {key!r} must be the user's")
+        return out
+
+    @staticmethod
+    def _answer(data: dict[str, Any], key: str) -> str:
+        """A string, or conversational: one assistant message."""
+        value = data.get(key)
+        if isinstance(value, list):
+            if (
+                len(value) != 1
+                or not isinstance(value[0], dict)
+                or value[0].get("role") != "assistant"
+                or not isinstance(value[0].get("content"), str)
+            ):
+                raise RowError(
+                    f"{key!r} must be a string or a list of one "
+                    '{"role": "assistant", "content": ...} message'
+                )
+            value = value[0]["content"]
+            if not value.strip():
+                raise RowError(f"{key!r} is empty")
+            return str(value)
+        return require_text(data, key)
+
+
 class SyntheticArithmeticFormat:
     """Generated GSM8K-style word problems (offline quickstart); see `sftkit.data.synthetic`."""
 

@@ -105,3 +105,23 @@ def generate_splits(
         exclude={row["question"] for row in train},
     )
     return train, test
+
+
+def preference_pairs(rows: list[dict[str, str]], *, seed: int) -> list[dict[str, str]]:
+    """{prompt, chosen, rejected} rows (the ``preference`` format) from generated problems:
+    the worked answer is chosen, the same working with a wrong result (off by 1 to 3) is
+    rejected. Deterministic for a given seed."""
+    rng = random.Random(seed)
+    pairs = []
+    for row in rows:
+        working, number = row["answer"].rsplit("\n#### ", 1)
+        wrong = str(int(number) + rng.choice((-3, -2, -1, 1, 2, 3)))
+        head = working.rsplit("= ", 1)[0]
+        pairs.append(
+            {
+                "prompt": row["question"],
+                "chosen": row["answer"],
+                "rejected": f"{head}= {wrong}\n#### {wrong}",
+            }
+        )
+    return pairs

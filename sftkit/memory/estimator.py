@@ -68,8 +68,14 @@ def term_notes(terms: list[MemoryTerm]) -> list[str]:
 
 def setting_line(setup: Setup) -> str:
     t = "on" if setup.checkpointing else "off"
+    batch = str(setup.micro_batch_size)
+    if setup.sequences_per_example > 1:
+        batch = (
+            f"{setup.micro_batch_size // setup.sequences_per_example} x "
+            f"{setup.sequences_per_example} sequences ({setup.objective})"
+        )
     return (
-        f"{setup.strategy.name} + {setup.optimizer.name}, micro-batch {setup.micro_batch_size} x "
+        f"{setup.strategy.name} + {setup.optimizer.name}, micro-batch {batch} x "
         f"{setup.seq_len} tokens (accumulation {setup.grad_accum}), checkpointing {t}, "
         f"{setup.attn_implementation}, {describe(setup)}"
     )

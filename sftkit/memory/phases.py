@@ -207,6 +207,38 @@ def _eval_parts(setup: Setup) -> list[Part]:
     return best
 
 
+def reference_bytes(setup: Setup, tensors: list[LaidTensor]) -> int:
+    """The objective's frozen reference (`ObjectiveSpec.reference_copy`): with adapters, a
+    copy of the adapters on the same base weights (TRL's ``ref`` adapter); without, a copy
+    of every weight the model holds (full training)."""
+    if not setup.reference_copy:
+        return 0
+    if setup.composition.has_adapters:
+        return sum(
+            t.total_bytes
+            for adapter in setup.adapters
+            for t in adapter.tensors(setup.shape, setup.storage, setup.precision)
+        )
+    return sum(t.total_bytes for t in tensors)
+
+
+def _reference_parts(setup: Setup, tensors: list[LaidTensor], sh: Sharding) -> list[Part]:
+    total = reference_bytes(setup, tensors)
+    if not total:
+        return []
+    what = "the adapters" if setup.composition.has_adapters else "the model"
+    return [
+        Part(
+            f"frozen reference: a copy of {what} ({setup.objective})",
+            div(total, sh.weights),
+            "weights",
+            "adapter tensors again, no gradients"
+            if setup.composition.has_adapters
+            else "every weight again, no gradients",
+        )
+    ]
+
+
 def _take_place(phases: dict[str, list[Part]], term: MemoryTerm) -> None:
     """Drop the parts `term` replaces from its phases; replacing nothing is the plugin's
     mistake (a renamed term, a typo), said at once instead of pricing both."""
@@ -232,7 +264,7 @@ def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
     out.parameters = setup.shape.parameters
     out.trainable_parameters = opt.trainable_parameters
     loading, hosted = host_weight_parts(setup, tensors)
-    weights = [*_weight_parts(setup, tensors, sh), *hosted]
+    weights = [*_weight_parts(setup, tensors, sh), *hosted, *_reference_parts(setup, tensors, sh)]
     grads, persistent, temps = _optimizer_parts(setup, opt, sh)
     grads_total = grads[0].bytes
 

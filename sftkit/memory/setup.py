@@ -67,7 +67,7 @@ class Setup:
     optimizer_options: Any
     model_dtype_bytes: int
     compute_bytes: int  # autocast / compute dtype of matmuls (precision)
-    micro_batch_size: int
+    micro_batch_size: int  # sequences through the model per forward (examples x sequences)
     seq_len: int
     grad_accum: int
     checkpointing: bool
@@ -85,6 +85,9 @@ class Setup:
     attention_description: str = ""  # what the attention terms assumed, for the estimate
     tiled_mlp: bool = False  # the MLP computed in sequence tiles, recomputed in backward
     compiled: bool = False  # decoder layers compiled (regional torch.compile)
+    objective: str = "sft"  # training.objective, for the estimate's setting line
+    sequences_per_example: int = 1  # the objective's (a preference pair: 2)
+    reference_copy: bool = False  # the objective keeps a frozen reference of what trains
 
     @property
     def tokens(self) -> int:
@@ -146,6 +149,7 @@ def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bo
             )
         else:
             evaluations.append(EvalWorkload(component.spec.name, "loss", batch, int(max_length)))
+    objective = resolved.registry.objectives.get(t.objective)
     attention = attention_for(
         r.model.attn_implementation,
         packing=r.data.packing,
@@ -160,7 +164,7 @@ def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bo
         optimizer_options=resolved.optimizer.options,
         model_dtype_bytes=DTYPE_BYTES[r.model.dtype],
         compute_bytes=PRECISION_BYTES[t.precision],
-        micro_batch_size=t.micro_batch_size,
+        micro_batch_size=t.micro_batch_size * objective.sequences_per_example,
         seq_len=t.max_seq_length,
         grad_accum=t.gradient_accumulation_steps,
         checkpointing=t.gradient_checkpointing,
@@ -178,6 +182,9 @@ def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bo
         activation_offload=t.activation_offload,
         tiled_mlp=t.tiled_mlp,
         compiled=t.compile,
+        objective=objective.name,
+        sequences_per_example=objective.sequences_per_example,
+        reference_copy=objective.reference_copy,
     )
 
 

@@ -336,7 +336,8 @@ def validate_recipe_data(
     problems.extend(_evaluation_problems(recipe, during, data_format))
     problems.extend(_attention_problems(recipe))
     problems.extend(_named(recipe.training.loss, "training.loss", registry.loss_heads, ("auto",)))
-    problems.extend(_named(recipe.training.objective, "training.objective", registry.objectives))
+    objective_problems = _named(recipe.training.objective, "training.objective", registry.objectives)
+    problems.extend(objective_problems or _objective_options(recipe, registry))
     parts: Composition | None = None
     if strategy:
         try:
@@ -501,6 +502,34 @@ def _named(
         ]
     except DuplicateComponentError as exc:
         return [Problem(path, exc.message, exc.hint)]
+    return []
+
+
+def _objective_options(recipe: Recipe, registry: Registry) -> list[Problem]:
+    """``training.objective_options`` against the objective's options model."""
+    spec = registry.objectives.get(recipe.training.objective)
+    if spec.own_loss and recipe.training.loss != "auto":
+        return [
+            Problem(
+                "training.loss",
+                f"objective {spec.name!r} computes its own loss; the loss head "
+                f"{recipe.training.loss!r} applies to sft.",
+                "Set training.loss: auto.",
+            )
+        ]
+    try:
+        spec.options_model.model_validate(recipe.training.objective_options)
+    except ValidationError as exc:
+        return [
+            Problem(
+                p.path,
+                p.message.replace("it takes no options", f"objective {spec.name!r} takes no options"),
+                p.suggestion,
+            )
+            for p in _problems_from_validation(
+                exc, spec.options_model, prefix="training.objective_options"
+            )
+        ]
     return []
 
 

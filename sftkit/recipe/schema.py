@@ -216,7 +216,12 @@ class TrainingSection(Strict):
     )
     objective: str = Field(
         default="sft",
-        description="How the model is trained (`sftkit list objectives`): sft, or a plugin's.",
+        description="How the model is trained (`sftkit list objectives`): sft, dpo (preference "
+        "pairs, data.format preference), or a plugin's.",
+    )
+    objective_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The objective's options (dpo: beta, loss_type); see docs/objectives.md.",
     )
     optimizer_in_backward: bool = Field(
         default=False,

@@ -1,4 +1,5 @@
-"""`SftkitTrainer`: TRL's SFTTrainer with what a sftkit run adds, given as collaborators.
+"""`SftkitTrainer`: TRL's SFTTrainer with what a sftkit run adds, given as collaborators
+(`RunTrainerMixin`, which another objective's trainer mixes into its TRL trainer).
 
 The trainer is told, not patched: `TrainerParts` names the run (its directory, what a
 resume carried), the engine, the optimizer's builder, the loss head and the memory
@@ -100,8 +101,15 @@ class TrainerParts:
     clock: RunClock = field(default_factory=RunClock)
 
 
-class SftkitTrainer(compat.WeightsOnlyRestart, SFTTrainer):
-    """TRL's SFTTrainer running a sftkit recipe; see the module docstring."""
+if TYPE_CHECKING:
+    from transformers import Trainer as _TrainerBase
+else:
+    _TrainerBase = object
+
+
+class RunTrainerMixin(_TrainerBase):
+    """What a sftkit run adds to a TRL trainer (see the module docstring); an objective's
+    trainer is ``class T(RunTrainerMixin, compat.WeightsOnlyRestart, TRLTrainer)``."""
 
     def __init__(self, *, parts: TrainerParts, callbacks: Sequence[Any] = (), **kwargs: Any):
         self.parts = parts
@@ -190,12 +198,16 @@ class SftkitTrainer(compat.WeightsOnlyRestart, SFTTrainer):
         }
 
 
+class SftkitTrainer(RunTrainerMixin, compat.WeightsOnlyRestart, SFTTrainer):
+    """TRL's SFTTrainer running a sftkit recipe (the ``sft`` objective)."""
+
+
 class Carry(TrainerCallback):
     """Restores the carried state before the first resumed step; raises `AlreadyTrained`
     when the checkpoint is at the last step (the trainer would train one more); makes the
     end-of-training summary cover the whole run."""
 
-    def __init__(self, trainer: SftkitTrainer) -> None:
+    def __init__(self, trainer: RunTrainerMixin) -> None:
         self.trainer = trainer
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -228,7 +240,7 @@ class Checkpoints(TrainerCallback):
     """Publishes each checkpoint transformers has just saved under .partial/ (last in the
     callback list, after every other callback's on_save)."""
 
-    def __init__(self, trainer: SftkitTrainer) -> None:
+    def __init__(self, trainer: RunTrainerMixin) -> None:
         self.trainer = trainer
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:

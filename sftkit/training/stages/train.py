@@ -66,7 +66,7 @@ def build_trainer(
     trainer = load_factory(objective.trainer)(
         parts=trainer_parts(ctx),
         model=model,
-        args=load_factory(objective.config)(**trainer_config_kwargs(ctx)),
+        args=load_factory(objective.config)(**{**trainer_config_kwargs(ctx), **objective_options(ctx)}),
         train_dataset=data.train,
         eval_dataset=data.dev,
         processing_class=data.tokenizer,
@@ -102,6 +102,14 @@ def fit(ctx: RunContext, trainer: Any) -> Trained:
     prepare_final_save(trainer)
     save_final(ctx)
     return Trained(output, stopped=False)
+
+
+def objective_options(ctx: RunContext) -> dict[str, Any]:
+    """``training.objective_options``, validated (at load) by the objective's options model,
+    as arguments of its config."""
+    t = ctx.recipe.training
+    spec = ctx.resolved.registry.objectives.get(t.objective)
+    return spec.options_model.model_validate(t.objective_options).model_dump()
 
 
 def trainer_parts(ctx: RunContext) -> Any:
