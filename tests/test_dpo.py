@@ -215,9 +215,14 @@ def test_the_reference_the_trainer_holds_is_what_the_estimate_prices(strategy, t
         parts=parts,
         model=model,
         args=dpo_config(
-            output_dir=str(tmp_path / "run" / ".partial"), use_cpu=True, report_to="none",
-            per_device_train_batch_size=2, max_steps=1, beta=0.1, save_strategy="no",
-        ),  # fmt: skip
+            output_dir=str(tmp_path / "run" / ".partial"),
+            use_cpu=True,
+            report_to="none",
+            per_device_train_batch_size=2,
+            max_steps=1,
+            beta=0.1,
+            save_strategy="no",
+        ),
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
     )

@@ -336,7 +336,9 @@ def validate_recipe_data(
     problems.extend(_evaluation_problems(recipe, during, data_format))
     problems.extend(_attention_problems(recipe))
     problems.extend(_named(recipe.training.loss, "training.loss", registry.loss_heads, ("auto",)))
-    objective_problems = _named(recipe.training.objective, "training.objective", registry.objectives)
+    objective_problems = _named(
+        recipe.training.objective, "training.objective", registry.objectives
+    )
     problems.extend(objective_problems or _objective_options(recipe, registry))
     parts: Composition | None = None
     if strategy:
@@ -523,7 +525,9 @@ def _objective_options(recipe: Recipe, registry: Registry) -> list[Problem]:
         return [
             Problem(
                 p.path,
-                p.message.replace("it takes no options", f"objective {spec.name!r} takes no options"),
+                p.message.replace(
+                    "it takes no options", f"objective {spec.name!r} takes no options"
+                ),
                 p.suggestion,
             )
             for p in _problems_from_validation(

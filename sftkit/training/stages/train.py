@@ -66,7 +66,9 @@ def build_trainer(
     trainer = load_factory(objective.trainer)(
         parts=trainer_parts(ctx),
         model=model,
-        args=load_factory(objective.config)(**{**trainer_config_kwargs(ctx), **objective_options(ctx)}),
+        args=load_factory(objective.config)(
+            **{**trainer_config_kwargs(ctx), **objective_options(ctx)}
+        ),
         train_dataset=data.train,
         eval_dataset=data.dev,
         processing_class=data.tokenizer,
