@@ -108,6 +108,18 @@ def test_malformed_pairs_are_reported_with_file_and_line(registry, tmp_path):
     assert f"{train}:6: the last message of 'prompt' must be the user's" in message
 
 
+def test_dpo_on_data_without_rejected_answers_names_the_fix(tmp_path):
+    from sftkit.data.example import Example
+    from sftkit.training.preference import dpo_dataset
+
+    class Split(list):
+        path = tmp_path / "train.jsonl"
+
+    with pytest.raises(DataError, match="has no rejected answer") as info:
+        dpo_dataset(Split([Example("train-00001", "q?", "a")]), None, None, None)
+    assert "data.format: preference" in (info.value.hint or "")
+
+
 # --------------------------------------------------------------------------- the options
 
 
