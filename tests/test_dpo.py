@@ -343,3 +343,14 @@ def test_an_interrupted_dpo_run_resumes_exactly(pairs_recipe, reference_run, tmp
     theirs = load_file(str(reference_run / "final" / "model.safetensors"))
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+@pytest.mark.slow
+def test_a_lora_dpo_run_saves_only_the_trained_adapter(pairs_recipe, tmp_path):
+    from sftkit.cli import run_cli
+
+    run_dir = tmp_path / "run"
+    assert run_cli([*cli(pairs_recipe, run_dir), "strategy.name=lora", "training.max_steps=2"]) == 0
+    final = run_dir / "final"
+    assert (final / "adapter_model.safetensors").is_file()
+    assert not (final / "ref").exists()  # TRL's frozen reference copy is not a result
