@@ -314,12 +314,21 @@ def test_dpo_trains_end_to_end_on_cpu(reference_run):
 
 
 @pytest.mark.slow
-def test_an_interrupted_dpo_run_resumes_exactly(pairs_recipe, reference_run, tmp_path):
+@pytest.mark.parametrize("strategy", ["full-sft", "lora"])
+def test_an_interrupted_dpo_run_resumes_exactly(pairs_recipe, tmp_path, strategy):
     torch = pytest.importorskip("torch")
     from safetensors.torch import load_file
 
     from sftkit.cli import run_cli
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference_run = tmp_path / "reference"
+        assert run_cli(cli(pairs_recipe, reference_run, f"strategy.name={strategy}")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    weights = "model" if strategy == "full-sft" else "adapter_model"
     run_dir = tmp_path / "run"
     path = os.pathsep.join([str(REPO), str(TESTS), os.environ.get("PYTHONPATH", "")])
     environ = {
@@ -327,7 +336,11 @@ def test_an_interrupted_dpo_run_resumes_exactly(pairs_recipe, reference_run, tmp
         "SFTKIT_DISABLE_PLUGIN_AUTOLOAD": "1", "SFTKIT_TEST_FAULT": "sigint:3",
     }  # fmt: skip
     done = subprocess.run(
-        [sys.executable, str(TESTS / "fault_injection.py"), *cli(pairs_recipe, run_dir)],
+        [
+            sys.executable,
+            str(TESTS / "fault_injection.py"),
+            *cli(pairs_recipe, run_dir, f"strategy.name={strategy}"),
+        ],
         env=environ, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 130, done.stderr
@@ -335,12 +348,12 @@ def test_an_interrupted_dpo_run_resumes_exactly(pairs_recipe, reference_run, tmp
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert run_cli(cli(pairs_recipe, run_dir, "--resume")) == 0
+        assert run_cli(cli(pairs_recipe, run_dir, f"strategy.name={strategy}", "--resume")) == 0
     finally:
         torch.set_num_threads(threads)
     assert per_step(run_dir) == per_step(reference_run)
-    ours = load_file(str(run_dir / "final" / "model.safetensors"))
-    theirs = load_file(str(reference_run / "final" / "model.safetensors"))
+    ours = load_file(str(run_dir / "final" / f"{weights}.safetensors"))
+    theirs = load_file(str(reference_run / "final" / f"{weights}.safetensors"))
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
