@@ -56,6 +56,8 @@ def validate(app: AppContext, recipe: str, overrides: tuple[str, ...]) -> None:
         f"  training   micro-batch {t.micro_batch_size} x accumulation {t.gradient_accumulation_steps}, "
         f"sequence {t.max_seq_length}, {t.precision}, checkpointing {'on' if t.gradient_checkpointing else 'off'}"
     )
+    options = ", ".join(f"{k}={v!r}" for k, v in t.objective_options.items())
+    click.echo(f"  objective  {t.objective}" + (f" ({options})" if options else ""))
     if t.trainer_args:
         shown = ", ".join(f"{k}={v!r}" for k, v in t.trainer_args.items())
         click.echo(f"  TRL        {shown}")
