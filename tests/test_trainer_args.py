@@ -125,7 +125,7 @@ def test_a_resume_compares_trainer_args(registry, tmp_path):
     write_recipe(paths, tiny(tmp_path, registry))
     paths.metrics.write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")  # it has trained
     assert check_run_dir(paths, tiny(tmp_path, registry), resume=True) == []
-    added = tiny(tmp_path, registry, "training.trainer_args.torch_compile=true")
+    added = tiny(tmp_path, registry, "training.trainer_args.tf32=true")
     with pytest.raises(RunDirectoryError, match=r"training\.trainer_args"):
         check_run_dir(paths, added, resume=True)
     write_recipe(paths, added)
