@@ -96,6 +96,9 @@ OWNED: dict[str, str] = {
 }
 
 
+LISTED_CONFIG = "trl:SFTConfig"  # the config class the list describes (an objective's `config`)
+
+
 @cache
 def known_fields() -> tuple[str, frozenset[str]]:
     """(the TRL version the list was generated from, `SFTConfig`'s init field names)."""
@@ -110,12 +113,15 @@ def installed_trl() -> str | None:
         return None
 
 
-def trainer_args_problems(args: dict[str, Any]) -> tuple[list[Problem], list[str]]:
+def trainer_args_problems(
+    args: dict[str, Any], config: str = LISTED_CONFIG
+) -> tuple[list[Problem], list[str]]:
     """(problems, notes) of a recipe's ``training.trainer_args``: names sftkit owns and,
-    where the list matches the installed TRL, names `SFTConfig` does not have."""
+    where the list describes the objective's `config` on the installed TRL, names it does
+    not have (otherwise the config class checks them when the trainer is built)."""
     listed_for, fields = known_fields()
     installed = installed_trl()
-    exact = installed == listed_for
+    exact = installed == listed_for and config == LISTED_CONFIG
     problems: list[Problem] = []
     unchecked: list[str] = []
     for name in args:
@@ -136,7 +142,12 @@ def trainer_args_problems(args: dict[str, Any]) -> tuple[list[Problem], list[str
             else:
                 unchecked.append(name)
     notes = []
-    if unchecked:
+    if unchecked and config != LISTED_CONFIG:
+        notes.append(
+            f"{KEY}: {', '.join(unchecked)} not in SFTConfig; the objective's {config} checks "
+            "them when the trainer is built."
+        )
+    elif unchecked:
         notes.append(
             f"{KEY}: {', '.join(unchecked)} not in TRL {listed_for}'s SFTConfig, the version "
             f"sftkit lists; TRL {installed or '(not installed)'} is installed, so TRL checks "
