@@ -113,7 +113,8 @@ def encode_texts(texts: list[str], tokenizer: Any) -> list[list[int]]:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     fast = getattr(backend, "encode_batch_fast", None)
     if (
-        fast is not None
+        backend is not None
+        and fast is not None
         and not getattr(tokenizer, "split_special_tokens", False)
         and backend.truncation is None
         and backend.padding is None
