@@ -48,13 +48,17 @@ def prepare_data_command(
     """
     from sftkit.data.prepare import prepare_data
     from sftkit.recipe.load import load_recipe
+    from sftkit.signals import stop_on_signals
 
     resolved = load_recipe(recipe, overrides, registry=app.registry)
     show_notes(resolved)
     _refuse_while_running(resolved, output)
-    prepared = prepare_data(
-        resolved, directory=output, force=force, skip_bad_rows=skip_bad_rows or None
-    )
+    # Stopped halfway, the directory has no manifest.json: the next run prepares it again.
+    kept = "the data directory is marked incomplete and is prepared again next time"
+    with stop_on_signals("preparing the data", kept=kept):
+        prepared = prepare_data(
+            resolved, directory=output, force=force, skip_bad_rows=skip_bad_rows or None
+        )
     m = prepared.manifest
     verb = "up to date" if prepared.reused else "prepared"
     counts = m["counts"]

@@ -7,6 +7,7 @@ what was expected, what was found, and a "did you mean" where one is close.
 from __future__ import annotations
 
 import copy
+import reprlib
 import types
 import typing
 from collections.abc import Iterable, Sequence
@@ -28,6 +29,7 @@ from sftkit.errors import (
 )
 from sftkit.recipe.overrides import Override, apply_overrides, parse_override
 from sftkit.recipe.schema import ComponentRef, DistributedSection, Recipe
+from sftkit.recipe.trainer_args import trainer_args_problems
 from sftkit.recipe.yamlio import read_yaml
 from sftkit.registry import Catalog, Registry
 from sftkit.specs import (
@@ -205,7 +207,7 @@ def load_recipe_text(
     resolved = validate_recipe_data(
         data, registry=registry, source=source, overrides=tuple(map(str, parsed))
     )
-    return replace(resolved, notes=tuple(notes)) if notes else resolved
+    return replace(resolved, notes=(*notes, *resolved.notes)) if notes else resolved
 
 
 def _component_nodes(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
@@ -257,17 +259,30 @@ def apply_component_overrides(
             continue
         if any(o.delete and o.path[: len(path) + 1] == (*path, "options") for o in overrides):
             continue  # `~data.format.options` on the line: the user deletes them already
-        dropped = old["options"]
-        keys = ", ".join(map(str, dropped)) if isinstance(dropped, dict) else repr(dropped)
-        _node(cleared, path).pop("options", None)
+        options = old["options"]
+        # Options the new component also declares keep their values (lora -> qlora-nf4
+        # keeps rank and alpha); the others belong to the old one.
+        accepted = getattr(_options_model(applied, path, registry), "model_fields", {})
+        kept = (
+            {k: v for k, v in options.items() if k in accepted} if isinstance(options, dict) else {}
+        )
+        dropped = [k for k in options if k not in kept] if isinstance(options, dict) else [options]
+        if kept:
+            _node(cleared, path)["options"] = kept
+        else:
+            _node(cleared, path).pop("options", None)
+        if not dropped:
+            continue
         dotted = ".".join(path)
+        also = f", kept {', '.join(map(str, kept))}" if kept else ""
         notes.append(
             f"{dotted}.{name_key}={new.get(name_key)}: dropped the recipe's options for "
-            f"{old.get(name_key)} ({keys}); {new.get(name_key)} takes its defaults, plus any "
-            f"{dotted}.options.KEY=VALUE on the command line."
+            f"{old.get(name_key)} that {new.get(name_key)} does not take "
+            f"({', '.join(map(str, dropped))}){also}; {new.get(name_key)} takes its defaults "
+            f"for the rest, plus any {dotted}.options.KEY=VALUE on the command line."
         )
-    if not notes:
-        return applied, []
+    if cleared == data:
+        return applied, notes
     return apply_overrides(
         cleared, overrides, is_string=lambda p: _is_string_field(cleared, p, registry)
     ), notes
@@ -290,6 +305,8 @@ def validate_recipe_data(
         problems.extend(_component_problems_raw(data, registry))
         raise RecipeError(_unique(problems), source=source) from None
 
+    args_problems, notes = trainer_args_problems(recipe.training.trainer_args)
+    problems.extend(args_problems)
     engine = _resolve_engine(recipe.distributed, registry, problems)
     if engine is not None:
         recipe = recipe.model_copy(update={"distributed": engine[1]})
@@ -317,6 +334,7 @@ def validate_recipe_data(
         for i, ref in enumerate(recipe.evaluation.during_training)
     ]
     problems.extend(_evaluation_problems(recipe, during, data_format))
+    problems.extend(_attention_problems(recipe))
     problems.extend(_named(recipe.training.loss, "training.loss", registry.loss_heads, ("auto",)))
     problems.extend(_named(recipe.training.objective, "training.objective", registry.objectives))
     parts: Composition | None = None
@@ -352,6 +370,7 @@ def validate_recipe_data(
         raw=data,
         mixture=tuple(m for m in mixture if m is not None),
         during_training=tuple(e for e in during if e is not None),
+        notes=tuple(notes),
     )
     if registry.manager is not None:
         for result in registry.manager.hook.validate_recipe(recipe=resolved):
@@ -372,6 +391,29 @@ def _on_dev(ref: ComponentRef, registry: Registry) -> ComponentRef:
     if "split" not in registry.evaluators.get(ref.name).options_model.model_fields:
         return ref
     return ComponentRef(name=ref.name, options={"split": "dev", **ref.options})
+
+
+def _attention_problems(recipe: Recipe) -> list[Problem]:
+    """training.mask_free_packing: what it needs of the data and the attention kernel."""
+    if not recipe.training.mask_free_packing:
+        return []
+    problems = []
+    if not recipe.data.packing:
+        problems.append(
+            Problem(
+                "training.mask_free_packing",
+                "applies to packed rows only: set data.packing to true, or drop the switch.",
+            )
+        )
+    if recipe.model.attn_implementation == "eager":
+        problems.append(
+            Problem(
+                "training.mask_free_packing",
+                "needs model.attn_implementation sdpa (or flash_attention_2/3): eager "
+                "attention always builds the s x s mask.",
+            )
+        )
+    return problems
 
 
 def _evaluation_problems(
@@ -490,7 +532,11 @@ def _resolve(
             "" if entry.plugin.startswith("builtin.") else f" (options of plugin {entry.plugin!r})"
         )
         for problem in _problems_from_validation(exc, options_model, prefix=f"{dotted}.options"):
-            problems.append(Problem(problem.path, problem.message + owner, problem.suggestion))
+            message = problem.message.replace(
+                "it takes no options",
+                f"{catalog.spec_type.kind} {ref.name!r} takes no options",  # type: ignore[attr-defined]
+            )
+            problems.append(Problem(problem.path, message + owner, problem.suggestion))
         return None
     return Component(entry.spec, options, entry.plugin)
 
@@ -582,11 +628,14 @@ def _problems_from_validation(
         if kind == "extra_forbidden":
             allowed = _fields_at(model, loc[:-1])
             hint = closest(loc[-1], allowed) if allowed else None
+            expected = (
+                f"expected one of: {', '.join(allowed)}" if allowed else "it takes no options"
+            )
             problems.append(
                 Problem(
                     path,
-                    f"unknown key; expected one of: {', '.join(allowed)}.",
-                    f"Did you mean {hint!r}?" if hint else None,
+                    f"unknown key; {expected}.",
+                    f"Did you mean {hint!r}?" if hint else "Remove the key.",
                 )
             )
         elif kind == "missing":
@@ -595,7 +644,9 @@ def _problems_from_validation(
             msg = err["msg"]
             if msg.startswith("Value error, "):
                 msg = msg[len("Value error, ") :]
-            problems.append(Problem(path, f"{msg}; found {_show(found)}."))
+            # a whole section's check (found: the section itself) names its keys in msg
+            shown = "" if isinstance(found, dict) else f"; found {_show(found)}"
+            problems.append(Problem(path, f"{msg}{shown}."))
     return problems
 
 
@@ -693,8 +744,13 @@ def _annotation_is_str(annotation: Any) -> bool:
     return False
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring = 3, 4, 4, 40
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    """A value in a message, cut short before it is rendered (not after: a value can be huge)."""
+    text = _SHORT.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

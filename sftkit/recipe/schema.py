@@ -26,6 +26,9 @@ from sftkit.specs import reject_bool_for_number
 
 # Seeds go to Python, NumPy and torch; NumPy takes 0 .. 2**32 - 1.
 MAX_SEED = 2**32 - 1
+# A billion optimizer steps is years of the fastest run; more is a typo (1e23), and the
+# trainer's step arithmetic would overflow its int64 counters.
+MAX_STEPS = 10**9
 MiB, GiB = 2**20, 2**30
 
 
@@ -156,7 +159,7 @@ class DataSection(Strict):
         return self
 
 
-Tracker = Literal["tensorboard", "wandb", "mlflow", "none"]
+Tracker = Literal["tensorboard", "wandb", "mlflow", "trackio", "none"]
 
 
 class EarlyStoppingSection(Strict):
@@ -184,7 +187,9 @@ class TrainingSection(Strict):
     micro_batch_size: int = Field(default=1, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
     epochs: float = Field(default=1.0, gt=0)
-    max_steps: int | None = Field(default=None, ge=1, description="Overrides epochs when set.")
+    max_steps: int | None = Field(
+        default=None, ge=1, le=MAX_STEPS, description="Overrides epochs when set."
+    )
     max_seq_length: int = Field(default=1024, ge=8)
     gradient_checkpointing: bool = True
     precision: Precision = "bf16"
@@ -218,6 +223,22 @@ class TrainingSection(Strict):
         description="Step each parameter as soon as its gradient exists and free it (at most one "
         "gradient lives); needs gradient_accumulation_steps 1 and max_grad_norm null.",
     )
+    mask_free_packing: bool = Field(
+        default=False,
+        description="Packed rows (data.packing) keep their documents apart by position ids "
+        "instead of an s x s mask: flex attention on CUDA, causal SDPA per document on the "
+        "CPU (FlashAttention is always mask-free); with sdpa.",
+    )
+    tiled_mlp: bool = Field(
+        default=False,
+        description="Compute each MLP in sequence tiles, recomputed tile by tile in backward "
+        "(Arctic Long Sequence Training's TiledMLP, through liger-kernel): for long rows.",
+    )
+    compile: bool = Field(
+        default=False,
+        description="Compile each decoder layer with torch.compile (regional: one layer's "
+        "graph, reused by all), a one-time cost in the first steps.",
+    )
     activation_offload: bool = Field(
         default=False,
         description="Keep the checkpointed layer inputs in (pinned) host memory between forward "
@@ -238,6 +259,12 @@ class TrainingSection(Strict):
         gt=0,
         description="NEFTune: uniform noise of this scale on the input embeddings while "
         "training (TRL/transformers' neftune_noise_alpha; 5 in the paper).",
+    )
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="TRL SFTConfig options passed through unchanged (dataloader_num_workers, "
+        "loss_type, torch_compile, ...); names sftkit sets from the recipe are refused "
+        "(sftkit.recipe.trainer_args).",
     )
 
     @model_validator(mode="after")
