@@ -5,12 +5,12 @@ run, resume or ``sftkit prepare-data`` with the same inputs, without tokenizing.
 
 The key is a hash of everything that decides the ids (`cache_inputs`): the prepared split
 (its sha256, and the sources and their checksums it was prepared from), the format and its
-options, the template and its options (and a chat template file's content), the reasoning setting, the
-tokenizer (vocabulary, merges, special tokens,
-chat template), the maximum length, completion-only loss, the objective and sftkit's version.
-Any change gives another key and a fresh build; the older builds of the split are pruned to
-the last `KEPT`. An entry appears whole or not at all (written beside, then renamed), also
-when several processes (the ranks of a launch) build it at once.
+options, the template and its options (and a chat template file's content), the reasoning
+setting, the tokenizer (vocabulary, merges, special tokens, chat template), the maximum
+length, completion-only loss, the objective and sftkit's version. Any change gives another
+key and a fresh build; the older builds of the split are pruned to the last `KEPT`. An entry
+appears whole or not at all (written beside, then renamed), also when several processes
+(the ranks of a launch) build it at once.
 """
 
 from __future__ import annotations
