@@ -75,7 +75,8 @@ class SftkitPluginManager:
     infos: dict[str, PluginInfo] = field(default_factory=dict)
     failures: list[PluginFailure] = field(default_factory=list)
     blocked: frozenset[str] = frozenset()
-    blocked_by_env: frozenset[str] = frozenset()  # the part of `blocked` SFTKIT_DISABLE_PLUGINS named
+    # The part of `blocked` that SFTKIT_DISABLE_PLUGINS named (for "unknown ..." messages).
+    blocked_by_env: frozenset[str] = frozenset()
 
     def blocked_note(self) -> str | None:
         """Which plugins are turned off and by what, for a "not found" message."""

@@ -191,7 +191,10 @@ def offline_findings(resolved: ResolvedRecipe) -> list[Finding]:
     cache = Path(constants.HF_HUB_CACHE)
     found = []
     model = resolved.recipe.model
-    for key, ref in (("model.name_or_path", model.name_or_path), ("model.tokenizer", model.tokenizer)):
+    for key, ref in (
+        ("model.name_or_path", model.name_or_path),
+        ("model.tokenizer", model.tokenizer),
+    ):
         if ref and _hub_ref(ref) and not _cached(cache, "models", ref):
             found.append(
                 Finding(

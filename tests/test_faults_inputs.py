@@ -16,7 +16,7 @@ import pytest
 from sftkit.cli import run_cli
 from sftkit.errors import RecipeError
 from sftkit.recipe.load import load_recipe_text
-from sftkit.testing import fresh_registry, quickstart_recipe
+from sftkit.testing import quickstart_recipe
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICKSTART = str(quickstart_recipe())
@@ -68,7 +68,10 @@ def test_a_large_value_is_cut_short_before_it_is_shown(registry):
 @pytest.mark.parametrize(
     ("override", "key"),
     [
-        ("optimizer.options.betas=[2,3]", {"optimizer.options.betas.0", "optimizer.options.betas.1"}),
+        (
+            "optimizer.options.betas=[2,3]",
+            {"optimizer.options.betas.0", "optimizer.options.betas.1"},
+        ),
         ("optimizer.options.betas=[0.9,1.0]", {"optimizer.options.betas.1"}),
         ("optimizer.options.betas=[-0.1,0.9]", {"optimizer.options.betas.0"}),
         ("training.max_steps=1e23", {"training.max_steps"}),

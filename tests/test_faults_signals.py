@@ -19,8 +19,8 @@ pytest.importorskip("torch")
 pytest.importorskip("peft")
 pytest.importorskip("bitsandbytes")
 
-from sftkit.export import export_run, remove_abandoned_partials  # noqa: E402
-from sftkit.testing import quickstart_recipe  # noqa: E402
+from sftkit.export import export_run, remove_abandoned_partials
+from sftkit.testing import quickstart_recipe
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -78,7 +78,7 @@ def test_ctrl_c_stops_a_merged_export(lora_run, tmp_path):
     process = stalled("stall-export", ["export", str(lora_run), "--merge"], tmp_path / "ready")
     assert partials(lora_run)  # the export is under way
     process.send_signal(signal.SIGINT)
-    out, err = process.communicate(timeout=60)
+    _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
     assert "export interrupted by SIGINT" in err and "Traceback" not in err
     assert partials(lora_run) == [] and not (lora_run / "export" / "merged").exists()

@@ -32,8 +32,7 @@ def fake_run(directory: Path, **data_options: object) -> Path:
     (directory / "run.json").write_text(json.dumps({"status": "completed", "steps": 2}))
     (directory / "metrics.jsonl").write_text(
         "".join(
-            json.dumps({"step": s, "loss": 2.0 / s, "learning_rate": 1e-3}) + "\n"
-            for s in (1, 2)
+            json.dumps({"step": s, "loss": 2.0 / s, "learning_rate": 1e-3}) + "\n" for s in (1, 2)
         )
     )
     return directory

@@ -7,8 +7,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import pytest
-
 import sftkit.versions as versions
 from sftkit.cli import run_cli
 from sftkit.versions import MINIMUMS, VersionConflictError, import_clash, release

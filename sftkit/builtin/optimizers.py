@@ -15,7 +15,6 @@ from sftkit.specs import (
     Options,
 )
 
-
 # A moment's decay rate: 1 or more never forgets (or grows), below 0 flips sign every step.
 Beta = Annotated[float, Field(ge=0, lt=1)]
 

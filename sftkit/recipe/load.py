@@ -262,7 +262,9 @@ def apply_component_overrides(
         # Options the new component also declares keep their values (lora -> qlora-nf4
         # keeps rank and alpha); the others belong to the old one.
         accepted = getattr(_options_model(applied, path, registry), "model_fields", {})
-        kept = {k: v for k, v in options.items() if k in accepted} if isinstance(options, dict) else {}
+        kept = (
+            {k: v for k, v in options.items() if k in accepted} if isinstance(options, dict) else {}
+        )
         dropped = [k for k in options if k not in kept] if isinstance(options, dict) else [options]
         if kept:
             _node(cleared, path)["options"] = kept

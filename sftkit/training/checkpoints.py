@@ -27,9 +27,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from sftkit.oserrors import open_to_umask
 from sftkit._version import __version__
 from sftkit.errors import RunDirectoryError
+from sftkit.oserrors import open_to_umask
 from sftkit.runpaths import COMPLETE_MARKER, RunPaths, complete_marker
 from sftkit.training import pickles
 
