@@ -11,6 +11,7 @@ if TYPE_CHECKING:
 
 FP32 = 4
 INT64 = 8
+INT32 = 4
 
 #: ``model.dtype``, a quantized base's ``compute_dtype``, an export's ``--dtype`` (torch's
 #: spelling).

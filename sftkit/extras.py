@@ -56,7 +56,7 @@ def as_missing_dependency(exc: BaseException, purpose: str) -> MissingDependency
 
 
 # Optional packages outside the training stack that a recipe can ask for.
-OPTIONAL = frozenset({"liger_kernel", "deepspeed", "pyarrow", "wandb", "mlflow"})
+OPTIONAL = frozenset({"liger_kernel", "deepspeed", "pyarrow", "wandb", "mlflow", "trackio"})
 
 
 def as_broken_install(exc: BaseException) -> SftkitError | None:

@@ -151,34 +151,72 @@ def test_a_single_row_batch(tmp_path, head):
     check(tmp_path, LLAMA, "qlora-nf4", "{rank: 4}", "bfloat16", "sdpa", head, batch=1)
 
 
-def check(tmp_path, config, strategy, options, dtype, attn, head, *, batch):
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize(
+    ("attn", "packed", "tiled"),
+    [
+        ("sdpa", True, False),  # packed documents: transformers' s x s block-diagonal mask
+        ("sftkit_sequence_sdpa", True, False),  # mask-free packing on the CPU
+        ("sdpa", False, True),  # tiled MLP: 150 tokens in three tiles of 64-wide layers
+        ("sftkit_sequence_sdpa", True, True),
+    ],
+    ids=["packed-dense-mask", "packed-mask-free", "tiled-mlp", "packed-mask-free-tiled"],
+)
+def test_sequence_terms_of_the_fast_paths(tmp_path, attn, packed, tiled):
+    # every term that grows with the row: checked at a row longer than the hidden size
+    check(
+        tmp_path, LLAMA, "qlora-nf4", "{rank: 4, upcast_non_quantized: false}", "bfloat16",
+        attn, "chunked", batch=1, seq=150, packed=packed, tiled=tiled,
+    )  # fmt: skip
+
+
+def check(
+    tmp_path, config, strategy, options, dtype, attn, head, *, batch, seq=24, packed=False,
+    tiled=False,
+):  # fmt: skip
+    from sftkit.attention import SEQUENCE_SDPA
     from sftkit.modeling import build_model
 
     if head == "fused":
         pytest.importorskip("trl")
     (tmp_path / "config.json").write_text(json.dumps(config))
     text = f"""
-model: {{name_or_path: {tmp_path}, dtype: {dtype}, random_init: true, attn_implementation: {attn}}}
+model: {{name_or_path: {tmp_path}, dtype: {dtype}, random_init: true, attn_implementation: sdpa}}
 strategy: {{name: {strategy}, options: {options}}}
 optimizer: {{name: adamw}}
-training: {{micro_batch_size: {batch}, max_seq_length: 24, gradient_checkpointing: false, precision: bf16}}
+training: {{micro_batch_size: {batch}, max_seq_length: {seq}, gradient_checkpointing: false, precision: bf16}}
 hardware: {{gpu: cpu}}
 """
     resolved = load_recipe_text(text, registry=fresh_registry())
-    # random tokens carry no padding: the unpadded attention path
+    # random tokens carry no padding: the unpadded attention path, unless packed with a mask
     setup = dataclasses.replace(
         setup_from_recipe(resolved, shape_for(resolved), on_gpu=False),
-        padded=False,
+        attn_implementation=attn,
+        padded=packed and attn == "sdpa",
         loss=HEADS[head],
+        tiled_mlp=tiled,
     )
     torch.manual_seed(0)
     torch.set_num_threads(1)
+    if attn == SEQUENCE_SDPA:
+        from sftkit.modeling.attention import register
+
+        register()
     model = build_model(resolved, None, base_dir=tmp_path / "base")
+    if attn != "sdpa":
+        model.set_attn_implementation(attn)
     prepare_for_training(model, setup)
     import sftkit.training.loss as runtime
 
     functions = {"full": runtime.full_head, "chunked": runtime.chunked_head}
     forward, extra = install_loss_head(model, setup, functions.get(head))
     batch = {**random_batch(setup, "cpu"), **extra}
+    if packed:  # three documents per row, kept apart by their position ids
+        cut = [seq // 3, seq // 2]
+        batch.pop("attention_mask")
+        batch["position_ids"] = torch.cat(
+            [torch.arange(n) for n in (cut[0], cut[1] - cut[0], seq - cut[1])]
+        ).expand(batch["input_ids"].shape[0], -1)
+        batch["use_cache"] = False
     saved, _ = saved_activation_bytes(model, batch, autocast_context(setup, "cpu"), forward)
     assert predicted_saved_bytes(setup, layout(setup)) == saved

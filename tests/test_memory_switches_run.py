@@ -87,3 +87,30 @@ def test_liger_is_refused_on_cpu_before_anything_loads(tmp_path):
     with pytest.raises(SftkitError, match="needs a CUDA GPU"):
         run_recipe(resolved)
     assert not (tmp_path / "run" / "base").exists()
+
+
+FAST = [
+    "data.packing=true",
+    "training.mask_free_packing=true",
+    "training.tiled_mlp=true",
+    "training.compile=true",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore")
+def test_the_quickstart_trains_packed_mask_free_tiled_and_compiled(tmp_path):
+    from sftkit.attention import SEQUENCE_SDPA
+    from sftkit.training.layers import decoder_layers
+
+    overrides = [*SMALL, *FAST, f"output_dir={tmp_path / 'run'}"]
+    resolved = load_recipe("recipes/quickstart.yaml", overrides, registry=fresh_registry())
+    result = run_recipe(resolved)
+    assert result.status == "completed"
+    losses = _losses(tmp_path / "run")
+    assert len(losses) == 3 and all(math.isfinite(v) for v in losses)
+    model = result.context.trainer.model
+    assert model.config._attn_implementation == SEQUENCE_SDPA
+    layers = list(decoder_layers(model))
+    assert layers and all(layer.mlp.sftkit_tiled for layer in layers)
+    assert all(layer._compiled_call_impl is not None for layer in layers)

@@ -22,7 +22,8 @@ class EvalOptions(Options):
 
 
 class Gsm8kEvalOptions(EvalOptions):
-    batch_size: int | None = Field(
+    # unset (None) means "let the estimator choose", which only gsm8k can do
+    batch_size: int | None = Field(  # type: ignore[assignment]
         default=None,
         ge=1,
         description="Problems per generate() call; default: the largest the memory estimator "
@@ -33,6 +34,12 @@ class Gsm8kEvalOptions(EvalOptions):
         ge=1,
         description=f"Generation budget per problem; default {ANSWER_TOKENS}, or "
         f"{THINKING_TOKENS} when the prompt opens a <think> block (room to reason first).",
+    )
+    max_prompt_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="The longest prompt (tokens) the evaluation phase is priced for; a longer "
+        "one is refused. Default: training.max_seq_length. GSM8K's prompts are a few hundred.",
     )
     merged_copy: bool = Field(
         default=True,

@@ -22,6 +22,11 @@ from sftkit.cli.core import recipe_arguments, show_notes
     "--skip-bad-rows", is_flag=True, help="Skip malformed rows (counted) instead of failing."
 )
 @click.option("--force", is_flag=True, help="Replace data prepared earlier in that directory.")
+@click.option(
+    "--no-tokenize",
+    is_flag=True,
+    help="Only the JSONL splits: leave tokenizing (cached for every later run) to the run.",
+)
 @pass_app
 def prepare_data_command(
     app: AppContext,
@@ -30,8 +35,11 @@ def prepare_data_command(
     output: Path | None,
     skip_bad_rows: bool,
     force: bool,
+    no_tokenize: bool,
 ) -> None:
-    """Read, validate and split the recipe's data into train/dev/test JSONL + manifest.json.
+    """Read, validate and split the recipe's data into train/dev/test JSONL + manifest.json,
+    then tokenize what the run trains on, cached by its inputs, so that a run starts
+    training at once.
 
     \b
     A malformed row is reported as FILE:LINE: what is wrong. Examples:
@@ -69,6 +77,14 @@ def prepare_data_command(
             click.echo(f"    {problem}")
     for warning in m.get("warnings", []):
         click.echo(f"warning: {warning}", err=True)
+    if output is None and not no_tokenize:  # a run reads the recipe's directory only
+        from sftkit.training.stages.data import prepare
+
+        data = prepare(resolved, lambda *args, **kwargs: None)
+        dev = f", dev {len(data.dev)} rows" if data.dev is not None else ""
+        click.echo(
+            f"tokenized: train {len(data.train)} rows{dev} in {prepared.directory / 'tokenized'}"
+        )
 
 
 def _refuse_while_running(resolved: Any, output: Path | None) -> None:

@@ -55,6 +55,7 @@ ADDED_OPTIONS: dict[str, dict[str, Any]] = {
         "train_file": None,
         "test_file": None,
     },
+    "chat": {"tools_field": "tools"},
     "prompt-completion": {
         "source": None,
         "config": None,
@@ -118,6 +119,9 @@ def fingerprint(resolved: ResolvedRecipe) -> str:
     else:
         name = resolved.data_format.spec.name
         payload = {"format": name, "options": _fingerprinted(name, resolved.data_format.options)}
+        shadowing = resolved.registry.formats.shadowed().get(name)
+        if shadowing and shadowing[0].plugin == resolved.data_format.plugin:
+            payload["plugin"] = resolved.data_format.plugin  # not the built-in's data
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -16,7 +16,7 @@ from sftkit.evaluation.extract import (
     strip_reasoning,
     unclosed_think,
 )
-from sftkit.evaluation.generate import Generation, greedy_generate
+from sftkit.evaluation.generate import Generation, encode_prompts, greedy_generate
 from sftkit.evaluation.harness import extract, matches
 from sftkit.evaluation.stats import accuracy
 
@@ -44,6 +44,7 @@ class Gsm8kEvaluator:
         started = time.perf_counter()
         golds = [_gold(example) for example in task.examples]
         prompts = [task.template.prompt_text(e, task.tokenizer) for e in task.examples]
+        self._check_prompt_lengths(prompts, task.tokenizer)
         # R1-distill chat templates open <think> in the prompt; the output starts inside it.
         in_think = bool(prompts) and all(prompt_opens_think(p) for p in prompts)
         budget = self.options.max_new_tokens or (THINKING_TOKENS if in_think else ANSWER_TOKENS)
@@ -135,6 +136,19 @@ class Gsm8kEvaluator:
             },
             elapsed_s=time.perf_counter() - started,
         )
+
+    def _check_prompt_lengths(self, prompts: Sequence[str], tokenizer: Any) -> None:
+        """The estimate priced prompts up to ``max_prompt_tokens``: a longer one is refused."""
+        limit = self.options.max_prompt_tokens
+        if limit is None:
+            return
+        longest = max((len(ids) for ids in encode_prompts(tokenizer, prompts)), default=0)
+        if longest > limit:
+            raise DataError(
+                f"gsm8k: a prompt is {longest} tokens, longer than max_prompt_tokens {limit} "
+                "(the evaluation phase was priced for it).",
+                hint=f"Set the evaluator's max_prompt_tokens to at least {longest}.",
+            )
 
 
 def _gold(example: Any) -> str:

@@ -15,9 +15,14 @@ q = heads x head_dim, kv = kv_heads x head_dim, r LoRA rank:
   (2r); with dropout 0 no mask.
 - Attention: SDPA/flash keep q, k, v, the output (2(2q + 2kv)) and the fp32 log-sum-exp
   (4 x heads); with a padding mask SDPA repeats k/v to all heads and keeps a float mask of
-  s x s per sequence; eager keeps the fp32 softmax and its bf16 copy (6 x heads x s).
+  s x s per sequence; eager keeps the fp32 softmax and its bf16 copy (6 x heads x s). Packed
+  rows without a mask (`sftkit.attention`) keep what unpadded SDPA keeps; flex attention adds
+  its block mask (int32 block counts and indices, per 128 x 128 tile pair, both directions).
 - Gated MLP: gate output, activation output and up output (3 x i in the linear output dtype);
   the product too when down_proj saves its input.
+- Tiled MLP (``training.tiled_mlp``, Arctic Long Sequence Training's TiledMLP through
+  liger-kernel): the MLP keeps only its input (stream dtype x h) and recomputes itself tile by
+  tile in backward, where one tile's activations and gradients and the input's gradient live.
 - Gradient checkpointing keeps each layer's input (stream dtype x h) and recomputes one layer
   at a time during backward.
 """
@@ -27,9 +32,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from sftkit.attention import FLEX_BLOCK
 from sftkit.components import LaidTensor, LowRankLayer
 from sftkit.components.loss import LossQuery
-from sftkit.dtypes import FP32
+from sftkit.dtypes import FP32, INT32
 from sftkit.dtypes import INT64 as INDEX  # int64 token ids and labels
 from sftkit.memory.setup import Setup
 
@@ -121,7 +127,7 @@ def norm_saved_per_token(setup: Setup) -> int:
 def layer_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
     """Bytes one decoder layer saves for backward (no checkpointing)."""
     s, d = setup.shape, dtypes(setup)
-    h, i = s.hidden_size, s.mlp_width
+    h = s.hidden_size
     q, kv = s.q_size, s.kv_size
     lora = _lora_by_module(setup)
     n = batch * seq
@@ -145,27 +151,44 @@ def layer_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
     elif setup.padded and impl == "sdpa":
         kv_saved = q if groups > 1 else kv
         per_token += c * (q + 2 * kv_saved) + c * q + FP32 * s.num_heads
-        per_seq += c * seq * (16 * math.ceil(seq / 16))  # float mask, padded to 16 columns
+        # a float mask per layer; CUDA's memory-efficient kernel pads it to 16 columns
+        per_seq += c * seq * (16 * math.ceil(seq / 16) if setup.on_gpu else seq)
         o_input_saved_by_attention = True
-    else:  # sdpa without padding, flash_attention_2/3 (unpadded)
+    else:  # no mask: sdpa unpadded or per packed document, flash varlen, flex attention
         per_token += c * (q + 2 * kv) + c * q + FP32 * s.num_heads
         o_input_saved_by_attention = True
+        if impl == "flex_attention":  # its block mask: int32 counts and indices per tile pair
+            tiles = math.ceil(seq / FLEX_BLOCK)
+            per_seq += 2 * 2 * INT32 * tiles * (tiles + 1)
     o_private, o_raw = _consumers(setup, d, q, c, [s.attention_output_module], lora)
     # SDPA already saves its output, which is o_proj's input: saving it again is free.
     per_token += o_private + (c * q if o_raw and not o_input_saved_by_attention else 0)
-    # MLP
-    x = d.linear_out
-    up_modules = list(s.mlp_input_modules)
-    per_token += _consumer_bytes(setup, d, h, d.stream, up_modules, lora)
-    if s.gated_mlp:
-        # gate and up outputs, and the activation's output (Liger's SwiGLU recomputes it)
-        per_token += (2 if setup.liger else 3) * x * i
-    else:
-        per_token += x * i
-    per_token += _consumer_bytes(setup, d, i, x, [s.mlp_output_module], lora)
+    # MLP: tiled, it keeps only its input; its tiles are recomputed in backward
+    per_token += d.stream * h if setup.tiled_mlp else mlp_saved_per_token(setup)
     if s.num_experts:  # the router's fp32 softmax, each token's copy per chosen expert
         per_token += FP32 * s.num_experts + d.stream * h * s.experts_per_token
     return per_token * n + per_seq * batch
+
+
+def mlp_saved_per_token(setup: Setup) -> int:
+    """What the MLP saves per token: its projections' inputs or copies, the gate and up
+    outputs and the activation's (Liger's SwiGLU recomputes the last)."""
+    s, d = setup.shape, dtypes(setup)
+    h, i, x = s.hidden_size, s.mlp_width, d.linear_out
+    lora = _lora_by_module(setup)
+    per_token = _consumer_bytes(setup, d, h, d.stream, list(s.mlp_input_modules), lora)
+    if s.gated_mlp:
+        per_token += (2 if setup.liger else 3) * x * i
+    else:
+        per_token += x * i
+    return per_token + _consumer_bytes(setup, d, i, x, [s.mlp_output_module], lora)
+
+
+def mlp_tile_tokens(setup: Setup, batch: int, seq: int) -> int:
+    """Tokens per tile of a tiled MLP: the rows split into ceil(seq / hidden) tiles, as
+    liger-kernel's apply_tiled_mlp (after DeepSpeed's TiledMLP) does."""
+    tiles = max(1, math.ceil(seq / setup.shape.hidden_size))
+    return math.ceil(batch * seq / tiles)
 
 
 def first_layer_input_grads(setup: Setup) -> bool:
@@ -211,7 +234,13 @@ def backward_transient_bytes(setup: Setup, batch: int, seq: int) -> int:
     scores = (
         (2 * FP32 + d.compute) * s.num_heads * seq if setup.attn_implementation == "eager" else 0
     )
-    return (max(mlp, scores) + 2 * d.stream * s.hidden_size) * batch * seq
+    stream = 2 * d.stream * s.hidden_size * batch * seq
+    if not setup.tiled_mlp:
+        return max(mlp, scores) * batch * seq + stream
+    # tiled: one tile's recomputed MLP and its gradients, and the input's whole gradient
+    tile = mlp_tile_tokens(setup, batch, seq)
+    tile_bytes = (mlp_saved_per_token(setup) + mlp) * tile
+    return max(tile_bytes, scores * batch * seq) + stream + d.stream * s.hidden_size * batch * seq
 
 
 def head_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
@@ -262,6 +291,20 @@ def lm_head_bytes(setup: Setup) -> int:
     if any("lm_head" in a.trained_modules() for a in setup.adapters):
         return setup.storage.trained_copy_bytes(setup.precision)
     return setup.storage.plain_bytes(setup.precision)
+
+
+def autocast_copies_in_backward(setup: Setup, tensors: list[LaidTensor]) -> tuple[int, int]:
+    """(at the start of backward, while a layer's backward runs): the autocast copies alive.
+    Without checkpointing every copy the forward saved; with it the layers' copies were
+    dropped with the rest of their saved tensors and come back one layer at a time, when
+    the layer is recomputed."""
+    total = autocast_weight_copy_bytes(setup, tensors)
+    if not setup.checkpointing:
+        return total, total
+    layers = setup.shape.num_layers
+    per_layer = autocast_weight_copy_bytes(setup, [t for t in tensors if t.count == layers])
+    outside = total - per_layer
+    return outside, outside + per_layer // max(layers, 1)
 
 
 def autocast_weight_copy_bytes(setup: Setup, tensors: list[LaidTensor]) -> int:

@@ -21,7 +21,7 @@ import itertools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sftkit.engine import engine_of
 from sftkit.errors import SftkitError
@@ -88,7 +88,14 @@ def component_switch(resolved: ResolvedRecipe, key: str, name: str) -> dict[str,
     return changes
 
 
-Probe = Callable[[int], "Estimate | None"]
+class Fits(Protocol):
+    """What a search needs of a probe's answer: an `Estimate`, or anything that says fits."""
+
+    @property
+    def fits(self) -> bool: ...
+
+
+Probe = Callable[[int], "Fits | None"]
 
 
 def largest(probe: Probe, lo: int, hi: int, step: int = 1) -> tuple[int | None, Any, Any]:
@@ -156,6 +163,7 @@ def search(
 
 
 MAX_MICRO_BATCH = 4096
+MAX_SEQ_SEARCH = 1 << 20  # 1,048,576 tokens
 MAX_GPUS = 64
 
 
@@ -166,7 +174,9 @@ def fit_search(
     from sftkit.memory.estimator import shape_for
 
     shape = shape_for(resolved, model)
-    max_seq = shape.max_position_embeddings or 131072
+    # Memory decides the row length searched; the model's position window is said beside it
+    # (rows past it run on positions the model never saw unless its rope is scaled).
+    max_seq = MAX_SEQ_SEARCH
     results = {
         "training.micro_batch_size": search(
             resolved, "training.micro_batch_size", 1, MAX_MICRO_BATCH, gpu=gpu, model=model
@@ -181,6 +191,8 @@ def fit_search(
             model=model,
         ),
     }
+    if shape.max_position_embeddings:
+        results["training.max_seq_length"]["window"] = shape.max_position_embeddings
     r = resolved.recipe
     if engine_of(r).searches_gpu_counts(r.distributed):
         results["hardware.num_gpus"] = _gpu_search(resolved, gpu=gpu, model=model)
@@ -231,6 +243,7 @@ def fewest_gpus(
 
 
 PER_CATEGORY = 3
+GPUS = 5  # the category of more GPUs: the most disruptive change
 
 
 @dataclass(frozen=True)
@@ -384,10 +397,19 @@ def suggest(
         s = maker(resolved, gpu, model)
         if s is not None:
             found.append((category, s))
-    found.extend((5, s) for s in _more_gpus(resolved, gpu, model))
-    if not any(cat < 5 for cat, _ in found):
+    found.extend((GPUS, s) for s in _more_gpus(resolved, gpu, model))
+    if not any(cat < GPUS for cat, _ in found):
         found.extend(_pairs(resolved, singles, gpu, model))
-    found.sort(key=lambda cs: (cs[0], -cs[1].peak_bytes))
+    # the least disruptive kind first and, within a kind, the changes that need least memory
+    # (the least spilled paged state breaking ties); more GPUs: the fewest (highest per-GPU
+    # peak) first
+    found.sort(
+        key=lambda cs: (
+            cs[0],
+            -cs[1].peak_bytes if cs[0] == GPUS else cs[1].peak_bytes,
+            cs[1].spill_bytes,
+        )
+    )
     out: list[Suggestion] = []
     per: dict[int, int] = {}
     # Two changes with the same predicted memory are one suggestion (lora-plus prices

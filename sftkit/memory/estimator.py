@@ -7,9 +7,11 @@ adds the cheapest changes that fit (advice.py) when it does not; `preflight()` i
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from sftkit.errors import DoesNotFitError
+from sftkit.errors import DoesNotFitError, PluginError
+from sftkit.memory import activations as act
 from sftkit.memory.budget import resolve_budget
 from sftkit.memory.evalcopy import merged_copy_term
 from sftkit.memory.phases import breakdown
@@ -21,7 +23,7 @@ from sftkit.memory.result import (
     resident_paged,
 )
 from sftkit.memory.setup import Setup, describe, setup_from_recipe
-from sftkit.memory.terms import MemoryTerm, gib
+from sftkit.memory.terms import MemoryTerm
 from sftkit.modelshape import ModelShape, resolve_model_shape
 
 if TYPE_CHECKING:
@@ -42,21 +44,26 @@ def shape_for(resolved: ResolvedRecipe, model: str | None = None) -> ModelShape:
 
 
 def extra_terms(resolved: ResolvedRecipe, shape: ModelShape) -> list[MemoryTerm]:
+    """The plugins' `extra_memory_terms`, each with its plugin as `source` unless it says."""
     manager = manager_of(resolved)
     if manager is None:
         return []
     out: list[MemoryTerm] = []
-    for result in manager.hook.extra_memory_terms(recipe=resolved, shape=shape):
-        for term in result or []:
-            if not isinstance(term, MemoryTerm):
-                from sftkit.errors import PluginError
-
-                raise PluginError(
-                    f"an extra_memory_terms implementation returned {type(term).__name__}; "
-                    "expected sftkit.memory.terms.MemoryTerm."
-                )
-            out.append(term)
+    for plugin, call in manager.callers_by_plugin("extra_memory_terms"):
+        for result in call(recipe=resolved, shape=shape):
+            for term in result or []:
+                if not isinstance(term, MemoryTerm):
+                    raise PluginError(
+                        f"plugin {plugin!r}: extra_memory_terms returned "
+                        f"{type(term).__name__}; expected sftkit.MemoryTerm."
+                    )
+                out.append(term if term.source else dataclasses.replace(term, source=plugin))
     return out
+
+
+def term_notes(terms: list[MemoryTerm]) -> list[str]:
+    """The notes the plugins' terms carry, each saying whose it is."""
+    return [f"{note} ({term.source})" for term in terms for note in term.notes]
 
 
 def setting_line(setup: Setup) -> str:
@@ -74,8 +81,20 @@ def notes_for(setup: Setup, on_gpu: bool) -> list[str]:
         notes.append("no GPU: compared with host RAM; CUDA context and workspaces left out.")
     if setup.padded and setup.attn_implementation in ("sdpa", "eager"):
         notes.append(
-            "assumes a 4-D attention mask (padded or packed batches): SDPA repeats k/v per "
-            "head and keeps an s x s mask per layer."
+            f"attention: {setup.attention_description}: SDPA repeats k/v per head and keeps an "
+            "s x s mask per layer (packed rows: training.mask_free_packing drops it)."
+        )
+    else:
+        notes.append(f"attention: {setup.attention_description}.")
+    if setup.tiled_mlp:
+        notes.append(
+            "tiled MLP: each MLP keeps only its input and is recomputed in backward in tiles "
+            f"of {act.mlp_tile_tokens(setup, setup.micro_batch_size, setup.seq_len):,} tokens."
+        )
+    if setup.compiled:
+        notes.append(
+            "compiled decoder layers priced as eager ones (conservative: inductor's fusions "
+            "keep the same or fewer tensors for backward); compiling takes host memory once."
         )
     notes.append(setup.loss.note())
     notes.extend(setup.storage.notes(setup.composition.has_adapters))
@@ -114,11 +133,9 @@ def compute(
     terms = extra_terms(resolved, shape)
     b = breakdown(setup, terms)
     device, paged = pool_totals(b, "device"), pool_totals(b, "paged")
-    resident = (
-        resident_paged(device, paged, budget.total_bytes)
-        if budget.is_gpu
-        else dict.fromkeys(device, 0)
-    )
+    # On a GPU, paged state stays on the device while there is room and spills to host RAM
+    # after; on the CPU the "device" is host RAM, so all of it counts in the total.
+    resident = resident_paged(device, paged, budget.total_bytes) if budget.is_gpu else paged
     # the evaluators' merged bf16 copy, when the evaluation phase has room for it
     copy = merged_copy_term(resolved, shape, device["evaluation"] + resident["evaluation"], budget)
     if copy is not None:
@@ -140,13 +157,14 @@ def compute(
         budget=budget,
         setting=setting_line(setup),
         recipe_source=resolved.source,
-        notes=[*generic_notes(shape), *notes_for(setup, budget.is_gpu)],
+        notes=[*generic_notes(shape), *notes_for(setup, budget.is_gpu), *term_notes(terms)],
         generic=list(shape.generic),
+        cannot_run=(
+            f"training.loss={setup.loss.name}: {setup.loss.cpu_problem}"
+            if setup.loss.cpu_problem and not budget.is_gpu
+            else ""
+        ),
     )
-    if result.paged_spill_bytes:
-        result.notes.append(
-            f"{gib(result.paged_spill_bytes)} of paged optimizer state spills to host RAM."
-        )
     return result
 
 

@@ -36,6 +36,7 @@ def _moments(
     grad_name: str,
     sh: Sharding,
     accumulated: bool,
+    step_temporaries: tuple[Part, ...] = (),
 ) -> list[list[Part]]:
     """Every candidate peak moment of one forward/backward: the start of backward (every
     layer's saved tensors plus the loss gradients), the top and bottom layers' backward,
@@ -46,7 +47,7 @@ def _moments(
     loss = act.loss_saved_bytes(setup, b, s)
     loss_tmp = act.loss_transient_bytes(setup, b, s)
     bwd = act.backward_transient_bytes(setup, b, s)
-    copies = act.autocast_weight_copy_bytes(setup, tensors)
+    copies_at_start, copies_in_layer = act.autocast_copies_in_backward(setup, tensors)
     first = act.first_layer_reduction(setup, b, s)
     dequant = act.dequantized_weight_bytes(setup)
     lg, hg, eg = _grad_profile(tensors, L)
@@ -103,18 +104,18 @@ def _moments(
             )
         ]
 
-    common = []
-    if copies:
-        common.append(
-            Part(
-                "autocast bf16 copies of fp32 weights",
-                copies,
-                "activations",
-                "2 bytes x fp32 matmul weights",
-            )
-        )
+    def copies(n: int) -> list[Part]:
+        if not n:
+            return []
+        return [Part("autocast bf16 copies of fp32 weights", n, "activations",
+                     "2 bytes x fp32 matmul weights")]  # fmt: skip
+
+    # A layer's backward (recomputed or not) dequantizes its weights one at a time and, with
+    # the optimizer in backward, steps each parameter whose gradient is ready. Neither
+    # happens while the loss head's backward runs, at the start.
+    in_layer = []
     if dequant:
-        common.append(
+        in_layer.append(
             Part(
                 "dequantized weight (bitsandbytes, transient)",
                 dequant,
@@ -122,6 +123,7 @@ def _moments(
                 "largest linear layer in the compute dtype",
             )
         )
+    in_layer.extend(step_temporaries)
 
     def grads(n: int) -> list[Part]:
         if setup.optimizer_in_backward:  # one gradient at a time, from the first one on
@@ -134,19 +136,21 @@ def _moments(
         *saved_layers(L, recomputing=False),
         Part("token ids, rotary tables, final norm", head, "activations", ""),
         *_loss_parts(setup, loss, loss_tmp),
-        *common,
+        *copies(copies_at_start),
         *grads(0),
     ]
     top = [
         *saved_layers(L, recomputing=True),
         Part("gradients in flight (one layer)", bwd, "activations", "approximation"),
-        *common,
+        *copies(copies_in_layer),
+        *in_layer,
         *grads(hg + lg),
     ]
     bottom = [
         *saved_layers(1, recomputing=True),
         Part("gradients in flight (one layer)", bwd, "activations", "approximation"),
-        *common,
+        *copies(copies_in_layer),
+        *in_layer,
         *grads(hg + L * lg),
     ]
     end = grads(grads_total) or [Part(grad_name, 0, "gradients")]
@@ -174,9 +178,12 @@ def activation_moments(
     grad_name: str,
     sh: Sharding,
     accumulated: bool,
+    step_temporaries: tuple[Part, ...] = (),
 ) -> list[Part]:
-    """The largest moment of one forward/backward: its parts (gradients included)."""
-    return max(_moments(setup, tensors, grads_total, grad_name, sh, accumulated), key=_total)
+    """The largest moment of one forward/backward: its parts (gradients included);
+    `step_temporaries`: the optimizer's, in the layers' backward (optimizer in backward)."""
+    moments = _moments(setup, tensors, grads_total, grad_name, sh, accumulated, step_temporaries)
+    return max(moments, key=_total)
 
 
 def activation_peak_bytes(setup: Setup) -> int:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sftkit.components.storage import count_words
+from sftkit.errors import PluginError
 from sftkit.memory import activations as act
 from sftkit.memory.budget import (
     ALLOCATOR_MARGIN,
@@ -206,6 +207,23 @@ def _eval_parts(setup: Setup) -> list[Part]:
     return best
 
 
+def _take_place(phases: dict[str, list[Part]], term: MemoryTerm) -> None:
+    """Drop the parts `term` replaces from its phases; replacing nothing is the plugin's
+    mistake (a renamed term, a typo), said at once instead of pricing both."""
+    found = False
+    for phase in term.phases:
+        kept = [p for p in phases[phase] if not p.name.startswith(term.replaces)]
+        found = found or len(kept) < len(phases[phase])
+        phases[phase] = kept
+    if not found:
+        names = sorted({p.name for phase in term.phases for p in phases[phase]})
+        raise PluginError(
+            f"memory term {term.name!r}{f' of {term.source}' if term.source else ''} replaces "
+            f"{term.replaces!r}, but no term of its phases ({', '.join(term.phases)}) is named "
+            f"so; they are: {'; '.join(names)}."
+        )
+
+
 def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
     tensors = layout(setup)
     opt = optimizer_cost(setup, tensors)
@@ -249,16 +267,20 @@ def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
     load_stage = _load_staging(setup)
     phases: dict[str, list[Part]] = {}
     phases["load"] = [*[w for w in weights if w.pool != "host"], *loading, load_stage]
-    fb_first = activation_moments(setup, tensors, grads_total, grads[0].name, sh, accumulated=False)
+    # With the optimizer in backward the first backward already steps (and builds the state
+    # of) every parameter, one tensor's temporaries at a time, inside the layers' backward.
+    in_backward = tuple(temps) if setup.optimizer_in_backward else ()
+    fb_first = activation_moments(
+        setup, tensors, grads_total, grads[0].name, sh, accumulated=False,
+        step_temporaries=in_backward,
+    )  # fmt: skip
     fb = fb_first
     if setup.grad_accum > 1:
         fb_acc = activation_moments(
             setup, tensors, grads_total, grads[0].name, sh, accumulated=True
         )
         fb = max((fb_first, fb_acc), key=lambda ps: sum(p.bytes for p in ps if p.pool == "device"))
-    # With the optimizer in backward the first backward already steps (and builds the state
-    # of) every parameter, one tensor's temporaries at a time.
-    stepping = [*persistent, *temps] if setup.optimizer_in_backward else []
+    stepping = list(persistent) if setup.optimizer_in_backward else []
     phases["forward_backward"] = [*weights, *stepping, *fb, *extras]
     phases["optimizer_step"] = [
         *weights,
@@ -268,10 +290,10 @@ def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
         *[e for e in extras if e.name == "DDP gradient buckets"],
     ]
     phases["later_steps"] = [*weights, *persistent, *fb, *extras]
-    if setup.optimizer_in_backward:
-        phases["later_steps"].extend(temps)
     phases["evaluation"] = [*weights, *persistent, *_eval_parts(setup)]
     for term in extra:
+        if term.replaces:
+            _take_place(phases, term)
         for phase in term.phases:
             phases[phase].append(
                 Part(term.name, term.bytes, term.category, term.formula, term.pool)
@@ -314,13 +336,18 @@ def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
 
 def _load_staging(setup: Setup) -> Part:
     """transformers loads one tensor at a time in the checkpoint dtype before quantizing or
-    casting it; peft's fp32 upcast replaces each bf16 parameter one by one."""
-    largest = max(g.numel for g in setup.shape.census())
+    casting it; peft's fp32 upcast replaces each bf16 parameter one by one. A tensor kept
+    in the dtype it is loaded in goes straight into place: nothing is staged for it."""
+    converted = [
+        t.numel
+        for t in layout(setup)
+        if t.kind in ("base", "unquantized") and t.dtype_bytes != setup.model_dtype_bytes
+    ]
     return Part(
         "one tensor staged while loading",
-        largest * setup.model_dtype_bytes,
+        max(converted, default=0) * setup.model_dtype_bytes,
         "other",
-        "largest tensor in the load dtype",
+        "largest quantized or cast tensor in the load dtype",
     )
 
 

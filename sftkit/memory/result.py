@@ -68,6 +68,9 @@ class Estimate:
     # the paged state resident on the device (part of `phases`).
     allocated: dict[str, int] = field(default_factory=dict)
     reserved: dict[str, int] = field(default_factory=dict)
+    # why the recipe cannot run on this device at all (a CUDA-only kernel on the CPU): it
+    # then never FITS, whatever the bytes say
+    cannot_run: str = ""
     resident_paged: dict[str, int] = field(default_factory=dict)
     # Terms priced with generic formulas: the model's architecture is not in the catalog
     # (`sftkit.modelshape.generic`); empty for a catalog family.
@@ -93,7 +96,7 @@ class Estimate:
 
     @property
     def fits(self) -> bool:
-        return self.peak_bytes <= self.budget_bytes
+        return not self.cannot_run and self.peak_bytes <= self.budget_bytes
 
     @property
     def headroom_bytes(self) -> int:
@@ -183,6 +186,7 @@ class Estimate:
                 "source": self.budget.source,
             },
             "fits": self.fits,
+            "cannot_run": self.cannot_run,
             "first_failing_phase": self.first_failing_phase,
             "headroom_bytes": self.headroom_bytes,
             "phases": dict(self.phases),
@@ -312,7 +316,8 @@ def render_estimate(e: Estimate) -> str:
     else:
         total("total on device", e.phases)
     if any(e.paged.values()):
-        total("paged pool (resident in device used; spills to host)", e.paged)
+        where = "resident in device used; spills to host" if e.on_gpu else "host RAM, in the total"
+        total(f"paged pool ({where})", e.paged)
     if any(e.host.values()):
         total("host memory (outside the device)", e.host)
     lines.append("")
@@ -325,7 +330,9 @@ def render_estimate(e: Estimate) -> str:
             f"note       {gib(e.paged_spill_bytes)} of paged optimizer state will not fit beside the "
             "rest and spills to host RAM (slower optimizer steps)."
         )
-    if e.fits:
+    if e.cannot_run:
+        lines.append(f"verdict    CANNOT RUN on the {e.budget.name}: {e.cannot_run}.")
+    elif e.fits:
         lines.append(
             f"verdict    FITS: peak {gib(e.peak_bytes)} of {gib(e.budget_bytes)} on the "
             f"{e.budget.name}, {gib(e.headroom_bytes)} to spare ({e.peak_bytes / e.budget_bytes:.0%} used)."
@@ -388,4 +395,10 @@ def render_fit(e: Estimate) -> list[str]:
                 if found.get("next") is not None
                 else f"  {key} = {found['value']}  (peak {gib(found['peak_bytes'])}; search limit {found['limit']})"
             )
+            window = found.get("window")
+            if window and found["value"] > window:
+                lines.append(
+                    f"    (memory allows it; the model's position window is {window:,} tokens "
+                    "(max_position_embeddings): longer rows need its rope scaled)"
+                )
     return lines

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from sftkit.attention import attention_for
 from sftkit.components import Adapter, BaseStorage, Composition, Precision
 from sftkit.components.loss import LOSS_HEADS, TRL_HEAD, LossHead
 from sftkit.dtypes import DTYPE_BYTES, PRECISION_BYTES
@@ -70,7 +71,7 @@ class Setup:
     seq_len: int
     grad_accum: int
     checkpointing: bool
-    attn_implementation: str
+    attn_implementation: str  # the kernel the rows go through (`sftkit.attention`)
     padded: bool  # SDPA/eager get a 4-D attention mask (padding, or packed documents)
     num_gpus: int
     engine: Engine  # the recipe's engine object: how each term shards
@@ -81,6 +82,9 @@ class Setup:
     liger: bool = False  # Liger's RMSNorm / SwiGLU / RoPE kernels replace transformers'
     optimizer_in_backward: bool = False  # each parameter stepped, its gradient freed, in backward
     activation_offload: bool = False  # checkpointed layer inputs kept in host memory
+    attention_description: str = ""  # what the attention terms assumed, for the estimate
+    tiled_mlp: bool = False  # the MLP computed in sequence tiles, recomputed in backward
+    compiled: bool = False  # decoder layers compiled (regional torch.compile)
 
     @property
     def tokens(self) -> int:
@@ -134,14 +138,20 @@ def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bo
         # the most an evaluator may generate, when its default depends on the template
         new_tokens = getattr(options, "new_token_budget", getattr(options, "max_new_tokens", None))
         max_length = getattr(options, "max_length", None) or t.max_seq_length
+        # the evaluator's own prompt length when it declares one, not the training rows'
+        prompt_tokens = int(getattr(options, "max_prompt_tokens", None) or t.max_seq_length)
         if new_tokens is not None:
             evaluations.append(
-                EvalWorkload(
-                    component.spec.name, "generate", batch, t.max_seq_length, int(new_tokens)
-                )
+                EvalWorkload(component.spec.name, "generate", batch, prompt_tokens, int(new_tokens))
             )
         else:
             evaluations.append(EvalWorkload(component.spec.name, "loss", batch, int(max_length)))
+    attention = attention_for(
+        r.model.attn_implementation,
+        packing=r.data.packing,
+        mask_free=t.mask_free_packing,
+        on_gpu=on_gpu,
+    )
     return Setup(
         shape=shape,
         strategy=resolved.strategy.spec,
@@ -154,10 +164,9 @@ def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bo
         seq_len=t.max_seq_length,
         grad_accum=t.gradient_accumulation_steps,
         checkpointing=t.gradient_checkpointing,
-        attn_implementation=r.model.attn_implementation,
-        # Padded batches and packed (padding-free) rows both give SDPA/eager a 4-D mask;
-        # flash attention takes unpadded sequences instead.
-        padded=not r.model.attn_implementation.startswith("flash"),
+        attn_implementation=attention.implementation,
+        padded=attention.dense_mask,
+        attention_description=attention.description,
         num_gpus=r.hardware.num_gpus,
         engine=engine_of(r),
         distributed=r.distributed,
@@ -167,6 +176,8 @@ def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bo
         liger=t.liger_kernels,
         optimizer_in_backward=t.optimizer_in_backward,
         activation_offload=t.activation_offload,
+        tiled_mlp=t.tiled_mlp,
+        compiled=t.compile,
     )
 
 

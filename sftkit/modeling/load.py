@@ -153,10 +153,13 @@ def load_base_model(
     """The untrained base, loaded the way the strategy stores it (dense or quantized)."""
     from transformers import AutoModelForCausalLM
 
+    from sftkit.modeling.attention import runtime_attention
+
     device = training_device(recipe)
     kwargs: dict[str, Any] = {
         "dtype": torch_dtype(recipe.model.dtype),
-        "attn_implementation": recipe.model.attn_implementation,
+        # packed rows without a dense mask where the recipe asks (sftkit.attention)
+        "attn_implementation": runtime_attention(recipe, device),
         "trust_remote_code": recipe.model.trust_remote_code,
         # This rank's GPU, or host memory when a sharding engine places the shards.
         "device_map": load_device_map(recipe, device, quantized=quantized),

@@ -29,6 +29,7 @@ from sftkit.errors import (
 )
 from sftkit.recipe.overrides import Override, apply_overrides, parse_override
 from sftkit.recipe.schema import ComponentRef, DistributedSection, Recipe
+from sftkit.recipe.trainer_args import trainer_args_problems
 from sftkit.recipe.yamlio import read_yaml
 from sftkit.registry import Catalog, Registry
 from sftkit.specs import (
@@ -206,7 +207,7 @@ def load_recipe_text(
     resolved = validate_recipe_data(
         data, registry=registry, source=source, overrides=tuple(map(str, parsed))
     )
-    return replace(resolved, notes=tuple(notes)) if notes else resolved
+    return replace(resolved, notes=(*notes, *resolved.notes)) if notes else resolved
 
 
 def _component_nodes(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
@@ -304,6 +305,8 @@ def validate_recipe_data(
         problems.extend(_component_problems_raw(data, registry))
         raise RecipeError(_unique(problems), source=source) from None
 
+    args_problems, notes = trainer_args_problems(recipe.training.trainer_args)
+    problems.extend(args_problems)
     engine = _resolve_engine(recipe.distributed, registry, problems)
     if engine is not None:
         recipe = recipe.model_copy(update={"distributed": engine[1]})
@@ -331,6 +334,7 @@ def validate_recipe_data(
         for i, ref in enumerate(recipe.evaluation.during_training)
     ]
     problems.extend(_evaluation_problems(recipe, during, data_format))
+    problems.extend(_attention_problems(recipe))
     problems.extend(_named(recipe.training.loss, "training.loss", registry.loss_heads, ("auto",)))
     problems.extend(_named(recipe.training.objective, "training.objective", registry.objectives))
     parts: Composition | None = None
@@ -366,6 +370,7 @@ def validate_recipe_data(
         raw=data,
         mixture=tuple(m for m in mixture if m is not None),
         during_training=tuple(e for e in during if e is not None),
+        notes=tuple(notes),
     )
     if registry.manager is not None:
         for result in registry.manager.hook.validate_recipe(recipe=resolved):
@@ -386,6 +391,29 @@ def _on_dev(ref: ComponentRef, registry: Registry) -> ComponentRef:
     if "split" not in registry.evaluators.get(ref.name).options_model.model_fields:
         return ref
     return ComponentRef(name=ref.name, options={"split": "dev", **ref.options})
+
+
+def _attention_problems(recipe: Recipe) -> list[Problem]:
+    """training.mask_free_packing: what it needs of the data and the attention kernel."""
+    if not recipe.training.mask_free_packing:
+        return []
+    problems = []
+    if not recipe.data.packing:
+        problems.append(
+            Problem(
+                "training.mask_free_packing",
+                "applies to packed rows only: set data.packing to true, or drop the switch.",
+            )
+        )
+    if recipe.model.attn_implementation == "eager":
+        problems.append(
+            Problem(
+                "training.mask_free_packing",
+                "needs model.attn_implementation sdpa (or flash_attention_2/3): eager "
+                "attention always builds the s x s mask.",
+            )
+        )
+    return problems
 
 
 def _evaluation_problems(
@@ -504,7 +532,11 @@ def _resolve(
             "" if entry.plugin.startswith("builtin.") else f" (options of plugin {entry.plugin!r})"
         )
         for problem in _problems_from_validation(exc, options_model, prefix=f"{dotted}.options"):
-            problems.append(Problem(problem.path, problem.message + owner, problem.suggestion))
+            message = problem.message.replace(
+                "it takes no options",
+                f"{catalog.spec_type.kind} {ref.name!r} takes no options",  # type: ignore[attr-defined]
+            )
+            problems.append(Problem(problem.path, message + owner, problem.suggestion))
         return None
     return Component(entry.spec, options, entry.plugin)
 
@@ -596,11 +628,14 @@ def _problems_from_validation(
         if kind == "extra_forbidden":
             allowed = _fields_at(model, loc[:-1])
             hint = closest(loc[-1], allowed) if allowed else None
+            expected = (
+                f"expected one of: {', '.join(allowed)}" if allowed else "it takes no options"
+            )
             problems.append(
                 Problem(
                     path,
-                    f"unknown key; expected one of: {', '.join(allowed)}.",
-                    f"Did you mean {hint!r}?" if hint else None,
+                    f"unknown key; {expected}.",
+                    f"Did you mean {hint!r}?" if hint else "Remove the key.",
                 )
             )
         elif kind == "missing":
@@ -609,7 +644,9 @@ def _problems_from_validation(
             msg = err["msg"]
             if msg.startswith("Value error, "):
                 msg = msg[len("Value error, ") :]
-            problems.append(Problem(path, f"{msg}; found {_show(found)}."))
+            # a whole section's check (found: the section itself) names its keys in msg
+            shown = "" if isinstance(found, dict) else f"; found {_show(found)}"
+            problems.append(Problem(path, f"{msg}{shown}."))
     return problems
 
 

@@ -126,6 +126,20 @@ class DataSection(Strict):
     prepared_dir: str | None = Field(
         default=None, description="Where prepared splits live; default: <output_dir>/data."
     )
+    reasoning: Literal["train", "mask", "drop"] = Field(
+        default="train",
+        description="Reasoning traces (<think>...</think>, a message's reasoning_content): "
+        "trained with the answer, masked (context, no loss), or dropped from the text.",
+    )
+    mask_empty_think: bool = Field(
+        default=True, description="Mask empty think blocks (<think></think>) whatever the mode."
+    )
+    num_proc: int | None = Field(
+        default=None,
+        ge=1,
+        description="Worker processes that tokenize the splits (and TRL's dataset passes); "
+        "default: the CPUs sftkit may use.",
+    )
     max_row_bytes: int | None = Field(
         default=4 * MiB,
         ge=1,
@@ -145,7 +159,7 @@ class DataSection(Strict):
         return self
 
 
-Tracker = Literal["tensorboard", "wandb", "mlflow", "none"]
+Tracker = Literal["tensorboard", "wandb", "mlflow", "trackio", "none"]
 
 
 class EarlyStoppingSection(Strict):
@@ -209,6 +223,22 @@ class TrainingSection(Strict):
         description="Step each parameter as soon as its gradient exists and free it (at most one "
         "gradient lives); needs gradient_accumulation_steps 1 and max_grad_norm null.",
     )
+    mask_free_packing: bool = Field(
+        default=False,
+        description="Packed rows (data.packing) keep their documents apart by position ids "
+        "instead of an s x s mask: flex attention on CUDA, causal SDPA per document on the "
+        "CPU (FlashAttention is always mask-free); with sdpa.",
+    )
+    tiled_mlp: bool = Field(
+        default=False,
+        description="Compute each MLP in sequence tiles, recomputed tile by tile in backward "
+        "(Arctic Long Sequence Training's TiledMLP, through liger-kernel): for long rows.",
+    )
+    compile: bool = Field(
+        default=False,
+        description="Compile each decoder layer with torch.compile (regional: one layer's "
+        "graph, reused by all), a one-time cost in the first steps.",
+    )
     activation_offload: bool = Field(
         default=False,
         description="Keep the checkpointed layer inputs in (pinned) host memory between forward "
@@ -229,6 +259,12 @@ class TrainingSection(Strict):
         gt=0,
         description="NEFTune: uniform noise of this scale on the input embeddings while "
         "training (TRL/transformers' neftune_noise_alpha; 5 in the paper).",
+    )
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="TRL SFTConfig options passed through unchanged (dataloader_num_workers, "
+        "loss_type, torch_compile, ...); names sftkit sets from the recipe are refused "
+        "(sftkit.recipe.trainer_args).",
     )
 
     @model_validator(mode="after")

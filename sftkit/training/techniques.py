@@ -5,7 +5,10 @@ declare (and the estimate prices):
 - the adapter dtype a quantized base's storage declares (``strategy.options.adapter_dtype``),
   restored after SFTTrainer's own cast of a k-bit model's trainable parameters to bf16;
 - the checkpointed layer inputs kept in host memory (``training.activation_offload``,
-  `sftkit.training.offload`).
+  `sftkit.training.offload`);
+- Liger's layer kernels, tiled MLP and regional compilation of the decoder layers
+  (``training.liger_kernels``, ``training.tiled_mlp``, ``training.compile``,
+  `sftkit.training.layers`).
 
 `SftkitTrainer` applies `memory_techniques(resolved)`; the measure mode and the tests the
 same functions.
@@ -47,8 +50,18 @@ def memory_techniques(resolved: ResolvedRecipe) -> tuple[Callable[[Any], object]
         from sftkit.training.offload import install
 
         techniques.append(install)
-    if resolved.recipe.training.liger_kernels:
+    t = resolved.recipe.training
+    if t.liger_kernels:
         techniques.append(apply_liger_kernels)
+    # after Liger's layer kernels (tiles wrap the MLP the layer ends up with), compile last
+    if t.tiled_mlp:
+        from sftkit.training.layers import install_tiled_mlp
+
+        techniques.append(install_tiled_mlp)
+    if t.compile:
+        from sftkit.training.layers import compile_layers
+
+        techniques.append(compile_layers)
     return tuple(techniques)
 
 

@@ -23,7 +23,8 @@ class TrainingData:
 
 
 def prepare(resolved: ResolvedRecipe, say: Callable[..., None]) -> TrainingData:
-    from sftkit.data.prepare import prepare_data, read_examples
+    from sftkit.data.prepare import prepare_data
+    from sftkit.data.tokenized import PreparedSplit
     from sftkit.modeling import load_tokenizer
 
     recipe = resolved.recipe
@@ -41,7 +42,7 @@ def prepare(resolved: ResolvedRecipe, say: Callable[..., None]) -> TrainingData:
     build = load_factory(objective.factory)
 
     def split(name: Literal["train", "dev"]) -> Any:
-        return build(read_examples(prepared.split_path(name)), template, tokenizer, recipe)
+        return build(PreparedSplit(prepared, name), template, tokenizer, recipe)
 
     train = split("train")
     check_batch_fits_data(resolved, len(train), prepared.directory)
