@@ -1,5 +1,5 @@
 """Developer sessions. `nox` runs tests, plugins, minimums, lint and typecheck (about 8 minutes
-on 2 idle cores, 19 on loaded ones, the first time with the installs); `nox -s quickstart`
+on 2 idle cores, 19 on loaded ones, as measured in issue 21); `nox -s quickstart`
 installs sftkit and runs the embedded default (README.md); `nox -s newest`
 (the newest releases, not by default) and `nox -s gpu`
 is opt-in (it runs the tests marked `gpu` in the current environment, on a machine with
