@@ -210,7 +210,7 @@ def test_the_reference_the_trainer_holds_is_what_the_estimate_prices(strategy, t
     from sftkit.testing import tiny_model
     from sftkit.training.measure import _storages, model_tensors
     from sftkit.training.optimizer import build_optimizer
-    from sftkit.training.preference import SftkitDpoTrainer, dpo_config
+    from sftkit.training.preference import SftkitDpoConfig, SftkitDpoTrainer
     from sftkit.training.trainer import TrainerParts
 
     resolved, setup, _, reference = estimate(f"strategy.name={strategy}")
@@ -226,7 +226,7 @@ def test_the_reference_the_trainer_holds_is_what_the_estimate_prices(strategy, t
     trainer = SftkitDpoTrainer(
         parts=parts,
         model=model,
-        args=dpo_config(
+        args=SftkitDpoConfig(
             output_dir=str(tmp_path / "run" / ".partial"),
             use_cpu=True,
             report_to="none",

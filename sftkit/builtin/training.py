@@ -84,7 +84,7 @@ def register_objectives(register: Register[ObjectiveSpec]) -> None:
             "Direct preference optimization on {prompt, chosen, rejected} pairs (TRL's "
             "DPOTrainer); data.format preference.",
             trainer="sftkit.training.preference:SftkitDpoTrainer",
-            config="sftkit.training.preference:dpo_config",
+            config="sftkit.training.preference:SftkitDpoConfig",
             factory="sftkit.training.preference:dpo_dataset",
             options_model=DpoOptions,
             sequences_per_example=2,  # chosen and rejected, both through the model each step

@@ -4,7 +4,7 @@
   `Example` whose `completion` is the chosen answer and `rejected` the rejected one) as the
   recipe's template renders it: the prompt text, and each answer as the completion text
   the template would train on (its end-of-turn or EOS included). TRL tokenizes the pairs.
-- config (`dpo_config`): the arguments sftkit builds for a run, those `DPOConfig` has, plus
+- config (`SftkitDpoConfig`): `DPOConfig` given the arguments sftkit builds for a run and
   the objective's options (``beta``, ``loss_type``).
 - trainer (`SftkitDpoTrainer`): `DPOTrainer` with the run's collaborators
   (`RunTrainerMixin`). The reference model: with adapters (LoRA, QLoRA) TRL keeps the
@@ -52,11 +52,16 @@ def dpo_dataset(split: Any, template: Any, tokenizer: Any, recipe: Any) -> Any:
     return Dataset.from_list(rows)
 
 
-def dpo_config(**kwargs: Any) -> DPOConfig:
-    """`DPOConfig` from sftkit's arguments: those it has (SFT's data shaping, packing and
-    completion-only loss, do not apply to pairs) and the objective's options."""
-    names = {f.name for f in dataclasses.fields(DPOConfig)}
-    return DPOConfig(**{k: v for k, v in kwargs.items() if k in names})
+@dataclasses.dataclass
+class SftkitDpoConfig(DPOConfig):
+    """`DPOConfig` taking every argument sftkit builds for a run (the objective's options,
+    ``beta`` and ``loss_type``, are its own fields). SFT's data shaping does not apply to
+    pairs: TRL's DPO loss is over the answers only and pairs are not packed, so these three
+    are taken and left unused."""
+
+    packing: bool = False
+    packing_strategy: str = "bfd"
+    completion_only_loss: bool | None = None
 
 
 class SftkitDpoTrainer(RunTrainerMixin, compat.WeightsOnlyRestart, DPOTrainer):
