@@ -266,8 +266,8 @@ def point_overrides(spec: dict[str, Any], device: dict[str, Any], data_dir: Path
     # which may be part of what makes it light, and only loses packing (for the fixed shape).
     if spec["point"].get("cap_gib") or spec["point"].get("packed"):
         switches = []  # the seed case, and the fast points: packed rows, kernels as set
-    elif spec["point"].get("recipe_file"):
-        switches = ["data.packing=false"]
+    elif spec["point"].get("recipe_file"):  # mask-free packing goes with packing
+        switches = ["data.packing=false", "training.mask_free_packing=false"]
     else:
         switches = ["data.packing=false", "training.liger_kernels=false"]
     return [
