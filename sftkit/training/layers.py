@@ -7,8 +7,8 @@
 - regional compilation (``training.compile``): ``torch.compile`` of each decoder layer in
   place; the layers share one graph, so the first step compiles one layer, not the model.
 
-The decoder layers are the modules of the classes transformers keeps whole when it places a
-model (``_no_split_modules``), so no architecture is named here.
+The decoder layers are the modules transformers checkpoints as units (its
+``GradientCheckpointingLayer`` subclasses), so no architecture is named here.
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from typing import Any
 
 
 def decoder_layers(model: Any) -> Iterator[Any]:
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
     from sftkit.training.loss import base_model
 
-    base = base_model(model)
-    kept_whole = set(getattr(base, "_no_split_modules", None) or ())
-    for module in base.modules():
-        if type(module).__name__ in kept_whole:
+    for module in base_model(model).modules():
+        if isinstance(module, GradientCheckpointingLayer):
             yield module
 
 
