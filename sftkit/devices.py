@@ -28,3 +28,18 @@ def use_cpu_thread_policy(device: str) -> None:
     ``OMP_WAIT_POLICY`` in the environment wins."""
     if is_cpu(device) and "torch" not in sys.modules:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def data_workers(device: str, processes: int) -> dict[str, int | None]:
+    """The trainer's data loading for this machine (``training.trainer_args`` overrides it):
+    on a GPU, loader workers and dataset-map processes from this process's share of the
+    cores, one kept for the training loop itself; on a CPU run the cores train the model,
+    so both stay in the main process."""
+    if is_cpu(device):
+        return {"dataloader_num_workers": 0, "dataset_num_proc": None}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    share = max(1, (cores or 1) // max(1, processes))
+    return {
+        "dataloader_num_workers": min(4, share - 1),
+        "dataset_num_proc": min(8, share) if share > 1 else None,
+    }

@@ -4,10 +4,11 @@ instead of failing halfway through a run."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 from collections.abc import Iterable
 
-from sftkit.errors import TRAINING_STACK, MissingDependencyError
+from sftkit.errors import TRAINING_STACK, MissingDependencyError, SftkitError
 
 # What loading, training and evaluating a model imports.
 RUN_STACK = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "safetensors")
@@ -55,4 +56,47 @@ def as_missing_dependency(exc: BaseException, purpose: str) -> MissingDependency
 
 
 # Optional packages outside the training stack that a recipe can ask for.
-OPTIONAL = frozenset({"liger_kernel", "deepspeed", "pyarrow", "wandb", "mlflow"})
+OPTIONAL = frozenset({"liger_kernel", "deepspeed", "pyarrow", "wandb", "mlflow", "trackio"})
+
+
+def as_broken_install(exc: BaseException) -> SftkitError | None:
+    """An installed package whose RECORD file `importlib.metadata` cannot read (a row with
+    too many fields, a size that is no number): TRL and transformers read every package's
+    RECORD when they are imported, so one damaged install elsewhere fails sftkit with a
+    message from deep inside ``importlib.metadata``. Named here, with the fix; None when
+    `exc` did not come from reading a RECORD."""
+    if not _raised_in_metadata(exc):
+        return None
+    broken = []
+    for dist in importlib.metadata.distributions():
+        try:
+            dist.files  # noqa: B018 (reading the property parses RECORD)
+        except Exception as error:  # what a malformed row raises varies
+            name = dist.metadata["Name"] or "?"
+            where = f"{name}-{dist.version}.dist-info/RECORD in {dist.locate_file('')}"
+            broken.append((name, where, error))
+    if not broken:
+        return None
+    names = ", ".join(name for name, _, _ in broken)
+    details = "; ".join(f"{path}: {type(err).__name__}: {err}" for _, path, err in broken)
+    return SftkitError(
+        f"the installed package {names} has a malformed RECORD file, which the training "
+        f"libraries read when they are imported ({details}).",
+        hint="Reinstall it: pip install --force-reinstall --no-deps "
+        + " ".join(name for name, _, _ in broken)
+        + " (or uninstall it if it is not needed).",
+    )
+
+
+def _raised_in_metadata(exc: BaseException) -> bool:
+    current: BaseException | None = exc
+    for _ in range(10):
+        if current is None:
+            return False
+        tb = current.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename.endswith("importlib/metadata/__init__.py"):
+                return True
+            tb = tb.tb_next
+        current = current.__cause__ or current.__context__
+    return False

@@ -118,6 +118,17 @@ def validate_recipe(recipe: ResolvedRecipe) -> list[Problem] | None:
 
 
 # ---------------------------------------------------------------- lifecycle
+# On the main process only, unless the implementation is marked `every_process`.
+
+EVERY_PROCESS = "sftkit_every_process"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def every_process(function: F) -> F:
+    """Mark a lifecycle hook implementation (on_train_start, on_log, on_train_end) to run on
+    every process of a multi-GPU run, not only the main one; ``run.rank`` says which."""
+    setattr(function, EVERY_PROCESS, True)
+    return function
 
 
 @hookspec(historic=True)

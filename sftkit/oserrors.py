@@ -159,3 +159,27 @@ def check_can_create(path: Path, what: str) -> None:
             f"{what} {path}: permission denied, {existing} is not writable.",
             hint=f"Give yourself write access to {existing}, {ELSEWHERE}.",
         )
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux allows (setting it to read
+    it back would widen, for a moment, every file another thread creates)."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def open_to_umask(directory: Path) -> None:
+    """Give the files of `directory` that a library wrote private (0600: safetensors writes
+    its files so) the mode the user's umask gives any new file, as `open` would have: a
+    model or checkpoint shared through group or other permissions stays readable by them."""
+    mode = 0o666 & ~current_umask()
+    for path in Path(directory).rglob("*"):
+        if path.is_file() and not path.is_symlink() and (path.stat().st_mode & 0o777) == 0o600:
+            path.chmod(mode)

@@ -75,6 +75,22 @@ class SftkitPluginManager:
     infos: dict[str, PluginInfo] = field(default_factory=dict)
     failures: list[PluginFailure] = field(default_factory=list)
     blocked: frozenset[str] = frozenset()
+    blocked_by_env: frozenset[str] = (
+        frozenset()
+    )  # the part of `blocked` SFTKIT_DISABLE_PLUGINS named
+
+    def blocked_note(self) -> str | None:
+        """Which plugins are turned off and by what, for a "not found" message."""
+        if not self.blocked:
+            return None
+        parts = []
+        if self.blocked_by_env:
+            names = ",".join(sorted(self.blocked_by_env))
+            parts.append(f"{ENV_DISABLE}={names} in the environment")
+        flags = sorted(self.blocked - self.blocked_by_env)
+        if flags:
+            parts.append("--disable-plugin " + ", ".join(flags))
+        return f"plugins turned off by {' and by '.join(parts)}; what they register is absent"
 
     @property
     def hook(self) -> Any:
@@ -149,10 +165,11 @@ def make_plugin_manager(
     """
     pm = pluggy.PluginManager("sftkit")
     pm.add_hookspecs(hookspecs)
-    blocked = frozenset(_split(os.environ.get(ENV_DISABLE, ""))) | frozenset(disabled)
+    by_env = frozenset(_split(os.environ.get(ENV_DISABLE, "")))
+    blocked = by_env | frozenset(disabled)
     for name in blocked:
         pm.set_blocked(name)
-    manager = SftkitPluginManager(pm=pm, blocked=blocked)
+    manager = SftkitPluginManager(pm=pm, blocked=blocked, blocked_by_env=by_env)
     if builtins:
         for name, module_name in DEFAULT_PLUGINS:
             manager.register(importlib.import_module(module_name), name, builtin=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -163,9 +163,18 @@ def columns() -> tuple[ProgressColumn, ...]:
 class Display:
     """Stages and messages on one console: live on a terminal, plain lines elsewhere."""
 
-    def __init__(self, console: Console | None = None, *, plain_interval: float = PLAIN_INTERVAL):
+    def __init__(
+        self,
+        console: Console | None = None,
+        *,
+        plain_interval: float = PLAIN_INTERVAL,
+        on_activity: Callable[[], None] | None = None,
+    ):
         self.console = console or Console(stderr=True)
         self.plain_interval = plain_interval
+        # called before each stage opens and each line is said (the CLI adopts the libraries
+        # loaded by then: `sftkit.quiet.adopt_loaded`)
+        self.on_activity = on_activity
         self.progress: Progress | None = None
         self.stages: list[Stage] = []
 
@@ -176,6 +185,8 @@ class Display:
     def say(self, text: str, *, markup: bool = True) -> None:
         """One message line, above the live stages. rich does not wrap it (a log line stays
         one line, a long path is not broken at its slashes); a terminal wraps it itself."""
+        if self.on_activity is not None:
+            self.on_activity()
         self.console.print(text, markup=markup, highlight=False, soft_wrap=True)
         now = time.monotonic()
         for stage in self.stages:  # a line was just printed: no stage is silent
@@ -192,6 +203,8 @@ class Display:
     ) -> Stage:
         """Start a stage; close it when the work ends. `keep` leaves its finished line on the
         terminal (otherwise it disappears and the caller prints the result)."""
+        if self.on_activity is not None:
+            self.on_activity()
         stage = Stage(self, name, total, done, note, keep)
         self.stages.append(stage)
         log.info("%s: started", name)
@@ -274,6 +287,9 @@ def use(display: Display) -> Iterator[Display]:
 
 
 def console_display(console: Console) -> Display:
-    """The current display if it prints on `console`, else a new one on it."""
+    """The current display if it prints on `console`, else a new one on it (calling what
+    the current one calls on activity)."""
     display = current()
-    return display if display.console is console else Display(console)
+    if display.console is console:
+        return display
+    return Display(console, on_activity=display.on_activity)

@@ -1,21 +1,27 @@
-"""Keeping the libraries' own output off the terminal: it goes to a log file instead.
+"""Keeping the libraries' own output off a sftkit command's terminal: it goes to a log file.
 
 transformers, datasets, huggingface_hub, accelerate, bitsandbytes, peft and TRL talk through
 `logging` (bitsandbytes logs a warning the moment `import peft` loads it), through
-`warnings` (transformers' FutureWarnings), and through tqdm bars ("Loading weights",
-"Writing model shards", dataset maps). In a sftkit command all of that goes to the log file
-of the directory the command writes into (`runpaths.log_file`: ``<run>/sftkit.log``), unless
-``--verbose``; sftkit says what matters in its own words. `quiet_libraries` sets this up
-once, first thing in the CLI, before any of those libraries is imported:
+`warnings` (transformers' FutureWarnings), and through tqdm bars. In a sftkit command all of
+that goes to the log file of the directory the command writes into (`runpaths.log_file`:
+``<run>/sftkit.log``), unless ``--verbose``; sftkit says what matters in its own words.
 
-- environment defaults that switch their tqdm bars off (``HF_HUB_DISABLE_PROGRESS_BARS``
-  also switches off transformers' bars; ``HF_DATASETS_DISABLE_PROGRESS_BARS``);
+Only the CLI sets this up (`quiet_libraries`, around each command; undone when it ends): a
+program that calls `run_recipe` keeps its logging as it set it. It uses the libraries' own
+switches:
+
+- their environment switches, set where the user has not: progress bars off
+  (``HF_HUB_DISABLE_PROGRESS_BARS`` also switches off transformers' bars,
+  ``HF_DATASETS_DISABLE_PROGRESS_BARS``), and until a library is adopted (below) only its
+  errors printed (``TRANSFORMERS_VERBOSITY``, ``DATASETS_VERBOSITY``, ``HF_HUB_VERBOSITY``);
 - one handler on the root logger that holds records until `log_to` names the file, then
-  writes them there (held ones first);
-- ``logging.captureWarnings``, so `warnings.warn` goes through that handler too;
-- after-import hooks that take out the stderr handlers transformers, datasets and
-  huggingface_hub put on their own loggers (so their records reach the root handler), and
-  that show transformers' bars as stages of sftkit's progress display (`sftkit.progress`).
+  writes them there (held ones first), and ``logging.captureWarnings`` for `warnings.warn`;
+- `adopt_loaded`, for each of transformers, datasets and huggingface_hub loaded by then: its
+  stderr handler off and its records propagated to the root handler, its warnings back on,
+  and transformers' bars shown as stages of sftkit's display (`transformers.logging`'s
+  `disable_default_handler`, `enable_propagation`, `set_tqdm_hook`). The CLI calls it as the
+  command starts and whenever its display opens a stage or prints a line, the moments that
+  follow the libraries' loading.
 
 With ``verbose`` the records are also printed on stderr and the libraries keep their bars.
 Imports nothing from sftkit but `progress`, and no torch.
@@ -23,15 +29,13 @@ Imports nothing from sftkit but `progress`, and no torch.
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import logging
 import os
 import sys
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from sftkit import progress
@@ -40,10 +44,12 @@ from sftkit import progress
 HELD_RECORDS = 5000
 FORMAT = "%(asctime)s %(levelname)s [%(name)s] %(message)s"
 VERBOSE_FORMAT = "[%(name)s] %(levelname)s: %(message)s"
-# Set only where the user has not set them.
-QUIET_ENVIRONMENT = {
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+BARS_OFF = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+# library logging module -> the variable its default level is read from, at its import
+VERBOSITY = {
+    "transformers.utils.logging": "TRANSFORMERS_VERBOSITY",
+    "datasets.utils.logging": "DATASETS_VERBOSITY",
+    "huggingface_hub.utils.logging": "HF_HUB_VERBOSITY",
 }
 # transformers' bar descriptions -> the stage names sftkit shows.
 BAR_NAMES = {"Loading weights": "load weights", "Writing model shards": "write shards"}
@@ -53,11 +59,16 @@ class LibraryLog(logging.Handler):
     """The root logger's handler: records go to the log file once there is one, and are held
     until then; with `verbose` they are printed on stderr as well."""
 
-    def __init__(self) -> None:
+    def __init__(self, verbose: bool) -> None:
         super().__init__(logging.NOTSET)
         self.held: deque[logging.LogRecord] = deque(maxlen=HELD_RECORDS)
         self.file: logging.FileHandler | None = None
         self.echo: logging.Handler | None = None
+        if verbose:
+            self.echo = logging.StreamHandler(sys.stderr)
+            self.echo.setFormatter(logging.Formatter(VERBOSE_FORMAT))
+            # sftkit's own records (stage markers) are for the file: the terminal shows stages
+            self.echo.addFilter(lambda record: not record.name.startswith("sftkit"))
 
     def emit(self, record: logging.LogRecord) -> None:
         if self.echo is not None:
@@ -92,102 +103,135 @@ class LibraryLog(logging.Handler):
         return 0 if self.echo else sum(r.levelno >= logging.WARNING for r in self.held)
 
 
-_handler: LibraryLog | None = None
+class _Quiet:
+    """What one `quiet_libraries` block set up, and how to undo it."""
+
+    def __init__(self, verbose: bool, undo: ExitStack) -> None:
+        self.handler = LibraryLog(verbose)
+        self.verbose = verbose
+        self.undo = undo
+        self.adopted: set[str] = set()
+        self.quieted: set[str] = set()  # verbosity variables this block set
 
 
-def quiet_libraries(*, verbose: bool | None = None) -> LibraryLog:
-    """Route the libraries' logging, warnings and bars as the module docstring says. Safe to
-    call again: a later call changes `verbose` if given, else keeps it (default off)."""
-    global _handler
-    root = logging.getLogger()
-    if verbose is None:
-        verbose = _verbose()
-    if _handler is None:
-        _handler = LibraryLog()
-        root.addHandler(_handler)
-        logging.getLogger("sftkit").setLevel(logging.INFO)  # stage markers reach the file
+_active: _Quiet | None = None
+
+
+@contextmanager
+def quiet_libraries(*, verbose: bool = False) -> Iterator[LibraryLog]:
+    """For the block (a CLI command): route the libraries' logging, warnings and bars as the
+    module docstring says; everything is put back as it was when it ends."""
+    global _active
+    with ExitStack() as undo:
+        quiet = _Quiet(verbose, undo)
+        root = logging.getLogger()
+        root.addHandler(quiet.handler)
+        undo.callback(root.removeHandler, quiet.handler)
+        undo.callback(quiet.handler.attach, None)
+        own = logging.getLogger("sftkit")
+        undo.callback(own.setLevel, own.level)
+        own.setLevel(logging.INFO)  # stage markers reach the file
         logging.captureWarnings(True)
-        _AFTER_IMPORT.install()
-    if verbose and _handler.echo is None:
-        echo = logging.StreamHandler(sys.stderr)
-        echo.setFormatter(logging.Formatter(VERBOSE_FORMAT))
-        # sftkit's own records (stage markers) are for the file: the terminal shows the stages.
-        echo.addFilter(lambda record: not record.name.startswith("sftkit"))
-        _handler.echo = echo
-    elif not verbose:
-        _handler.echo = None
-        for name, value in QUIET_ENVIRONMENT.items():
-            os.environ.setdefault(name, value)
-    for module, callback in CONFIGURE.items():
-        _AFTER_IMPORT.when_imported(module, callback)
-    return _handler
+        undo.callback(logging.captureWarnings, False)
+        if not verbose:
+            for name, value in BARS_OFF.items():
+                _set_default(undo, name, value)
+            for variable in VERBOSITY.values():
+                if _set_default(undo, variable, "error"):
+                    quiet.quieted.add(variable)
+        previous, _active = _active, quiet
+        undo.callback(_restore_active, previous)
+        adopt_loaded()
+        yield quiet.handler
+
+
+def adopt_loaded() -> None:
+    """Route the records of each library loaded since the last call through the root handler
+    (see the module docstring); nothing outside a `quiet_libraries` block."""
+    quiet = _active
+    if quiet is None:
+        return
+    for module_name, adopt in ADOPT.items():
+        module = sys.modules.get(module_name)
+        if module is not None and module_name not in quiet.adopted:
+            quiet.adopted.add(module_name)
+            adopt(module, quiet)
+            if VERBOSITY[module_name] in quiet.quieted:  # warnings reach the log file again
+                module.set_verbosity(logging.WARNING)
 
 
 def log_to(path: Path | None) -> None:
     """Write library records to `path` from now on (appending; the ones held so far first);
-    None closes the file and holds records again. A no-op before `quiet_libraries`."""
-    if _handler is not None:
-        _handler.attach(Path(path) if path is not None else None)
+    None closes the file and holds records again. A no-op outside the CLI's block."""
+    if _active is not None:
+        _active.handler.attach(Path(path) if path is not None else None)
 
 
 def log_path() -> Path | None:
     """The log file records go to now, if any."""
-    return _handler.path if _handler is not None else None
+    return _active.handler.path if _active is not None else None
 
 
 def hidden_messages() -> int:
     """How many library warnings were kept off the terminal without reaching a log file."""
-    return _handler.hidden() if _handler is not None else 0
+    return _active.handler.hidden() if _active is not None else 0
 
 
 # --------------------------------------------------------------------------- libraries
 
 
-def _own_stream_handlers_off(logger_name: str) -> None:
-    """A library's logger keeps its records and passes them to the root handler, instead of
-    printing them with its own stderr handler."""
+def _set_default(undo: ExitStack, name: str, value: str) -> bool:
+    if name in os.environ:
+        return False
+    os.environ[name] = value
+    undo.callback(os.environ.pop, name, None)
+    return True
+
+
+def _restore_active(previous: _Quiet | None) -> None:
+    global _active
+    _active = previous
+
+
+def _adopt_transformers(module: Any, quiet: _Quiet) -> None:
+    module.disable_default_handler()  # creates it first if need be, then removes it
+    module.enable_propagation()
+    quiet.undo.callback(module.enable_default_handler)
+    quiet.undo.callback(module.disable_propagation)
+    if not quiet.verbose:
+        was = module.is_progress_bar_enabled()
+        module.disable_progress_bar()
+        module.set_tqdm_hook(_bar_as_stage)
+        quiet.undo.callback(module.set_tqdm_hook, None)
+        if was:
+            quiet.undo.callback(module.enable_progress_bar)
+
+
+def _stream_handlers_off(logger_name: str, quiet: _Quiet) -> None:
+    """datasets and huggingface_hub print through a stderr handler on their own logger (and
+    propagate too): that handler goes while the block lasts."""
     logger = logging.getLogger(logger_name)
     for handler in list(logger.handlers):
         if type(handler) is logging.StreamHandler:
             logger.removeHandler(handler)
-    logger.propagate = True
+            quiet.undo.callback(logger.addHandler, handler)
 
 
-def _verbose() -> bool:
-    return _handler is not None and _handler.echo is not None
+def _adopt_with_bars(package: str) -> Callable[[Any, _Quiet], None]:
+    def adopt(module: Any, quiet: _Quiet) -> None:
+        _stream_handlers_off(package, quiet)
+        bars = sys.modules.get(f"{package}.utils.tqdm")
+        if bars is not None and not quiet.verbose and not bars.are_progress_bars_disabled():
+            bars.disable_progress_bars()  # imported before the block read the environment
+            quiet.undo.callback(bars.enable_progress_bars)
+
+    return adopt
 
 
-def _configure_transformers(module: ModuleType) -> None:
-    module.disable_default_handler()  # creates it first if need be, then removes it
-    module.enable_propagation()
-    if not _verbose():
-        module.disable_progress_bar()
-        if hasattr(module, "set_tqdm_hook"):  # transformers >= 5
-            module.set_tqdm_hook(_bar_as_stage)
-
-
-def _bars_off(tqdm_module: str) -> None:
-    # Imported before quiet_libraries ran, the library read the environment already; loaded
-    # later, the environment defaults above do it (its package may be half imported here).
-    module = sys.modules.get(tqdm_module)
-    if module is not None and not _verbose():
-        module.disable_progress_bars()
-
-
-def _configure_datasets(module: ModuleType) -> None:
-    _own_stream_handlers_off("datasets")
-    _bars_off("datasets.utils.tqdm")
-
-
-def _configure_hub(module: ModuleType) -> None:
-    _own_stream_handlers_off("huggingface_hub")
-    _bars_off("huggingface_hub.utils.tqdm")
-
-
-CONFIGURE: dict[str, Callable[[ModuleType], None]] = {
-    "transformers.utils.logging": _configure_transformers,
-    "datasets.utils.logging": _configure_datasets,
-    "huggingface_hub.utils.logging": _configure_hub,
+ADOPT: dict[str, Callable[[Any, _Quiet], None]] = {
+    "transformers.utils.logging": _adopt_transformers,
+    "datasets.utils.logging": _adopt_with_bars("datasets"),
+    "huggingface_hub.utils.logging": _adopt_with_bars("huggingface_hub"),
 }
 
 
@@ -239,66 +283,3 @@ class _StageBar:
 def _bar_as_stage(factory: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     iterable = args[0] if args else kwargs.get("iterable")
     return _StageBar(iterable, kwargs)
-
-
-# --------------------------------------------------------------------------- after import
-
-
-class _AfterImport(importlib.abc.MetaPathFinder):
-    """Runs a callback once a module has been imported (at once if it already is): the
-    libraries install their stderr handlers as they load, so they are taken out right
-    after, whoever imports them and whenever."""
-
-    def __init__(self) -> None:
-        self.pending: dict[str, list[Callable[[ModuleType], None]]] = {}
-        self.installed = False
-
-    def install(self) -> None:
-        if not self.installed:
-            sys.meta_path.insert(0, self)
-            self.installed = True
-
-    def when_imported(self, name: str, callback: Callable[[ModuleType], None]) -> None:
-        module = sys.modules.get(name)
-        if module is not None:
-            callback(module)
-        elif callback not in self.pending.setdefault(name, []):
-            self.pending[name].append(callback)
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        callbacks = self.pending.get(fullname)
-        if not callbacks:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        if spec.loader is not None:
-            del self.pending[fullname]
-            spec.loader = _ThenCall(spec.loader, callbacks)
-        return spec
-
-
-class _ThenCall(importlib.abc.Loader):
-    def __init__(self, loader: Any, callbacks: list[Callable[[ModuleType], None]]) -> None:
-        self.loader = loader
-        self.callbacks = callbacks
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
-        created: ModuleType | None = self.loader.create_module(spec)
-        return created
-
-    def exec_module(self, module: ModuleType) -> None:
-        self.loader.exec_module(module)
-        for callback in self.callbacks:
-            callback(module)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.loader, name)  # get_source, get_resource_reader, ...
-
-
-_AFTER_IMPORT = _AfterImport()

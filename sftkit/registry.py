@@ -98,19 +98,45 @@ class Catalog(Generic[S]):
         return self.entry(name).spec
 
     def entry(self, name: str) -> Entry[S]:
-        providers = self._providers.get(name)
-        if providers and len(providers) == 1:
-            return providers[0]
+        """The entry `name` resolves to: ``plugin:name`` picks that plugin's; a bare name
+        its one provider's, or the one third-party plugin's that shadows a built-in."""
+        plugin, _, bare = name.rpartition(":")
+        providers = self._providers.get(bare) or []
+        if plugin:
+            chosen = [entry for entry in providers if entry.plugin == plugin]
+            if chosen:
+                return chosen[0]
+            raise self.unknown_error(name) from None
+        winner = self._winner(providers)
+        if winner is not None:
+            return winner
         if providers:
             raise self.conflict_error(name)
         raise self.unknown_error(name) from None
 
+    def _winner(self, providers: list[Entry[S]]) -> Entry[S] | None:
+        """The entry a bare name resolves to: the only one, or a plugin's over a built-in's
+        (the built-in stays reachable as ``<its plugin>:<name>``); None for a conflict."""
+        if len(providers) == 1:
+            return providers[0]
+        added = [entry for entry in providers if not self._is_builtin(entry.plugin)]
+        return added[0] if len(added) == 1 else None
+
+    def shadowed(self) -> dict[str, tuple[Entry[S], tuple[Entry[S], ...]]]:
+        """Built-in names a plugin took: name -> (the plugin's entry, the built-in ones)."""
+        out = {}
+        for name, providers in sorted(self._providers.items()):
+            winner = self._winner(providers)
+            if winner is not None and len(providers) > 1:
+                out[name] = (winner, tuple(e for e in providers if e is not winner))
+        return out
+
     def conflicts(self) -> dict[str, tuple[Entry[S], ...]]:
-        """Names registered by more than one plugin, with every registration."""
+        """Names more than one third-party plugin registers, with every registration."""
         return {
             name: tuple(entries)
             for name, entries in sorted(self._providers.items())
-            if len(entries) > 1
+            if self._winner(entries) is None
         }
 
     def conflict_error(self, name: str) -> DuplicateComponentError:
@@ -127,6 +153,8 @@ class Catalog(Generic[S]):
             if any(self._is_builtin(other) for other in drop):
                 choice += ", which also drops the other components of that built-in plugin"
             choices.append(choice)
+        qualified = ", ".join(f"{plugin}:{name}" for plugin in plugins)
+        choices.append(f"or name one plugin's in the recipe: {qualified}")
         return DuplicateComponentError(
             f"{self._noun} {name!r} is registered by {len(plugins)} plugins: {who}.",
             hint="Choose one: " + "; ".join(choices) + ".",
@@ -142,7 +170,13 @@ class Catalog(Generic[S]):
 
     def failure_notes(self, name: str) -> list[str]:
         """Why `name` may be missing: the broken plugin that had registered it, else every
-        plugin that failed before registering anything of this kind."""
+        plugin that failed before registering anything of this kind; and the plugins turned
+        off, and by what."""
+        blocked = self._manager.blocked_note() if self._manager else None
+        turned_off = [f"{blocked[0].upper()}{blocked[1:]}."] if blocked else []
+        return self._broken_notes(name) + turned_off
+
+    def _broken_notes(self, name: str) -> list[str]:
         known = [
             f"{self._noun.capitalize()} {name!r} was registered by "
             f"{self._describe_plugin(broken.plugin)}, whose registration then failed: "
@@ -174,14 +208,21 @@ class Catalog(Generic[S]):
         return f"plugin {plugin!r}" + (f" ({origin})" if origin else "")
 
     def names(self) -> list[str]:
-        """Names that resolve (conflicting names are in `conflicts()`)."""
-        return sorted(name for name, entries in self._providers.items() if len(entries) == 1)
+        """Bare names that resolve (conflicting names are in `conflicts()`)."""
+        return sorted(n for n, entries in self._providers.items() if self._winner(entries))
 
     def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and len(self._providers.get(name, ())) == 1
+        if not isinstance(name, str):
+            return False
+        try:
+            self.entry(name)
+        except (UnknownComponentError, DuplicateComponentError):
+            return False
+        return True
 
     def __iter__(self) -> Iterator[Entry[S]]:
-        return iter(self._providers[name][0] for name in self.names())
+        """The entry each bare name resolves to."""
+        return iter(self.entry(name) for name in self.names())
 
     def __len__(self) -> int:
         return len(self.names())

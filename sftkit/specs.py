@@ -391,7 +391,9 @@ class ObjectiveSpec:
     preference or RL objectives are plugins). `trainer` names the trainer class, which takes
     `SftkitTrainer`'s arguments (subclass it); `config` its TrainingArguments class, given
     the arguments sftkit builds for `SFTConfig`; `factory` the function building its data,
-    ``dataset(examples, template, tokenizer, recipe) -> datasets.Dataset``."""
+    ``dataset(split, template, tokenizer, recipe) -> datasets.Dataset``, where `split` is a
+    `sftkit.data.tokenized.PreparedSplit` (a sequence of `Example`s that also knows its file,
+    for `tokenized_split`'s cache)."""
 
     kind: ClassVar[str] = "objective"
 

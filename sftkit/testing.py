@@ -171,11 +171,12 @@ def quick_run(
 ) -> Path:
     """Run `sftkit run` through the real CLI (installed plugins load as for a user, and
     `plugins` are added to them, so a plugin's test passes before it is installed) on the
-    quickstart with FAST_OVERRIDES and yours; return the run directory. Raises
-    AssertionError with the exit code when the run fails."""
+    quickstart with FAST_OVERRIDES and yours; return the run directory, a new one under
+    `output_dir` at each call (``run``, ``run-2``, ...; `--resume` in `cli_args` continues
+    the last one). Raises AssertionError with the exit code when the run fails."""
     from sftkit.cli import run_cli
 
-    run_dir = Path(output_dir) / "run"
+    run_dir = _run_dir(Path(output_dir), resume="--resume" in cli_args)
     argv = [
         *cli_args,
         "run",
@@ -190,6 +191,13 @@ def quick_run(
     if code != 0:
         raise AssertionError(f"`sftkit {' '.join(argv)}` exited with {code}")
     return run_dir
+
+
+def _run_dir(root: Path, *, resume: bool) -> Path:
+    last, n = None, 1
+    while (path := root / ("run" if n == 1 else f"run-{n}")).exists():
+        last, n = path, n + 1
+    return last if resume and last is not None else path
 
 
 def static_bytes_after_one_step(resolved: Any, base_dir: Path) -> tuple[Any, Any]:

@@ -15,6 +15,10 @@ no fault hook of its own. KIND is one of
     kill-after-final  SIGKILL just after final/ is renamed into place, complete (STEP unused)
     sigint-eval, kill-eval   SIGINT / SIGKILL during the evaluation after training
     pause             wait during step STEP until the file $SFTKIT_TEST_GO exists
+    stall-export      (`sftkit export --merge`) create $SFTKIT_TEST_READY when the merge
+                      starts, then wait there (for a signal) up to 120 s
+    stall-prepare     (`sftkit prepare-data`) the same while test.jsonl, the last split, is
+                      being written
 
 STEP counts optimizer steps from 1. Torch runs on one thread, so runs compare bit for bit.
 """
@@ -111,6 +115,38 @@ def install(kind: str, step: int) -> None:
         runner.evaluate_in_run = evaluate_in_run  # type: ignore[assignment]
 
 
+def _stall() -> None:
+    with open(os.environ["SFTKIT_TEST_READY"], "w"):
+        pass
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def install_stall(kind: str) -> None:
+    if kind == "stall-export":
+        from sftkit.export import merge
+
+        original_merge = merge.merge_adapters
+
+        def merge_adapters(*args: Any, **kwargs: Any) -> Any:
+            _stall()
+            return original_merge(*args, **kwargs)
+
+        merge.merge_adapters = merge_adapters  # type: ignore[assignment]
+    if kind == "stall-prepare":
+        from sftkit.data import prepare
+
+        original_write = prepare._write_jsonl
+
+        def write_jsonl(path: Any, rows: Any) -> None:
+            original_write(path, rows)
+            if os.path.basename(path) == "test.jsonl":
+                _stall()
+
+        prepare._write_jsonl = write_jsonl  # type: ignore[assignment]
+
+
 def main() -> None:
     import torch
 
@@ -118,7 +154,10 @@ def main() -> None:
     fault = os.environ.get("SFTKIT_TEST_FAULT")
     if fault:
         kind, _, step = fault.partition(":")
-        install(kind, int(step or 0))
+        if kind.startswith("stall-"):
+            install_stall(kind)
+        else:
+            install(kind, int(step or 0))
     from sftkit.cli import main as cli_main
 
     cli_main()

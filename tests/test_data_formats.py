@@ -178,7 +178,11 @@ def test_prompt_completion_and_chat_formats(registry, tmp_path):
     resolved = recipe(registry, tmp_path, "prompt-completion", train_file=str(pc), dev_size=1)
     prepare_data(resolved)
     train = load_split(resolved, "train")
-    assert train[0].prompt == "2+0?" and train[0].reference_answer == "2"
+    # generic formats know nothing of '#### N': the gsm8k evaluator reads it off the answer
+    from sftkit.evaluation.gsm8k import _gold
+
+    assert train[0].prompt == "2+0?" and train[0].reference_answer is None
+    assert _gold(train[0]) == "2"
     assert load_split(resolved, "test") == []
 
     chat_lines = [
@@ -207,7 +211,8 @@ def test_prompt_completion_and_chat_formats(registry, tmp_path):
         {"role": "system", "content": "Be brief."},
         {"role": "user", "content": "3*1?"},
     ]
-    assert example.completion == "#### 3" and example.reference_answer == "3"
+    assert example.completion == "#### 3" and example.reference_answer is None
+    assert _gold(example) == "3"
 
 
 def test_missing_file_is_a_data_error(registry, tmp_path):

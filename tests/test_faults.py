@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -180,6 +181,9 @@ def test_sigint_stops_at_the_step_boundary_and_resumes_exactly(recipe, reference
     assert_exact(run_dir, reference)
     record = run_json(run_dir)
     assert record["started"] == started and record["resumes"][0]["from_step"] == 5
+    # "completed in ..." counts both parts (issue 21, case 17), not only the resumed one.
+    (first,) = record["earlier_parts_s"]
+    assert first > 0 and re.search(r"completed: \S+ in [\d.ms]+ over 2 parts \(this one", out)
 
     # A completed run resumed again: nothing to do, no file touched.
     before = snapshot(run_dir)

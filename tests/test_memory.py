@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
-from sftkit.errors import DoesNotFitError, ModelShapeError, SftkitError
+from sftkit.errors import DoesNotFitError, ModelShapeError, PluginError, SftkitError
 from sftkit.hookspecs import hookimpl
 from sftkit.memory import estimate, preflight
 from sftkit.memory.advice import fit_search
@@ -290,3 +291,62 @@ def test_extra_memory_terms_hook_adds_its_term_to_its_phases():
 def test_memory_term_rejects_unknown_phases():
     with pytest.raises(ValueError, match="unknown phases"):
         MemoryTerm("x", 1, ("backward",))
+
+
+class CutCrossEntropyHead:
+    """A plugin's loss memory taking the place of the estimate's own loss terms, with a note."""
+
+    @hookimpl
+    def extra_memory_terms(self, recipe, shape):
+        return [
+            MemoryTerm(
+                name="cut cross-entropy: one chunk of logits",
+                bytes=2**20,
+                phases=("forward_backward", "later_steps"),
+                category="logits",
+                replaces=REPLACED,
+                notes=("the loss never holds the full logits.",),
+            )
+        ]
+
+
+REPLACED = "gradients in flight"
+
+
+def test_a_plugin_term_replaces_a_builtin_term_and_its_notes_are_shown():
+    plain = estimate(load(QLORA), advise=False)
+    replaced = next(t for t in plain.terms if t.name.startswith(REPLACED))
+    registry = _registry_with(CutCrossEntropyHead())
+    result = estimate(load(QLORA, registry=registry), advise=False)
+    names = [t.name for t in result.terms]
+    assert not any(n.startswith(REPLACED) for n in names)
+    assert "cut cross-entropy: one chunk of logits" in names
+    fb = "forward_backward"
+    assert result.allocated[fb] == plain.allocated[fb] - replaced.bytes + 2**20
+    # the note is printed, with the plugin that gave it (its `source` by default)
+    assert "the loss never holds the full logits. (test-0)" in result.notes
+    assert "the loss never holds the full logits. (test-0)" in result.render()
+
+
+def test_a_term_that_replaces_nothing_is_the_plugins_error(monkeypatch):
+    monkeypatch.setattr(sys.modules[__name__], "REPLACED", "no such term")
+    registry = _registry_with(CutCrossEntropyHead())
+    with pytest.raises(PluginError, match=r"of test-0 replaces 'no such term'"):
+        estimate(load(QLORA, registry=registry), advise=False)
+
+
+def test_measure_predicts_with_the_plugins_terms():
+    from sftkit.memory.estimator import extra_terms, shape_for
+    from sftkit.memory.setup import setup_from_recipe
+    from sftkit.training.measure import predicted_figures
+
+    resolved = load(QLORA, registry=_registry_with(ExtraBuffers()))
+    shape = shape_for(resolved)
+    setup = setup_from_recipe(resolved, shape, on_gpu=True)
+    terms = extra_terms(resolved, shape)
+    assert [t.source for t in terms] == ["test-0"]
+    plain = predicted_figures(setup, [], 80 * GiB)
+    with_terms = predicted_figures(setup, terms, 80 * GiB)
+    fb = "forward_backward"
+    assert with_terms["allocated"][fb] == plain["allocated"][fb] + terms[0].bytes
+    assert with_terms["allocated"]["load"] == plain["allocated"]["load"]

@@ -6,8 +6,9 @@ import types
 
 import pytest
 
+from sftkit.builtin.formats import PromptCompletionOptions
 from sftkit.components import Bnb4bit, Dense, LlmInt8, LoRA
-from sftkit.errors import DuplicateComponentError, PluginError, SpecError, UnknownComponentError
+from sftkit.errors import PluginError, SpecError, UnknownComponentError
 from sftkit.hookspecs import hookimpl
 from sftkit.plugins import DEFAULT_PLUGINS, make_plugin_manager
 from sftkit.registry import KINDS, Registry
@@ -19,7 +20,7 @@ from sftkit.specs import (
     Options,
     StrategySpec,
 )
-from sftkit.testing import fresh_manager, registered
+from sftkit.testing import fresh_manager, fresh_registry, invoke_cli, registered
 
 BUILTIN_STRATEGIES = {"full-sft", "lora", "lora-plus", "qlora-nf4", "lora-8bit"}
 BUILTIN_OPTIMIZERS = {
@@ -114,32 +115,71 @@ def test_a_plugin_registered_in_a_test():
         assert "lora" in registry.strategies
 
 
-def test_duplicate_names_across_plugins_name_both():
-    plugin = _plugin("dup_plugin", register_strategies=lambda register: register(_strategy("lora")))
-    with pytest.raises(DuplicateComponentError) as info, registered(plugin):
-        pass
-    assert "builtin.strategies" in str(info.value) and "dup_plugin" in str(info.value)
-
-
-def test_a_duplicate_is_a_conflict_only_where_it_is_used():
+def test_a_plugin_takes_a_builtin_name_only_for_that_name():
+    """A plugin that registers `lora` (or `prompt-completion`) shadows the built-in for that
+    name alone: every other built-in of that plugin still resolves, and the built-in one
+    stays reachable as `builtin.strategies:lora`."""
     manager = fresh_manager()
     dup = _plugin("dup_plugin", register_strategies=lambda register: register(_strategy("lora")))
     manager.register(dup, "dup_plugin")
-    registry = Registry.from_manager(manager)
-    # everything else resolves; the shared name is not silently given to either plugin
-    assert registry.strategies.get("full-sft").name == "full-sft"
-    assert "lora" not in registry.strategies and "lora" not in registry.strategies.names()
-    assert [e.plugin for e in registry.strategies.conflicts()["lora"]] == [
-        "builtin.strategies",
-        "dup_plugin",
-    ]
-    assert manager.failures == []  # neither plugin is broken
-    with pytest.raises(DuplicateComponentError) as info:
-        registry.strategies.get("lora")
-    text = str(info.value)
-    assert "plugin 'builtin.strategies' (built into sftkit)" in text and "'dup_plugin'" in text
-    assert "--disable-plugin dup_plugin" in text and "SFTKIT_DISABLE_PLUGINS=dup_plugin" in text
-    assert info.value.exit_code == 2
+    registry = Registry.from_manager(manager, strict=True)  # not a conflict
+    assert registry.strategies.entry("lora").plugin == "dup_plugin"
+    assert registry.strategies.entry("builtin.strategies:lora").plugin == "builtin.strategies"
+    assert registry.strategies.entry("dup_plugin:lora").plugin == "dup_plugin"
+    assert registry.strategies.get("lora-plus").name == "lora-plus"  # the rest untouched
+    assert "lora" in registry.strategies and "builtin.strategies:lora" in registry.strategies
+    assert "nobody:lora" not in registry.strategies
+    assert registry.strategies.conflicts() == {}
+    (winner, builtins) = registry.strategies.shadowed()["lora"]
+    assert winner.plugin == "dup_plugin" and [e.plugin for e in builtins] == ["builtin.strategies"]
+    assert manager.failures == []
+    # a registry without the plugin is the built-in's (nothing global was changed)
+    assert fresh_registry().strategies.entry("lora").plugin == "builtin.strategies"
+
+
+class _TabbedOptions(PromptCompletionOptions):
+    separator: str = "\t"
+
+
+def test_a_plugin_prompt_completion_format_leaves_the_builtin_usable():
+    """The plugin written from the docs this week: its own `prompt-completion` made the name
+    a conflict, so no recipe could use either format until a plugin was disabled."""
+    spec = DatasetFormatSpec(
+        name="prompt-completion",
+        summary="Tab-separated prompt/completion.",
+        factory="sftkit.data.formats:PromptCompletionFormat",
+        options_model=_TabbedOptions,
+    )
+    mine = _plugin("tabbed", register_dataset_formats=lambda register: register(spec))
+    ours = "data.format.options.source=x.jsonl"
+    result = invoke_cli(
+        "validate",
+        "quickstart",
+        "data.format.name=prompt-completion",
+        ours,
+        "data.format.options.separator=;",
+        plugins=[mine],
+    )
+    assert result.exit_code == 0, result.stderr
+    result = invoke_cli(
+        "validate",
+        "quickstart",
+        "data.format.name=builtin.formats:prompt-completion",
+        ours,
+        plugins=[mine],
+    )
+    assert result.exit_code == 0, result.stderr
+    result = invoke_cli(
+        "validate",
+        "quickstart",
+        "data.format.name=builtin.formats:prompt-completion",
+        ours,
+        "data.format.options.separator=;",
+        plugins=[mine],
+    )
+    assert result.exit_code == 2 and "separator" in result.stderr  # the built-in's options
+    listed = invoke_cli("list", "formats", plugins=[mine])
+    assert "builtin.formats:prompt-completion" in listed.stderr and "tabbed" in listed.stdout
 
 
 def test_a_registration_that_raises_drops_its_names_and_says_so_on_lookup():
@@ -385,3 +425,32 @@ def test_a_recipe_asking_for_a_name_a_failed_registration_gave_is_told_why():
     assert "kaput" in result.stderr
     listed = invoke_cli("list", "strategies", plugins=[plugin])
     assert listed.exit_code == 0 and "broken" in listed.stderr and "kaput" in listed.stderr
+
+
+def test_a_shadowed_format_name_prepares_its_own_data():
+    """The plugin's `prompt-completion` and the built-in one never share prepared data."""
+    from sftkit.data.prepare import fingerprint
+    from sftkit.testing import tiny_recipe
+
+    spec = DatasetFormatSpec(
+        name="prompt-completion",
+        summary="Tab-separated prompt/completion.",
+        factory="sftkit.data.formats:PromptCompletionFormat",
+        options_model=PromptCompletionOptions,  # the same options: only the plugin differs
+    )
+    mine = _plugin("tabbed", register_dataset_formats=lambda register: register(spec))
+    source = "data.format.options.source=x.jsonl"
+    plain = fingerprint(
+        tiny_recipe("data.format.name=prompt-completion", "~data.format.options", source)
+    )
+    with registered(mine) as registry:
+        ours, builtin = (
+            fingerprint(
+                tiny_recipe(
+                    f"data.format.name={name}", "~data.format.options", source, registry=registry
+                )
+            )
+            for name in ("prompt-completion", "builtin.formats:prompt-completion")
+        )
+    assert ours != builtin
+    assert builtin == plain  # the built-in's data is the same with or without the plugin

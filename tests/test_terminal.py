@@ -256,16 +256,24 @@ import logging, sys, warnings
 from pathlib import Path
 import datasets  # imported before sftkit configures it: adopted as it is
 from sftkit import quiet
-quiet.quiet_libraries(verbose=sys.argv[2] == "verbose")
-from transformers.utils import logging as hf_logging  # imported after: through the hook
-logging.getLogger("bitsandbytes.backends.cpu.ops").warning("bnb held")
-hf_logging.get_logger("transformers.modeling_utils").warning("transformers held")
-datasets.utils.logging.get_logger("datasets.load").warning("datasets held")
-warnings.warn("a FutureWarning", FutureWarning)
-assert quiet.hidden_messages() == (0 if sys.argv[2] == "verbose" else 4)
-quiet.log_to(Path(sys.argv[1]))
-hf_logging.get_logger("transformers.trainer").warning("transformers after")
-assert not hf_logging.is_progress_bar_enabled() or sys.argv[2] == "verbose"
+before = list(logging.getLogger().handlers)
+with quiet.quiet_libraries(verbose=sys.argv[2] == "verbose"):
+    from transformers.utils import logging as hf_logging  # imported after: errors only ...
+    hf_logging.get_logger("transformers.modeling_utils").warning("transformers lost")
+    quiet.adopt_loaded()  # ... until adopted (the CLI's display does it at each stage)
+    logging.getLogger("bitsandbytes.backends.cpu.ops").warning("bnb held")
+    hf_logging.get_logger("transformers.modeling_utils").warning("transformers held")
+    datasets.utils.logging.get_logger("datasets.load").warning("datasets held")
+    warnings.warn("a FutureWarning", FutureWarning)
+    assert quiet.hidden_messages() == (0 if sys.argv[2] == "verbose" else 4)
+    quiet.log_to(Path(sys.argv[1]))
+    hf_logging.get_logger("transformers.trainer").warning("transformers after")
+    assert not hf_logging.is_progress_bar_enabled() or sys.argv[2] == "verbose"
+# afterwards the process's logging is as it was: no handler, no import hook left behind
+assert list(logging.getLogger().handlers) == before, logging.getLogger().handlers
+assert not [f for f in sys.meta_path if "sftkit" in type(f).__module__], sys.meta_path
+assert hf_logging.get_logger("transformers").propagate is False
+print("done", file=sys.stderr)
 """
 
 
@@ -283,22 +291,17 @@ def test_library_records_are_held_then_logged(tmp_path: Path, mode: str) -> None
     text = log.read_text(encoding="utf-8")
     for held in ("bnb held", "transformers held", "datasets held", "FutureWarning", "after"):
         assert held in text, held
+    assert "transformers lost" not in text
     if mode == "quiet":
-        assert result.stderr == ""
+        assert result.stderr == "done\n"
     else:
         assert "[transformers.modeling_utils] WARNING: transformers held" in result.stderr
         assert "[datasets.load] WARNING: datasets held" in result.stderr
 
 
-def test_nox_does_not_say_uv_is_missing() -> None:
+def test_nox_does_not_say_uv_is_missing(noxfile) -> None:
     import logging
 
-    pytest.importorskip("nox")
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("sftkit_noxfile", ROOT / "noxfile.py")
-    assert spec is not None and spec.loader is not None
-    spec.loader.exec_module(importlib.util.module_from_spec(spec))
     nox_logger = logging.getLogger("nox")
 
     def shown(message: str) -> bool:
@@ -308,3 +311,36 @@ def test_nox_does_not_say_uv_is_missing() -> None:
 
     assert not shown("uv binary not found.")
     assert shown("Running session tests")
+
+
+LIBRARY_PROBE = """
+import logging, os, sys
+mine = logging.StreamHandler(sys.stdout)
+logging.getLogger().addHandler(mine)  # the program's own logging
+from sftkit.testing import tiny_recipe
+from sftkit.training.runner import run_recipe
+result = run_recipe(tiny_recipe("output_dir=" + sys.argv[1]))
+assert result.status == "completed", result
+from transformers.utils import logging as hf_logging
+assert logging.getLogger().handlers == [mine], logging.getLogger().handlers
+assert hf_logging.get_logger("transformers").handlers, "transformers' own handler is gone"
+assert not [v for v in os.environ if v.endswith(("_PROGRESS_BARS", "_VERBOSITY"))]
+import warnings
+assert warnings.showwarning.__module__ == "warnings"  # not routed into logging
+print("left alone")
+"""
+
+
+@pytest.mark.slow
+def test_the_library_api_leaves_the_process_logging_alone(tmp_path: Path) -> None:
+    """Quiet is the CLI's: a program calling run_recipe keeps its handlers, the libraries
+    keep theirs, and no environment switch is set behind its back."""
+    result = subprocess.run(
+        [sys.executable, "-c", LIBRARY_PROBE, str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "left alone" in result.stdout

@@ -49,6 +49,15 @@ class Plugin:
         register(ObjectiveSpec("counted-sft", "SFT, counted.", f"{__name__}:CountingTrainer",
                                "trl:SFTConfig", "sftkit.training.dataset:sft_dataset"))  # fmt: skip
 
+    @hookimpl
+    def on_train_start(self, run):
+        # docs/plugin-hooks.md: the head is not installed on the model; it computes every
+        # loss from the first step on, so none has been computed yet
+        model = run.model
+        CALLS.append("start")
+        forward = model.forward  # the model's own, no head put in its place
+        assert forward.__self__ is model and forward.__qualname__ == "LlamaForCausalLM.forward"
+
 
 def test_a_plugins_head_and_objective_are_listed_and_validated():
     heads = invoke_cli("list", "loss_heads", plugins=[Plugin()])
@@ -90,3 +99,4 @@ def test_a_plugins_head_and_objective_train(tmp_path):
     )  # fmt: skip
     assert (run_dir / "final").is_dir()
     assert CALLS.count("trainer") >= 3 and CALLS.count("head") == CALLS.count("trainer")
+    assert CALLS[0] == "start"  # on_train_start came before the first loss

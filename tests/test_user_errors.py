@@ -263,9 +263,11 @@ def test_switching_the_format_drops_the_old_formats_options(tmp_path: Path) -> N
     result = invoke_cli("validate", QUICKSTART, "data.format.name=gsm8k")
     assert result.exit_code == 0, result.stderr
     assert "note: data.format.name=gsm8k: dropped the recipe's options for" in result.stderr
-    assert "synthetic-arithmetic (train_size, test_size" in result.stderr
+    assert "synthetic-arithmetic that gsm8k does not take (train_size, test_size" in result.stderr
+    assert "kept dev_size" in result.stderr  # gsm8k takes it too
     # The new format's options given on the same line stay.
     train = tmp_path / "train.jsonl"
+    train.write_text('{"prompt": "1 + 1 =", "completion": " 2"}\n')  # validate checks it exists
     result = invoke_cli(
         "validate",
         QUICKSTART,
@@ -332,14 +334,16 @@ def test_a_missing_test_split_is_said_once(tmp_path: Path) -> None:
 
 
 def test_a_run_that_failed_before_training_does_not_block_its_directory(tmp_path: Path) -> None:
-    """Issue 21 case 15: a missing data file fails the run before its first step; the rerun
-    in the same directory (the file fixed, the recipe changed) is not refused."""
-    missing = tmp_path / "train.jsonl"
+    """Issue 21 case 15: a malformed data file fails the run before its first step (a
+    missing one is refused before the directory is written: case 16); the rerun in the same
+    directory (the file fixed, the recipe changed) is not refused."""
+    malformed = tmp_path / "train.jsonl"
+    malformed.write_text("not a JSON row\n")
     failed = invoke_cli(
         "run",
         QUICKSTART,
         "data.format.name=prompt-completion",
-        f"data.format.options.train_file={missing}",
+        f"data.format.options.train_file={malformed}",
         "--output-dir",
         str(tmp_path / "run"),
     )
@@ -348,7 +352,7 @@ def test_a_run_that_failed_before_training_does_not_block_its_directory(tmp_path
     again = _run(tmp_path)
     assert again.exit_code == 0, again.stderr
     said = " ".join(again.stderr.split())
-    assert f"reusing {tmp_path / 'run'}: the run there (failed: DataError: data source" in said
+    assert f"reusing {tmp_path / 'run'}: the run there (failed: DataError: " in said
     assert "stopped before its first step, so nothing in it is lost." in said
     record = json.loads((tmp_path / "run" / "run.json").read_text())
     assert record["status"] == "completed" and "resumes" not in record

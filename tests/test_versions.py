@@ -5,10 +5,7 @@ an input error, exit 2, naming the packages and versions."""
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
-
-import pytest
 
 import sftkit.versions as versions
 from sftkit.cli import run_cli
@@ -33,17 +30,10 @@ def test_pyproject_declares_the_minimums():
     assert {k: pins[k] for k in MINIMUMS} == MINIMUMS
 
 
-def test_the_minimums_session_installs_exactly_them():
-    noxfile = (ROOT / "noxfile.py").read_text()
-    assert '"minimums"' in noxfile.split("nox.options.sessions", 1)[1].splitlines()[0]
-    sys.path.insert(0, str(ROOT))
-    try:
-        import noxfile as module
-    except ImportError:
-        pytest.skip("nox is not installed here")
-    finally:
-        sys.path.remove(str(ROOT))
-    pins = module.minimum_pins()
+def test_the_minimums_session_installs_exactly_them(noxfile):
+    text = (ROOT / "noxfile.py").read_text()
+    assert '"minimums"' in text.split("nox.options.sessions", 1)[1].splitlines()[0]
+    pins = noxfile.minimum_pins()
     assert sorted(pins) == sorted(f"{p}=={v}" for p, v in MINIMUMS.items() if p != "torch")
 
 

@@ -22,7 +22,8 @@ class EvalOptions(Options):
 
 
 class Gsm8kEvalOptions(EvalOptions):
-    batch_size: int | None = Field(
+    # unset (None) means "let the estimator choose", which only gsm8k can do
+    batch_size: int | None = Field(  # type: ignore[assignment]
         default=None,
         ge=1,
         description="Problems per generate() call; default: the largest the memory estimator "

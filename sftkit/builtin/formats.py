@@ -92,6 +92,11 @@ TrainOn = Literal["all", "last"]
 
 class ChatOptions(SourceOptions):
     messages_field: str = "messages"
+    tools_field: str = Field(
+        default="tools",
+        description="The column of tool definitions (JSON schemas, or them as a JSON string) "
+        "the chat template is given with the conversation.",
+    )
     train_on: TrainOn = Field(
         default="all",
         description="Which assistant turns train: every one (one example per conversation, "

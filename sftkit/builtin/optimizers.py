@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field, model_validator
 
 from sftkit.hookspecs import Register, hookimpl
@@ -13,10 +15,13 @@ from sftkit.specs import (
     Options,
 )
 
+# A moment's decay rate: 1 or more never forgets (or grows), below 0 flips sign every step.
+Beta = Annotated[float, Field(ge=0, lt=1)]
+
 
 class AdamWOptions(Options):
     lr: float = Field(default=2e-4, gt=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Beta, Beta] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
 

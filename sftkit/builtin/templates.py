@@ -26,6 +26,11 @@ class ChatTemplateOptions(Options):
     keep_reasoning: bool = Field(
         default=True, description="Keep <think> reasoning in the completion (R1-style models)."
     )
+    chat_template: str | None = Field(
+        default=None,
+        description="A chat template (inline Jinja, or the path of a .jinja file) used instead "
+        "of the tokenizer's.",
+    )
 
 
 TEMPLATES = (

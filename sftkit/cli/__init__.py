@@ -26,11 +26,11 @@ from sftkit.errors import (
     RunInterrupted,
     SftkitError,
 )
-from sftkit.extras import as_missing_dependency
+from sftkit.extras import as_broken_install, as_missing_dependency
 from sftkit.oserrors import from_exception
 from sftkit.plugins import SftkitPluginManager, make_plugin_manager
 from sftkit.progress import Display, current, use
-from sftkit.quiet import hidden_messages, log_path, log_to, quiet_libraries
+from sftkit.quiet import adopt_loaded, hidden_messages, log_path, quiet_libraries
 
 
 def run_cli(
@@ -40,22 +40,20 @@ def run_cli(
     replaces the one built from the plugin options (`sftkit.testing.invoke_cli` passes one
     holding the plugins under test)."""
     args, verbose = verbose_option(list(sys.argv[1:] if argv is None else argv))
-    # Before anything imports transformers & co.: their logging, warnings and bars go to
-    # the log file of the directory the command writes into (sftkit.quiet).
-    # Records held from before (an earlier in-process command) belong to no log of this one.
-    quiet_libraries(verbose=verbose).held.clear()
-    try:
-        with use(Display()):
-            return _run(args, manager)
-    finally:
-        hidden = hidden_messages()
-        log_to(None)
-        if hidden and not verbose:
-            click.echo(
-                f"note: {hidden} library warning{'s' if hidden != 1 else ''} not shown "
-                "(--verbose shows them).",
-                err=True,
-            )
+    # For the command: the libraries' logging, warnings and bars go to the log file of the
+    # directory it writes into (sftkit.quiet); put back as they were when it ends.
+    with quiet_libraries(verbose=verbose):
+        try:
+            with use(Display(on_activity=adopt_loaded)):
+                return _run(args, manager)
+        finally:
+            hidden = hidden_messages()
+            if hidden and not verbose:
+                click.echo(
+                    f"note: {hidden} library warning{'s' if hidden != 1 else ''} not shown "
+                    "(--verbose shows them).",
+                    err=True,
+                )
 
 
 def _run(args: list[str], manager: SftkitPluginManager | None) -> int:
@@ -94,7 +92,11 @@ def _run(args: list[str], manager: SftkitPluginManager | None) -> int:
         current().close()  # the error goes below the progress lines, not among them
         # The user's to fix, though no sftkit code raised it: a package this command needs
         # is missing, or the file system refused (full, read-only, permissions, ...).
-        known = as_missing_dependency(exc, f"`sftkit {_command(args)}`") or from_exception(exc)
+        known = (
+            as_missing_dependency(exc, f"`sftkit {_command(args)}`")
+            or as_broken_install(exc)
+            or from_exception(exc)
+        )
         if known is not None:
             known.__cause__ = exc
             return _report(known)

@@ -33,8 +33,11 @@ def show_notes(resolved: Any) -> None:
 @pass_app
 def validate(app: AppContext, recipe: str, overrides: tuple[str, ...]) -> None:
     """Check a recipe and its overrides: schema, components, options, compatibility."""
+    from sftkit.preflight import check as check_before_loading
+
     resolved = load_recipe(recipe, overrides, registry=app.registry)
     show_notes(resolved)
+    check_before_loading(resolved, machine=False)  # the data files it names exist
     r = resolved.recipe
     click.echo(f"{resolved.source}: OK")
     click.echo(
@@ -53,6 +56,9 @@ def validate(app: AppContext, recipe: str, overrides: tuple[str, ...]) -> None:
         f"  training   micro-batch {t.micro_batch_size} x accumulation {t.gradient_accumulation_steps}, "
         f"sequence {t.max_seq_length}, {t.precision}, checkpointing {'on' if t.gradient_checkpointing else 'off'}"
     )
+    if t.trainer_args:
+        shown = ", ".join(f"{k}={v!r}" for k, v in t.trainer_args.items())
+        click.echo(f"  TRL        {shown}")
     click.echo(f"  hardware   {r.hardware.num_gpus} x {r.hardware.gpu}")
     engine = engine_of(r)
     if engine.distributes:
@@ -71,6 +77,9 @@ def plugins_command(app: AppContext, show_all: bool) -> None:
         noun = kind[:-1] if kind != "strategies" else "strategy"
         for entry in catalog:
             provided.setdefault(entry.plugin, []).append(f"{noun} {entry.spec.name}")
+        for name, (_, builtins) in catalog.shadowed().items():
+            for entry in builtins:
+                provided.setdefault(entry.plugin, []).append(f"{noun} {name} (shadowed)")
         for name, entries in catalog.conflicts().items():
             for entry in entries:
                 provided.setdefault(entry.plugin, []).append(f"{noun} {name} (conflict)")
@@ -122,6 +131,13 @@ def list_command(app: AppContext, kind: str) -> None:
     Console().print(table)
     notes = [catalog.conflict_error(name) for name in conflicts]
     err = Console(stderr=True)
+    for name, (winner, builtins) in catalog.shadowed().items():
+        kept = ", ".join(f"{e.plugin}:{name}" for e in builtins)
+        err.print(
+            f"[yellow]shadowed[/yellow] {escape(name)} is plugin {escape(winner.plugin)!r}'s; "
+            f"the built-in one stays available as {escape(kept)}",
+            highlight=False,
+        )
     for note in notes:
         err.print(f"[red]conflict[/red] {escape(str(note))}", highlight=False)
     for broken in catalog.broken:

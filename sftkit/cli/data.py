@@ -22,6 +22,11 @@ from sftkit.cli.core import recipe_arguments, show_notes
     "--skip-bad-rows", is_flag=True, help="Skip malformed rows (counted) instead of failing."
 )
 @click.option("--force", is_flag=True, help="Replace data prepared earlier in that directory.")
+@click.option(
+    "--no-tokenize",
+    is_flag=True,
+    help="Only the JSONL splits: leave tokenizing (cached for every later run) to the run.",
+)
 @pass_app
 def prepare_data_command(
     app: AppContext,
@@ -30,8 +35,11 @@ def prepare_data_command(
     output: Path | None,
     skip_bad_rows: bool,
     force: bool,
+    no_tokenize: bool,
 ) -> None:
-    """Read, validate and split the recipe's data into train/dev/test JSONL + manifest.json.
+    """Read, validate and split the recipe's data into train/dev/test JSONL + manifest.json,
+    then tokenize what the run trains on, cached by its inputs, so that a run starts
+    training at once.
 
     \b
     A malformed row is reported as FILE:LINE: what is wrong. Examples:
@@ -40,13 +48,17 @@ def prepare_data_command(
     """
     from sftkit.data.prepare import prepare_data
     from sftkit.recipe.load import load_recipe
+    from sftkit.signals import stop_on_signals
 
     resolved = load_recipe(recipe, overrides, registry=app.registry)
     show_notes(resolved)
     _refuse_while_running(resolved, output)
-    prepared = prepare_data(
-        resolved, directory=output, force=force, skip_bad_rows=skip_bad_rows or None
-    )
+    # Stopped halfway, the directory has no manifest.json: the next run prepares it again.
+    kept = "the data directory is marked incomplete and is prepared again next time"
+    with stop_on_signals("preparing the data", kept=kept):
+        prepared = prepare_data(
+            resolved, directory=output, force=force, skip_bad_rows=skip_bad_rows or None
+        )
     m = prepared.manifest
     verb = "up to date" if prepared.reused else "prepared"
     counts = m["counts"]
@@ -65,6 +77,14 @@ def prepare_data_command(
             click.echo(f"    {problem}")
     for warning in m.get("warnings", []):
         click.echo(f"warning: {warning}", err=True)
+    if output is None and not no_tokenize:  # a run reads the recipe's directory only
+        from sftkit.training.stages.data import prepare
+
+        data = prepare(resolved, lambda *args, **kwargs: None)
+        dev = f", dev {len(data.dev)} rows" if data.dev is not None else ""
+        click.echo(
+            f"tokenized: train {len(data.train)} rows{dev} in {prepared.directory / 'tokenized'}"
+        )
 
 
 def _refuse_while_running(resolved: Any, output: Path | None) -> None:

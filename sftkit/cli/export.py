@@ -63,6 +63,7 @@ def export_command(
     from sftkit.oserrors import check_can_create, writing_to
     from sftkit.quiet import log_to
     from sftkit.runpaths import RunPaths
+    from sftkit.signals import stop_on_signals
 
     if merge:
         from sftkit.extras import require
@@ -71,7 +72,8 @@ def export_command(
     target = output_dir or default_output_dir(run_dir, merge)
     check_can_create(target.parent, "export directory")
     log_to(RunPaths(run_dir).log)
-    with writing_to(target.parent):
+    kept = f"{target} was not written (the partial export was removed)"
+    with stop_on_signals("the export", kept=kept), writing_to(target.parent):
         result = export_run(
             run_dir,
             merge=merge,

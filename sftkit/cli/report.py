@@ -19,11 +19,19 @@ def report_command(run_dir: Path) -> None:
     training loss and learning-rate curves, throughput and every evaluation under
     RUN_DIR/eval/. `sftkit run` writes it at the end of a run; rebuild it after `sftkit eval`.
     """
+    from sftkit.extras import missing
     from sftkit.reporting import write_report
 
     files = write_report(run_dir)
     for path in (files.markdown, files.html, *files.plots):
         click.echo(f"wrote {path}")
+    if files.kept_plots or (not files.plots and missing(["matplotlib"])):
+        kept = ", ".join(p.name for p in files.kept_plots) or "none"
+        click.echo(
+            "note: matplotlib is not installed, so the plots were not redrawn (the report "
+            f"links those drawn before: {kept}); `pip install matplotlib` redraws them.",
+            err=True,
+        )
 
 
 @click.command(name="compare")
@@ -52,8 +60,12 @@ def compare_command(run_a: Path, run_b: Path, output_dir: Path | None) -> None:
     console.print(results)
     if comparison.recipe_diff:
         diff = Table(title="recipe differences")
-        for column in ("key", "A", "B"):
-            diff.add_column(column)
+        # Keys are never cut (two keys cut to one prefix would be one ambiguous row); long
+        # values fold onto more lines instead.
+        widest = max(len(key) for key, _, _ in comparison.recipe_diff)
+        diff.add_column("key", min_width=widest, no_wrap=True)
+        diff.add_column("A", overflow="fold")
+        diff.add_column("B", overflow="fold")
         for key, a, b in comparison.recipe_diff:
             diff.add_row(key, a, b)
         console.print(diff)

@@ -80,6 +80,9 @@ def run_command(
     resolved = load_recipe(recipe, (*overrides, *extra), registry=app.registry)
     show_notes(resolved)
     use_cpu_thread_policy(resolved.recipe.hardware.gpu)  # before torch loads
+    from sftkit.preflight import check as check_before_loading
+
+    check_before_loading(resolved, machine=True)  # the evaluators' check imports torch
     from sftkit.evaluation.runner import check_evaluators
 
     check_evaluators([*resolved.evaluators, *resolved.during_training])  # exit 2 before training
@@ -102,8 +105,23 @@ def run_command(
     elapsed = time.perf_counter() - started
     loss = result.metrics.get("train_loss")
     click.echo(
-        f"{result.status}: {result.run_dir} in {_duration(elapsed)}"
+        f"{result.status}: {result.run_dir} in {_took(elapsed, result.run_dir)}"
         + (f" (train loss {loss:.4f})" if isinstance(loss, float) else "")
+    )
+
+
+def _took(elapsed: float, run_dir: Path) -> str:
+    """This part's wall time, or, after resumes, the whole run's over all its parts."""
+    from sftkit.runpaths import RunPaths
+    from sftkit.training.resume import read_json_safely
+
+    earlier = read_json_safely(RunPaths(run_dir)).get("earlier_parts_s") or []
+    parts = [float(s) for s in earlier if isinstance(s, int | float)]
+    if not parts:
+        return _duration(elapsed)
+    return (
+        f"{_duration(sum(parts) + elapsed)} over {len(parts) + 1} parts "
+        f"(this one {_duration(elapsed)})"
     )
 
 

@@ -7,7 +7,10 @@ from typing import Any
 
 # {"role": ..., "content": ...}; an assistant message of a prompt's history may also carry
 # "train": True (the chat formats set it): that turn is trained, not only the final answer.
+# Tool use: an assistant message's "tool_calls", a tool message's "tool_call_id" and "name",
+# passed to the chat template as they are.
 Message = dict[str, Any]
+TOOL_KEYS = ("tool_calls", "tool_call_id", "name")
 
 
 @dataclass(frozen=True)
@@ -25,14 +28,18 @@ class Example:
     prompt: str | list[Message]
     completion: str
     reference_answer: str | None = None
+    tools: list[dict[str, Any]] | None = None  # function schemas the chat template renders
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "prompt": self.prompt,
             "completion": self.completion,
             "reference_answer": self.reference_answer,
         }
+        if self.tools is not None:  # absent otherwise: earlier prepared files stay the same
+            out["tools"] = self.tools
+        return out
 
     @classmethod
     def from_dict(cls, row: dict[str, Any]) -> Example:
@@ -44,6 +51,7 @@ class Example:
             prompt=prompt,
             completion=str(row["completion"]),
             reference_answer=row.get("reference_answer"),
+            tools=row.get("tools"),
         )
 
     @property
@@ -66,4 +74,7 @@ def _message(m: dict[str, Any]) -> Message:
     out: Message = {"role": str(m["role"]), "content": str(m["content"])}
     if m.get("train") is True:
         out["train"] = True
+    for key in TOOL_KEYS:
+        if m.get(key) is not None:
+            out[key] = m[key]
     return out

@@ -9,6 +9,7 @@ splitting off dev, the leak check and writing the prepared files are common to a
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -24,9 +25,6 @@ from sftkit.data.readers import (
     require_text,
 )
 from sftkit.data.sources import read_splits
-
-GSM8K_ANSWER = re.compile(r"^####\s*(-?[\d,]*\.?\d+)\s*$")
-CALCULATOR = re.compile(r"<<[^<>]*>>")
 
 
 @dataclass
@@ -51,23 +49,6 @@ class DatasetFormat(Protocol):
     def read(self, *, skip_bad_rows: bool) -> RawSplits: ...
 
 
-def final_answer(answer: str) -> tuple[str, str]:
-    """Split a GSM8K-style answer into (reasoning, number) at its last '#### N' line."""
-    lines = answer.rstrip().splitlines()
-    match = GSM8K_ANSWER.match(lines[-1].strip()) if lines else None
-    if match is None:
-        raise RowError("'answer' does not end with a line '#### <number>'")
-    return "\n".join(lines[:-1]).rstrip(), match.group(1).replace(",", "")
-
-
-def reference_of(completion: str) -> str | None:
-    """The '#### N' number of a completion, if it ends with one (what gsm8k scores)."""
-    try:
-        return final_answer(completion)[1]
-    except RowError:
-        return None
-
-
 def example_id(row: RawRow) -> str:
     return f"{row.split or 'train'}-{row.index:05d}"
 
@@ -87,6 +68,20 @@ class SourceFormat:
 
 
 # --------------------------------------------------------------------------- GSM8K
+# The only format that knows GSM8K's '#### N' answer line: the others take a row's own
+# reference_answer, if any (the gsm8k evaluator reads '#### N' off the completion otherwise).
+
+GSM8K_ANSWER = re.compile(r"^####\s*(-?[\d,]*\.?\d+)\s*$")
+CALCULATOR = re.compile(r"<<[^<>]*>>")
+
+
+def final_answer(answer: str) -> tuple[str, str]:
+    """Split a GSM8K-style answer into (reasoning, number) at its last '#### N' line."""
+    lines = answer.rstrip().splitlines()
+    match = GSM8K_ANSWER.match(lines[-1].strip()) if lines else None
+    if match is None:
+        raise RowError("'answer' does not end with a line '#### <number>'")
+    return "\n".join(lines[:-1]).rstrip(), match.group(1).replace(",", "")
 
 
 class Gsm8kFormat(SourceFormat):
@@ -112,7 +107,7 @@ class PromptCompletionFormat(SourceFormat):
         prompt = require_text(row.data, self.options.prompt_field)
         completion = require_text(row.data, self.options.completion_field)
         reference = row.data.get("reference_answer")
-        return Example(example_id(row), prompt, completion, reference or reference_of(completion))
+        return Example(example_id(row), prompt, completion, reference if reference else None)
 
 
 class AlpacaFormat(SourceFormat):
@@ -135,7 +130,7 @@ class AlpacaFormat(SourceFormat):
         prompt: str | list[Message] = text
         if isinstance(system, str) and system.strip():
             prompt = [{"role": "system", "content": system}, {"role": "user", "content": text}]
-        return Example(example_id(row), prompt, output, reference_of(output))
+        return Example(example_id(row), prompt, output)
 
 
 # --------------------------------------------------------------------------- conversations
@@ -166,9 +161,17 @@ class Turn:
     role: str
     content: str
     train: bool | None  # the row's own say (`train`, or ShareGPT's `weight`), else None
+    extra: dict[str, Any] = field(default_factory=dict)  # tool_calls, tool_call_id, name
 
 
-def conversation_example(row: RawRow, turns: list[Turn], *, key: str, train_on: str) -> Example:
+def conversation_example(
+    row: RawRow,
+    turns: list[Turn],
+    *,
+    key: str,
+    train_on: str,
+    tools: list[dict[str, Any]] | None = None,
+) -> Example:
     """One example per conversation: every assistant turn trained (``train_on: all``) or
     the last one (``last``), a turn's own ``train: false`` or ``true`` winning; the history
     before the last trained turn is the prompt (its trained turns marked ``train``), and
@@ -190,14 +193,70 @@ def conversation_example(row: RawRow, turns: list[Turn], *, key: str, train_on: 
     last = trained[-1]
     if not any(t.role == "user" for t in turns[: trained[0]]):
         raise RowError(f"{key!r} has no user message before the first trained answer")
+    if turns[last].extra.get("tool_calls"):
+        raise RowError(
+            f"{key}[{last}]: the last trained assistant message calls tools; sftkit trains "
+            "tool calls in the history, so end the conversation with the assistant's answer"
+        )
     history: list[Message] = []
     for i, t in enumerate(turns[:last]):
-        message: Message = {"role": t.role, "content": t.content}
+        message: Message = {"role": t.role, "content": t.content, **t.extra}
         if i in trained:
             message["train"] = True
         history.append(message)
-    completion = turns[last].content
-    return Example(example_id(row), history, completion, reference_of(completion))
+    return Example(example_id(row), history, turns[last].content, tools=tools)
+
+
+def with_reasoning(content: str, reasoning: Any, where: str) -> str:
+    """A message's `reasoning_content` written into its content as a ``<think>`` block (how
+    templates that know no such field render it; those that do read it back out)."""
+    if reasoning is None:
+        return content
+    if not isinstance(reasoning, str):
+        raise RowError(f"{where}.reasoning_content must be a string")
+    return f"<think>\n{reasoning.strip()}\n</think>\n\n{content.lstrip()}"
+
+
+def tool_calls_of(value: Any, where: str) -> list[dict[str, Any]]:
+    """A message's tool calls as chat templates take them: OpenAI's ``{type, function:
+    {name, arguments}}`` objects, arguments given as a JSON string parsed into an object."""
+    if not isinstance(value, list) or not all(isinstance(c, dict) for c in value):
+        raise RowError(f"{where}.tool_calls must be a list of objects")
+    calls = []
+    for i, call in enumerate(value):
+        function = call.get("function", call)
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+            raise RowError(f"{where}.tool_calls[{i}] needs a function name")
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError as exc:
+                raise RowError(
+                    f"{where}.tool_calls[{i}].arguments is not JSON ({exc.msg})"
+                ) from exc
+        calls.append(
+            {
+                **call,
+                "type": call.get("type", "function"),
+                "function": {**function, "arguments": arguments},
+            }
+        )
+    return calls
+
+
+def tools_of(value: Any, key: str) -> list[dict[str, Any]] | None:
+    """A row's tool definitions (a list of JSON schemas, or that list as a JSON string)."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise RowError(f"{key!r} is not JSON ({exc.msg})") from exc
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise RowError(f"{key!r} must be a list of tool definitions (objects)")
+    return value or None
 
 
 def _flag(message: dict[str, Any], where: str) -> bool | None:
@@ -228,17 +287,31 @@ class ChatFormat(SourceFormat):
             raise RowError(f"{key!r} must be a non-empty list of {{role, content}} objects")
         turns = []
         for i, message in enumerate(messages):
+            where = f"{key}[{i}]"
             if not isinstance(message, dict):
-                raise RowError(f"{key}[{i}] is not an object")
+                raise RowError(f"{where} is not an object")
             role, content = message.get("role"), message.get("content")
             if role not in ROLES:
-                raise RowError(f"{key}[{i}].role must be one of {', '.join(ROLES)}, found {role!r}")
+                raise RowError(f"{where}.role must be one of {', '.join(ROLES)}, found {role!r}")
+            extra: dict[str, Any] = {}
+            if message.get("tool_calls") is not None:
+                if role != "assistant":
+                    raise RowError(f"{where}: only assistant messages call tools, not {role}")
+                extra["tool_calls"] = tool_calls_of(message["tool_calls"], where)
+                content = content or ""
+            for name in ("tool_call_id", "name"):
+                if isinstance(message.get(name), str):
+                    extra[name] = message[name]
             if not isinstance(content, str):
-                raise RowError(f"{key}[{i}].content must be a string")
-            turns.append(Turn(role, content, _flag(message, f"{key}[{i}]")))
+                raise RowError(f"{where}.content must be a string")
+            content = with_reasoning(content, message.get("reasoning_content"), where)
+            turns.append(Turn(role, content, _flag(message, where), extra))
         if self.options.train_on == "last" and turns[-1].role != "assistant":
             raise RowError(f"the last message of {key!r} must be the assistant's answer")
-        return conversation_example(row, turns, key=key, train_on=self.options.train_on)
+        tools = tools_of(data.get(self.options.tools_field), self.options.tools_field)
+        return conversation_example(
+            row, turns, key=key, train_on=self.options.train_on, tools=tools
+        )
 
 
 class ShareGptFormat(SourceFormat):

@@ -55,6 +55,7 @@ ADDED_OPTIONS: dict[str, dict[str, Any]] = {
         "train_file": None,
         "test_file": None,
     },
+    "chat": {"tools_field": "tools"},
     "prompt-completion": {
         "source": None,
         "config": None,
@@ -94,6 +95,10 @@ def prepared_dir(resolved: ResolvedRecipe) -> Path:
     )
 
 
+def _prepared_dir_key(resolved: ResolvedRecipe) -> str:
+    return "data.prepared_dir" if resolved.recipe.data.prepared_dir else "the run's data directory"
+
+
 def _fingerprinted(name: str, options: Any) -> dict[str, Any]:
     dumped = options.model_dump(mode="json")
     added = ADDED_OPTIONS.get(name, {})
@@ -114,6 +119,9 @@ def fingerprint(resolved: ResolvedRecipe) -> str:
     else:
         name = resolved.data_format.spec.name
         payload = {"format": name, "options": _fingerprinted(name, resolved.data_format.options)}
+        shadowing = resolved.registry.formats.shadowed().get(name)
+        if shadowing and shadowing[0].plugin == resolved.data_format.plugin:
+            payload["plugin"] = resolved.data_format.plugin  # not the built-in's data
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -129,7 +137,15 @@ def prepare_data(
     Reuses an existing preparation with the same fingerprint unless `force`; refuses to
     replace one made with other options unless `force`.
     """
+    named = "--output" if directory else _prepared_dir_key(resolved)
     directory = directory or prepared_dir(resolved)
+    if os.path.lexists(directory) and not directory.is_dir():
+        raise DataError(
+            f"{named} {directory} is a file, not a directory: prepared data is a directory "
+            "that sftkit writes train/dev/test JSONL and manifest.json into.",
+            hint=f"Point {named} at a directory (a new one is created); the data to read "
+            "goes in data.format.options.source.",
+        )
     expected = fingerprint(resolved)
     existing = read_manifest(directory)
     if existing is not None and not force:

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from sftkit.data.prepare import peek_split
-from sftkit.data.tokenize import IGNORE_INDEX, Encoded, encode_all
+from sftkit.data.tokenize import IGNORE_INDEX, Encoded, Reasoning, encode_all
 from sftkit.specs import load_factory
 
 if TYPE_CHECKING:
@@ -71,7 +71,11 @@ def preview(resolved: ResolvedRecipe, console: Console, *, count: int, split: st
     template = load_factory(resolved.template.spec.factory)(resolved.template.options)
     examples, _ = peek_split(resolved, split)  # type: ignore[arg-type]  # warnings: logged
     encoded = encode_all(
-        template, examples, tokenizer, completion_only_loss=recipe.data.completion_only_loss
+        template,
+        examples,
+        tokenizer,
+        completion_only_loss=recipe.data.completion_only_loss,
+        reasoning=Reasoning.of(recipe),
     )
     marks = console.no_color or not console.is_terminal
     legend = (
@@ -82,7 +86,9 @@ def preview(resolved: ResolvedRecipe, console: Console, *, count: int, split: st
     console.print(
         f"[bold]{split}[/bold]: {len(examples)} examples, format {resolved.data_label}, "
         f"template {resolved.template.spec.name}, completion-only loss "
-        f"{'on' if recipe.data.completion_only_loss else 'off'}. {legend}."
+        f"{'on' if recipe.data.completion_only_loss else 'off'}, reasoning "
+        f"{recipe.data.reasoning}"
+        f"{' (empty think blocks masked)' if recipe.data.mask_empty_think else ''}. {legend}."
     )
     for example, enc in list(zip(examples, encoded, strict=True))[:count]:
         spans = trained_spans(enc)

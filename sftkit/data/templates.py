@@ -16,9 +16,11 @@ Encode both with ``add_special_tokens=False`` (the text already carries them): s
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
 from typing import Any
 
-from sftkit.data.example import Example, Message
+from sftkit.data.example import TOOL_KEYS, Example, Message
 from sftkit.errors import DataError
 
 PROBE = "\u2063SFTKIT-PROBE\u2063"  # text no real answer contains
@@ -30,8 +32,25 @@ def trained_turn(message: Message) -> bool:
 
 
 def plain(messages: list[Message]) -> list[Message]:
-    """Messages as a chat template expects them: role and content only."""
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
+    """Messages as a chat template expects them: role, content and tool use (no ``train``)."""
+    return [
+        {"role": m["role"], "content": m["content"], **{k: m[k] for k in TOOL_KEYS if k in m}}
+        for m in messages
+    ]
+
+
+def jinja_source(value: str) -> str:
+    """data.template.options.chat_template: inline Jinja, or the path of a file holding it."""
+    if "{{" in value or "{%" in value:
+        return value
+    path = Path(value).expanduser()
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DataError(
+            f"data.template.options.chat_template: cannot read {path} ({exc.strerror or exc}).",
+            hint="Give inline Jinja (it contains '{{' or '{%'), or the path of a .jinja file.",
+        ) from exc
 
 
 def split_final_answer(completion: str) -> tuple[str, str]:
@@ -103,6 +122,15 @@ class ChatTemplate:
 
     def __init__(self, options: Any) -> None:
         self.options = options
+        override = getattr(options, "chat_template", None)
+        self.chat_template: str | None = jinja_source(override) if override else None
+
+    def cache_identity(self) -> str | None:
+        """What decides the text beyond the options: the override's Jinja (a file's
+        content, so an edited file rebuilds the tokenized splits)."""
+        if self.chat_template is None:
+            return None
+        return hashlib.sha256(self.chat_template.encode()).hexdigest()
 
     def messages(self, example: Example) -> list[Message]:
         o = self.options
@@ -118,10 +146,14 @@ class ChatTemplate:
         return messages
 
     def prompt_text(self, example: Example, tokenizer: Any) -> str:
-        return self._render(tokenizer, self.messages(example), add_generation_prompt=True)
+        return self._render(
+            tokenizer, self.messages(example), add_generation_prompt=True, tools=example.tools
+        )
 
-    def completion_text(self, example: Example, tokenizer: Any) -> str:
-        prompt = self.prompt_text(example, tokenizer)
+    def completion_text(self, example: Example, tokenizer: Any, prompt: str | None = None) -> str:
+        """The answer after `prompt` (rendered here unless the caller already has it)."""
+        if prompt is None:
+            prompt = self.prompt_text(example, tokenizer)
         reasoning, final = split_final_answer(example.completion)
         if prompt.rstrip().endswith("<think>"):
             # The template opened a reasoning block: close it before the answer.
@@ -138,7 +170,7 @@ class ChatTemplate:
         EOS), then the final answer; the rest is context. Each turn's span is where the
         template's rendering of the conversation up to it differs from the one before."""
         prompt = self.prompt_text(example, tokenizer)
-        completion = self.completion_text(example, tokenizer)
+        completion = self.completion_text(example, tokenizer, prompt)
         messages = self.messages(example)
         turns = [i for i, m in enumerate(messages) if trained_turn(m)]
         if not turns:
@@ -147,8 +179,12 @@ class ChatTemplate:
         out: list[tuple[str, bool]] = []
         done = ""
         for i in turns:
-            before = self._render(tokenizer, messages[:i], add_generation_prompt=True)
-            after = self._render(tokenizer, messages[: i + 1], add_generation_prompt=False)
+            before = self._render(
+                tokenizer, messages[:i], add_generation_prompt=True, tools=example.tools
+            )
+            after = self._render(
+                tokenizer, messages[: i + 1], add_generation_prompt=False, tools=example.tools
+            )
             if not before.startswith(done) or not after.startswith(before):
                 raise self._not_prefix(tokenizer, example)
             turn = after[len(before) :]
@@ -177,6 +213,7 @@ class ChatTemplate:
             tokenizer,
             [*self.messages(example), {"role": "assistant", "content": PROBE}],
             add_generation_prompt=False,
+            tools=example.tools,
         )
         at = rendered.rfind(PROBE)
         suffix = rendered[at + len(PROBE) :] if at >= 0 else ""
@@ -185,16 +222,33 @@ class ChatTemplate:
         # Templates that end a turn without EOS (or drop the probe): train EOS explicitly.
         return suffix.rstrip("\n") + eos if suffix.strip() else eos
 
-    @staticmethod
-    def _render(tokenizer: Any, messages: list[Message], *, add_generation_prompt: bool) -> str:
-        if not getattr(tokenizer, "chat_template", None):
+    def _render(
+        self,
+        tokenizer: Any,
+        messages: list[Message],
+        *,
+        add_generation_prompt: bool,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> str:
+        if self.chat_template is None and not getattr(tokenizer, "chat_template", None):
             raise DataError(
                 f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template.",
-                hint="Use data.template.name=tutor, or a tokenizer that ships a chat template.",
+                hint="Set data.template.options.chat_template (inline Jinja or a file), use "
+                "data.template.name=tutor, or a tokenizer that ships a chat template.",
             )
         try:
+            # tools and an override only when there are some: what a tokenizer is asked
+            # otherwise stays the plain call every template takes
+            extra: dict[str, Any] = {}
+            if tools:
+                extra["tools"] = tools
+            if self.chat_template is not None:
+                extra["chat_template"] = self.chat_template
             text = tokenizer.apply_chat_template(
-                plain(messages), tokenize=False, add_generation_prompt=add_generation_prompt
+                plain(messages),
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                **extra,
             )
         except Exception as exc:  # jinja2's TemplateError: e.g. a role it does not take
             roles = ", ".join(sorted({m["role"] for m in messages}))

@@ -27,6 +27,11 @@ def world_size() -> int:
     return _env_int("WORLD_SIZE", 1)
 
 
+def local_world_size() -> int:
+    """Processes of the run on this node (they share its cores)."""
+    return _env_int("LOCAL_WORLD_SIZE", world_size())
+
+
 def is_main_process() -> bool:
     """True for the one process that writes logs, reports, metrics and run metadata."""
     return rank() == 0

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from sftkit.data.tokenize import Reasoning
 from sftkit.runpaths import EvalPaths, RunPaths
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ class EvalTask:
     split: str
     max_seq_length: int = 1024
     progress: Progress | None = None
+    reasoning: Reasoning = field(default_factory=Reasoning)  # data.reasoning, for the loss
     # The batch the memory estimator finds fits the evaluation phase on the recipe's card
     # (`sftkit.evaluation.batching`), for an evaluator whose options leave batch_size unset.
     batch_size: int = 8

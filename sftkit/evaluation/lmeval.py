@@ -154,15 +154,16 @@ def harness_metrics(
         prefix = f"{name}/" if len(tasks) > 1 else ""
         for key, value in results.get(name, {}).items():
             metric, _, filter_name = key.partition(",")
-            if not filter_name or metric.endswith("_stderr") or not _number(value):
+            number = _number(value)
+            if not filter_name or metric.endswith("_stderr") or number is None:
                 continue
             shown = prefix + metric_name(metric, filter_name)
-            metrics[shown] = float(value)
-            err = results[name].get(f"{metric}_stderr,{filter_name}")
-            if _number(err):
-                metrics[f"{shown}_stderr"] = float(err)
+            metrics[shown] = number
+            err = _number(results[name].get(f"{metric}_stderr,{filter_name}"))
+            if err is not None:
+                metrics[f"{shown}_stderr"] = err
             if not primary:
-                primary, stderr = shown, (float(err) if _number(err) else None)
+                primary, stderr = shown, err
     if not primary:
         raise DataError(f"lm-eval returned no numeric metric for {', '.join(tasks)}.")
     return metrics, primary, stderr
@@ -194,8 +195,9 @@ def harness_predictions(
             filtered = sample.get("filtered_resps") or [""]
             row["filtered"][filter_name] = _text(filtered[0])
             for metric in sample.get("metrics", []):
-                if _number(sample.get(metric)):
-                    row["scores"][metric_name(metric, filter_name)] = float(sample[metric])
+                score = _number(sample.get(metric))
+                if score is not None:
+                    row["scores"][metric_name(metric, filter_name)] = score
     return list(rows.values())
 
 
@@ -298,8 +300,11 @@ def _stderr_to_log() -> Iterator[None]:
                 logging.getLogger("lm_eval").info("%s", text)
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+def _number(value: Any) -> float | None:
+    """A harness value as a float; None for what is no number (a bool, "N/A", None)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return None
 
 
 def _text(value: Any) -> str:

@@ -37,7 +37,13 @@ class EvalLossEvaluator:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         rows = []
         for example in task.examples:
-            encoded = encode_example(task.template, example, tokenizer, completion_only_loss=True)
+            encoded = encode_example(
+                task.template,
+                example,
+                tokenizer,
+                completion_only_loss=True,
+                reasoning=task.reasoning,
+            )
             rows.append((example.id, encoded.input_ids[:max_length], encoded.labels[:max_length]))
         device = model_device(model)
         was_training = bool(getattr(model, "training", False))

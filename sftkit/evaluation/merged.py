@@ -51,9 +51,10 @@ def merged_copy(model: Any, dtype: torch.dtype = torch.bfloat16) -> Any | None:
                     value = (
                         dequantized_weight(base) if isinstance(base, quantized) else base.weight
                     ).float()
+                    lora: Any = source  # get_delta_weight is on LoRA's layer subclasses
                     for adapter in source.active_adapters:
                         if adapter in source.lora_A:
-                            value = value + source.get_delta_weight(adapter).float()
+                            value = value + lora.get_delta_weight(adapter).float()
             elif isinstance(source, quantized) and attr == "weight":
                 value = dequantized_weight(source)
             else:

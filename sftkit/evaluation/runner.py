@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from sftkit.data.tokenize import Reasoning
 from sftkit.errors import RecipeError, SftkitError
 from sftkit.evaluation.base import (
     EvalResult,
@@ -232,6 +233,7 @@ def score(
         template=template if template is not None else build_template(resolved),
         split=split,
         max_seq_length=resolved.recipe.training.max_seq_length,
+        reasoning=Reasoning.of(resolved.recipe),
         progress=progress(label, len(examples)) if progress else None,
     )
     evaluator = build_evaluator(component)

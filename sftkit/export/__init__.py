@@ -18,6 +18,7 @@ from sftkit import progress
 from sftkit.dtypes import DTYPES, torch_dtype
 from sftkit.errors import RunDirectoryError, SftkitError
 from sftkit.export.card import model_card
+from sftkit.oserrors import open_to_umask
 from sftkit.reporting.record import load_run
 from sftkit.runpaths import RunPaths
 
@@ -71,6 +72,7 @@ def export_run(
     adapter = paths.final_is_adapter
     partial = out.parent / f".{out.name}.partial-{os.getpid()}"
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_abandoned_partials(out)
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     try:
@@ -94,6 +96,7 @@ def export_run(
         )
         (partial / "README.md").write_text(card, encoding="utf-8")
         shutil.copy2(paths.recipe, partial / RECIPE_COPY)
+        open_to_umask(partial)  # safetensors writes 0600, and copy2 keeps a 0600 of final/
         if out.exists():  # appeared while we worked
             raise RunDirectoryError(f"{out} appeared during the export; not replacing it.")
         partial.rename(out)
@@ -113,6 +116,29 @@ def export_run(
 
         result.pushed_to = push_folder(out, push_to_hub, private=private)
     return result
+
+
+def remove_abandoned_partials(out: Path) -> list[Path]:
+    """Remove the ``.NAME.partial-PID`` directories of exports to `out` whose process is gone
+    (killed with -9, or the machine went down: nothing ran their cleanup). A live process's
+    partial is left alone. Returns what was removed."""
+    removed = []
+    for partial in out.parent.glob(f".{out.name}.partial-*"):
+        pid = partial.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(partial, ignore_errors=True)
+            removed.append(partial)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _copy_final(final: Path, out: Path) -> None:

@@ -42,7 +42,7 @@ def train_rank(run_dir: Path, *, resume: bool) -> None:
     from rich.console import Console
 
     from sftkit.engine import engine_of
-    from sftkit.quiet import log_to, quiet_libraries
+    from sftkit.quiet import log_to
     from sftkit.recipe.load import load_recipe
     from sftkit.registry import default_registry
     from sftkit.runpaths import RunPaths
@@ -52,7 +52,6 @@ def train_rank(run_dir: Path, *, resume: bool) -> None:
     from sftkit.training.runner import execute_run
     from sftkit.training.trainer import load_carry
 
-    quiet_libraries()  # main() did; here too for a caller that comes in through this
     paths = RunPaths(run_dir)
     hold_shared(paths)  # the run stays locked while any of its workers lives
     if is_main_process():
@@ -96,18 +95,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
     arm_here()  # an orphaned worker would train on beside a resume: die with the launcher
-    from sftkit.quiet import quiet_libraries
+    from sftkit.progress import Display, use
+    from sftkit.quiet import adopt_loaded, quiet_libraries
 
-    # Before torch & co. load: their logging, warnings and bars go to the run's sftkit.log.
-    quiet_libraries(verbose=os.environ.get("SFTKIT_VERBOSE", "") not in ("", "0"))
     if not is_main_process():
         # Rank 0 speaks for the run; the others' library warnings would repeat its own.
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         warnings.filterwarnings("ignore")
     from sftkit.errors import EXIT_INTERNAL, EXIT_OK, SftkitError
 
+    # As the CLI does: the libraries' logging, warnings and bars go to the run's sftkit.log.
+    verbose = os.environ.get("SFTKIT_VERBOSE", "") not in ("", "0")
     try:
-        train_rank(args.run_dir, resume=args.resume)
+        with quiet_libraries(verbose=verbose), use(Display(on_activity=adopt_loaded)):
+            train_rank(args.run_dir, resume=args.resume)
     except SftkitError as exc:
         print(f"[rank {rank()}] error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -21,7 +21,7 @@ import itertools
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sftkit.engine import engine_of
 from sftkit.errors import SftkitError
@@ -88,7 +88,14 @@ def component_switch(resolved: ResolvedRecipe, key: str, name: str) -> dict[str,
     return changes
 
 
-Probe = Callable[[int], "Estimate | None"]
+class Fits(Protocol):
+    """What a search needs of a probe's answer: an `Estimate`, or anything that says fits."""
+
+    @property
+    def fits(self) -> bool: ...
+
+
+Probe = Callable[[int], "Fits | None"]
 
 
 def largest(probe: Probe, lo: int, hi: int, step: int = 1) -> tuple[int | None, Any, Any]:

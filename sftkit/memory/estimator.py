@@ -7,9 +7,10 @@ adds the cheapest changes that fit (advice.py) when it does not; `preflight()` i
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from sftkit.errors import DoesNotFitError
+from sftkit.errors import DoesNotFitError, PluginError
 from sftkit.memory import activations as act
 from sftkit.memory.budget import resolve_budget
 from sftkit.memory.evalcopy import merged_copy_term
@@ -43,21 +44,26 @@ def shape_for(resolved: ResolvedRecipe, model: str | None = None) -> ModelShape:
 
 
 def extra_terms(resolved: ResolvedRecipe, shape: ModelShape) -> list[MemoryTerm]:
+    """The plugins' `extra_memory_terms`, each with its plugin as `source` unless it says."""
     manager = manager_of(resolved)
     if manager is None:
         return []
     out: list[MemoryTerm] = []
-    for result in manager.hook.extra_memory_terms(recipe=resolved, shape=shape):
-        for term in result or []:
-            if not isinstance(term, MemoryTerm):
-                from sftkit.errors import PluginError
-
-                raise PluginError(
-                    f"an extra_memory_terms implementation returned {type(term).__name__}; "
-                    "expected sftkit.memory.terms.MemoryTerm."
-                )
-            out.append(term)
+    for plugin, call in manager.callers_by_plugin("extra_memory_terms"):
+        for result in call(recipe=resolved, shape=shape):
+            for term in result or []:
+                if not isinstance(term, MemoryTerm):
+                    raise PluginError(
+                        f"plugin {plugin!r}: extra_memory_terms returned "
+                        f"{type(term).__name__}; expected sftkit.MemoryTerm."
+                    )
+                out.append(term if term.source else dataclasses.replace(term, source=plugin))
     return out
+
+
+def term_notes(terms: list[MemoryTerm]) -> list[str]:
+    """The notes the plugins' terms carry, each saying whose it is."""
+    return [f"{note} ({term.source})" for term in terms for note in term.notes]
 
 
 def setting_line(setup: Setup) -> str:
@@ -151,7 +157,7 @@ def compute(
         budget=budget,
         setting=setting_line(setup),
         recipe_source=resolved.source,
-        notes=[*generic_notes(shape), *notes_for(setup, budget.is_gpu)],
+        notes=[*generic_notes(shape), *notes_for(setup, budget.is_gpu), *term_notes(terms)],
         generic=list(shape.generic),
         cannot_run=(
             f"training.loss={setup.loss.name}: {setup.loss.cpu_problem}"

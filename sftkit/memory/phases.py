@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from sftkit.components.storage import count_words
+from sftkit.errors import PluginError
 from sftkit.memory import activations as act
 from sftkit.memory.budget import (
     ALLOCATOR_MARGIN,
@@ -206,6 +207,23 @@ def _eval_parts(setup: Setup) -> list[Part]:
     return best
 
 
+def _take_place(phases: dict[str, list[Part]], term: MemoryTerm) -> None:
+    """Drop the parts `term` replaces from its phases; replacing nothing is the plugin's
+    mistake (a renamed term, a typo), said at once instead of pricing both."""
+    found = False
+    for phase in term.phases:
+        kept = [p for p in phases[phase] if not p.name.startswith(term.replaces)]
+        found = found or len(kept) < len(phases[phase])
+        phases[phase] = kept
+    if not found:
+        names = sorted({p.name for phase in term.phases for p in phases[phase]})
+        raise PluginError(
+            f"memory term {term.name!r}{f' of {term.source}' if term.source else ''} replaces "
+            f"{term.replaces!r}, but no term of its phases ({', '.join(term.phases)}) is named "
+            f"so; they are: {'; '.join(names)}."
+        )
+
+
 def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
     tensors = layout(setup)
     opt = optimizer_cost(setup, tensors)
@@ -274,6 +292,8 @@ def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
     phases["later_steps"] = [*weights, *persistent, *fb, *extras]
     phases["evaluation"] = [*weights, *persistent, *_eval_parts(setup)]
     for term in extra:
+        if term.replaces:
+            _take_place(phases, term)
         for phase in term.phases:
             phases[phase].append(
                 Part(term.name, term.bytes, term.category, term.formula, term.pool)

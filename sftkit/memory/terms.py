@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
 from sftkit.errors import SftkitError
 
@@ -51,7 +51,10 @@ class MemoryTerm:
 
     `pool` says where it lives: ``device`` (the CUDA caching allocator), ``paged`` (CUDA
     unified memory that can spill to host RAM; bitsandbytes paged optimizers) or ``host``
-    (CPU RAM, e.g. offloaded optimizer state; never counted against the GPU).
+    (CPU RAM, e.g. offloaded optimizer state; never counted against the GPU). A plugin's
+    term (`extra_memory_terms`) may take the place of the estimate's own: `replaces` names
+    them as ``estimate-memory`` prints them (or their beginning), in this term's phases. Its
+    `notes` are printed with the estimate's, each followed by `source` (default: the plugin).
     """
 
     name: str
@@ -62,6 +65,7 @@ class MemoryTerm:
     pool: Pool = "device"
     source: str = ""  # which plugin contributed it, for extra_memory_terms
     notes: tuple[str, ...] = field(default=(), compare=False)
+    replaces: str = ""
 
     def __post_init__(self) -> None:
         unknown = [p for p in self.phases if p not in PHASES]
@@ -69,6 +73,12 @@ class MemoryTerm:
             raise ValueError(f"memory term {self.name!r}: unknown phases {unknown}; known {PHASES}")
         if self.bytes < 0:
             raise ValueError(f"memory term {self.name!r}: negative bytes {self.bytes}")
+        for what, value, allowed in (
+            ("category", self.category, get_args(Category)),
+            ("pool", self.pool, get_args(Pool)),
+        ):
+            if value not in allowed:
+                raise ValueError(f"memory term {self.name!r}: {what} {value!r}; known {allowed}")
 
 
 #: Which of a phase's three device figures a device part first counts in: ``allocated``

@@ -7,6 +7,7 @@ what was expected, what was found, and a "did you mean" where one is close.
 from __future__ import annotations
 
 import copy
+import reprlib
 import types
 import typing
 from collections.abc import Iterable, Sequence
@@ -28,6 +29,7 @@ from sftkit.errors import (
 )
 from sftkit.recipe.overrides import Override, apply_overrides, parse_override
 from sftkit.recipe.schema import ComponentRef, DistributedSection, Recipe
+from sftkit.recipe.trainer_args import trainer_args_problems
 from sftkit.recipe.yamlio import read_yaml
 from sftkit.registry import Catalog, Registry
 from sftkit.specs import (
@@ -205,7 +207,7 @@ def load_recipe_text(
     resolved = validate_recipe_data(
         data, registry=registry, source=source, overrides=tuple(map(str, parsed))
     )
-    return replace(resolved, notes=tuple(notes)) if notes else resolved
+    return replace(resolved, notes=(*notes, *resolved.notes)) if notes else resolved
 
 
 def _component_nodes(data: dict[str, Any]) -> list[tuple[tuple[str, ...], str]]:
@@ -257,17 +259,30 @@ def apply_component_overrides(
             continue
         if any(o.delete and o.path[: len(path) + 1] == (*path, "options") for o in overrides):
             continue  # `~data.format.options` on the line: the user deletes them already
-        dropped = old["options"]
-        keys = ", ".join(map(str, dropped)) if isinstance(dropped, dict) else repr(dropped)
-        _node(cleared, path).pop("options", None)
+        options = old["options"]
+        # Options the new component also declares keep their values (lora -> qlora-nf4
+        # keeps rank and alpha); the others belong to the old one.
+        accepted = getattr(_options_model(applied, path, registry), "model_fields", {})
+        kept = (
+            {k: v for k, v in options.items() if k in accepted} if isinstance(options, dict) else {}
+        )
+        dropped = [k for k in options if k not in kept] if isinstance(options, dict) else [options]
+        if kept:
+            _node(cleared, path)["options"] = kept
+        else:
+            _node(cleared, path).pop("options", None)
+        if not dropped:
+            continue
         dotted = ".".join(path)
+        also = f", kept {', '.join(map(str, kept))}" if kept else ""
         notes.append(
             f"{dotted}.{name_key}={new.get(name_key)}: dropped the recipe's options for "
-            f"{old.get(name_key)} ({keys}); {new.get(name_key)} takes its defaults, plus any "
-            f"{dotted}.options.KEY=VALUE on the command line."
+            f"{old.get(name_key)} that {new.get(name_key)} does not take "
+            f"({', '.join(map(str, dropped))}){also}; {new.get(name_key)} takes its defaults "
+            f"for the rest, plus any {dotted}.options.KEY=VALUE on the command line."
         )
-    if not notes:
-        return applied, []
+    if cleared == data:
+        return applied, notes
     return apply_overrides(
         cleared, overrides, is_string=lambda p: _is_string_field(cleared, p, registry)
     ), notes
@@ -290,6 +305,8 @@ def validate_recipe_data(
         problems.extend(_component_problems_raw(data, registry))
         raise RecipeError(_unique(problems), source=source) from None
 
+    args_problems, notes = trainer_args_problems(recipe.training.trainer_args)
+    problems.extend(args_problems)
     engine = _resolve_engine(recipe.distributed, registry, problems)
     if engine is not None:
         recipe = recipe.model_copy(update={"distributed": engine[1]})
@@ -353,6 +370,7 @@ def validate_recipe_data(
         raw=data,
         mixture=tuple(m for m in mixture if m is not None),
         during_training=tuple(e for e in during if e is not None),
+        notes=tuple(notes),
     )
     if registry.manager is not None:
         for result in registry.manager.hook.validate_recipe(recipe=resolved):
@@ -726,8 +744,13 @@ def _annotation_is_str(annotation: Any) -> bool:
     return False
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxstring = 3, 4, 4, 40
+
+
 def _show(value: Any) -> str:
-    text = repr(value)
+    """A value in a message, cut short before it is rendered (not after: a value can be huge)."""
+    text = _SHORT.repr(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

@@ -26,6 +26,9 @@ from sftkit.specs import reject_bool_for_number
 
 # Seeds go to Python, NumPy and torch; NumPy takes 0 .. 2**32 - 1.
 MAX_SEED = 2**32 - 1
+# A billion optimizer steps is years of the fastest run; more is a typo (1e23), and the
+# trainer's step arithmetic would overflow its int64 counters.
+MAX_STEPS = 10**9
 MiB, GiB = 2**20, 2**30
 
 
@@ -123,6 +126,20 @@ class DataSection(Strict):
     prepared_dir: str | None = Field(
         default=None, description="Where prepared splits live; default: <output_dir>/data."
     )
+    reasoning: Literal["train", "mask", "drop"] = Field(
+        default="train",
+        description="Reasoning traces (<think>...</think>, a message's reasoning_content): "
+        "trained with the answer, masked (context, no loss), or dropped from the text.",
+    )
+    mask_empty_think: bool = Field(
+        default=True, description="Mask empty think blocks (<think></think>) whatever the mode."
+    )
+    num_proc: int | None = Field(
+        default=None,
+        ge=1,
+        description="Worker processes that tokenize the splits (and TRL's dataset passes); "
+        "default: the CPUs sftkit may use.",
+    )
     max_row_bytes: int | None = Field(
         default=4 * MiB,
         ge=1,
@@ -142,7 +159,7 @@ class DataSection(Strict):
         return self
 
 
-Tracker = Literal["tensorboard", "wandb", "mlflow", "none"]
+Tracker = Literal["tensorboard", "wandb", "mlflow", "trackio", "none"]
 
 
 class EarlyStoppingSection(Strict):
@@ -170,7 +187,9 @@ class TrainingSection(Strict):
     micro_batch_size: int = Field(default=1, ge=1)
     gradient_accumulation_steps: int = Field(default=1, ge=1)
     epochs: float = Field(default=1.0, gt=0)
-    max_steps: int | None = Field(default=None, ge=1, description="Overrides epochs when set.")
+    max_steps: int | None = Field(
+        default=None, ge=1, le=MAX_STEPS, description="Overrides epochs when set."
+    )
     max_seq_length: int = Field(default=1024, ge=8)
     gradient_checkpointing: bool = True
     precision: Precision = "bf16"
@@ -240,6 +259,12 @@ class TrainingSection(Strict):
         gt=0,
         description="NEFTune: uniform noise of this scale on the input embeddings while "
         "training (TRL/transformers' neftune_noise_alpha; 5 in the paper).",
+    )
+    trainer_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="TRL SFTConfig options passed through unchanged (dataloader_num_workers, "
+        "loss_type, torch_compile, ...); names sftkit sets from the recipe are refused "
+        "(sftkit.recipe.trainer_args).",
     )
 
     @model_validator(mode="after")

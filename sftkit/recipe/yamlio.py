@@ -1,5 +1,7 @@
-"""Safe YAML reading that rejects duplicate keys (PyYAML silently keeps the last one) and
-reads floats the YAML 1.2 way (PyYAML's 1.1 rules make ``2e-4`` a string)."""
+"""Safe YAML reading that rejects duplicate keys (PyYAML silently keeps the last one), reads
+floats the YAML 1.2 way (PyYAML's 1.1 rules make ``2e-4`` a string) and refuses a document
+whose aliases expand it past `MAX_VALUES` (an "alias bomb": a few lines of ``*a`` that stand
+for billions of values, which every later walk over the recipe would expand)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,10 @@ from typing import Any
 import yaml
 
 from sftkit.errors import Problem
+
+# Values (scalars and collections) a document may stand for once its aliases are expanded.
+# The largest bundled recipe has under 200; a million leaves room for long lists.
+MAX_VALUES = 1_000_000
 
 _FLOAT = re.compile(
     r"""^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*|\.[0-9][0-9_]*|[0-9][0-9_]*(?=[eE]))(?:[eE][-+]?[0-9]+)?
@@ -46,15 +52,59 @@ def _mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) 
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 
 
+class AliasBombError(yaml.YAMLError):
+    def __init__(self, mark: yaml.Mark) -> None:
+        super().__init__()
+        self.problem_mark = mark
+        self.problem = (
+            f"its aliases (*name) expand it to more than {MAX_VALUES:,} values; write the "
+            "values out instead of repeating aliases of aliases"
+        )
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many values `root` stands for with every alias expanded, counted over the node
+    graph (an alias is the same node object as its anchor, so each node is sized once)."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(key) + size(value) for key, value in node.value)
+        if total > MAX_VALUES:
+            raise AliasBombError(node.start_mark)
+        sizes[id(node)] = total
+        return total
+
+    return size(root)
+
+
+def _load(text: str) -> Any:
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
 def load_scalar(text: str) -> Any:
     """One YAML value (a command-line override), read with the same rules as recipes."""
-    return yaml.load(text, Loader=_StrictLoader)
+    return _load(text)
 
 
 def read_yaml(text: str) -> tuple[Any, list[Problem]]:
     """Parse YAML text; return (data, problems). Problems name the line and column."""
     try:
-        return yaml.load(text, Loader=_StrictLoader), []
+        return _load(text), []
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""

@@ -41,7 +41,7 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
 def compare(a: RunRecord, b: RunRecord) -> Comparison:
     fa, fb = flatten(a.recipe), flatten(b.recipe)
     diff = [
-        (key, _show(fa.get(key, "(unset)")), _show(fb.get(key, "(unset)")))
+        (key, str(fa.get(key, "(unset)")), str(fb.get(key, "(unset)")))
         for key in sorted(set(fa) | set(fb))
         if fa.get(key, "(unset)") != fb.get(key, "(unset)") and not key.startswith(IGNORED_KEYS)
     ]
@@ -89,11 +89,6 @@ def _eval_cell(stored: Any) -> str:
     return f"{headline(stored.primary, stored.metrics)} n={stored.n}" + (
         f" {ci}" if ci != "-" else ""
     )
-
-
-def _show(value: Any) -> str:
-    text = str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def comparison_document(comparison: Comparison, plots: list[Path]) -> Document:

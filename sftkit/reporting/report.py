@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sftkit.extras import missing
 from sftkit.reporting.document import Code, Document, Heading, Image, Paragraph, Table
 from sftkit.reporting.plots import plot_eval_metrics, plot_learning_rate, plot_loss
 from sftkit.reporting.record import RunRecord, load_run
@@ -40,12 +41,18 @@ class ReportFiles:
     markdown: Path
     html: Path
     plots: list[Path] = field(default_factory=list)
+    # Without matplotlib (the light core) the plots are not redrawn: these, drawn before,
+    # are linked as they are.
+    kept_plots: list[Path] = field(default_factory=list)
 
 
 def write_report(run_dir: Path) -> ReportFiles:
     """(Re)build the run's report and plots from what is in the run directory."""
     record = load_run(run_dir)
     paths = RunPaths(run_dir)
+    if missing(["matplotlib"]):
+        kept = [p for p in (paths.loss_plot, paths.lr_plot, paths.eval_plot) if p.is_file()]
+        return _write(record, ReportFiles(paths.report_markdown, paths.report_html, [], kept))
     evaluated = any("eval/loss" in e for e in record.events)
     primaries = record.run.get("eval_primaries")
     scores = (
@@ -68,8 +75,11 @@ def write_report(run_dir: Path) -> ReportFiles:
         )
         if p is not None
     ]
-    document = build_document(record, plots)
-    files = ReportFiles(paths.report_markdown, paths.report_html, plots)
+    return _write(record, ReportFiles(paths.report_markdown, paths.report_html, plots))
+
+
+def _write(record: RunRecord, files: ReportFiles) -> ReportFiles:
+    document = build_document(record, files.plots or files.kept_plots)
     files.markdown.write_text(document.to_markdown(), encoding="utf-8")
     files.html.write_text(document.to_html(), encoding="utf-8")
     return files

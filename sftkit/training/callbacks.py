@@ -60,6 +60,32 @@ class MetricsCallback(TrainerCallback):
             raise TrainingDivergedError(state.global_step, loss)
 
 
+def lifecycle_hooks(manager: Any, *, main: bool) -> Any:
+    """The plugins' lifecycle hooks this process calls: all of them on the main process,
+    on the others only those marked `sftkit.every_process` (None when there are none)."""
+    if main:
+        return manager.hook
+    from sftkit.hookspecs import EVERY_PROCESS
+
+    names = ("on_train_start", "on_log", "on_train_end")
+    impls = [i for name in names for i in getattr(manager.pm.hook, name).get_hookimpls()]
+    marked = {i.plugin for i in impls if getattr(i.function, EVERY_PROCESS, False)}
+    if not marked:
+        return None
+    others = [plugin for plugin in manager.pm.get_plugins() if plugin not in marked]
+    return _Subset(manager.pm, others)
+
+
+class _Subset:
+    """``hook.on_log(...)`` for the lifecycle hooks of every plugin not in `removed`."""
+
+    def __init__(self, pm: Any, removed: list[Any]) -> None:
+        self.pm, self.removed = pm, removed
+
+    def __getattr__(self, name: str) -> Any:
+        return self.pm.subset_hook_caller(name, self.removed)
+
+
 class HooksCallback(TrainerCallback):
     """Calls the plugins' on_train_start / on_log / on_train_end hooks. `on_log` gets the
     trainer's values plus ``step`` (global step) and ``elapsed_s``, as metrics.jsonl has."""

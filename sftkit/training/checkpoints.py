@@ -29,6 +29,7 @@ from typing import Any
 
 from sftkit._version import __version__
 from sftkit.errors import RunDirectoryError
+from sftkit.oserrors import open_to_umask
 from sftkit.runpaths import COMPLETE_MARKER, RunPaths, complete_marker
 from sftkit.training import pickles
 
@@ -188,6 +189,7 @@ def write_marker(directory: Path, *, kind: str, step: int, **extra: Any) -> dict
 def publish(partial: Path, target: Path, *, kind: str, step: int, **extra: Any) -> None:
     """Mark `partial` complete and rename it to `target`, replacing a previous `target`
     only once the new one is complete."""
+    open_to_umask(partial)  # safetensors writes 0600
     write_marker(partial, kind=kind, step=step, **extra)
     target.parent.mkdir(parents=True, exist_ok=True)
     old = partial.with_name(f"{partial.name}.replaced")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sftkit.distributed.rank import rank, world_size
 from sftkit.runpaths import RunPaths
 
 if TYPE_CHECKING:
@@ -19,7 +20,8 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class RunView:
     """What the lifecycle hooks receive as `run`: the run, read-only. `state` is the
-    trainer's `TrainerState` (global step, max steps, log history, best checkpoint)."""
+    trainer's `TrainerState` (global step, max steps, log history, best checkpoint); `rank`
+    of `world_size` is the process (hooks marked `every_process` run on each)."""
 
     resolved: ResolvedRecipe
     paths: RunPaths
@@ -28,6 +30,8 @@ class RunView:
     model: torch.nn.Module  # a PeftModel for LoRA strategies
     tokenizer: PreTrainedTokenizerBase
     state: TrainerState
+    rank: int = 0
+    world_size: int = 1
 
     @property
     def run_dir(self) -> Path:
@@ -70,6 +74,8 @@ class RunContext:
             self.trainer.model,
             self.tokenizer,
             self.trainer.state,
+            rank(),
+            world_size(),
         )
 
     def release(self) -> None:

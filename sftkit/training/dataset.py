@@ -1,6 +1,7 @@
 """The tokenized training set handed to the trainer: input_ids and a completion_mask per
 example, both from `sftkit.data.tokenize` (1 on every trained segment: the answer, and each
-trained assistant turn of a conversation).
+trained assistant turn of a conversation), built once per set of inputs and cached
+(`sftkit.data.tokenized`).
 
 TRL builds the labels from them with the recipe's ``SFTConfig(completion_only_loss=...)``:
 -100 outside the mask when it is on, every token trained when it is off, which is exactly
@@ -12,41 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sftkit import progress
-from sftkit.data.example import Example
-from sftkit.data.tokenize import encode_example
-from sftkit.errors import DataError
-
-SHOWN_EVERY = 256  # examples between progress updates
+from sftkit.data.tokenized import PreparedSplit, tokenized_split
 
 
-def tokenized_dataset(
-    examples: list[Example], template: Any, tokenizer: Any, *, completion_only_loss: bool
-) -> Any:
-    from datasets import Dataset
-
-    if not examples:
-        raise DataError("the train split is empty: there is nothing to train on.")
-    encoded = []
-    with progress.current().stage("tokenize", len(examples)) as stage:
-        for i, example in enumerate(examples, start=1):
-            encoded.append(
-                encode_example(
-                    template, example, tokenizer, completion_only_loss=completion_only_loss
-                )
-            )
-            if i % SHOWN_EVERY == 0 or i == len(examples):
-                stage.update(i)
-    return Dataset.from_dict(
-        {
-            "input_ids": [e.input_ids for e in encoded],
-            "completion_mask": [e.trained_mask for e in encoded],
-        }
-    )
-
-
-def sft_dataset(examples: list[Example], template: Any, tokenizer: Any, recipe: Any) -> Any:
+def sft_dataset(split: PreparedSplit, template: Any, tokenizer: Any, recipe: Any) -> Any:
     """The ``sft`` objective's data (its `ObjectiveSpec.factory`)."""
-    return tokenized_dataset(
-        examples, template, tokenizer, completion_only_loss=recipe.data.completion_only_loss
-    )
+    return tokenized_split(split, template, tokenizer, recipe, objective="sft")

@@ -15,65 +15,13 @@ its last checkpoint.
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import sys
-import threading
 from typing import Any
 
 from transformers import TrainerCallback
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+from sftkit.signals import SIGNALS, Interrupts, StopNow
 
-
-class StopNow(KeyboardInterrupt):
-    """Raised by the handler when the run must stop at once."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-class Interrupts:
-    """Owns SIGINT and SIGTERM for the duration of a ``with`` block (main thread only; a
-    no-op elsewhere or when not `enabled`)."""
-
-    def __init__(self, *, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self.signum: int | None = None  # the first signal received
-        self.deferring = False  # inside the training loop: the first signal waits for a step
-        self.step = 0  # the step under way, for the message
-        self._previous: dict[int, Any] = {}
-
-    def __enter__(self) -> Interrupts:
-        if self.enabled and threading.current_thread() is threading.main_thread():
-            for signum in SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-        self._previous.clear()
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum else ""
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is None and self.deferring:
-            self.signum = signum
-            with contextlib.suppress(OSError, ValueError):  # no terminal left to tell
-                sys.stderr.write(
-                    f"\n{signal.Signals(signum).name}: stopping after step {self.step + 1} with "
-                    "a checkpoint (send it again to stop at once, losing the steps since the "
-                    "last checkpoint).\n"
-                )
-                sys.stderr.flush()
-            return
-        if self.signum is None:
-            self.signum = signum
-        raise StopNow(signum)
+__all__ = ["SIGNALS", "Interrupts", "StopNow", "StopOnSignal"]
 
 
 class StopOnSignal(TrainerCallback):

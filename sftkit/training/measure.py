@@ -23,7 +23,7 @@ from sftkit.memory import activations as act
 from sftkit.memory.phases import StaticBytes, breakdown, static_bytes
 from sftkit.memory.result import figure_totals, pool_totals, resident_paged
 from sftkit.memory.setup import Setup, setup_from_recipe
-from sftkit.memory.terms import PHASE_LABELS, gib
+from sftkit.memory.terms import PHASE_LABELS, MemoryTerm, gib
 from sftkit.runpaths import RunPaths
 
 if TYPE_CHECKING:
@@ -286,7 +286,7 @@ def measure_recipe(
 ) -> Comparison:
     import torch
 
-    from sftkit.memory.estimator import shape_for
+    from sftkit.memory.estimator import extra_terms, shape_for
     from sftkit.modeling import build_model, training_device
     from sftkit.training.loss import runtime_head
     from sftkit.training.optimizer import build_optimizer
@@ -297,6 +297,7 @@ def measure_recipe(
     # random tokens are never padded: predict that case
     setup = dataclasses.replace(setup_from_recipe(resolved, shape, on_gpu=on_gpu), padded=False)
     predicted_static = static_bytes(setup)
+    plugin_terms = extra_terms(resolved, shape)
     cmp = Comparison(device=torch.cuda.get_device_name() if on_gpu else "cpu")
     with tempfile.TemporaryDirectory(prefix="sftkit-measure-") as tmp:
         if on_gpu:
@@ -355,23 +356,36 @@ def measure_recipe(
             )
         )
     if on_gpu:
-        # the estimate's three figures per phase (`sftkit.memory.result.figure_totals`)
-        b = breakdown(setup)
-        on_device, paged = pool_totals(b, "device"), pool_totals(b, "paged")
         total = torch.cuda.get_device_properties(0).total_memory
-        resident = resident_paged(on_device, paged, total)
-        predicted = {
-            "allocated": figure_totals(b, "allocated"),
-            "reserved": figure_totals(b, "reserved"),
-            "device used": {ph: on_device[ph] + resident[ph] for ph in on_device},
-        }
+        predicted = predicted_figures(setup, plugin_terms, total)
         for phase, measured_figures in peaks.items():
             label = PHASE_LABELS[phase]
             for what, got in zip(predicted, measured_figures, strict=True):
                 cmp.rows.append(Row(f"{label}: {what}", predicted[what][phase], got, exact=False))
     else:
         cmp.notes.append("no CUDA device: per-phase peaks are not measured, only the tensors.")
+    if plugin_terms:
+        shown = ", ".join(f"{t.name} ({t.source})" for t in plugin_terms)
+        cmp.notes.append(
+            f"predicted with the plugins' terms ({shown}); measured: what one step of the "
+            "recipe allocates (a plugin's buffers count where its code runs in that step)."
+        )
     return cmp
+
+
+def predicted_figures(
+    setup: Setup, extra: list[MemoryTerm], device_bytes: int
+) -> dict[str, dict[str, int]]:
+    """The estimate's three figures per phase (`sftkit.memory.result.figure_totals`), the
+    plugins' terms (`extra`) included as the estimate has them."""
+    b = breakdown(setup, extra)
+    on_device, paged = pool_totals(b, "device"), pool_totals(b, "paged")
+    resident = resident_paged(on_device, paged, device_bytes)
+    return {
+        "allocated": figure_totals(b, "allocated"),
+        "reserved": figure_totals(b, "reserved"),
+        "device used": {ph: on_device[ph] + resident[ph] for ph in on_device},
+    }
 
 
 def _cuda_peaks() -> tuple[int, int, int]:

@@ -28,6 +28,7 @@ import math
 import os
 import shutil
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -131,11 +132,31 @@ def resumed_fields(paths: RunPaths, plan: RunPlan, record: dict[str, Any]) -> di
     else:
         trim_metrics(paths, plan.step)
     how = plan.kind + (" (weights only)" if plan.weights_only else "")
+    # The wall time of each earlier part, so that "completed in ..." counts the whole run.
+    fields["earlier_parts_s"] = [*record.get("earlier_parts_s", []), part_seconds(paths, record)]
     fields["resumes"] = [
         *record.get("resumes", []),
         {"at": now(), "from_step": plan.step, "how": how},
     ]
     return fields
+
+
+def part_seconds(paths: RunPaths, record: dict[str, Any]) -> float:
+    """How long the part that ran last took: from its start (the run's, or its resume's) to
+    its end as run.json recorded it, or, for a part killed before it could (kill -9), to the
+    last write of its metrics. 0.0 when the times are unreadable."""
+    resumes = record.get("resumes") or []
+    begun = resumes[-1].get("at") if resumes else record.get("started")
+    try:
+        start = datetime.fromisoformat(str(begun)).timestamp()
+        ended = record.get("finished")
+        if ended:
+            end = datetime.fromisoformat(str(ended)).timestamp()
+        else:
+            end = max(p.stat().st_mtime for p in (paths.metrics, paths.run) if p.exists())
+    except (ValueError, TypeError, OSError):
+        return 0.0
+    return round(max(end - start, 0.0), 1)
 
 
 def recovered_summary(paths: RunPaths, step: int, record: dict[str, Any]) -> dict[str, Any]:

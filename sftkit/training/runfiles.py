@@ -36,6 +36,9 @@ RESUME_MAY_CHANGE = (("training", "max_steps"), ("training", "epochs"))
 # Compared as anything but text: where the run lives is wherever it is now (a run moved
 # elsewhere, or spelled another way, is still the same run).
 NOT_COMPARED = (("output_dir",), ("description",))
+# Free-form mappings, compared whole: an entry added at resume is a change too (a run
+# started before the mapping existed ran with it empty).
+COMPARED_WHOLE = (("training", "trainer_args"),)
 # Schedules whose learning rate at a step does not depend on the run's total steps.
 LENGTH_FREE_SCHEDULES = frozenset({"constant"})
 PACKAGES = (
@@ -191,6 +194,11 @@ def _comparable(data: dict[str, Any]) -> dict[str, Any]:
         for key in keys[:-1]:
             section = section.get(key) or {}
         section.pop(keys[-1], None)
+    for keys in COMPARED_WHOLE:
+        section = data
+        for key in keys[:-1]:
+            section = section.setdefault(key, {})
+        section[keys[-1]] = json.dumps(section.get(keys[-1]) or {}, sort_keys=True)
     return data
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from rich.markup import escape
 
 from sftkit.devices import is_cpu
-from sftkit.quiet import log_to, quiet_libraries
+from sftkit.quiet import log_to
 from sftkit.training.checkpoints import discard_partial
 from sftkit.training.context import RunContext
 from sftkit.training.lock import RunLock, command_line
@@ -99,8 +99,7 @@ def _speak_at_start(ctx: RunContext, say: Callable[..., None]) -> None:
     from sftkit.modeling import trust_remote_code_notice
 
     recipe = ctx.recipe
-    quiet_libraries()  # the CLI did already; a run started from Python gets the same
-    log_to(ctx.paths.log)
+    log_to(ctx.paths.log)  # the CLI's library log (a run started from Python logs as it set)
     if recipe.model.trust_remote_code:
         say(trust_remote_code_notice(recipe))
     if getattr(ctx.resolved.optimizer.spec, "paged", False) and is_cpu(ctx.device):

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from sftkit.errors import Problem, RecipeError
 from sftkit.specs import load_factory
 
 if TYPE_CHECKING:
@@ -22,7 +23,8 @@ class TrainingData:
 
 
 def prepare(resolved: ResolvedRecipe, say: Callable[..., None]) -> TrainingData:
-    from sftkit.data.prepare import prepare_data, read_examples
+    from sftkit.data.prepare import prepare_data
+    from sftkit.data.tokenized import PreparedSplit
     from sftkit.modeling import load_tokenizer
 
     recipe = resolved.recipe
@@ -40,7 +42,30 @@ def prepare(resolved: ResolvedRecipe, say: Callable[..., None]) -> TrainingData:
     build = load_factory(objective.factory)
 
     def split(name: Literal["train", "dev"]) -> Any:
-        return build(read_examples(prepared.split_path(name)), template, tokenizer, recipe)
+        return build(PreparedSplit(prepared, name), template, tokenizer, recipe)
 
+    train = split("train")
+    check_batch_fits_data(resolved, len(train), prepared.directory)
     dev = split("dev") if recipe.training.eval_steps is not None else None
-    return TrainingData(tokenizer, split("train"), dev)
+    return TrainingData(tokenizer, train, dev)
+
+
+def check_batch_fits_data(resolved: ResolvedRecipe, rows: int, directory: Any) -> None:
+    """A micro-batch larger than the whole train set is a typo, not a request: the trainer
+    would make one batch of the whole set (and pad it to the longest row). Known only now,
+    once the data is prepared."""
+    size = resolved.recipe.training.micro_batch_size
+    if size > rows:
+        raise RecipeError(
+            [
+                Problem(
+                    "training.micro_batch_size",
+                    f"{size} is larger than the train set, which has {rows} rows "
+                    f"(prepared in {directory}); every step would be one batch of the whole "
+                    "set.",
+                    f"Set training.micro_batch_size to at most {rows} (and raise "
+                    "training.gradient_accumulation_steps for a larger effective batch).",
+                )
+            ],
+            source=resolved.source,
+        )

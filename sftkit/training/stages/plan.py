@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sftkit.errors import DoesNotFitError, UnknownArchitectureError
+from sftkit.preflight import check as check_before_loading
 from sftkit.runpaths import RunPaths
 from sftkit.training.lock import check_unlocked
 from sftkit.training.preconditions import check_conditions
@@ -50,6 +51,8 @@ def plan(resolved: ResolvedRecipe, request: RunRequest, say: Callable[..., None]
     run_plan = plan_run(paths, resolved, resume=request.resume, weights_only=request.weights_only)
     if run_plan.kind == "done":  # nothing to do: not even the lock file is written
         return Planned(resolved, paths, run_plan, (*notes, *run_plan.notes), {}, "")
+    # Every problem that needs no heavy import, at once (data files, CUDA, offline cache).
+    check_before_loading(resolved, machine=True)
     estimate = preflight(resolved, force=request.force, echo=say)
     device = check_device(resolved)
     # Refuses an environment that contradicts the recipe; else what to say at the start.

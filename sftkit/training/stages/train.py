@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from sftkit import compat, progress
-from sftkit.devices import is_cpu
-from sftkit.errors import MissingDependencyError
+from sftkit.devices import data_workers, is_cpu
+from sftkit.errors import MissingDependencyError, Problem, RecipeError
+from sftkit.recipe.trainer_args import KEY, unknown_names
 from sftkit.runpaths import RunPaths
 from sftkit.specs import load_factory
 from sftkit.training.checkpoints import publish
@@ -37,16 +38,24 @@ def build_trainer(
 ) -> Any:
     from sftkit.distributed.rank import is_main_process, world_size
     from sftkit.training import evaluating
-    from sftkit.training.callbacks import HooksCallback, MetricsCallback, RichProgressCallback
+    from sftkit.training.callbacks import (
+        HooksCallback,
+        MetricsCallback,
+        RichProgressCallback,
+        lifecycle_hooks,
+    )
 
     recipe, main = ctx.recipe, is_main_process()
+    manager = ctx.resolved.registry.manager
+    hooks = lifecycle_hooks(manager, main=main) if manager is not None else None
     callbacks: list[Any] = []
-    if main:  # one writer of metrics.jsonl and TensorBoard; hooks run once
+    if main:  # one writer of metrics.jsonl and TensorBoard
         callbacks.append(MetricsCallback(ctx))
         if "tensorboard" in recipe.training.report_to:
             callbacks.append(_tensorboard(ctx.paths, resumed_at=ctx.plan.step if ctx.plan else 0))
-        if ctx.resolved.registry.manager is not None:
-            callbacks.append(HooksCallback(ctx, ctx.resolved.registry.manager.hook))
+    if hooks is not None:  # all on the main process; elsewhere those marked every_process
+        callbacks.append(HooksCallback(ctx, hooks))
+    if main:
         callbacks.append(RichProgressCallback(progress.current()))
     callbacks.extend(evaluating.callbacks(ctx, progress.current().console, main=main))
     if ctx.interrupts is not None:
@@ -126,6 +135,7 @@ def trainer_config_kwargs(ctx: RunContext) -> dict[str, Any]:
     """The trainer's arguments (`SFTConfig`'s) from the recipe."""
     from trl import SFTConfig
 
+    from sftkit.distributed.rank import local_world_size
     from sftkit.distributed.trainer import trainer_arguments
     from sftkit.training.evaluating import eval_arguments, save_steps
     from sftkit.training.loss import trl_config_kwargs
@@ -136,7 +146,7 @@ def trainer_config_kwargs(ctx: RunContext) -> dict[str, Any]:
         _require("liger_kernel", "liger-kernel", "training.liger_kernels")
     engine = trainer_arguments(ctx.recipe, ctx.paths.root, use_cpu=is_cpu(ctx.device))
     checkpointing = engine.pop("gradient_checkpointing", t.gradient_checkpointing)
-    return dict(
+    built = dict(
         output_dir=str(ctx.paths.partial),  # saved there, then published (SftkitTrainer)
         per_device_train_batch_size=t.micro_batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps,
@@ -165,13 +175,30 @@ def trainer_config_kwargs(ctx: RunContext) -> dict[str, Any]:
         packing=data.packing,
         packing_strategy="bfd",  # best-fit packing, padding-free where attention allows it
         completion_only_loss=data.completion_only_loss,
-        dataset_num_proc=None,
-        dataloader_num_workers=0,
         neftune_noise_alpha=t.neftune_noise_alpha,
         **eval_arguments(ctx.recipe),  # eval loss on dev, best checkpoint, early stopping
-        **trl_config_kwargs(),
         **engine,  # DDP/FSDP/DeepSpeed settings for launched runs (sftkit.distributed)
     )
+    # defaults the recipe's trainer_args may change, what sftkit sets, trainer_args
+    defaults = {**data_workers(ctx.device, local_world_size()), **trl_config_kwargs()}
+    return {**defaults, **built, **passed_through(built, t)}
+
+
+def passed_through(built: dict[str, Any], t: Any) -> dict[str, Any]:
+    """``training.trainer_args``, refused where it names an option sftkit set for this run
+    (a plugin engine's, say) or one the installed TRL lacks (a list for another TRL could
+    not tell at validation)."""
+    from trl import SFTConfig
+
+    problems = unknown_names(SFTConfig, t.trainer_args)
+    problems += [
+        Problem(f"{KEY}.{name}", f"sftkit sets {name} for this run ({built[name]!r}).")
+        for name in t.trainer_args
+        if name in built
+    ]
+    if problems:
+        raise RecipeError(problems)
+    return dict(t.trainer_args)
 
 
 def _checkpointing_args(config_class: Any, enabled: bool) -> dict[str, Any]:
