@@ -575,7 +575,7 @@ def test_line_schema_names_what_is_missing():
         "end 'x': 'budget_s' is bool"
     ]
     assert validate_line(_line("nope")) == ["nope 'x': unknown kind (one of setup, model, "
-                                            "cap, speed, eval, grid, tests, end)"]  # fmt: skip
+                                            "cap, speed, fast, eval, grid, tests, end)"]  # fmt: skip
     point = _line(
         point={}, device={}, versions={}, predicted={"phases": {}},
         measured={"completed": True, "phases": {"load": {"seconds": 1}}},
