@@ -134,68 +134,14 @@ def test_the_low_memory_headers_host_figure_is_the_estimates():
 def test_the_live_tensors_of_a_checkpointed_qlora_step_match_the_activation_peak(tmp_path):
     """The per-token slope of a checkpointed QLoRA step with the full-logits loss (the HF +
     FlashAttention 2 baseline's shape): every tensor alive at any moment of forward and
-    backward on CPU, counted as it is created and freed, peaks where the estimator's
-    activation moments do, within 1%."""
-    import dataclasses
-    import json
-    import weakref
-
-    torch = pytest.importorskip("torch")
+    backward on CPU peaks where the estimator's activation moments do, within 1%."""
+    pytest.importorskip("torch")
     pytest.importorskip("bitsandbytes")
-    from torch.utils._python_dispatch import TorchDispatchMode
+    from live_tensors import live_peak_and_prediction
 
-    import sftkit.training.loss as runtime
-    from sftkit.memory.moments import activation_peak_bytes
-    from sftkit.modeling import build_model
-    from sftkit.recipe.load import load_recipe_text
-    from sftkit.training.measure import autocast_context, install_loss_head, prepare_for_training
-
-    class Live(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.sizes, self.now, self.peak = {}, 0, 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            out = func(*args, **(kwargs or {}))
-            for t in out if isinstance(out, (tuple, list)) else [out]:
-                if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr():
-                    storage = t.untyped_storage()
-                    if storage.data_ptr() not in self.sizes:
-                        self.sizes[storage.data_ptr()] = storage.nbytes()
-                        self.now += storage.nbytes()
-                        self.peak = max(self.peak, self.now)
-                        weakref.finalize(storage, self.free, storage.data_ptr())
-            return out
-
-        def free(self, ptr):
-            self.now -= self.sizes.pop(ptr, 0)
-
-    vocab, seq = 8192, 256
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
               "intermediate_size": 176, "num_hidden_layers": 2, "num_attention_heads": 4,
-              "num_key_value_heads": 2, "vocab_size": vocab, "tie_word_embeddings": False,
+              "num_key_value_heads": 2, "vocab_size": 8192, "tie_word_embeddings": False,
               "max_position_embeddings": 1024}  # fmt: skip
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    resolved = load_recipe_text(
-        f"""
-model: {{name_or_path: {tmp_path}, dtype: bfloat16, random_init: true}}
-strategy: {{name: qlora-nf4, options: {{rank: 8}}}}
-optimizer: {{name: adamw}}
-training: {{max_seq_length: {seq}, gradient_checkpointing: true, precision: bf16, loss: full}}
-hardware: {{gpu: cpu}}
-""",
-        registry=fresh_registry(),
-    )
-    setup = dataclasses.replace(
-        setup_from_recipe(resolved, shape_for(resolved), on_gpu=False), padded=False
-    )
-    torch.manual_seed(0)
-    model = build_model(resolved, None, base_dir=tmp_path / "base")
-    prepare_for_training(model, setup)
-    forward, extra = install_loss_head(model, setup, runtime.full_head)
-    ids = torch.randint(0, vocab, (1, seq))
-    with Live() as live:
-        with autocast_context(setup, "cpu"):
-            loss = forward(input_ids=ids, labels=ids.clone(), **extra).loss
-        loss.backward()
-    assert live.peak == pytest.approx(activation_peak_bytes(setup), rel=0.01)
+    live, predicted = live_peak_and_prediction(tmp_path, config, "max_seq_length: 256, loss: full")
+    assert live == pytest.approx(predicted, rel=0.01)

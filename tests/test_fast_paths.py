@@ -252,3 +252,24 @@ def test_packed_rows_through_flex_attention_equal_documents_one_by_one_on_cuda()
     torch.testing.assert_close(loss_a, loss_b, rtol=1e-4, atol=1e-5)
     for name in grads_a:
         torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("tiled", [False, True], ids=["plain-mlp", "tiled-mlp"])
+def test_a_long_rows_live_tensors_stay_under_the_estimate(tmp_path, tiled):
+    # 1,024 tokens through 64-wide layers with a 704-wide MLP: the layers' backward peaks
+    # (not the loss). The estimate's "gradients in flight" is an upper bound, so the live
+    # peak is below it, but not by much; with tiles of 64 tokens it is a fifth.
+    pytest.importorskip("bitsandbytes")
+    from live_tensors import live_peak_and_prediction
+
+    config = {**LLAMA_LONG, "intermediate_size": 704}
+    training = f"max_seq_length: 1024, loss: chunked, tiled_mlp: {str(tiled).lower()}"
+    live, predicted = live_peak_and_prediction(tmp_path, config, training)
+    assert 0.8 * predicted <= live <= predicted
+
+
+LLAMA_LONG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "vocab_size": 256, "tie_word_embeddings": False,
+              "max_position_embeddings": 2048}  # fmt: skip
