@@ -1,5 +1,5 @@
 """Developer sessions. `nox` runs tests, plugins, minimums, lint and typecheck (about 8 minutes
-on 2 idle cores, 19 on loaded ones, the first time with the installs); `nox -s quickstart`
+on 2 idle cores, 19 on loaded ones, as measured in issue 21); `nox -s quickstart`
 installs sftkit and runs the embedded default (README.md); `nox -s newest`
 (the newest releases, not by default) and `nox -s gpu`
 is opt-in (it runs the tests marked `gpu` in the current environment, on a machine with
@@ -52,10 +52,11 @@ def _install_sftkit(session: nox.Session, extras: str = "dev") -> None:
 
 @nox.session(default=False)
 def quickstart(session: nox.Session) -> None:
-    """Install sftkit with the training stack at the tested versions and run the embedded
-        default (recipes/quickstart.yaml: offline, on the CPU, a few minutes) into
-        runs/quickstart (a second call resumes or shows it). Arguments after `--` are overrides or
-    options, e.g. `nox -s quickstart -- training.max_steps=40 --output-dir runs/qs-short`."""
+    """Install sftkit with the training stack at the tested versions (constraints.txt) and
+    run the embedded default, recipes/quickstart.yaml (offline, on the CPU, about 1.5 minutes
+    on 2 idle cores), into runs/quickstart; a second call resumes or shows that run.
+    Arguments after `--` are overrides or options, e.g.
+    `nox -s quickstart -- training.max_steps=40 --output-dir runs/qs-short`."""
     _install_sftkit(session, extras="train")
     # Again: finish (or just show) the run already there instead of refusing its directory.
     again = ["--resume"] if Path("runs/quickstart/recipe.yaml").is_file() else []

@@ -19,6 +19,7 @@ from typing import Any
 import pluggy
 
 from sftkit import hookspecs
+from sftkit.extras import as_broken_install
 from sftkit.suggest import closest
 
 ENTRY_POINT_GROUP = "sftkit"
@@ -75,9 +76,8 @@ class SftkitPluginManager:
     infos: dict[str, PluginInfo] = field(default_factory=dict)
     failures: list[PluginFailure] = field(default_factory=list)
     blocked: frozenset[str] = frozenset()
-    blocked_by_env: frozenset[str] = (
-        frozenset()
-    )  # the part of `blocked` SFTKIT_DISABLE_PLUGINS named
+    # The part of `blocked` that SFTKIT_DISABLE_PLUGINS named (for "unknown ..." messages).
+    blocked_by_env: frozenset[str] = frozenset()
 
     def blocked_note(self) -> str | None:
         """Which plugins are turned off and by what, for a "not found" message."""
@@ -195,10 +195,11 @@ def _load_entry_points(manager: SftkitPluginManager) -> None:
         try:
             plugin = ep.load()
         except Exception as exc:  # a broken plugin must not take down the CLI
+            # A damaged install elsewhere (a RECORD file the import read) is named as such.
+            broken = as_broken_install(exc)
+            reason = f"{broken.message} {broken.hint}" if broken else f"{type(exc).__name__}: {exc}"
             manager.failures.append(
-                PluginFailure(
-                    ep.name, dist, f"import of {ep.value!r} raised {type(exc).__name__}: {exc}"
-                )
+                PluginFailure(ep.name, dist, f"import of {ep.value!r} raised {reason}")
             )
             continue
         manager.register(plugin, ep.name, distribution=dist, version=version)

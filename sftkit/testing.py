@@ -70,8 +70,9 @@ def register_all(manager: SftkitPluginManager, plugins: Sequence[Any]) -> None:
 def registered(*plugins: Any, builtins: bool = True) -> Iterator[Registry]:
     """Register `plugins` (modules or objects with hookimpls) on a fresh manager for the
     duration of the block and yield its registry. Strict, unlike the command line: a plugin
-    that is rejected, whose registration raises, or that registers a name another plugin
-    has raises here, so a plugin's own test fails at the cause."""
+    that is rejected, whose registration raises, or that registers a name another
+    third-party plugin has raises here, so a plugin's own test fails at the cause (a
+    built-in's name it takes shadows the built-in: `Catalog.shadowed`)."""
     manager = fresh_manager(builtins=builtins)
     register_all(manager, plugins)
     try:

@@ -159,3 +159,14 @@ output_dir: "{setup / "run"}"
 
     train_rows(load_recipe(str(path), (), registry=fresh_registry()))
     assert counter.batches == 0, "the run tokenized what prepare-data had built"
+
+
+def test_worker_processes_give_the_same_split(registry, setup, monkeypatch):
+    import sftkit.data.tokenized as tokenized
+
+    one = train_rows(recipe(registry, setup, "data.num_proc=1"))
+    shutil.rmtree(setup / "prepared" / "tokenized")
+    monkeypatch.setattr(tokenized, "ROWS_PER_WORKER", 1)  # 10 rows: two workers
+    assert tokenized.workers(10, 2) == 2
+    two = train_rows(recipe(registry, setup, "data.num_proc=2"))
+    assert two == one

@@ -1,8 +1,10 @@
 """The tokens and labels every format and template trains on, pinned: the data stage's train
 set (input_ids and completion_mask, from which TRL builds the labels) for each built-in
 format under each built-in template equals what sftkit produced before the data pipeline
-moved to `datasets` (tests/data/labels_golden.json, written by the code of that time with
-``python tests/test_data_labels.py --write``). A change to what training sees fails here."""
+moved to `datasets` (tests/data/labels_golden.json, written by the code of that time,
+commit 45b5b95: ``git archive 45b5b95 sftkit | tar -x -C OLD`` then
+``PYTHONPATH=OLD python tests/test_data_labels.py --write`` from outside the repository).
+A change to what training sees fails here."""
 
 from __future__ import annotations
 
@@ -82,13 +84,40 @@ TEMPLATES: dict[str, dict[str, Any]] = {
         "options": {"system": "Answer.", "instruction": None, "keep_reasoning": False},
     },
 }
-CASES = [(f, t, c) for f in FORMATS for t in TEMPLATES for c in (True, False)]
+# An R1-style chat template (its generation prompt opens <think>), on the same tokenizer.
+R1_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}"
+    "{% elif message['role'] == 'user' %}<|User|>{{ message['content'] }}"
+    "{% elif message['role'] == 'assistant' %}<|Assistant|>{{ message['content'] }}{{ eos_token }}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}<|Assistant|><think>\n{% endif %}"
+)
+R1 = {"chat-r1"}
+TEMPLATES["chat-r1"] = {"name": "chat"}
+# (an R1 template renders a past turn otherwise once a later one follows: single-turn only)
+CASES = [
+    (f, t, c)
+    for f in FORMATS
+    for t in TEMPLATES
+    for c in (True, False)
+    if t not in R1 or f in ("gsm8k", "prompt-completion", "alpaca")
+]
 
 
 def recipe_text(directory: Path, fmt: str, template: str, completion_only: bool) -> str:
     source = directory / "src" / "train.jsonl"
     source.parent.mkdir(parents=True, exist_ok=True)
     source.write_text("".join(json.dumps(r) + "\n" for r in rows(fmt)), encoding="utf-8")
+    model: dict[str, Any] = {"name_or_path": "builtin:tiny-llama"}
+    if template in R1:
+        import shutil
+
+        from sftkit.modeling import resolve_model_path
+
+        tokenizer = directory / "r1-tokenizer"
+        shutil.copytree(resolve_model_path("builtin:tiny-llama"), tokenizer)
+        (tokenizer / "chat_template.jinja").write_text(R1_TEMPLATE)
+        model["tokenizer"] = str(tokenizer)
     data = {
         "format": {"name": fmt, "options": {"train_file": str(source), "dev_size": 1}},
         "template": TEMPLATES[template],
@@ -96,7 +125,7 @@ def recipe_text(directory: Path, fmt: str, template: str, completion_only: bool)
     }
     return json.dumps(
         {
-            "model": {"name_or_path": "builtin:tiny-llama"},
+            "model": model,
             "strategy": {"name": "full-sft"},
             "optimizer": {"name": "adamw"},
             "data": data,

@@ -147,6 +147,30 @@ def test_a_malformed_record_names_the_package(tmp_path):
     assert "pip install --force-reinstall --no-deps brokenpkg" in result.stderr
 
 
+def test_a_plugin_failing_on_a_malformed_record_names_the_package(tmp_path):
+    site = tmp_path / "site"
+    for name, record in (("brokenpkg", "x.py,sha256=abc,12,a fourth field\n"), ("myplug", "")):
+        dist = site / f"{name}-1.0.dist-info"
+        dist.mkdir(parents=True)
+        (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+        (dist / "RECORD").write_text(record)
+    (site / "myplug-1.0.dist-info" / "entry_points.txt").write_text("[sftkit]\nmyplug = myplug\n")
+    (site / "myplug.py").write_text(  # what importing TRL does
+        "import importlib.metadata\nimportlib.metadata.packages_distributions()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(site)])}
+    env.pop("SFTKIT_DISABLE_PLUGIN_AUTOLOAD", None)
+    result = subprocess.run(
+        [sys.executable, "-c", "from sftkit.cli import main; main()", "plugins"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    said = " ".join((result.stdout + result.stderr).split())
+    assert "'myplug'" in said and "brokenpkg has a malformed RECORD" in said, said
+
+
 def test_a_prepared_dir_that_is_a_file_says_so(tmp_path, capsys):
     source = tmp_path / "train.jsonl"
     source.write_text('{"question": "q", "answer": "a\\n#### 1"}\n')

@@ -141,7 +141,6 @@ def test_transformers_bars_advance_sftkits_stages(tmp_path):
     from sftkit import progress
     from sftkit.quiet import quiet_libraries
 
-    quiet_libraries()
     advanced: dict[str, tuple[int | None, int]] = {}
 
     class Recording(progress.Display):
@@ -161,7 +160,7 @@ def test_transformers_bars_advance_sftkits_stages(tmp_path):
         vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
         num_attention_heads=2, num_key_value_heads=1,
     )  # fmt: skip
-    with progress.use(Recording()):
+    with quiet_libraries(), progress.use(Recording()):  # as the CLI does around a command
         transformers.LlamaForCausalLM(config).save_pretrained(tmp_path, max_shard_size="20KB")
         transformers.AutoModelForCausalLM.from_pretrained(tmp_path)
     for stage in ("write shards", "load weights"):

@@ -96,3 +96,40 @@ def test_the_quickstart_logs_the_documented_losses(tmp_path):
     assert {step: round(logged[step], 4) for step in (20, 40)} == {
         step: documented[step] for step in (20, 40)
     }
+
+
+class RecordingSession:
+    """What a nox session asked for, without running it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[str, ...]]] = []
+        self.posargs: list[str] = []
+
+    def install(self, *args: str) -> None:
+        self.calls.append(("install", args))
+
+    def run(self, *args: str, **kwargs: Any) -> None:
+        self.calls.append(("run", args))
+
+
+def test_nox_installs_the_tested_versions_and_runs_the_quickstart(noxfile, monkeypatch, tmp_path):
+    """`nox -s quickstart` and `nox` (issue 21, case 14): each session that installs sftkit
+    installs it through constraints.txt; the quickstart session then runs the embedded
+    default; neither is a copy of the other's install line."""
+    import nox
+
+    monkeypatch.chdir(tmp_path)  # no runs/quickstart here: a first run, not a resume
+    quickstart = RecordingSession()
+    noxfile.quickstart.func(quickstart)
+    installs = [args for kind, args in quickstart.calls if kind == "install"]
+    assert any(args[:2] == ("-c", "constraints.txt") and ".[train]" in args for args in installs)
+    assert quickstart.calls[-1] == ("run", ("sftkit", "run", "recipes/quickstart.yaml"))
+    tests = RecordingSession()
+    noxfile.tests.func(tests)
+    assert any(
+        args[:2] == ("-c", "constraints.txt") for kind, args in tests.calls if kind == "install"
+    )
+    assert "quickstart" not in nox.options.sessions  # `nox` alone: the tests, not the run
+    assert (ROOT / "constraints.txt").is_file() and "-c constraints.txt" in (
+        ROOT / "README.md"
+    ).read_text()

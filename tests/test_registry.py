@@ -141,7 +141,7 @@ class _TabbedOptions(PromptCompletionOptions):
     separator: str = "\t"
 
 
-def test_a_plugin_prompt_completion_format_leaves_the_builtin_usable():
+def test_a_plugin_prompt_completion_format_leaves_the_builtin_usable(tmp_path):
     """The plugin written from the docs this week: its own `prompt-completion` made the name
     a conflict, so no recipe could use either format until a plugin was disabled."""
     spec = DatasetFormatSpec(
@@ -151,7 +151,9 @@ def test_a_plugin_prompt_completion_format_leaves_the_builtin_usable():
         options_model=_TabbedOptions,
     )
     mine = _plugin("tabbed", register_dataset_formats=lambda register: register(spec))
-    ours = "data.format.options.source=x.jsonl"
+    rows = tmp_path / "x.jsonl"
+    rows.write_text('{"prompt": "1 + 1 =", "completion": " 2"}\n')
+    ours = f"data.format.options.source={rows}"
     result = invoke_cli(
         "validate",
         "quickstart",

@@ -197,7 +197,7 @@ def final_weights(run_dir: Path) -> dict[str, Any]:
 
 
 @pytest.mark.slow
-def test_resume_continues_where_it_stopped(models, tmp_path):
+def test_resume_continues_where_it_stopped(models, tmp_path, monkeypatch):
     def recipe(run_dir: Path, registry: Any) -> Any:
         text = recipe_text(models["config"], run_dir, max_steps=4, save_steps=2, micro_batch_size=4)
         return load_recipe_text(text, registry=registry)
@@ -221,7 +221,14 @@ def test_resume_continues_where_it_stopped(models, tmp_path):
     # Same seed, same first steps: seeded runs reproduce on CPU.
     assert [losses(cut)[s] for s in (1, 2)] == [reference[1], reference[2]]
 
-    # ... then resumed: same data order and optimizer state, so the same steps 3 and 4.
+    # ... then resumed: same data order and optimizer state, so the same steps 3 and 4; the
+    # tokenized train split is the one the run stored, not tokenized again
+    import sftkit.data.tokenized
+
+    def no_tokenizing(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the resumed run tokenized its data again")
+
+    monkeypatch.setattr(sftkit.data.tokenized, "_encode_batch", no_tokenizing)
     with registered() as registry:
         run_recipe(recipe(cut, registry), resume=True)
     run = json.loads((cut / "run.json").read_text())

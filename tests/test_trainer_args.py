@@ -125,7 +125,7 @@ def test_a_resume_compares_trainer_args(registry, tmp_path):
     write_recipe(paths, tiny(tmp_path, registry))
     paths.metrics.write_text(json.dumps({"step": 1, "loss": 2.0}) + "\n")  # it has trained
     assert check_run_dir(paths, tiny(tmp_path, registry), resume=True) == []
-    added = tiny(tmp_path, registry, "training.trainer_args.torch_compile=true")
+    added = tiny(tmp_path, registry, "training.trainer_args.tf32=true")
     with pytest.raises(RunDirectoryError, match=r"training\.trainer_args"):
         check_run_dir(paths, added, resume=True)
     write_recipe(paths, added)
@@ -148,3 +148,35 @@ def test_a_quickstart_run_trains_with_trls_dft_loss(tmp_path):
     assert len(losses) == 3 and all(v == v for v in losses)  # three finite logged steps
     saved = (run / "recipe.yaml").read_text()
     assert "loss_type: dft" in saved
+
+
+def test_another_objectives_config_checks_its_own_names(tmp_path):
+    from sftkit import ObjectiveSpec, hookimpl
+    from sftkit.testing import registered
+
+    class Preference:
+        @hookimpl
+        def register_objectives(self, register):
+            register(ObjectiveSpec("dpo-like", "A preference objective.", "trl:SFTTrainer",
+                                   "trl:DPOConfig", "sftkit.training.dataset:sft_dataset"))  # fmt: skip
+
+    with registered(Preference()) as registry:
+        resolved = tiny(
+            tmp_path, registry, "training.objective=dpo-like", "training.trainer_args.beta=0.1"
+        )
+        assert any("beta" in n and "trl:DPOConfig" in n for n in resolved.notes)
+        with pytest.raises(RecipeError, match=r"optimizer\.options\.lr"):
+            tiny(
+                tmp_path,
+                registry,
+                "training.objective=dpo-like",
+                "training.trainer_args.learning_rate=1",
+            )
+    pytest.importorskip("trl")
+    from trl import DPOConfig, SFTConfig
+
+    from sftkit.recipe.trainer_args import unknown_names
+
+    assert unknown_names(DPOConfig, {"beta": 0.1}) == []
+    (problem,) = unknown_names(SFTConfig, {"beta": 0.1})
+    assert problem.path == "training.trainer_args.beta"

@@ -80,6 +80,7 @@ def _run(args: list[str], manager: SftkitPluginManager | None) -> int:
         click.echo("Aborted.", err=True)
         return EXIT_INTERNAL
     except RunInterrupted as exc:  # not an error: the run stopped where it was told to
+        current().close()  # below the progress lines of the stage it stopped
         click.echo(str(exc), err=True)
         return exc.exit_code
     except SftkitError as exc:

@@ -82,6 +82,8 @@ def run_command(
     use_cpu_thread_policy(resolved.recipe.hardware.gpu)  # before torch loads
     from sftkit.preflight import check as check_before_loading
 
+    if not force:  # a recipe that does not fit says so first (exit 3), whatever the machine
+        fits_or_exit_3(resolved)
     check_before_loading(resolved, machine=True)  # the evaluators' check imports torch
     from sftkit.evaluation.runner import check_evaluators
 
@@ -123,6 +125,17 @@ def _took(elapsed: float, run_dir: Path) -> str:
         f"{_duration(sum(parts) + elapsed)} over {len(parts) + 1} parts "
         f"(this one {_duration(elapsed)})"
     )
+
+
+def fits_or_exit_3(resolved: ResolvedRecipe) -> None:
+    """The memory pre-flight, torch-free; the plan stage runs it again (with --force too)."""
+    import contextlib
+
+    from sftkit.errors import UnknownArchitectureError
+    from sftkit.memory import preflight
+
+    with contextlib.suppress(UnknownArchitectureError):  # the plan stage says so
+        preflight(resolved)
 
 
 def resume_command(

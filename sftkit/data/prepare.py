@@ -109,19 +109,27 @@ def _fingerprinted(name: str, options: Any) -> dict[str, Any]:
     }
 
 
+def _shadowing(resolved: ResolvedRecipe, component: Any) -> dict[str, str]:
+    """A plugin's format that took a built-in's name is told apart from the built-in (whose
+    fingerprint stays what it always was)."""
+    shadowing = resolved.registry.formats.shadowed().get(component.spec.name)
+    if shadowing and shadowing[0].plugin == component.plugin:
+        return {"plugin": component.plugin}
+    return {}
+
+
 def fingerprint(resolved: ResolvedRecipe) -> str:
     mixture = resolved.recipe.data.mixture
     if mixture is not None:
         section = mixture.model_dump(mode="json", exclude={"skip_bad_rows"})
         for source, component in zip(section["datasets"], resolved.mixture, strict=True):
             source["format"]["options"] = _fingerprinted(component.spec.name, component.options)
+            source["format"].update(_shadowing(resolved, component))
         payload: dict[str, Any] = {"format": "mixture", "mixture": section}
     else:
         name = resolved.data_format.spec.name
         payload = {"format": name, "options": _fingerprinted(name, resolved.data_format.options)}
-        shadowing = resolved.registry.formats.shadowed().get(name)
-        if shadowing and shadowing[0].plugin == resolved.data_format.plugin:
-            payload["plugin"] = resolved.data_format.plugin  # not the built-in's data
+        payload.update(_shadowing(resolved, resolved.data_format))
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

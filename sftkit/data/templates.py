@@ -17,6 +17,7 @@ Encode both with ``add_special_tokens=False`` (the text already carries them): s
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +73,34 @@ def _eos(tokenizer: Any) -> str:
     return str(eos)
 
 
+def _literal(text: str) -> str:
+    """`text` as a Jinja string literal (JSON's escapes are Jinja's)."""
+    return json.dumps(text, ensure_ascii=False)
+
+
+_BOS = "{% if bos_token %}{{ bos_token }}{% endif %}"
+
+
 class TutorTemplate:
     """The seed's plain tutor prompt: instruction, question, then the worked answer + EOS."""
 
     def __init__(self, options: Any) -> None:
         self.options = options
+
+    def export_chat_template(self, tokenizer: Any) -> str:
+        """A chat template giving this template's text: one user message is the question
+        (``Question: ...``), longer conversations one ``Role: content`` line per message, the
+        generation prompt ``Answer:`` (what evaluation prompts with)."""
+        head = f"{self.options.instruction}\n\n" if self.options.instruction else ""
+        return (
+            f"{_BOS}{{{{ {_literal(head)} }}}}"
+            "{% if messages|length == 1 and messages[0]['role'] == 'user' %}"
+            "{{ 'Question: ' + messages[0]['content'] + '\\n' }}"
+            "{% else %}{% for m in messages %}"
+            "{{ m['role']|capitalize + ': ' + m['content'] + '\\n' }}"
+            "{% endfor %}{% endif %}"
+            "{% if add_generation_prompt %}{{ 'Answer:\\n' }}{% endif %}"
+        )
 
     def prompt_text(self, example: Example, tokenizer: Any) -> str:
         bos = getattr(tokenizer, "bos_token", None) or ""
@@ -124,6 +148,36 @@ class ChatTemplate:
         self.options = options
         override = getattr(options, "chat_template", None)
         self.chat_template: str | None = jinja_source(override) if override else None
+
+    def export_chat_template(self, tokenizer: Any) -> str:
+        """The chat template training rendered with (the override or the tokenizer's), with
+        this template's own additions made in Jinja: the instruction after a lone question,
+        the system message when the conversation has none."""
+        base = self.chat_template or getattr(tokenizer, "chat_template", None)
+        if not base:
+            raise self._no_template(tokenizer)
+        o = self.options
+        lines = ["{%- set ns = namespace(messages=[]) -%}"]
+        if o.system:
+            lines.append(
+                "{%- if not (messages|selectattr('role', 'equalto', 'system')|list) -%}"
+                f"{{%- set ns.messages = [{{'role': 'system', 'content': {_literal(o.system)}}}] -%}}"
+                "{%- endif -%}"
+            )
+        if o.instruction:
+            lines.append(
+                "{%- set lone = messages|length == 1 and messages[0]['role'] == 'user' -%}"
+                "{%- for m in messages -%}"
+                "{%- if lone -%}"
+                f"{{%- set ns.messages = ns.messages + [{{'role': 'user', 'content': "
+                f"m['content'] + {_literal(chr(10) * 2 + o.instruction)}}}] -%}}"
+                "{%- else -%}{%- set ns.messages = ns.messages + [m] -%}{%- endif -%}"
+                "{%- endfor -%}"
+            )
+        else:
+            lines.append("{%- set ns.messages = ns.messages + messages -%}")
+        lines.append("{%- set messages = ns.messages -%}")
+        return "".join(lines) + base
 
     def cache_identity(self) -> str | None:
         """What decides the text beyond the options: the override's Jinja (a file's
@@ -197,6 +251,14 @@ class ChatTemplate:
         return out
 
     @staticmethod
+    def _no_template(tokenizer: Any) -> DataError:
+        return DataError(
+            f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template.",
+            hint="Set data.template.options.chat_template (inline Jinja or a file), use "
+            "data.template.name=tutor, or a tokenizer that ships a chat template.",
+        )
+
+    @staticmethod
     def _not_prefix(tokenizer: Any, example: Example) -> DataError:
         return DataError(
             f"example {example.id}: the chat template of "
@@ -231,11 +293,7 @@ class ChatTemplate:
         tools: list[dict[str, Any]] | None = None,
     ) -> str:
         if self.chat_template is None and not getattr(tokenizer, "chat_template", None):
-            raise DataError(
-                f"tokenizer {getattr(tokenizer, 'name_or_path', '?')!r} has no chat template.",
-                hint="Set data.template.options.chat_template (inline Jinja or a file), use "
-                "data.template.name=tutor, or a tokenizer that ships a chat template.",
-            )
+            raise self._no_template(tokenizer)
         try:
             # tools and an override only when there are some: what a tokenizer is asked
             # otherwise stays the plain call every template takes

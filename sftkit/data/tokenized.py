@@ -5,11 +5,12 @@ run, resume or ``sftkit prepare-data`` with the same inputs, without tokenizing.
 
 The key is a hash of everything that decides the ids (`cache_inputs`): the prepared split
 (its sha256, and the sources and their checksums it was prepared from), the format and its
-options, the template and its options (and a chat template file's content), the reasoning setting, the
-tokenizer (vocabulary, merges, special tokens,
-chat template), the maximum length, completion-only loss, the objective and sftkit's version.
-Any change gives another key and a fresh build; the older builds of the split are pruned to
-the last `KEPT`. An entry appears whole or not at all (written beside, then renamed).
+options, the template and its options (and a chat template file's content), the reasoning
+setting, the tokenizer (vocabulary, merges, special tokens, chat template), the maximum
+length, completion-only loss, the objective and sftkit's version. Any change gives another
+key and a fresh build; the older builds of the split are pruned to the last `KEPT`. An entry
+appears whole or not at all (written beside, then renamed), also when several processes
+(the ranks of a launch) build it at once.
 """
 
 from __future__ import annotations
@@ -176,9 +177,8 @@ def tokenized_split(
             return Dataset.load_from_disk(str(target))
     with progress.current().stage(f"tokenize {split.name}", len(split)) as stage:
         text = split.path.read_text(encoding="utf-8")
-        lines = [
-            line for line in text.split("\n") if line.strip()
-        ]  # not splitlines: U+2028 is text
+        # split on newlines only (not splitlines: a U+2028 inside a JSON string is text)
+        lines = [line for line in text.split("\n") if line.strip()]
         procs = workers(len(lines), recipe.data.num_proc)
         dataset = Dataset.from_dict({"example": lines}).map(
             _encode_batch,
@@ -196,14 +196,18 @@ def tokenized_split(
             desc=f"tokenizing {split.name}",
         )
         stage.update(len(lines), note=f"{procs} worker{'s' if procs != 1 else ''}")
-        building = root / f".{split.name}-{key}.partial"
+        # each process builds beside the target under its own name (the ranks of a launch
+        # may all get here at once), then renames it into place; the first one wins
+        building = root / f".{split.name}-{key}.partial-{os.getpid()}"
         shutil.rmtree(building, ignore_errors=True)
         dataset.save_to_disk(str(building))
         (building / "inputs.json").write_text(json.dumps(inputs, indent=2) + "\n")
-        if target.exists():  # a concurrent build finished first: same key, same content
-            shutil.rmtree(building, ignore_errors=True)
-        else:
+        try:
             os.replace(building, target)
+        except OSError:  # another process's build is there: same key, same content
+            if not (target / "inputs.json").is_file():
+                raise
+            shutil.rmtree(building, ignore_errors=True)
         _prune(root, split.name, keep=target)
     return Dataset.load_from_disk(str(target))
 

@@ -86,6 +86,7 @@ def export_run(
             quantized = None
             if not adapter:
                 dtype = dtype or str((record.section("model") or {}).get("dtype", ""))
+        _write_chat_template(run_dir, partial)
         card = model_card(
             record,
             merged=merge,
@@ -116,6 +117,27 @@ def export_run(
 
         result.pushed_to = push_folder(out, push_to_hub, private=private)
     return result
+
+
+def _write_chat_template(run_dir: Path, out: Path) -> None:
+    """Save the exported tokenizer with a chat template that renders what training saw (the
+    run's prompt template as Jinja), so `apply_chat_template` prompts the model as sftkit's
+    evaluation does. A plugin's template that cannot write one leaves the tokenizer's."""
+    from transformers import AutoTokenizer
+
+    from sftkit.modeling.trained import run_recipe
+    from sftkit.specs import load_factory
+
+    resolved = run_recipe(run_dir)
+    template = load_factory(resolved.template.spec.factory)(resolved.template.options)
+    export = getattr(template, "export_chat_template", None)
+    if export is None:
+        return
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(out), trust_remote_code=resolved.recipe.model.trust_remote_code
+    )
+    tokenizer.chat_template = export(tokenizer)
+    tokenizer.save_pretrained(str(out))
 
 
 def remove_abandoned_partials(out: Path) -> list[Path]:

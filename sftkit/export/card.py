@@ -81,9 +81,15 @@ def model_card(
     return "\n".join(lines)
 
 
+USAGE_QUESTION = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips "
+    "in May. How many clips did Natalia sell altogether in April and May?"
+)
+
+
 def _usage(base: str, merged: bool, adapter: bool, name: str) -> list[str]:
     if adapter and not merged:
-        return [
+        load = [
             "from peft import PeftModel",
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
             "",
@@ -91,11 +97,24 @@ def _usage(base: str, merged: bool, adapter: bool, name: str) -> list[str]:
             f'model = PeftModel.from_pretrained(base, "{name}")',
             f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
         ]
+    else:
+        load = [
+            "from transformers import AutoModelForCausalLM, AutoTokenizer",
+            "",
+            f'model = AutoModelForCausalLM.from_pretrained("{name}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
+        ]
+    # the export's chat template renders the prompt exactly as training did
     return [
-        "from transformers import AutoModelForCausalLM, AutoTokenizer",
+        *load,
         "",
-        f'model = AutoModelForCausalLM.from_pretrained("{name}")',
-        f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
+        'messages = [{"role": "user", "content": "' + USAGE_QUESTION + '"}]',
+        "inputs = tokenizer.apply_chat_template(",
+        '    messages, add_generation_prompt=True, return_tensors="pt", return_dict=True',
+        ")",
+        "output = model.generate(**inputs, max_new_tokens=256, do_sample=False)",
+        'print(tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], '
+        "skip_special_tokens=True))",
     ]
 
 

@@ -305,8 +305,6 @@ def validate_recipe_data(
         problems.extend(_component_problems_raw(data, registry))
         raise RecipeError(_unique(problems), source=source) from None
 
-    args_problems, notes = trainer_args_problems(recipe.training.trainer_args)
-    problems.extend(args_problems)
     engine = _resolve_engine(recipe.distributed, registry, problems)
     if engine is not None:
         recipe = recipe.model_copy(update={"distributed": engine[1]})
@@ -337,6 +335,16 @@ def validate_recipe_data(
     problems.extend(_attention_problems(recipe))
     problems.extend(_named(recipe.training.loss, "training.loss", registry.loss_heads, ("auto",)))
     problems.extend(_named(recipe.training.objective, "training.objective", registry.objectives))
+    objectives = registry.objectives
+    config = (  # the list checks SFTConfig's names; another objective's class checks later
+        objectives.get(recipe.training.objective).config
+        if recipe.training.objective in objectives
+        else None
+    )
+    args_problems, notes = trainer_args_problems(
+        recipe.training.trainer_args, *([config] if config else [])
+    )
+    problems.extend(args_problems)
     parts: Composition | None = None
     if strategy:
         try:

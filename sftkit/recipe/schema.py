@@ -263,7 +263,7 @@ class TrainingSection(Strict):
     trainer_args: dict[str, Any] = Field(
         default_factory=dict,
         description="TRL SFTConfig options passed through unchanged (dataloader_num_workers, "
-        "loss_type, torch_compile, ...); names sftkit sets from the recipe are refused "
+        "loss_type, tf32, ...); names sftkit sets from the recipe are refused "
         "(sftkit.recipe.trainer_args).",
     )
 

@@ -7,8 +7,8 @@
 - regional compilation (``training.compile``): ``torch.compile`` of each decoder layer in
   place; the layers share one graph, so the first step compiles one layer, not the model.
 
-The decoder layers are the modules transformers checkpoints as units (its
-``GradientCheckpointingLayer`` subclasses), so no architecture is named here.
+The decoder layers are the modules transformers builds on its `GradientCheckpointingLayer`
+(every decoder layer since 4.53), so no architecture is named here.
 """
 
 from __future__ import annotations

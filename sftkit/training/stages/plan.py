@@ -51,9 +51,9 @@ def plan(resolved: ResolvedRecipe, request: RunRequest, say: Callable[..., None]
     run_plan = plan_run(paths, resolved, resume=request.resume, weights_only=request.weights_only)
     if run_plan.kind == "done":  # nothing to do: not even the lock file is written
         return Planned(resolved, paths, run_plan, (*notes, *run_plan.notes), {}, "")
+    estimate = preflight(resolved, force=request.force, echo=say)
     # Every problem that needs no heavy import, at once (data files, CUDA, offline cache).
     check_before_loading(resolved, machine=True)
-    estimate = preflight(resolved, force=request.force, echo=say)
     device = check_device(resolved)
     # Refuses an environment that contradicts the recipe; else what to say at the start.
     conditions = check_conditions(resolved, device, paths if request.resume else None)

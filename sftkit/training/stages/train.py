@@ -181,16 +181,15 @@ def trainer_config_kwargs(ctx: RunContext) -> dict[str, Any]:
     )
     # defaults the recipe's trainer_args may change, what sftkit sets, trainer_args
     defaults = {**data_workers(ctx.device, local_world_size()), **trl_config_kwargs()}
-    return {**defaults, **built, **passed_through(built, t)}
+    objective = ctx.resolved.registry.objectives.get(t.objective)
+    return {**defaults, **built, **passed_through(built, t, load_factory(objective.config))}
 
 
-def passed_through(built: dict[str, Any], t: Any) -> dict[str, Any]:
+def passed_through(built: dict[str, Any], t: Any, config_class: Any) -> dict[str, Any]:
     """``training.trainer_args``, refused where it names an option sftkit set for this run
-    (a plugin engine's, say) or one the installed TRL lacks (a list for another TRL could
-    not tell at validation)."""
-    from trl import SFTConfig
-
-    problems = unknown_names(SFTConfig, t.trainer_args)
+    (a plugin engine's, say) or one the objective's config class lacks (a list for another
+    TRL, or another class, could not tell at validation)."""
+    problems = unknown_names(config_class, t.trainer_args)
     problems += [
         Problem(f"{KEY}.{name}", f"sftkit sets {name} for this run ({built[name]!r}).")
         for name in t.trainer_args

@@ -9,11 +9,15 @@ when a run needs it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Annotated
 
 import click
 from pydantic import Field
 
 from sftkit import Blockwise8bitState, DenseMomentState, OptimizerSpec, Options, hookimpl
+
+# Each beta interpolates between the momentum and the gradient: in [0, 1).
+Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
 class LionOptions(Options):
@@ -21,7 +25,7 @@ class LionOptions(Options):
     paper recommends an lr 3-10x smaller and a weight decay 3-10x larger than AdamW's."""
 
     lr: float = Field(default=3e-5, gt=0)
-    betas: tuple[float, float] = (0.9, 0.99)
+    betas: tuple[Beta, Beta] = (0.9, 0.99)
     weight_decay: float = Field(default=0.0, ge=0)
 
 
