@@ -24,7 +24,7 @@ PYTHON=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 args=(--out "$OUT" --device "${DEVICE:-cuda}" --budget-s "${BUDGET_S:-420}"
-      --deadline-s "${DEADLINE_S:-525}" --stages "${STAGES:-setup,model,cap,speed,fast,grid,tests}"
+      --deadline-s "${DEADLINE_S:-525}" --stages "${STAGES:-setup,model,cap,speed,fast,eval,grid,tests}"
       --bench-dir "${BENCH_DIR:-$ROOT/.bench}" --shared-dir "${SHARED_DIR:-$ROOT/.gpu-shared}")
 [ "${TINY:-0}" = 1 ] && args+=(--tiny)
 [ -n "${LIMIT:-}" ] && args+=(--limit "$LIMIT")

@@ -482,7 +482,9 @@ def test_session_eval_stage_on_cpu(tmp_path):
     assert variants["new"]["merged_copy_used"]  # NF4 base, and host RAM has room for the copy
     for v in variants.values():
         assert v["n"] == 8 and v["problems_per_second"] > 0
-        assert v["gsm8k_test_seconds"] == pytest.approx(1319 * v["seconds"] / 8, rel=0.02)
+        # the line rounds seconds to 0.01 s, so the extrapolation may differ by 1319/8 of that
+        slack = 1319 / 8 * 0.005 + 0.05
+        assert v["gsm8k_test_seconds"] == pytest.approx(1319 * v["seconds"] / 8, abs=slack)
     assert "## Evaluation: the GSM8K test" in (out / "report.md").read_text()
 
 
