@@ -86,7 +86,6 @@ class MemoryTerm:
 #: the allocator above that: its margin), ``outside`` (device memory the allocator never sees:
 #: the CUDA context, NCCL's buffers). Each figure includes the ones before it.
 Figure = Literal["allocated", "reserved", "outside"]
-FIGURES: tuple[str, ...] = ("allocated", "reserved", "device_used")
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,6 @@ from sftkit.errors import TrainingDivergedError
 from sftkit.progress import Display, Stage, console_display, current
 from sftkit.training.context import RunContext
 
-# Key names in metrics.jsonl (the trainer's own names, plus ours).
-SUMMARY_KEYS = ("train_runtime", "train_loss", "train_samples_per_second", "train_steps_per_second")
-
 
 def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
