@@ -37,27 +37,27 @@ def admits_bool(annotation: Any) -> bool:
     return annotation not in (int, float, type(None))
 
 
-def reject_bool_for_number(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
-    """A before-validator body: `true` given for a number is an error, not 1."""
-    if isinstance(value, bool) and info.field_name is not None:
-        field_info = model.model_fields.get(info.field_name)
-        if field_info is not None and not admits_bool(field_info.annotation):
-            raise PydanticCustomError(
-                "bool_not_number", "Input should be a number, not true or false"
-            )
-    return value
-
-
-class Options(BaseModel):
-    """Base class for a component's options model: strict, unknown keys are errors, numbers
-    are finite and never a boolean."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+class NumbersNotBools(BaseModel):
+    """A model whose int and float fields refuse `true`/`false` (pydantic would read `true`
+    as 1): the base of component options and of the recipe schema's sections."""
 
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
-        return reject_bool_for_number(cls, value, info)
+        if isinstance(value, bool) and info.field_name is not None:
+            field_info = cls.model_fields.get(info.field_name)
+            if field_info is not None and not admits_bool(field_info.annotation):
+                raise PydanticCustomError(
+                    "bool_not_number", "Input should be a number, not true or false"
+                )
+        return value
+
+
+class Options(NumbersNotBools):
+    """Base class for a component's options model: strict, unknown keys are errors, numbers
+    are finite and never a boolean."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NoOptions(Options):

@@ -28,8 +28,6 @@ PHASE_LABELS: dict[str, str] = {
     "later_steps": "later training steps",
     "evaluation": "evaluation",
 }
-TRAINING = ("forward_backward", "optimizer_step", "later_steps", "evaluation")
-ALL = PHASES
 
 Pool = Literal["device", "paged", "host"]
 Category = Literal[
