@@ -166,8 +166,33 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
         **{k: result.get(k) for k in ("tokens_per_second", "peak_allocated", "peak_reserved")},
         "peak_device_used": result.get("peak_device_used"),
         "host_max_rss": result.get("host_max_rss"),
+        "kernels": _kernels(spec, cuda=device["type"] == "cuda"),
         "measured": result,
     }
+
+
+# What the seed's script computes with on today's stack: transformers' SDPA with a padding
+# mask, TRL's chunked log-prob head (every SFTTrainer from TRL 1.15), no layer kernels.
+BASELINE_KERNELS = {
+    "attention": "sdpa",
+    "attention_detail": "sdpa, padded rows (one row per micro-batch: no padding, causal)",
+    "loss_head": "trl",
+    "layer_kernels": [],
+}
+
+
+def _kernels(spec: dict[str, Any], *, cuda: bool) -> dict[str, Any]:
+    """The attention kernel, loss head and layer kernels the run used (`benchmarks.point`)."""
+    if spec["role"] == "baseline":
+        return dict(BASELINE_KERNELS)
+    import yaml
+
+    from benchmarks.point import kernels_of
+    from sftkit.runpaths import RunPaths
+
+    path = RunPaths(Path(spec["out"]) / "runs" / spec["name"]).recipe
+    recipe = yaml.safe_load(path.read_text(encoding="utf-8")) if path.is_file() else None
+    return kernels_of(recipe, cuda=cuda)
 
 
 # --------------------------------------------------------------------------- driver

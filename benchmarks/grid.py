@@ -70,9 +70,16 @@ class Point:
     cap_gib: float | None = None
     # A recipe measured as it is (its own strategy and optimizer), only reshaped.
     recipe_file: str | None = None
+    # The fast and long-context points: their own name, switches, and packed rows of
+    # GSM8K-length documents (the grid's points train one long document per row).
+    label: str | None = None
+    extra: tuple[str, ...] = ()
+    packed: bool = False
 
     @property
     def name(self) -> str:
+        if self.label:
+            return self.label
         if self.cap_gib is not None:
             return f"seed-case-{self.strategy}+{self.optimizer}-cap{self.cap_gib:g}"
         gc = {True: "-gc", False: "-nogc", None: ""}[self.checkpointing]
@@ -97,7 +104,7 @@ class Point:
             out.append(f"training.micro_batch_size={self.batch}")
         if self.checkpointing is not None:
             out.append(f"training.gradient_checkpointing={str(self.checkpointing).lower()}")
-        return out
+        return [*out, *self.extra]
 
 
 def grid_points(seq_lens: tuple[int, ...] = SEQ_LENS) -> list[Point]:
@@ -113,6 +120,45 @@ def grid_points(seq_lens: tuple[int, ...] = SEQ_LENS) -> list[Point]:
         Point("qlora-nf4", "paged-adamw-8bit", None, None, None, cap_gib=CAP_GIB),
     ]
     return points
+
+
+FAST_RECIPE = "r1_gsm8k_qlora.yaml"
+FAST_CAP_GIB = 10.0  # the long-context pair: a cap whose largest row (about 31k tokens on
+# the 8B model, by the estimate) still trains a step in tens of seconds
+FAST_ROW = 8192  # packed rows where the s x s mask starts to cost
+
+
+def fast_points(max_context: int, seq_map: dict[int, int] | None = None) -> list[Point]:
+    """The fast and long-context points (issue 23), most informative first: the low-memory
+    recipe at 1 x 2048; at the largest row the estimator fits under a `FAST_CAP_GIB` cap
+    (`max_context`, found by ``estimate-memory --fit`` at that cap) and 5% above it (expect
+    it to run, then to run out of memory); packed rows with the dense mask against without
+    it; compiled decoder layers against eager ones. Each keeps its recipe's kernels."""
+
+    def seq(n: int) -> int:
+        return (seq_map or {}).get(n, n)
+
+    above = -(-int(max_context * 1.05) // 64) * 64
+    lowmem = dict(strategy="lowmem", optimizer="recipe", batch=1, checkpointing=None,
+                  recipe_file=LOWMEM_RECIPE, packed=True)  # fmt: skip
+    packed = dict(strategy="qlora-nf4", optimizer="paged-adamw-8bit", batch=1,
+                  checkpointing=True, recipe_file=FAST_RECIPE, packed=True)  # fmt: skip
+    mask_free = "training.mask_free_packing=true"
+    return [
+        Point(seq_len=seq(2048), label=f"fast-lowmem-s{seq(2048)}", **lowmem),  # type: ignore[arg-type]
+        Point(seq_len=max_context, cap_gib=FAST_CAP_GIB,
+              label=f"fast-lowmem-max-s{max_context}-cap{FAST_CAP_GIB:g}", **lowmem),  # type: ignore[arg-type]
+        Point(seq_len=above, cap_gib=FAST_CAP_GIB,
+              label=f"fast-lowmem-max+5pct-s{above}-cap{FAST_CAP_GIB:g}", **lowmem),  # type: ignore[arg-type]
+        Point(seq_len=seq(FAST_ROW), label=f"fast-packed-dense-mask-s{seq(FAST_ROW)}",
+              extra=("training.mask_free_packing=false",), **packed),  # type: ignore[arg-type]
+        Point(seq_len=seq(FAST_ROW), label=f"fast-packed-mask-free-s{seq(FAST_ROW)}",
+              extra=(mask_free,), **packed),  # type: ignore[arg-type]
+        Point(seq_len=seq(2048), label=f"fast-eager-s{seq(2048)}",
+              extra=(mask_free, "training.compile=false"), **packed),  # type: ignore[arg-type]
+        Point(seq_len=seq(2048), label=f"fast-compiled-s{seq(2048)}",
+              extra=(mask_free, "training.compile=true"), **packed),  # type: ignore[arg-type]
+    ]  # fmt: skip
 
 
 def session_points(
@@ -183,6 +229,7 @@ class Settings:
     timeout_s: int
     peak_tflops: float | None = None
     extra_overrides: list[str] = field(default_factory=list)
+    gsm8k_dir: str | None = None  # packed points' documents (else generated, same length)
 
 
 def point_spec(point: Point, settings: Settings) -> dict:

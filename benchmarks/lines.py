@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 LINE_SCHEMA = "sftkit-benchmark-line/1"
-STAGES = ("setup", "model", "cap", "speed", "eval", "grid", "tests")
+STAGES = ("setup", "model", "cap", "speed", "fast", "eval", "grid", "tests")
 KINDS = (*STAGES, "end")
 POINTS_FILE, LOG_FILE, REPORT_FILE = "points.jsonl", "run.log", "report.md"
 OUT_FILES = (POINTS_FILE, LOG_FILE, REPORT_FILE)
@@ -48,6 +48,7 @@ _BY_KIND: dict[str, dict[str, Any]] = {
     "model": {"model": dict},
     "cap": _POINT,
     "grid": _POINT,
+    "fast": {**_POINT, "kernels": dict},
     "speed": {"role": str, "device": dict, "versions": dict},
     "eval": {"eval_schema": str, "device": dict},
     "tests": {"returncode": int, "summary": str},
@@ -77,7 +78,7 @@ def validate_line(line: Any) -> list[str]:
     if kind not in KINDS:
         return [*problems, f"{name}: unknown kind (one of {', '.join(KINDS)})"]
     problems += _typed(line, _BY_KIND[kind], name)
-    if kind in ("cap", "grid") and not line.get("failed") and not problems:
+    if kind in ("cap", "grid", "fast") and not line.get("failed") and not problems:
         problems += _point_problems(line, name)
     return problems
 

@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from benchmarks.data import long_rows, write_jsonl
+from benchmarks.data import load_rows, long_rows, write_jsonl
 from benchmarks.flops import device_peak, flops_per_token, mfu
 from benchmarks.measure import Outcome, finish, is_out_of_memory, make_callback
 from benchmarks.phases import PhaseMeter
@@ -40,6 +40,8 @@ PACKAGES = (
     "triton",
     "sftkit",
 )
+LAYER_KERNELS = (("liger", "liger_kernels"), ("tiled_mlp", "tiled_mlp"), ("compiled", "compile"))
+PACKED_ROWS = 7473  # GSM8K's train split: enough documents for rows of tens of thousands
 LONG_ROWS = 48  # enough for (warm-up + measured steps) x micro-batch 4, plus a small dev split
 CLI = ("-c", "import sys; from sftkit.cli import run_cli; sys.exit(run_cli())")
 
@@ -262,10 +264,10 @@ def point_overrides(spec: dict[str, Any], device: dict[str, Any], data_dir: Path
     # micro-batch is then exactly batch x sequence tokens); the seed-case points run their
     # recipe as shipped; a recipe measured as it is (the low-memory one) keeps its kernels,
     # which may be part of what makes it light, and only loses packing (for the fixed shape).
-    if spec["point"].get("cap_gib"):
-        switches = []
-    elif spec["point"].get("recipe_file"):
-        switches = ["data.packing=false"]
+    if spec["point"].get("cap_gib") or spec["point"].get("packed"):
+        switches = []  # the seed case, and the fast points: packed rows, kernels as set
+    elif spec["point"].get("recipe_file"):  # mask-free packing goes with packing
+        switches = ["data.packing=false", "training.mask_free_packing=false"]
     else:
         switches = ["data.packing=false", "training.liger_kernels=false"]
     return [
@@ -293,6 +295,38 @@ def ensure_long_rows(data_dir: Path, min_words: int) -> Path:
     write_jsonl(long_rows(LONG_ROWS, min_words=min_words), data_dir / "train.jsonl")
     marker.write_text(json.dumps({"rows": LONG_ROWS, "min_words": min_words}))
     return data_dir
+
+
+def ensure_short_rows(data_dir: Path, gsm8k_dir: str | None) -> Path:
+    """GSM8K's train rows (or generated rows of their length) for packed points."""
+    if not (data_dir / "train.jsonl").is_file():
+        rows, _ = load_rows(Path(gsm8k_dir) if gsm8k_dir else None, PACKED_ROWS)
+        write_jsonl(rows, data_dir / "train.jsonl")
+    return data_dir
+
+
+def kernels_of(recipe: dict[str, Any] | None, *, cuda: bool) -> dict[str, Any]:
+    """What a run computed with, so that points compare like with like: the attention kernel
+    its rows went through, its loss head and its layer kernels (from the recipe it ran)."""
+    if not recipe:
+        return {}
+    from sftkit.attention import attention_for
+    from sftkit.memory.setup import loss_head
+    from sftkit.registry import default_registry
+
+    model, data, training = recipe["model"], recipe.get("data", {}), recipe.get("training", {})
+    attention = attention_for(
+        model.get("attn_implementation", "sdpa"),
+        packing=bool(data.get("packing")),
+        mask_free=bool(training.get("mask_free_packing")),
+        on_gpu=cuda,
+    )
+    return {
+        "attention": attention.implementation,
+        "attention_detail": attention.description,
+        "loss_head": loss_head(training.get("loss", "auto"), default_registry()).name,
+        "layer_kernels": [name for name, key in LAYER_KERNELS if training.get(key)],
+    }
 
 
 def seq_len_of(resolved_overrides: list[str], recipe: str) -> int:
@@ -324,7 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     meter = PhaseMeter(device_name)
     device = device_info(device_name, spec["point"].get("cap_gib"))
     seq_len = seq_len_of(spec["overrides"], spec["recipe"])
-    data_dir = ensure_long_rows(Path(settings["data_dir"]), min_words=seq_len + 16)
+    if spec["point"].get("packed"):  # documents of GSM8K's length, packed into each row
+        data_dir = ensure_short_rows(Path(settings["data_dir"]).parent / "packed-rows",
+                                     settings.get("gsm8k_dir"))  # fmt: skip
+    else:
+        data_dir = ensure_long_rows(Path(settings["data_dir"]), min_words=seq_len + 16)
     overrides = point_overrides(spec, device, data_dir)
     predicted = predict(spec["recipe"], overrides)
 
@@ -366,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         "versions": versions(),
         "predicted": predicted,
         "measured": result,
+        "kernels": kernels_of(resolved_recipe(spec), cuda=device["type"] == "cuda"),
         "wall_seconds": round(time.perf_counter() - started, 1),
     }
     result_path.parent.mkdir(parents=True, exist_ok=True)

@@ -36,7 +36,7 @@ from benchmarks.report import ERROR_TARGET_PCT, judge, predicted_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
-JUDGED_KINDS = ("cap", "grid")
+JUDGED_KINDS = ("cap", "grid", "fast")
 
 
 def result_files(root: Path = RESULTS) -> list[Path]:

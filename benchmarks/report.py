@@ -34,6 +34,7 @@ SESSION_SECTIONS = (
     "## Model",
     "## The seed's case under a 40 GiB cap",
     "## Speed: the seed's script against sftkit",
+    "## Fast and long-context points",
     "## Estimator grid",
     "## pytest -m gpu",
     "## Not started",
@@ -460,6 +461,13 @@ def render_session(lines: list[dict], *, not_started: list[str] | None = None) -
     else:
         out.append("_Not run._\n")
 
+    out.append("\n## Fast and long-context points\n\n")
+    fast = by_kind.get("fast") or []
+    if fast:
+        out.append(render_points(fast) + "\n" + render_kernels(fast))
+    else:
+        out.append("_Not run._\n")
+
     out.append("\n## Estimator grid\n\n")
     grid = by_kind.get("grid") or []
     if grid:
@@ -486,6 +494,22 @@ def render_session(lines: list[dict], *, not_started: list[str] | None = None) -
         if pending
         else "Nothing: every planned piece of work started.\n"
     )
+    return "".join(out)
+
+
+def render_kernels(lines: list[dict]) -> str:
+    """What each point computed with (attention, loss head, layer kernels) and its speed."""
+    out = ["| point | attention | loss head | layer kernels | tokens/s | ran |\n",
+           "|---|---|---|---|---:|---|\n"]  # fmt: skip
+    for line in lines:
+        k, m = line.get("kernels") or {}, line.get("measured") or {}
+        ran = "OOM" if m.get("oom") else "yes" if m.get("completed") else "no"
+        tps = m.get("tokens_per_second")
+        out.append(
+            f"| {line.get('name')} | {k.get('attention', '?')} | {k.get('loss_head', '?')} | "
+            f"{', '.join(k.get('layer_kernels') or []) or '-'} | "
+            f"{'-' if tps is None else f'{tps:.0f}'} | {ran} |\n"
+        )
     return "".join(out)
 
 

@@ -11,7 +11,11 @@ architecture from the carried config with random weights, drawn on the device an
 once as safetensors: every point loads it through ``from_pretrained``, which quantizes on
 the way in), ``cap`` (the seed's case under a 40 GiB cap: full SFT must run out of memory at
 the first optimizer step, QLoRA must train), ``speed`` (the seed's plain TRL script against
-``r1_gsm8k_qlora.yaml``, and the low-memory recipe when it exists), ``grid`` (estimator
+``r1_gsm8k_qlora.yaml``, and the low-memory recipe when it exists), ``fast`` (the fast and
+long-context points, `benchmarks.grid.fast_points`: the low-memory recipe at 1 x 2048, at
+the largest row ``estimate-memory --fit`` predicts under a 10 GiB cap and 5% above it, dense
+against mask-free packing, compiled against eager; each line says its attention kernel,
+loss head and layer kernels), ``grid`` (estimator
 points, most informative first, as many as the budget leaves), ``tests`` (``pytest -m
 gpu``). No new work starts after ``--budget-s`` seconds; whatever runs is killed at
 ``--deadline-s``. Every point runs in a process of its own, so an out-of-memory error or a
@@ -73,6 +77,10 @@ TINY_SPEED_OVERRIDES = (
     "data.format.options.dev_size=4",
 )
 TINY_BASELINE_OVERRIDES = {"gradient_accumulation_steps": 1, "max_length": 256}
+# The fast points' rows on the tiny model: 2048 and 8192 stand in as 128 and 256; the
+# "largest row" (no cap on a CPU) as 192.
+TINY_FAST_SEQ = {2048: 128, 8192: 256}
+TINY_MAX_CONTEXT = 192
 # The evaluation point: problems per variant and the budget every variant generates (random
 # weights never stop early, so each output runs all of it; the 1,319-problem time is
 # extrapolated from the rate).
@@ -369,6 +377,7 @@ class Session:
         from benchmarks.grid import Settings
 
         extra = [*TINY_OVERRIDES, *(TINY_CAP_OVERRIDES if kind == "cap" else ())]
+        gsm8k = self.config.shared / GSM8K_DIR.relative_to(".gpu-shared")
 
         return Settings(
             model_dir=str(self.model_dir),
@@ -380,7 +389,49 @@ class Session:
             timeout_s=int(self.config.point_timeout_s),
             peak_tflops=self.config.peak_tflops,
             extra_overrides=extra if self.config.tiny else [],
+            gsm8k_dir=str(gsm8k) if gsm8k.is_dir() else None,
         )
+
+    def stage_fast(self) -> None:
+        """The fast and long-context points (`benchmarks.grid.fast_points`): the largest row
+        the estimator fits under the cap is asked of `estimate-memory --fit` first."""
+        from benchmarks.grid import FAST_CAP_GIB, LOWMEM_RECIPE, RECIPES, fast_points
+
+        if self.config.tiny:
+            max_context = TINY_MAX_CONTEXT  # no cap on a CPU: a row the tiny model times
+        else:
+            max_context = self._max_context(RECIPES / LOWMEM_RECIPE, FAST_CAP_GIB)
+            if max_context is None:
+                return
+        points = fast_points(max_context, TINY_FAST_SEQ if self.config.tiny else None)
+        if self.config.tiny and self.config.limit is None:
+            # the rehearsal's budget holds one: the low-memory recipe's every switch, packed
+            points = [p for p in points if p.name.startswith("fast-lowmem-max-")]
+        if self.config.limit is not None:
+            points = points[: self.config.limit]
+        for point in points:
+            if self.may_start(point.name):
+                self.run_point("fast", point)
+
+    def _max_context(self, recipe: Path, cap_gib: float) -> int | None:
+        started = self.elapsed()
+        command = [sys.executable, "-c", "import sys; from sftkit.cli import run_cli; "
+                   "sys.exit(run_cli())", "estimate-memory", str(recipe),
+                   f"model.name_or_path={self.model_dir}", "evaluation.before_training=false",
+                   "evaluation.after_training=false", f"--gpu={cap_gib:g}GiB", "--fit",
+                   "--json"]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
+        try:
+            found = json.loads(done.stdout)["fit_search"]["training.max_seq_length"]["value"]
+        except (ValueError, KeyError, TypeError):
+            found = None
+        if not found:
+            self.say(f"fast: no largest row from estimate-memory --fit ({done.stderr[-300:]})")
+            self.not_started.append("fast (no predicted maximum context)")
+            return None
+        self.say(f"fast: largest row under a {cap_gib:g} GiB cap: {found} tokens "
+                 f"({self.elapsed() - started:.0f} s)")  # fmt: skip
+        return int(found)
 
     def stage_points(self, kind: str) -> None:
         from benchmarks.grid import grid_points, session_points
@@ -585,6 +636,7 @@ class Session:
             "model": self.stage_model,
             "cap": lambda: self.stage_points("cap"),
             "speed": self.stage_speed,
+            "fast": self.stage_fast,
             "eval": self.stage_eval,
             "grid": lambda: self.stage_points("grid"),
             "tests": self.stage_tests,
@@ -592,7 +644,7 @@ class Session:
         for stage in self.config.stages:
             self.say(f"=== {stage} ===")
             if (
-                stage in ("cap", "speed", "eval", "grid")
+                stage in ("cap", "speed", "fast", "eval", "grid")
                 and self.model_dir is None
                 and not self.stopped
             ):

@@ -13,7 +13,11 @@ packed position ids into a block-diagonal s x s mask for SDPA and eager; with
 - on CUDA, transformers' ``flex_attention`` with a document-causal block mask (a few
   integers per 128 x 128 tile, built from the position ids);
 - elsewhere (the CPU: flex attention has no CPU backward), causal SDPA run once per packed
-  document (`sftkit.modeling.attention`), no mask tensor at all.
+  document, no mask tensor at all.
+
+The model loads with sftkit's registered implementation for both of the last two
+(`sftkit.modeling.attention`), which leaves padded rows and generation to SDPA; the
+estimate prices the kernel the packed rows go through.
 """
 
 from __future__ import annotations

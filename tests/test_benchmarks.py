@@ -451,7 +451,9 @@ def test_session_rehearsal_one_point_per_stage_on_cpu(tmp_path):
         assert run["measured"]["completed"], run
         assert run["tokens_per_second"] > 0 and run["mean_tokens_per_example"] > 50
         assert run["peak_device_used"] is None and run["host_max_rss"] > 0
-    assert speed["baseline"]["micro_batch_size"] == 4
+    assert speed["baseline"]["micro_batch_size"] == 1  # the seed's 1 x 8 (8 -> 1 tiny)
+    assert speed["baseline"]["kernels"]["loss_head"] == "trl"
+    assert speed["sftkit"]["kernels"]["attention"] == "sdpa"  # the recipe's dense mask
     assert speed["sftkit"]["recipe_file"] == "r1_gsm8k_qlora.yaml"
 
     report = (out / "report.md").read_text()
@@ -480,7 +482,9 @@ def test_session_eval_stage_on_cpu(tmp_path):
     assert variants["new"]["merged_copy_used"]  # NF4 base, and host RAM has room for the copy
     for v in variants.values():
         assert v["n"] == 8 and v["problems_per_second"] > 0
-        assert v["gsm8k_test_seconds"] == pytest.approx(1319 * v["seconds"] / 8, rel=0.02)
+        # the line rounds seconds to 0.01 s, so the extrapolation may differ by 1319/8 of that
+        slack = 1319 / 8 * 0.005 + 0.05
+        assert v["gsm8k_test_seconds"] == pytest.approx(1319 * v["seconds"] / 8, abs=slack)
     assert "## Evaluation: the GSM8K test" in (out / "report.md").read_text()
 
 
@@ -573,7 +577,7 @@ def test_line_schema_names_what_is_missing():
         "end 'x': 'budget_s' is bool"
     ]
     assert validate_line(_line("nope")) == ["nope 'x': unknown kind (one of setup, model, "
-                                            "cap, speed, eval, grid, tests, end)"]  # fmt: skip
+                                            "cap, speed, fast, eval, grid, tests, end)"]  # fmt: skip
     point = _line(
         point={}, device={}, versions={}, predicted={"phases": {}},
         measured={"completed": True, "phases": {"load": {"seconds": 1}}},
@@ -870,3 +874,41 @@ def test_optimizer_state_census_counts_shared_storage_once():
         "device": 3 * (2 * 8192 + 2 * 32 * 4) + 2 * 256 * 4,
         "paged": 0,
     }
+
+
+def test_the_seed_baseline_uses_the_seeds_exact_settings():
+    from benchmarks.seed_baseline import SEED_LORA, SEED_TRAINING, formatting_func
+
+    assert "target_modules" not in SEED_LORA  # PEFT's default for Llama: q_proj, v_proj
+    assert (SEED_LORA["r"], SEED_LORA["lora_alpha"], SEED_LORA["lora_dropout"]) == (32, 16, 0.05)
+    assert SEED_TRAINING == {
+        "num_train_epochs": 1,
+        "per_device_train_batch_size": 1,
+        "gradient_accumulation_steps": 8,
+        "learning_rate": 5e-5,
+        "logging_steps": 10,
+        "save_strategy": "epoch",
+        "max_length": 2048,
+        "gradient_checkpointing": True,
+        "optim": "paged_adamw_8bit",
+    }
+    text = formatting_func({"question": "1 + 1?", "answer": "2\n#### 2"})
+    assert text.startswith("You are a careful math tutor.")
+    assert text.endswith("Problem:\n1 + 1?\n\nSolution:\n2\n#### 2")
+
+
+def test_fast_points_run_the_long_context_pair_around_the_prediction():
+    from benchmarks.grid import FAST_CAP_GIB, fast_points
+
+    points = fast_points(30912)
+    names = [p.name for p in points]
+    assert names[0] == "fast-lowmem-s2048"
+    assert names[1:3] == [
+        f"fast-lowmem-max-s30912-cap{FAST_CAP_GIB:g}",
+        f"fast-lowmem-max+5pct-s32512-cap{FAST_CAP_GIB:g}",
+    ]
+    assert all(p.packed for p in points)
+    dense, free = points[3], points[4]
+    assert "training.mask_free_packing=false" in dense.overrides()
+    assert "training.mask_free_packing=true" in free.overrides()
+    assert "training.compile=true" in points[6].overrides()

@@ -93,14 +93,16 @@ def _documents():
 
 
 def _packed_loss(model, docs):
+    device = docs[0].device
     ids = torch.cat(docs)[None]
-    positions = torch.cat([torch.arange(len(d)) for d in docs])[None]
+    positions = torch.cat([torch.arange(len(d), device=device) for d in docs])[None]
     labels = ids.clone()
     labels[positions == 0] = -100  # as TRL's padding-free collator does
     cu = torch.tensor([0, *torch.tensor([len(d) for d in docs]).cumsum(0).tolist()])
+    cu = cu.to(device=device, dtype=torch.int32)
     out = model(
         input_ids=ids, position_ids=positions, labels=labels, use_cache=False,
-        cu_seq_lens_q=cu.int(), cu_seq_lens_k=cu.int(),
+        cu_seq_lens_q=cu, cu_seq_lens_k=cu,
         max_length_q=max(LENGTHS), max_length_k=max(LENGTHS),
     )  # fmt: skip
     return out.loss
@@ -190,3 +192,84 @@ def test_long_context_recipe_fits_its_card():
     resolved = load_recipe("recipes/r1_longcontext_qlora.yaml", registry=fresh_registry())
     result = estimate(resolved, advise=False)
     assert result.fits and resolved.recipe.training.max_seq_length == 131_072
+
+
+def test_the_mask_function_builds_no_mask_only_for_whole_unpadded_rows():
+    from transformers.masking_utils import causal_mask_function
+
+    from sftkit.modeling.attention import sequence_sdpa_mask
+
+    whole = dict(batch_size=1, q_length=8, kv_length=8, q_offset=0, kv_offset=0,
+                 mask_function=causal_mask_function, device="cpu", dtype=torch.float32,
+                 allow_is_causal_skip=False)  # fmt: skip
+    assert sequence_sdpa_mask(attention_mask=None, **whole) is None
+    padded = torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    assert sequence_sdpa_mask(attention_mask=padded, **whole).shape[-2:] == (8, 8)
+    decoding = {**whole, "q_length": 1, "q_offset": 7}
+    assert (
+        sequence_sdpa_mask(attention_mask=torch.ones(1, 8, dtype=torch.bool), **decoding)
+        is not None
+    )
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_generation_with_the_mask_free_model_is_sdpas():
+    # evaluation after training generates with the model that trained: padded prompts and a
+    # KV cache go through transformers' SDPA, as without the switch
+    from sftkit.modeling.attention import register
+
+    register()
+    plain = _model("sdpa").eval()
+    packed = _model(SEQUENCE_SDPA, plain.state_dict()).eval()
+    ids = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    kwargs = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    assert torch.equal(packed.generate(ids, **kwargs), plain.generate(ids, **kwargs))
+
+
+@pytest.mark.gpu
+@pytest.mark.filterwarnings("ignore")
+def test_packed_rows_through_flex_attention_equal_documents_one_by_one_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    from sftkit.modeling.attention import register
+
+    register()
+    reference = _model("eager").cuda()
+    model = _model(SEQUENCE_SDPA, reference.state_dict()).cuda()
+    docs = [d.cuda() for d in _documents()]
+
+    def grads(m, fn):
+        m.zero_grad()
+        loss = fn(m, docs)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters()}
+
+    (loss_a, grads_a), (loss_b, grads_b) = (
+        grads(model, _packed_loss),
+        grads(reference, _one_by_one_loss),
+    )
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-4, atol=1e-5)
+    for name in grads_a:
+        torch.testing.assert_close(grads_a[name], grads_b[name], rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("tiled", [False, True], ids=["plain-mlp", "tiled-mlp"])
+def test_a_long_rows_live_tensors_stay_under_the_estimate(tmp_path, tiled):
+    # 1,024 tokens through 64-wide layers with a 704-wide MLP: the layers' backward peaks
+    # (not the loss). The estimate's "gradients in flight" is an upper bound, so the live
+    # peak is below it, but not by much; with tiles of 64 tokens it is a fifth.
+    pytest.importorskip("bitsandbytes")
+    from live_tensors import live_peak_and_prediction
+
+    config = {**LLAMA_LONG, "intermediate_size": 704}
+    training = f"max_seq_length: 1024, loss: chunked, tiled_mlp: {str(tiled).lower()}"
+    live, predicted = live_peak_and_prediction(tmp_path, config, training)
+    assert 0.8 * predicted <= live <= predicted
+
+
+LLAMA_LONG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+              "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "vocab_size": 256, "tie_word_embeddings": False,
+              "max_position_embeddings": 2048}  # fmt: skip

@@ -1,12 +1,19 @@
-"""Causal SDPA run once per packed document: packed rows without a mask tensor where
-neither FlashAttention's variable-length kernels nor flex attention's backward can run (the
-CPU). Registered with transformers' public ``AttentionInterface`` and
-``AttentionMaskInterface`` under `sftkit.attention.SEQUENCE_SDPA`.
+"""Packed rows without a dense mask, registered with transformers' public
+``AttentionInterface`` and ``AttentionMaskInterface`` under `sftkit.attention.SEQUENCE_SDPA`
+(what a recipe with ``training.mask_free_packing`` loads with, unless it uses FlashAttention).
 
 A packed row (TRL's padding-free collator) comes without an attention mask and with
 ``cu_seq_lens_q`` (or, without them, ``position_ids`` restarting at 0 per document); each
-document attends causally to itself alone, exactly as if it were run by itself. Anything
-else (a padding mask, a KV cache during generation) goes to transformers' own SDPA.
+document attends causally to itself alone, exactly as if it were run by itself:
+
+- on CUDA the mask function builds transformers' flex-attention ``BlockMask`` from the
+  packed position ids (document-causal, a few integers per 128 x 128 tile) and the forward
+  runs transformers' ``flex_attention_forward``;
+- elsewhere (the CPU: flex attention has no backward there) the mask is None and causal SDPA
+  runs once per document.
+
+Anything else (a padding mask, a KV cache while generating) gets transformers' own SDPA mask
+and forward, so evaluation after training runs as it would without the switch.
 """
 
 from __future__ import annotations
@@ -46,11 +53,17 @@ def sequence_sdpa_forward(
     scaling: float | None = None,
     is_causal: bool | None = None,
     **kwargs: Any,
-) -> tuple[Any, None]:
+) -> tuple[Any, Any]:
     import torch
     from torch.nn.functional import scaled_dot_product_attention
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if _is_block_mask(attention_mask):  # a packed row on CUDA
+        from transformers.integrations.flex_attention import flex_attention_forward
+
+        return flex_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, **kwargs
+        )
     rows, _, length, _ = query.shape
     spans = (
         []
@@ -83,13 +96,22 @@ def sequence_sdpa_forward(
 
 
 def sequence_sdpa_mask(*, attention_mask: Any = None, **kwargs: Any) -> Any:
-    """No mask for unpadded rows (the documents' boundaries travel in the kwargs);
-    transformers' SDPA mask for padded ones."""
-    if attention_mask is None:
-        return None
-    from transformers.masking_utils import sdpa_mask
+    """Whole unpadded rows (training): on CUDA flex attention's block mask from the packed
+    position ids (``mask_function`` already keeps the documents apart), elsewhere no mask
+    (the documents' boundaries travel in the kwargs). Padded rows, and queries that do not
+    start the row (a KV cache), get transformers' SDPA mask."""
+    from transformers.masking_utils import flex_attention_mask, sdpa_mask
 
+    whole_rows = kwargs.get("q_offset", 0) == 0 and kwargs["q_length"] == kwargs["kv_length"]
+    if attention_mask is None and whole_rows:
+        if str(kwargs.get("device", "cpu")).startswith("cuda"):
+            return flex_attention_mask(attention_mask=None, **kwargs)
+        return None
     return sdpa_mask(attention_mask=attention_mask, **kwargs)
+
+
+def _is_block_mask(mask: Any) -> bool:
+    return type(mask).__name__ == "BlockMask"
 
 
 def register() -> str:
@@ -114,4 +136,5 @@ def runtime_attention(recipe: Any, device: str) -> str:
         mask_free=recipe.training.mask_free_packing,
         on_gpu=not is_cpu(device),
     ).implementation
-    return register() if chosen == SEQUENCE_SDPA else chosen
+    # flex attention for packed rows on CUDA, SDPA for anything else: both behind sftkit's name
+    return register() if chosen in (SEQUENCE_SDPA, "flex_attention") else chosen
