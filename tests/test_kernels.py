@@ -40,6 +40,16 @@ def test_liger_on_cuda_needs_the_package(registry, monkeypatch):
         check_kernels(recipe, "cuda")
 
 
+def test_tiled_mlp_needs_the_package_on_any_device(registry, monkeypatch):
+    import importlib.util
+
+    recipe = _recipe(registry, "training.liger_kernels=false", "training.tiled_mlp=true")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(MissingDependencyError, match="liger-kernel") as info:
+        check_kernels(recipe, "cpu")
+    assert "training.tiled_mlp" in str(info.value) and info.value.exit_code == 2
+
+
 def test_the_recipe_still_validates_and_estimates_on_a_cpu_budget(registry):
     """The refusal is the run's, not validation's: a GPU recipe can be checked anywhere."""
     from sftkit.memory import estimate

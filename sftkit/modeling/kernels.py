@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 
 def check_kernels(recipe: Recipe, device: str) -> None:
     """Raise a typed error when the recipe's kernels cannot run on `device` ("cuda", "cpu")."""
+    if recipe.training.tiled_mlp and importlib.util.find_spec("liger_kernel") is None:
+        # liger-kernel's apply_tiled_mlp is plain torch: any device, but the package is needed
+        raise MissingDependencyError("liger-kernel", "training.tiled_mlp")
     if not recipe.training.liger_kernels:
         return
     if device != "cuda":
