@@ -430,6 +430,24 @@ class ObjectiveSpec:
             )
 
 
+@dataclass(frozen=True)
+class RewardSpec:
+    """A reward function, named in a reinforcement objective's ``rewards`` option (``grpo``).
+    `factory` names the function, imported only when a run uses it, with TRL's reward
+    signature: ``reward(prompts, completions, **columns) -> list[float | None]``, one score
+    per completion (None: not applicable), where `columns` are the training data's other
+    columns, among them ``reference_answer`` (the example's gold final answer, or None)."""
+
+    kind: ClassVar[str] = "reward"
+
+    name: str
+    summary: str
+    factory: str
+
+    def __post_init__(self) -> None:
+        _check_name(self)
+
+
 def _check_name(spec: Any) -> None:
     name = spec.name
     if not name or name != name.strip().lower() or " " in name:

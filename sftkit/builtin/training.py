@@ -1,5 +1,5 @@
-"""Built-in loss heads (``training.loss``) and the built-in training objectives (``sft``,
-``dpo``).
+"""Built-in loss heads (``training.loss``), the built-in training objectives (``sft``,
+``dpo``) and reward functions (``gsm8k-correct``, ``format``).
 
 A plugin adds either exactly like this module does: a `LossHeadSpec` whose `memory` declares
 what the head keeps (the estimator prices it from that alone) and whose factory computes it;
@@ -15,7 +15,7 @@ from pydantic import Field
 
 from sftkit.components.loss import LOSS_HEADS
 from sftkit.hookspecs import Register, hookimpl
-from sftkit.specs import LossHeadSpec, ObjectiveSpec, Options
+from sftkit.specs import LossHeadSpec, ObjectiveSpec, Options, RewardSpec
 
 # The loss types TRL 1.16's DPOTrainer computes (DPOConfig.loss_type; a test checks the
 # installed TRL names each).
@@ -90,5 +90,25 @@ def register_objectives(register: Register[ObjectiveSpec]) -> None:
             sequences_per_example=2,  # chosen and rejected, both through the model each step
             reference_copy=True,
             own_loss=True,
+        )
+    )
+
+
+@hookimpl(trylast=True)
+def register_rewards(register: Register[RewardSpec]) -> None:
+    register(
+        RewardSpec(
+            "gsm8k-correct",
+            "1 where the final answer equals the reference answer (the gsm8k evaluator's "
+            "extraction), else 0.",
+            "sftkit.training.rewards:gsm8k_correct",
+        )
+    )
+    register(
+        RewardSpec(
+            "format",
+            "1 where the answer ends with a '#### N' line (and an R1-style model closed its "
+            "</think>), else 0.",
+            "sftkit.training.rewards:answer_format",
         )
     )
