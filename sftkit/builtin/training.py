@@ -9,13 +9,17 @@ its data.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from sftkit.components.loss import LOSS_HEADS
+from sftkit.errors import Problem
 from sftkit.hookspecs import Register, hookimpl
 from sftkit.specs import LossHeadSpec, ObjectiveSpec, Options, RewardSpec
+
+if TYPE_CHECKING:
+    from sftkit.recipe.load import ResolvedRecipe
 
 # The loss types TRL 1.16's DPOTrainer computes (DPOConfig.loss_type; a test checks the
 # installed TRL names each).
@@ -36,6 +40,34 @@ class DpoOptions(Options):
         default_factory=lambda: list[DpoLoss](["sigmoid"]),
         min_length=1,
         description="TRL's DPO loss (sigmoid: the DPO paper's); several are summed.",
+    )
+
+
+class WeightedReward(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="A reward component (`sftkit list rewards`).")
+    weight: float = Field(default=1.0, description="Its weight in the summed reward.")
+
+
+class GrpoOptions(Options):
+    num_generations: int = Field(
+        default=4, ge=2, description="Completions sampled per prompt (a group; at least 2)."
+    )
+    max_completion_length: int = Field(
+        default=256, ge=1, description="Most tokens generated per completion."
+    )
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature.")
+    beta: float = Field(
+        default=0.0,
+        ge=0,
+        description="KL penalty towards the reference (0, TRL's default: no reference kept).",
+    )
+    rewards: list[WeightedReward] = Field(
+        default_factory=lambda: [WeightedReward(name="gsm8k-correct")],
+        min_length=1,
+        description="The reward components, each with a weight; their weighted sum scores a "
+        "completion.",
     )
 
 
@@ -92,6 +124,49 @@ def register_objectives(register: Register[ObjectiveSpec]) -> None:
             own_loss=True,
         )
     )
+    register(
+        ObjectiveSpec(
+            "grpo",
+            "Group relative policy optimization with reward components (TRL's GRPOTrainer); "
+            "trains on the prompts of any format.",
+            trainer="sftkit.training.reinforcement:SftkitGrpoTrainer",
+            config="sftkit.training.reinforcement:SftkitGrpoConfig",
+            factory="sftkit.training.reinforcement:grpo_dataset",
+            options_model=GrpoOptions,
+            own_loss=True,
+        )
+    )
+
+
+@hookimpl(trylast=True)
+def validate_recipe(recipe: ResolvedRecipe | None) -> list[Problem] | None:
+    """grpo's rewards name registered reward components; its KL term needs a reference,
+    which sftkit gives it through adapters only (switched off, TRL's way)."""
+    if recipe is None:
+        return None
+    t = recipe.recipe.training
+    spec = recipe.registry.objectives.get(t.objective)
+    if spec.options_model is not GrpoOptions:
+        return None
+    options = GrpoOptions.model_validate(t.objective_options)
+    problems = []
+    for index, reward in enumerate(options.rewards):
+        if reward.name not in recipe.registry.rewards:
+            error = recipe.registry.rewards.unknown_error(reward.name)
+            problems.append(
+                Problem(f"training.objective_options.rewards[{index}].name", str(error))
+            )
+    if options.beta > 0 and recipe.strategy_parts.trains_base:
+        problems.append(
+            Problem(
+                "training.objective_options.beta",
+                f"grpo's KL term (beta {options.beta:g}) needs a reference model, which sftkit "
+                f"gives only by switching adapters off; strategy {recipe.strategy.spec.name!r} "
+                "trains every weight.",
+                "Use beta: 0, or an adapter strategy (lora, qlora-nf4).",
+            )
+        )
+    return problems or None
 
 
 @hookimpl(trylast=True)
