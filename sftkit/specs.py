@@ -386,6 +386,20 @@ class LossHeadSpec:
 
 
 @dataclass(frozen=True)
+class Rollout:
+    """What a reinforcement objective's generation phase holds, for the estimator: each of
+    the generation batch's sequences (``micro_batch_size x gradient_accumulation_steps``
+    completions, TRL's default) grows to `completion_tokens` after its prompt;
+    `old_log_probs`: the old policy's per-token log-probabilities are kept (several
+    optimization passes per generation); `reference`: a frozen reference is kept and its
+    per-token log-probabilities computed (a KL term)."""
+
+    completion_tokens: int
+    old_log_probs: bool = False
+    reference: bool = False
+
+
+@dataclass(frozen=True)
 class ObjectiveSpec:
     """How a model is trained, the value of ``training.objective`` (``sft`` is built in;
     preference or RL objectives are plugins). `trainer` names the trainer class, which takes
@@ -414,6 +428,7 @@ class ObjectiveSpec:
     sequences_per_example: int = 1
     reference_copy: bool = False
     own_loss: bool = False
+    rollout: Callable[[Any], Rollout] | None = None
 
     def __post_init__(self) -> None:
         _check_name(self)

@@ -91,3 +91,61 @@ def test_grpo_trains_on_cpu_and_logs_each_reward(tmp_path, strategy):
     if strategy == "lora":
         assert "kl" in steps[0]
     assert (Path(run) / "final" / "sftkit_complete.json").is_file()
+    assert not (Path(run) / "final" / "ref").exists()  # TRL's frozen copy is not a result
+
+
+# --------------------------------------------------------------------------- the estimate
+
+
+def test_the_rollout_terms_match_the_tensors_generation_holds(tmp_path):
+    """The tiny model generates the estimate's generation batch (micro-batch 2 x accumulation
+    2 completions of 8 tokens after 32-token prompts): its KV cache and each step's logits
+    against the rollout terms; the kept log-probabilities are (completions x completion
+    tokens) fp32, as TRL computes them."""
+    import torch
+    from trl.trainer.utils import selective_log_softmax
+
+    from sftkit.memory.estimator import shape_for
+    from sftkit.memory.phases import rollout_parts
+    from sftkit.memory.setup import setup_from_recipe
+    from sftkit.testing import tiny_model
+
+    prompt, completion, batch = 32, 8, 4
+    resolved = tiny_recipe(
+        *GRPO,
+        f"output_dir={tmp_path}",
+        "strategy.name=lora",
+        f"training.max_seq_length={prompt}",
+        f"training.objective_options.max_completion_length={completion}",
+        "training.objective_options.beta=0.04",
+        "training.objective_options.num_iterations=2",
+        "training.micro_batch_size=2",
+        "training.gradient_accumulation_steps=2",
+    )
+    setup = setup_from_recipe(resolved, shape_for(resolved), on_gpu=False)
+    terms = {part.name.split(" (")[0]: part.bytes for part in rollout_parts(setup)}
+    model, tokenizer = tiny_model(resolved, tmp_path / "model")
+    ids = torch.randint(3, tokenizer.vocab_size, (batch, prompt))
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=completion,
+            min_new_tokens=completion,
+            do_sample=True,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+    cache = out.past_key_values
+    cached = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    # The cache holds every token but the last one generated: the estimate is one token over.
+    per_token = cached // (prompt + completion - 1)
+    assert terms["rollout: KV cache"] == cached + per_token
+    assert max(step.nbytes for step in out.logits) <= terms["rollout: next-token logits"]
+    completion_ids = out.sequences[:, prompt:]
+    with torch.no_grad():
+        logits = model(out.sequences).logits[:, prompt - 1 : -1].float()
+    log_probs = selective_log_softmax(logits, completion_ids)
+    for whose in ("old policy", "reference"):
+        assert terms[f"rollout: {whose} log-probabilities"] == log_probs.nbytes
+    assert setup.reference_copy  # beta > 0 under LoRA: TRL's frozen `ref` adapter, priced

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sftkit.components.loss import LOSS_HEADS
 from sftkit.errors import Problem
 from sftkit.hookspecs import Register, hookimpl
-from sftkit.specs import LossHeadSpec, ObjectiveSpec, Options, RewardSpec
+from sftkit.specs import LossHeadSpec, ObjectiveSpec, Options, RewardSpec, Rollout
 
 if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe
@@ -63,11 +63,28 @@ class GrpoOptions(Options):
         ge=0,
         description="KL penalty towards the reference (0, TRL's default: no reference kept).",
     )
+    num_iterations: int = Field(
+        default=1,
+        ge=1,
+        description="Optimization passes over each generation batch (GRPO's mu); above 1 the "
+        "old policy's log-probabilities are kept.",
+    )
     rewards: list[WeightedReward] = Field(
         default_factory=lambda: [WeightedReward(name="gsm8k-correct")],
         min_length=1,
         description="The reward components, each with a weight; their weighted sum scores a "
         "completion.",
+    )
+
+
+def grpo_rollout(options: GrpoOptions) -> Rollout:
+    """What TRL's GRPOTrainer holds while it generates: the old policy's log-probabilities
+    only when it steps more than once on a generation (else it reuses the policy's own),
+    the reference's with a KL term."""
+    return Rollout(
+        completion_tokens=options.max_completion_length,
+        old_log_probs=options.num_iterations > 1,
+        reference=options.beta > 0,
     )
 
 
@@ -134,6 +151,7 @@ def register_objectives(register: Register[ObjectiveSpec]) -> None:
             factory="sftkit.training.reinforcement:grpo_dataset",
             options_model=GrpoOptions,
             own_loss=True,
+            rollout=grpo_rollout,
         )
     )
 

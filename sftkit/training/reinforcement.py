@@ -9,7 +9,8 @@
 - trainer (`SftkitGrpoTrainer`): `GRPOTrainer` with the run's collaborators
   (`RunTrainerMixin`), the reward components loaded from the run's registry. Generation is
   the trainer's default backend (transformers' ``generate``). With adapters and ``beta > 0``
-  TRL computes the reference with the adapters switched off, so no second model.
+  TRL keeps the reference as a frozen copy of the adapters (``ref``) on the same base
+  weights, so no second model (full training with ``beta > 0`` is refused at load).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from sftkit import compat
 from sftkit.specs import load_factory
+from sftkit.training.reference import ReferenceAdapterNotFinal
 from sftkit.training.trainer import RunTrainerMixin
 
 
@@ -67,7 +69,9 @@ class SftkitGrpoConfig(GRPOConfig):
         super().__post_init__()
 
 
-class SftkitGrpoTrainer(RunTrainerMixin, compat.WeightsOnlyRestart, GRPOTrainer):
+class SftkitGrpoTrainer(
+    ReferenceAdapterNotFinal, RunTrainerMixin, compat.WeightsOnlyRestart, GRPOTrainer
+):
     """TRL's GRPOTrainer running a sftkit recipe (the ``grpo`` objective)."""
 
     def __init__(self, *, model: Any, args: SftkitGrpoConfig, parts: Any, **kwargs: Any) -> None:
