@@ -41,6 +41,7 @@ class Longer:
         ("training.objective_options.rewards=[{name: gsm8k-corect}]", "gsm8k-correct"),
         ("training.objective_options.rewards=[]", "rewards"),
         ("training.objective_options.beta=0.04", "adapter strategy"),
+        ("training.objective_options.num_generations=3", "whole groups"),
     ],
 )
 def test_bad_options_stop_at_load_naming_the_key(override, message):

@@ -174,6 +174,19 @@ def validate_recipe(recipe: ResolvedRecipe | None) -> list[Problem] | None:
             problems.append(
                 Problem(f"training.objective_options.rewards[{index}].name", str(error))
             )
+    # TRL generates micro_batch x accumulation x GPUs completions at once, in whole groups
+    batch = t.micro_batch_size * t.gradient_accumulation_steps * recipe.recipe.hardware.num_gpus
+    if batch % options.num_generations:
+        problems.append(
+            Problem(
+                "training.objective_options.num_generations",
+                f"grpo generates training.micro_batch_size x gradient_accumulation_steps x GPUs "
+                f"= {batch} completions at once, which is not whole groups of "
+                f"{options.num_generations} completions per prompt.",
+                "Make that product a multiple of num_generations (micro_batch_size and "
+                "num_generations count completions, TRL's way).",
+            )
+        )
     if options.beta > 0 and recipe.strategy_parts.trains_base:
         problems.append(
             Problem(
