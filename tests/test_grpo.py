@@ -150,3 +150,63 @@ def test_the_rollout_terms_match_the_tensors_generation_holds(tmp_path):
     for whose in ("old policy", "reference"):
         assert terms[f"rollout: {whose} log-probabilities"] == log_probs.nbytes
     assert setup.reference_copy  # beta > 0 under LoRA: TRL's frozen `ref` adapter, priced
+
+
+# --------------------------------------------------------------------------- resume
+
+
+class StopAtStep3(Longer):
+    """Ctrl-C during the run, once: the run stops at a step boundary with a checkpoint."""
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    @hookimpl
+    def on_log(self, run, logs):
+        if logs.get("step") == 3 and not self.sent:
+            import os
+            import signal
+
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+PER_STEP = ("loss", "grad_norm", "reward", "rewards/longer/mean", "completions/mean_length")
+
+
+def per_step(run_dir: Path) -> dict[int, dict[str, float]]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: {k: r.get(k) for k in PER_STEP} for r in rows if "reward" in r}
+
+
+def test_an_interrupted_grpo_run_resumes_exactly(tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file
+
+    overrides = (
+        *GRPO,
+        "training.max_steps=6",
+        "training.save_steps=1",
+        "training.objective_options.rewards=[{name: longer}]",
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = quick_run(tmp_path / "reference", *overrides, plugins=[Longer()])
+        with pytest.raises(AssertionError, match="exited with 130"):
+            quick_run(tmp_path / "stopped", *overrides, plugins=[StopAtStep3()])
+        stopped = tmp_path / "stopped" / "run"
+        assert max(per_step(stopped)) < 6  # stopped early, with its checkpoints
+        assert any((stopped / "checkpoints").glob("checkpoint-*"))
+        resumed = quick_run(
+            tmp_path / "stopped", *overrides, cli_args=("--resume",), plugins=[Longer()]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(per_step(reference)) == list(range(1, 7))
+    assert per_step(resumed) == per_step(reference)
+    assert any(step["grad_norm"] for step in per_step(reference).values())
+    ours = load_file(str(resumed / "final" / "model.safetensors"))
+    theirs = load_file(str(reference / "final" / "model.safetensors"))
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
