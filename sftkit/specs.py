@@ -389,7 +389,8 @@ class LossHeadSpec:
 class Rollout:
     """What a reinforcement objective's generation phase holds, for the estimator: each of
     the generation batch's sequences (``micro_batch_size x gradient_accumulation_steps``
-    completions, TRL's default) grows to `completion_tokens` after its prompt;
+    completions, TRL's default) grows to `completion_tokens` after its prompt (bounded by
+    ``training.max_seq_length``), so every training row is priced at both together;
     `old_log_probs`: the old policy's per-token log-probabilities are kept (several
     optimization passes per generation); `reference`: a frozen reference is kept and its
     per-token log-probabilities computed (a KL term)."""

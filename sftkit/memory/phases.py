@@ -216,8 +216,9 @@ def rollout_parts(setup: Setup) -> list[Part]:
     if rollout is None:
         return []
     s, d = setup.shape, act.dtypes(setup)
-    batch, prompt, completion = setup.rollout_sequences, setup.seq_len, rollout.completion_tokens
-    tokens = prompt + completion
+    # setup.seq_len is a training row: the prompt (max_seq_length) and its completion
+    batch, tokens, completion = setup.rollout_sequences, setup.seq_len, rollout.completion_tokens
+    prompt = tokens - completion
     parts = [
         Part(
             f"rollout: KV cache ({batch} completions x {tokens} tokens)",

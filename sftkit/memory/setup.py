@@ -170,7 +170,8 @@ def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bo
         model_dtype_bytes=DTYPE_BYTES[r.model.dtype],
         compute_bytes=PRECISION_BYTES[t.precision],
         micro_batch_size=t.micro_batch_size * objective.sequences_per_example,
-        seq_len=t.max_seq_length,
+        # a generated completion follows each prompt (bounded by max_seq_length) in training
+        seq_len=t.max_seq_length + (rollout.completion_tokens if rollout else 0),
         grad_accum=t.gradient_accumulation_steps,
         checkpointing=t.gradient_checkpointing,
         attn_implementation=attention.implementation,
