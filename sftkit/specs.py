@@ -401,6 +401,17 @@ class Rollout:
 
 
 @dataclass(frozen=True)
+class OptionSearch:
+    """An objective option ``estimate-memory --fit`` searches: the largest multiple of
+    `step` in [`lowest`, `highest`] that fits, the rest of the recipe unchanged."""
+
+    option: str
+    lowest: int
+    highest: int
+    step: int = 1
+
+
+@dataclass(frozen=True)
 class ObjectiveSpec:
     """How a model is trained, the value of ``training.objective`` (``sft`` is built in;
     preference or RL objectives are plugins). `trainer` names the trainer class, which takes
@@ -430,6 +441,7 @@ class ObjectiveSpec:
     reference_copy: bool = False
     own_loss: bool = False
     rollout: Callable[[Any], Rollout] | None = None
+    fit_searches: tuple[OptionSearch, ...] = ()
 
     def __post_init__(self) -> None:
         _check_name(self)

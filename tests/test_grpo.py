@@ -210,3 +210,17 @@ def test_an_interrupted_grpo_run_resumes_exactly(tmp_path):
     theirs = load_file(str(reference / "final" / "model.safetensors"))
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_fit_searches_the_completion_length_grpo_declares():
+    from sftkit.memory.advice import fit_search, variant
+    from sftkit.memory.estimator import compute
+
+    resolved = tiny_recipe(*GRPO, "strategy.name=lora")
+    found = fit_search(resolved, gpu="1GB")["training.objective_options.max_completion_length"]
+    assert found["value"] is not None and found["value"] % 16 == 0
+    path = "training.objective_options.max_completion_length"
+    fits = compute(variant(resolved, {path: found["value"]}), gpu="1GB")
+    over = compute(variant(resolved, {path: found["next"]}), gpu="1GB")
+    assert fits.fits and not over.fits
+    assert over.phases["rollout"] > fits.phases["rollout"]

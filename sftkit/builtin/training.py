@@ -16,7 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from sftkit.components.loss import LOSS_HEADS
 from sftkit.errors import Problem
 from sftkit.hookspecs import Register, hookimpl
-from sftkit.specs import LossHeadSpec, ObjectiveSpec, Options, RewardSpec, Rollout
+from sftkit.specs import (
+    LossHeadSpec,
+    ObjectiveSpec,
+    Options,
+    OptionSearch,
+    RewardSpec,
+    Rollout,
+)
 
 if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe
@@ -152,6 +159,9 @@ def register_objectives(register: Register[ObjectiveSpec]) -> None:
             options_model=GrpoOptions,
             own_loss=True,
             rollout=grpo_rollout,
+            # the completion length; the group size is bounded by the generation batch
+            # (micro_batch_size x accumulation), which --fit searches already
+            fit_searches=(OptionSearch("max_completion_length", 16, 1 << 20, 16),),
         )
     )
 

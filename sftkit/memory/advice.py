@@ -194,6 +194,12 @@ def fit_search(
     if shape.max_position_embeddings:
         results["training.max_seq_length"]["window"] = shape.max_position_embeddings
     r = resolved.recipe
+    objective = resolved.registry.objectives.get(r.training.objective)
+    for wanted in objective.fit_searches:  # what the objective declares (grpo: completions)
+        path = f"training.objective_options.{wanted.option}"
+        results[path] = search(
+            resolved, path, wanted.lowest, wanted.highest, wanted.step, gpu=gpu, model=model
+        )
     if engine_of(r).searches_gpu_counts(r.distributed):
         results["hardware.num_gpus"] = _gpu_search(resolved, gpu=gpu, model=model)
     return results
