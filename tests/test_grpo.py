@@ -4,6 +4,7 @@ with built-in and plugin rewards, whose scores are logged."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -93,6 +94,9 @@ def test_grpo_trains_on_cpu_and_logs_each_reward(tmp_path, strategy):
         assert "kl" in steps[0]
     assert (Path(run) / "final" / "sftkit_complete.json").is_file()
     assert not (Path(run) / "final" / "ref").exists()  # TRL's frozen copy is not a result
+    if importlib.util.find_spec("matplotlib"):  # the light core draws no plots
+        assert "![rewards](rewards.png)" in (run / "report.md").read_text()
+        assert (run / "rewards.png").is_file()
 
 
 # --------------------------------------------------------------------------- the estimate
@@ -224,3 +228,16 @@ def test_fit_searches_the_completion_length_grpo_declares():
     over = compute(variant(resolved, {path: found["next"]}), gpu="1GB")
     assert fits.fits and not over.fits
     assert over.phases["rollout"] > fits.phases["rollout"]
+
+
+def test_the_report_plots_every_reward_series_but_their_spread():
+    from sftkit.reporting.plots import reward_keys
+
+    grpo = {"step": 1, "reward": 0.5, "rewards/format/mean": 1.0, "rewards/format/std": 0.1}
+    dpo = {"step": 1, "rewards/chosen": 0.2, "rewards/margins": 0.1, "loss": 0.6}
+    assert reward_keys([grpo]) == {
+        "reward (weighted sum)": "reward",
+        "format": "rewards/format/mean",
+    }
+    assert reward_keys([dpo]) == {"chosen": "rewards/chosen", "margins": "rewards/margins"}
+    assert reward_keys([{"step": 1, "loss": 1.0}]) == {}
