@@ -241,3 +241,20 @@ def test_the_report_plots_every_reward_series_but_their_spread():
     }
     assert reward_keys([dpo]) == {"chosen": "rewards/chosen", "margins": "rewards/margins"}
     assert reward_keys([{"step": 1, "loss": 1.0}]) == {}
+
+
+def test_a_reward_two_plugins_register_is_refused_at_load():
+    class Other:
+        @hookimpl
+        def register_rewards(self, register):
+            register(RewardSpec("longer", "Another longer.", f"{__name__}:longer"))
+
+    result = invoke_cli(
+        "validate",
+        "quickstart",
+        *GRPO,
+        "training.objective_options.rewards=[{name: longer}]",
+        plugins=[Longer(), Other()],
+    )
+    assert result.exit_code == 2, result.stderr
+    assert "rewards[0].name" in result.stderr and "registered by 2 plugins" in result.stderr

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sftkit.components.loss import LOSS_HEADS
-from sftkit.errors import Problem
+from sftkit.errors import Problem, SftkitError
 from sftkit.hookspecs import Register, hookimpl
 from sftkit.specs import (
     LossHeadSpec,
@@ -179,10 +179,13 @@ def validate_recipe(recipe: ResolvedRecipe | None) -> list[Problem] | None:
     options = GrpoOptions.model_validate(t.objective_options)
     problems = []
     for index, reward in enumerate(options.rewards):
-        if reward.name not in recipe.registry.rewards:
-            error = recipe.registry.rewards.unknown_error(reward.name)
+        try:  # unknown, or registered by two plugins: said now, not when training starts
+            recipe.registry.rewards.get(reward.name)
+        except SftkitError as error:
             problems.append(
-                Problem(f"training.objective_options.rewards[{index}].name", str(error))
+                Problem(
+                    f"training.objective_options.rewards[{index}].name", error.message, error.hint
+                )
             )
     # TRL generates micro_batch x accumulation x GPUs completions at once, in whole groups
     batch = t.micro_batch_size * t.gradient_accumulation_steps * recipe.recipe.hardware.num_gpus
