@@ -391,13 +391,16 @@ class Rollout:
     the generation batch's sequences (``micro_batch_size x gradient_accumulation_steps``
     completions, TRL's default) grows to `completion_tokens` after its prompt (bounded by
     ``training.max_seq_length``), so every training row is priced at both together;
-    `old_log_probs`: the old policy's per-token log-probabilities are kept (several
+    `group`: completions per prompt, so the generation batch is a multiple of it (what
+    ``--fit`` searches the micro-batch by); `old_log_probs`: the old policy's per-token
+    log-probabilities are kept (several
     optimization passes per generation); `reference`: a frozen reference is kept and its
     per-token log-probabilities computed (a KL term)."""
 
     completion_tokens: int
     old_log_probs: bool = False
     reference: bool = False
+    group: int = 1  # completions per prompt: the generation batch holds whole groups
 
 
 @dataclass(frozen=True)

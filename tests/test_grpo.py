@@ -230,6 +230,21 @@ def test_fit_searches_the_completion_length_grpo_declares():
     assert over.phases["rollout"] > fits.phases["rollout"]
 
 
+def test_fit_searches_micro_batches_of_whole_groups():
+    from sftkit.memory.advice import fit_search
+
+    # 8 completions per prompt, accumulation 2: micro-batches of 4, 8, 12 ... are whole groups
+    resolved = tiny_recipe(
+        *GRPO,
+        "training.objective_options.num_generations=8",
+        "training.micro_batch_size=4",
+        "training.gradient_accumulation_steps=2",
+    )
+    found = fit_search(resolved, gpu="1GB")["training.micro_batch_size"]
+    assert found["value"] is not None and found["value"] % 4 == 0
+    assert found["smallest_tried"] == 4 and found["next"] == found["value"] + 4
+
+
 def test_the_report_plots_every_reward_series_but_their_spread():
     from sftkit.reporting.plots import reward_keys
 

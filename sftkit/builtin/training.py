@@ -92,6 +92,7 @@ def grpo_rollout(options: GrpoOptions) -> Rollout:
         completion_tokens=options.max_completion_length,
         old_log_probs=options.num_iterations > 1,
         reference=options.beta > 0,
+        group=options.num_generations,
     )
 
 
