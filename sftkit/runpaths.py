@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 RECIPE_FILE = "recipe.yaml"
 DATA_DIR = "data"  # the one entry a new run may find already there (prepared data)
@@ -56,6 +57,16 @@ PREDICTIONS_FILE = "predictions.jsonl"
 LOG_FILE = "sftkit.log"
 
 
+class Under:
+    """A path below the owner's `root`, as a read-only attribute: ``memory = Under("memory.json")``."""
+
+    def __init__(self, *parts: str) -> None:
+        self.parts = parts
+
+    def __get__(self, owner: Any, cls: type | None = None) -> Path:
+        return Path(owner.root).joinpath(*self.parts)
+
+
 def log_file(directory: Path) -> Path:
     """The log file of a directory sftkit writes into (a run, or an evaluation's output)."""
     return Path(directory) / LOG_FILE
@@ -74,13 +85,8 @@ class EvalPaths:
         name = f"{stage}-{evaluator}" + (f"-{variant}" if variant else "")
         return cls(Path(out_root) / name)
 
-    @property
-    def metrics(self) -> Path:
-        return self.root / EVAL_METRICS_FILE
-
-    @property
-    def predictions(self) -> Path:
-        return self.root / PREDICTIONS_FILE
+    metrics = Under(EVAL_METRICS_FILE)
+    predictions = Under(PREDICTIONS_FILE)
 
 
 @dataclass(frozen=True)
@@ -90,23 +96,12 @@ class LaunchPaths:
 
     root: Path
 
-    @property
-    def accelerate_config(self) -> Path:
-        return self.root / ACCELERATE_CONFIG
-
-    @property
-    def deepspeed_config(self) -> Path:
-        return self.root / DEEPSPEED_CONFIG
-
-    @property
-    def launch_script(self) -> Path:
-        return self.root / "launch.sh"
-
-    @property
-    def worker_recipe(self) -> Path:
-        """The resolved recipe of this launch, which the workers read (recipe.yaml keeps the
-        recipe the run started with; a resumed launch may change max_steps/epochs)."""
-        return self.root / "worker_recipe.yaml"
+    accelerate_config = Under(ACCELERATE_CONFIG)
+    deepspeed_config = Under(DEEPSPEED_CONFIG)
+    launch_script = Under("launch.sh")
+    # The resolved recipe of this launch, which the workers read (recipe.yaml keeps the
+    # recipe the run started with; a resumed launch may change max_steps/epochs).
+    worker_recipe = Under("worker_recipe.yaml")
 
 
 @dataclass(frozen=True)
@@ -115,62 +110,28 @@ class RunPaths:
 
     root: Path
 
-    @property
-    def recipe(self) -> Path:
-        return self.root / RECIPE_FILE
-
-    @property
-    def lock(self) -> Path:
-        return self.root / LOCK_FILE
-
-    @property
-    def partial(self) -> Path:
-        """Where checkpoints and final/ are assembled before they are renamed into place."""
-        return self.root / PARTIAL_DIR
+    recipe = Under(RECIPE_FILE)
+    lock = Under(LOCK_FILE)
+    # Where checkpoints and final/ are assembled before they are renamed into place.
+    partial = Under(PARTIAL_DIR)
 
     def partial_checkpoint(self, step: int) -> Path:
         return self.partial / f"{CHECKPOINT_PREFIX}{step}"
 
-    @property
-    def partial_final(self) -> Path:
-        return self.partial / "final"
+    partial_final = Under(PARTIAL_DIR, "final")
 
-    @property
-    def memory(self) -> Path:
-        return self.root / "memory.json"
+    memory = Under("memory.json")
+    environment = Under("environment.json")
+    metrics = Under("metrics.jsonl")
+    run = Under("run.json")
 
-    @property
-    def environment(self) -> Path:
-        return self.root / "environment.json"
+    log = Under(LOG_FILE)
 
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def run(self) -> Path:
-        return self.root / "run.json"
-
-    @property
-    def log(self) -> Path:
-        return log_file(self.root)
-
-    @property
-    def tensorboard(self) -> Path:
-        return self.root / "tensorboard"
-
-    @property
-    def data(self) -> Path:
-        """Where the run's data is prepared unless ``data.prepared_dir`` is set."""
-        return self.root / DATA_DIR
-
-    @property
-    def base(self) -> Path:
-        return self.root / "base"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
+    tensorboard = Under("tensorboard")
+    # Where the run's data is prepared unless ``data.prepared_dir`` is set.
+    data = Under(DATA_DIR)
+    base = Under("base")
+    checkpoints = Under("checkpoints")
 
     def checkpoint(self, step: int) -> Path:
         return self.checkpoints / f"{CHECKPOINT_PREFIX}{step}"
@@ -189,18 +150,14 @@ class RunPaths:
         ]
         return sorted(found)
 
-    @property
-    def final(self) -> Path:
-        return self.root / "final"
+    final = Under("final")
 
     @property
     def final_is_adapter(self) -> bool:
         """Does final/ hold a PEFT adapter (to load over the base) rather than a full model?"""
         return (self.final / ADAPTER_CONFIG).is_file()
 
-    @property
-    def eval(self) -> Path:
-        return self.root / "eval"
+    eval = Under("eval")
 
     def evaluation(self, stage: str, evaluator: str, variant: str = "") -> EvalPaths:
         return EvalPaths.under(self.eval, stage, evaluator, variant)
@@ -209,26 +166,12 @@ class RunPaths:
     def launch(self) -> LaunchPaths:
         return LaunchPaths(self.root / CONFIG_DIR)
 
-    @property
-    def report_markdown(self) -> Path:
-        return self.root / "report.md"
-
-    @property
-    def report_html(self) -> Path:
-        return self.root / "report.html"
-
-    @property
-    def loss_plot(self) -> Path:
-        return self.root / "loss.png"
-
-    @property
-    def lr_plot(self) -> Path:
-        return self.root / "lr.png"
-
-    @property
-    def eval_plot(self) -> Path:
-        """The during-training evaluators' scores per step."""
-        return self.root / "eval.png"
+    report_markdown = Under("report.md")
+    report_html = Under("report.html")
+    loss_plot = Under("loss.png")
+    lr_plot = Under("lr.png")
+    # The during-training evaluators' scores per step.
+    eval_plot = Under("eval.png")
 
     @property
     def rewards_plot(self) -> Path:

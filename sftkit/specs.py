@@ -37,27 +37,27 @@ def admits_bool(annotation: Any) -> bool:
     return annotation not in (int, float, type(None))
 
 
-def reject_bool_for_number(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
-    """A before-validator body: `true` given for a number is an error, not 1."""
-    if isinstance(value, bool) and info.field_name is not None:
-        field_info = model.model_fields.get(info.field_name)
-        if field_info is not None and not admits_bool(field_info.annotation):
-            raise PydanticCustomError(
-                "bool_not_number", "Input should be a number, not true or false"
-            )
-    return value
-
-
-class Options(BaseModel):
-    """Base class for a component's options model: strict, unknown keys are errors, numbers
-    are finite and never a boolean."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+class NumbersNotBools(BaseModel):
+    """A model whose int and float fields refuse `true`/`false` (pydantic would read `true`
+    as 1): the base of component options and of the recipe schema's sections."""
 
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
-        return reject_bool_for_number(cls, value, info)
+        if isinstance(value, bool) and info.field_name is not None:
+            field_info = cls.model_fields.get(info.field_name)
+            if field_info is not None and not admits_bool(field_info.annotation):
+                raise PydanticCustomError(
+                    "bool_not_number", "Input should be a number, not true or false"
+                )
+        return value
+
+
+class Options(NumbersNotBools):
+    """Base class for a component's options model: strict, unknown keys are errors, numbers
+    are finite and never a boolean."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class NoOptions(Options):
@@ -203,7 +203,28 @@ def full_training(options: Any) -> tuple[Adapter, ...]:
 
 
 @dataclass(frozen=True)
-class StrategySpec:
+class _Spec:
+    """What every spec has: a name checked as it is made, and a one-line summary."""
+
+    kind: ClassVar[str]
+
+    name: str
+    summary: str
+
+    def __post_init__(self) -> None:
+        _check_name(self)
+
+
+@dataclass(frozen=True)
+class _FactorySpec(_Spec):
+    """A spec built by a lazy ``"package.module:attr"`` factory, with an options model."""
+
+    factory: str
+    options_model: type[Options] = NoOptions
+
+
+@dataclass(frozen=True)
+class StrategySpec(_FactorySpec):
     """A fine-tuning strategy: how the frozen base is stored and what trains.
 
     `storage` and `adapters` are pure functions of the validated options that describe the
@@ -213,16 +234,10 @@ class StrategySpec:
 
     kind: ClassVar[str] = "strategy"
 
-    name: str
-    summary: str
-    factory: str  # "pkg.module:build" -> build(options) -> a runtime strategy object
-    options_model: type[Options] = NoOptions
+    # factory: "pkg.module:build" -> build(options) -> a runtime strategy object
     storage: Callable[[Any], BaseStorage] = dense_storage
     adapters: Callable[[Any], Sequence[Adapter]] = full_training
     tags: frozenset[str] = field(default_factory=frozenset)
-
-    def __post_init__(self) -> None:
-        _check_name(self)
 
     def compose(self, options: Any) -> Composition:
         """The strategy's parts for `options` (an instance of `options_model`). Raises
@@ -234,24 +249,18 @@ class StrategySpec:
 
 
 @dataclass(frozen=True)
-class OptimizerSpec:
+class OptimizerSpec(_FactorySpec):
     """An optimizer and what the estimator needs to price it."""
 
     kind: ClassVar[str] = "optimizer"
 
-    name: str
-    summary: str
-    factory: str  # "pkg.module:build" -> build(params, options) -> torch.optim.Optimizer
-    options_model: type[Options] = NoOptions
+    # factory: "pkg.module:build" -> build(params, options) -> torch.optim.Optimizer
     # Pure function of the validated options -> how much state the optimizer keeps.
     state_for: Callable[[Any], OptimizerState] = lambda options: DenseMomentState()
     paged: bool = False  # state lives in CUDA unified memory and can spill to host RAM
     implementation: str = "torch"
     # Strategy tags this optimizer cannot train, with the reason shown to the user.
     incompatible_tags: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        _check_name(self)
 
     def incompatibility(self, strategy: StrategySpec) -> str | None:
         for tag in sorted(strategy.tags & set(self.incompatible_tags)):
@@ -260,20 +269,15 @@ class OptimizerSpec:
 
 
 @dataclass(frozen=True)
-class DatasetFormatSpec:
+class DatasetFormatSpec(_FactorySpec):
     """A dataset format: how rows are read, validated and turned into prompt/completion."""
 
     kind: ClassVar[str] = "dataset format"
     # What sftkit's preparation reads from every format's options (`sftkit.SplitOptions`).
     SPLIT_FIELDS: ClassVar[tuple[str, ...]] = ("dev_size", "split_seed", "skip_bad_rows")
 
-    name: str
-    summary: str
-    factory: str
-    options_model: type[Options] = NoOptions
-
     def __post_init__(self) -> None:
-        _check_name(self)
+        super().__post_init__()
         missing = [f for f in self.SPLIT_FIELDS if f not in self.options_model.model_fields]
         if missing:
             raise SpecError(
@@ -284,51 +288,33 @@ class DatasetFormatSpec:
 
 
 @dataclass(frozen=True)
-class PromptTemplateSpec:
+class PromptTemplateSpec(_FactorySpec):
     """A prompt template: how a prompt/completion pair becomes model text."""
 
     kind: ClassVar[str] = "prompt template"
 
-    name: str
-    summary: str
-    factory: str
-    options_model: type[Options] = NoOptions
-
-    def __post_init__(self) -> None:
-        _check_name(self)
-
 
 @dataclass(frozen=True)
-class EvaluatorSpec:
+class EvaluatorSpec(_FactorySpec):
     """An evaluator: scores a model on a held-out split."""
 
     kind: ClassVar[str] = "evaluator"
 
-    name: str
-    summary: str
-    factory: str
-    options_model: type[Options] = NoOptions
-
-    def __post_init__(self) -> None:
-        _check_name(self)
-
 
 @dataclass(frozen=True)
-class EngineSpec:
+class EngineSpec(_Spec):
     """A distributed engine: the `Engine` object that answers for it (sharding, checks,
     launch configs, trainer arguments), or a ``"package.module:attr"`` reference to one,
     imported the first time a recipe names the engine."""
 
     kind: ClassVar[str] = "engine"
 
-    name: str
-    summary: str
     engine: Engine | str
     # Validates the recipe's `distributed.options` for this engine.
     options_model: type[Options] = NoOptions
 
     def __post_init__(self) -> None:
-        _check_name(self)
+        super().__post_init__()
         if isinstance(self.engine, str) and ":" not in self.engine:
             raise SpecError(
                 f"engine {self.name!r}: {self.engine!r} must be an Engine or 'package.module:attr'."
@@ -351,18 +337,8 @@ class EngineSpec:
         return obj
 
 
-AnySpec = (
-    StrategySpec
-    | OptimizerSpec
-    | DatasetFormatSpec
-    | PromptTemplateSpec
-    | EvaluatorSpec
-    | EngineSpec
-)
-
-
 @dataclass(frozen=True)
-class LossHeadSpec:
+class LossHeadSpec(_Spec):
     """A loss head, the value of ``training.loss``: how the loss is computed from the final
     hidden states. `memory` declares what it keeps (a `sftkit.components.LossHead`, which
     the estimator prices); `factory` names the function that computes it at run time,
@@ -371,13 +347,11 @@ class LossHeadSpec:
 
     kind: ClassVar[str] = "loss head"
 
-    name: str
-    summary: str
     memory: LossHead
     factory: str
 
     def __post_init__(self) -> None:
-        _check_name(self)
+        super().__post_init__()
         if not isinstance(self.memory, LossHead):
             raise SpecError(
                 f"loss head {self.name!r}: memory is a {type(self.memory).__name__}, not a "
@@ -415,7 +389,7 @@ class OptionSearch:
 
 
 @dataclass(frozen=True)
-class ObjectiveSpec:
+class ObjectiveSpec(_Spec):
     """How a model is trained, the value of ``training.objective`` (``sft`` is built in;
     preference or RL objectives are plugins). `trainer` names the trainer class, which takes
     `SftkitTrainer`'s arguments (subclass it); `config` its TrainingArguments class, given
@@ -430,12 +404,13 @@ class ObjectiveSpec:
     example puts through the model in a step (2 for a preference pair); `reference_copy`,
     whether a frozen reference of what trains is kept beside the model (a copy of the
     adapters under LoRA/QLoRA, of the whole model under full training); `own_loss`, that its
-    trainer computes the loss itself (``training.loss`` must stay ``auto``)."""
+    trainer computes the loss itself (``training.loss`` must stay ``auto``); `rollout`, for
+    an objective that generates its own completions, a function of its validated options
+    returning the `Rollout` it holds (the estimate's rollout phase); `fit_searches`, the
+    options ``estimate-memory --fit`` searches (`OptionSearch`)."""
 
     kind: ClassVar[str] = "objective"
 
-    name: str
-    summary: str
     trainer: str
     config: str
     factory: str
@@ -447,7 +422,7 @@ class ObjectiveSpec:
     fit_searches: tuple[OptionSearch, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_name(self)
+        super().__post_init__()
         for attr in ("trainer", "config"):
             if ":" not in getattr(self, attr):
                 raise SpecError(
@@ -462,7 +437,7 @@ class ObjectiveSpec:
 
 
 @dataclass(frozen=True)
-class RewardSpec:
+class RewardSpec(_Spec):
     """A reward function, named in a reinforcement objective's ``rewards`` option (``grpo``).
     `factory` names the function, imported only when a run uses it, with TRL's reward
     signature: ``reward(prompts, completions, **columns) -> list[float | None]``, one score
@@ -471,12 +446,7 @@ class RewardSpec:
 
     kind: ClassVar[str] = "reward"
 
-    name: str
-    summary: str
     factory: str
-
-    def __post_init__(self) -> None:
-        _check_name(self)
 
 
 def _check_name(spec: Any) -> None:

@@ -40,6 +40,7 @@ def test_the_minimums_session_installs_exactly_them(noxfile):
 def test_release_reads_local_and_pre_releases():
     assert release("2.13.0+cpu") == (2, 13, 0)
     assert release("5.0.0rc1") == (5, 0, 0)
+    assert release("1.15.0.dev0") == (1, 15, 0)
     assert release("1.0") < release("1.0.0") <= release("1.0.1")
 
 

@@ -108,14 +108,14 @@ STRATEGIES = (
     StrategySpec(
         name="full-sft",
         summary="Train every weight of a bf16/fp32 model.",
-        factory="sftkit.strategies.full_sft:build",
+        factory="sftkit.strategies.base:Strategy",
         options_model=NoOptions,
         tags=frozenset({"full"}),
     ),
     StrategySpec(
         name="lora",
         summary="LoRA adapters over a frozen base kept in the model dtype (bf16).",
-        factory="sftkit.strategies.lora:build_lora",
+        factory="sftkit.strategies.lora:Lora",
         options_model=LoraOptions,
         adapters=lora_adapters,
         tags=frozenset({"lora"}),
@@ -123,7 +123,7 @@ STRATEGIES = (
     StrategySpec(
         name="lora-plus",
         summary="LoRA+: LoRA over a bf16 base, B matrices at `ratio` x the learning rate (16).",
-        factory="sftkit.strategies.lora_plus:build_lora_plus",
+        factory="sftkit.strategies.lora_plus:LoraPlus",
         options_model=LoraPlusOptions,
         adapters=lora_adapters,  # its memory is LoRA's; only the learning rates differ
         tags=frozenset({"lora"}),
@@ -131,7 +131,7 @@ STRATEGIES = (
     StrategySpec(
         name="qlora-nf4",
         summary="QLoRA: LoRA over a 4-bit NF4 base with double quantization and bf16 compute.",
-        factory="sftkit.strategies.lora:build_qlora",
+        factory="sftkit.strategies.lora:QLora",
         options_model=QLoraOptions,
         storage=nf4_storage,
         adapters=lora_adapters,
@@ -140,7 +140,7 @@ STRATEGIES = (
     StrategySpec(
         name="lora-8bit",
         summary="LoRA over an 8-bit LLM.int8 base.",
-        factory="sftkit.strategies.lora:build_lora_8bit",
+        factory="sftkit.strategies.lora:Lora8bit",
         options_model=Lora8bitOptions,
         storage=int8_storage,
         adapters=lora_adapters,

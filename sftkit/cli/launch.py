@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -72,20 +73,8 @@ from sftkit.cli.core import recipe_arguments
 @pass_app
 def launch_command(
     app: AppContext,
-    recipe: str,
-    overrides: tuple[str, ...],
-    nproc: int | None,
-    nnodes: int,
-    node_rank: int,
-    master_addr: str,
-    master_port: int | None,
-    launcher: str,
-    deepspeed_config: Path | None,
-    accelerate_config: Path | None,
-    output_dir: Path | None,
-    resume: bool,
-    force: bool,
     dry_run: bool,
+    **request: Any,  # the other options, by name: the fields of `LaunchRequest`
 ) -> None:
     """Train RECIPE on several processes (GPUs, or CPU processes with gloo).
 
@@ -104,23 +93,8 @@ def launch_command(
     """
     from sftkit.launch.session import LaunchRequest, plan_launch, run_launch
 
-    request = LaunchRequest(
-        recipe=recipe,
-        overrides=overrides,
-        nproc=nproc,
-        nnodes=nnodes,
-        node_rank=node_rank,
-        master_addr=master_addr,
-        master_port=master_port,
-        launcher=launcher,  # type: ignore[arg-type]
-        output_dir=output_dir,
-        resume=resume,
-        force=force,
-        deepspeed_config=deepspeed_config,
-        accelerate_config=accelerate_config,
-    )
     started = time.perf_counter()
-    plan = plan_launch(request, registry=app.registry)
+    plan = plan_launch(LaunchRequest(**request), registry=app.registry)
     for note in plan.notes:
         click.echo(f"note: {note}", err=True)
     if dry_run:

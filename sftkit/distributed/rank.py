@@ -35,7 +35,3 @@ def local_world_size() -> int:
 def is_main_process() -> bool:
     """True for the one process that writes logs, reports, metrics and run metadata."""
     return rank() == 0
-
-
-def is_distributed() -> bool:
-    return world_size() > 1

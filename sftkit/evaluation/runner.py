@@ -30,7 +30,6 @@ from sftkit.runpaths import EvalPaths, RunPaths
 from sftkit.specs import EvaluatorSpec, load_factory
 
 DEFAULT_EVALUATOR = "gsm8k"
-MODEL_LABELS = {"base": "base", "fine-tuned": "fine-tuned"}
 
 
 @dataclass(frozen=True)

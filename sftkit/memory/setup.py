@@ -21,9 +21,7 @@ in `sftkit.builtin.engines`).
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
-import re
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -36,6 +34,7 @@ from sftkit.engine import Engine, Sharding, engine_of
 from sftkit.errors import SftkitError
 from sftkit.modelshape.shape import ModelShape
 from sftkit.specs import OptimizerSpec, Rollout, StrategySpec
+from sftkit.versions import installed, release
 
 if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe
@@ -204,19 +203,11 @@ TRL_FUSED_HEAD = (1, 15)
 TRL_CHUNKED_NLL_DEFAULT = (1, 7)
 
 
-def _release(version: str) -> tuple[int, ...]:
-    """``"1.16.0"`` -> (1, 16, 0); ``"1.15.0.dev0"`` -> (1, 15, 0)."""
-    match = re.match(r"(\d+)(?:\.(\d+))?(?:\.(\d+))?", version)
-    return tuple(int(g) for g in match.groups() if g is not None) if match else ()
-
-
 @cache
 def installed_trl() -> tuple[int, ...] | None:
     """The installed TRL's release as a tuple (``(1, 16, 0)``), or None without TRL."""
-    try:
-        return _release(importlib.metadata.version("trl"))
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    version = installed("trl")
+    return None if version is None else release(version)
 
 
 def trl_fuses(release: tuple[int, ...] | None) -> bool:

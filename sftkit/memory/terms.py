@@ -30,8 +30,6 @@ PHASE_LABELS: dict[str, str] = {
     "later_steps": "later training steps",
     "evaluation": "evaluation",
 }
-TRAINING = ("forward_backward", "optimizer_step", "later_steps", "evaluation")
-ALL = PHASES
 
 Pool = Literal["device", "paged", "host"]
 Category = Literal[
@@ -88,7 +86,6 @@ class MemoryTerm:
 #: the allocator above that: its margin), ``outside`` (device memory the allocator never sees:
 #: the CUDA context, NCCL's buffers). Each figure includes the ones before it.
 Figure = Literal["allocated", "reserved", "outside"]
-FIGURES: tuple[str, ...] = ("allocated", "reserved", "device_used")
 
 
 @dataclass(frozen=True)

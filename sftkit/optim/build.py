@@ -61,37 +61,28 @@ def _bnb() -> Any:
     return bnb
 
 
-def build_bnb_adamw_8bit(groups: ParamGroups, options: Any) -> Any:
-    return _bnb().optim.AdamW8bit(
+def _bnb_adamw(class_name: str, groups: ParamGroups, options: Any, **extra: Any) -> Any:
+    return getattr(_bnb().optim, class_name)(
         groups,
         lr=options.lr,
         betas=tuple(options.betas),
         eps=options.eps,
         weight_decay=options.weight_decay,
-        min_8bit_size=options.min_8bit_size,
+        **extra,
     )
+
+
+def build_bnb_adamw_8bit(groups: ParamGroups, options: Any) -> Any:
+    return _bnb_adamw("AdamW8bit", groups, options, min_8bit_size=options.min_8bit_size)
 
 
 def build_bnb_paged_adamw_8bit(groups: ParamGroups, options: Any) -> Any:
     # On a machine without CUDA bitsandbytes falls back to ordinary (unpaged) state.
-    return _bnb().optim.PagedAdamW8bit(
-        groups,
-        lr=options.lr,
-        betas=tuple(options.betas),
-        eps=options.eps,
-        weight_decay=options.weight_decay,
-        min_8bit_size=options.min_8bit_size,
-    )
+    return _bnb_adamw("PagedAdamW8bit", groups, options, min_8bit_size=options.min_8bit_size)
 
 
 def build_bnb_paged_adamw_32bit(groups: ParamGroups, options: Any) -> Any:
-    return _bnb().optim.PagedAdamW32bit(
-        groups,
-        lr=options.lr,
-        betas=tuple(options.betas),
-        eps=options.eps,
-        weight_decay=options.weight_decay,
-    )
+    return _bnb_adamw("PagedAdamW32bit", groups, options)
 
 
 def build_adafactor(groups: ParamGroups, options: Any) -> Any:

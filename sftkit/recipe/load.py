@@ -501,15 +501,7 @@ def _named(
     try:
         catalog.entry(name)
     except UnknownComponentError as exc:
-        known = [*also, *exc.known]
-        suggestion = closest(name, known)
-        return [
-            Problem(
-                path,
-                f"unknown {catalog.spec_type.kind} {name!r}; known: {', '.join(known)}.",  # type: ignore[attr-defined]
-                f"Did you mean {suggestion!r}?" if suggestion else None,
-            )
-        ]
+        return [_unknown(path, catalog.spec_type.kind, name, [*also, *exc.known])]  # type: ignore[attr-defined]
     except DuplicateComponentError as exc:
         return [Problem(path, exc.message, exc.hint)]
     return []
@@ -552,15 +544,9 @@ def _resolve(
     try:
         entry = catalog.entry(ref.name)
     except UnknownComponentError as exc:
-        suggestion = closest(ref.name, exc.known)
         notes = "".join(f" {note}" for note in catalog.failure_notes(ref.name))
-        problems.append(
-            Problem(
-                f"{dotted}.name",
-                f"unknown {catalog.spec_type.kind} {ref.name!r}; known: {', '.join(exc.known) or '(none)'}.{notes}",  # type: ignore[attr-defined]
-                f"Did you mean {suggestion!r}?" if suggestion else None,
-            )
-        )
+        kind = catalog.spec_type.kind  # type: ignore[attr-defined]
+        problems.append(_unknown(f"{dotted}.name", kind, ref.name, exc.known, notes))
         return None
     except DuplicateComponentError as exc:  # two plugins gave the name: the user picks one
         problems.append(Problem(f"{dotted}.name", exc.message, exc.hint))
@@ -569,15 +555,10 @@ def _resolve(
     try:
         options = options_model.model_validate(ref.options)
     except ValidationError as exc:
-        owner = (
-            "" if entry.plugin.startswith("builtin.") else f" (options of plugin {entry.plugin!r})"
+        who = f"{catalog.spec_type.kind} {ref.name!r} takes no options"  # type: ignore[attr-defined]
+        problems.extend(
+            _options_problems(exc, options_model, f"{dotted}.options", entry.plugin, who)
         )
-        for problem in _problems_from_validation(exc, options_model, prefix=f"{dotted}.options"):
-            message = problem.message.replace(
-                "it takes no options",
-                f"{catalog.spec_type.kind} {ref.name!r} takes no options",  # type: ignore[attr-defined]
-            )
-            problems.append(Problem(problem.path, message + owner, problem.suggestion))
         return None
     return Component(entry.spec, options, entry.plugin)
 
@@ -592,25 +573,14 @@ def _resolve_engine(
     try:
         entry = registry.engines.entry(name)
     except UnknownComponentError as exc:
-        suggestion = closest(name, exc.known)
-        problems.append(
-            Problem(
-                "distributed.engine",
-                f"unknown engine {name!r}; known: {', '.join(exc.known) or '(none)'}.",
-                f"Did you mean {suggestion!r}?" if suggestion else None,
-            )
-        )
+        problems.append(_unknown("distributed.engine", "engine", name, exc.known))
         return None
     found: list[Problem] = []
     options_model = entry.spec.options_model
     try:
         options = options_model.model_validate(distributed.options)
     except ValidationError as exc:
-        owner = (
-            "" if entry.plugin.startswith("builtin.") else f" (options of plugin {entry.plugin!r})"
-        )
-        for p in _problems_from_validation(exc, options_model, prefix="distributed.options"):
-            found.append(Problem(p.path, p.message + owner, p.suggestion))
+        found.extend(_options_problems(exc, options_model, "distributed.options", entry.plugin))
     try:
         engine = entry.spec.load()
     except PluginError as exc:
@@ -795,11 +765,30 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def _unknown(path: str, kind: str, name: str, known: list[str], notes: str = "") -> Problem:
+    suggestion = closest(name, known)
+    return Problem(
+        path,
+        f"unknown {kind} {name!r}; known: {', '.join(known) or '(none)'}.{notes}",
+        f"Did you mean {suggestion!r}?" if suggestion else None,
+    )
+
+
+def _options_problems(
+    exc: ValidationError, model: type[BaseModel], prefix: str, plugin: str, who: str = ""
+) -> list[Problem]:
+    """A component's options errors, naming a plugin that owns them; `who` ("strategy
+    'lora' takes no options") replaces "it takes no options"."""
+    owner = "" if plugin.startswith("builtin.") else f" (options of plugin {plugin!r})"
+    no_options = "it takes no options"
+    return [
+        Problem(p.path, p.message.replace(no_options, who or no_options) + owner, p.suggestion)
+        for p in _problems_from_validation(exc, model, prefix=prefix)
+    ]
+
+
 def _unique(problems: list[Problem]) -> list[Problem]:
-    seen: set[tuple[str, str]] = set()
-    out = []
+    first: dict[tuple[str, str], Problem] = {}
     for p in problems:
-        if (p.path, p.message) not in seen:
-            seen.add((p.path, p.message))
-            out.append(p)
-    return out
+        first.setdefault((p.path, p.message), p)
+    return list(first.values())

@@ -10,19 +10,16 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import (
-    BaseModel,
     ConfigDict,
     Field,
     PrivateAttr,
     SerializerFunctionWrapHandler,
-    ValidationInfo,
-    field_validator,
     model_serializer,
     model_validator,
 )
 
 from sftkit.dtypes import DtypeName, Precision
-from sftkit.specs import reject_bool_for_number
+from sftkit.specs import NumbersNotBools
 
 # Seeds go to Python, NumPy and torch; NumPy takes 0 .. 2**32 - 1.
 MAX_SEED = 2**32 - 1
@@ -32,16 +29,11 @@ MAX_STEPS = 10**9
 MiB, GiB = 2**20, 2**30
 
 
-class Strict(BaseModel):
+class Strict(NumbersNotBools):
     """Unknown keys are errors; numbers are finite and never a boolean (`max_steps: true`
     is not 1)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
-        return reject_bool_for_number(cls, value, info)
 
 
 class ComponentRef(Strict):

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import json
 from functools import cache
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from sftkit import versions
 from sftkit.errors import Problem
 from sftkit.suggest import did_you_mean
 
@@ -107,10 +107,7 @@ def known_fields() -> tuple[str, frozenset[str]]:
 
 
 def installed_trl() -> str | None:
-    try:
-        return metadata.version("trl")
-    except metadata.PackageNotFoundError:
-        return None
+    return versions.installed("trl")
 
 
 def trainer_args_problems(

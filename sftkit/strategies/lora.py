@@ -132,15 +132,3 @@ def cast_trainable(model: torch.nn.Module, dtype: str) -> None:
     for name, param in model.named_parameters():
         if param.requires_grad and "lora_magnitude_vector" not in name and param.dtype != target:
             param.data = param.data.to(target)
-
-
-def build_lora(options: Any) -> Lora:
-    return Lora(options)
-
-
-def build_qlora(options: Any) -> QLora:
-    return QLora(options)
-
-
-def build_lora_8bit(options: Any) -> Lora8bit:
-    return Lora8bit(options)

@@ -72,7 +72,3 @@ class LoraPlus(Lora):
                 "relative_step: false), or use the strategy lora.",
             )
         return lora_plus_groups(model, base_lr, self.options.ratio)
-
-
-def build_lora_plus(options: Any) -> LoraPlus:
-    return LoraPlus(options)

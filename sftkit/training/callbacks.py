@@ -14,15 +14,7 @@ from transformers import TrainerCallback
 from sftkit.errors import TrainingDivergedError
 from sftkit.progress import Display, Stage, console_display, current
 from sftkit.training.context import RunContext
-
-# Key names in metrics.jsonl (the trainer's own names, plus ours).
-SUMMARY_KEYS = ("train_runtime", "train_loss", "train_samples_per_second", "train_steps_per_second")
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)  # JSON has no NaN/inf; keep them visible as text
-    return value
+from sftkit.training.runfiles import finite
 
 
 class MetricsCallback(TrainerCallback):
@@ -54,7 +46,7 @@ class MetricsCallback(TrainerCallback):
         event["elapsed_s"] = round(self.ctx.clock.seconds(), 3)
         self.ctx.metrics.update(logs)
         with self.ctx.paths.metrics.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps({k: _plain(v) for k, v in event.items()}) + "\n")
+            handle.write(json.dumps(finite(event)) + "\n")
         loss = logs.get("loss")
         if isinstance(loss, float) and not math.isfinite(loss):
             raise TrainingDivergedError(state.global_step, loss)

@@ -23,7 +23,6 @@ import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from sftkit.errors import RunDirectoryError
 from sftkit.oserrors import open_to_umask
 from sftkit.runpaths import COMPLETE_MARKER, RunPaths, complete_marker
 from sftkit.training import pickles
+from sftkit.training.runfiles import now
 
 # transformers' names (trainer.py: OPTIMIZER_NAME, SCHEDULER_NAME, TRAINER_STATE_NAME).
 TRAINER_STATE = "trainer_state.json"
@@ -116,10 +116,6 @@ class ResumePoint:
     checkpoint: CheckpointStatus | None
     skipped: tuple[CheckpointStatus, ...] = ()
     weights_only: bool = False
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def read_marker(directory: Path) -> dict[str, Any] | None:
