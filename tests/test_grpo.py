@@ -175,7 +175,7 @@ class StopAtStep3(Longer):
             os.kill(os.getpid(), signal.SIGINT)
 
 
-PER_STEP = ("loss", "grad_norm", "reward", "rewards/longer/mean", "completions/mean_length")
+PER_STEP = ("loss", "grad_norm", "reward", "rewards/longer/mean", "completions/mean_length", "kl")
 
 
 def per_step(run_dir: Path) -> dict[int, dict[str, float]]:
@@ -183,7 +183,11 @@ def per_step(run_dir: Path) -> dict[int, dict[str, float]]:
     return {r["step"]: {k: r.get(k) for k in PER_STEP} for r in rows if "reward" in r}
 
 
-def test_an_interrupted_grpo_run_resumes_exactly(tmp_path):
+@pytest.mark.parametrize(
+    ("strategy", "weights"),
+    [("full-sft", "model"), ("lora", "adapter_model")],  # lora: with TRL's `ref` adapter
+)
+def test_an_interrupted_grpo_run_resumes_exactly(tmp_path, strategy, weights):
     torch = pytest.importorskip("torch")
     from safetensors.torch import load_file
 
@@ -192,6 +196,8 @@ def test_an_interrupted_grpo_run_resumes_exactly(tmp_path):
         "training.max_steps=6",
         "training.save_steps=1",
         "training.objective_options.rewards=[{name: longer}]",
+        f"strategy.name={strategy}",
+        *(["training.objective_options.beta=0.04"] if strategy == "lora" else []),
     )
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -210,8 +216,8 @@ def test_an_interrupted_grpo_run_resumes_exactly(tmp_path):
     assert sorted(per_step(reference)) == list(range(1, 7))
     assert per_step(resumed) == per_step(reference)
     assert any(step["grad_norm"] for step in per_step(reference).values())
-    ours = load_file(str(resumed / "final" / "model.safetensors"))
-    theirs = load_file(str(reference / "final" / "model.safetensors"))
+    ours = load_file(str(resumed / "final" / f"{weights}.safetensors"))
+    theirs = load_file(str(reference / "final" / f"{weights}.safetensors"))
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
 
