@@ -106,6 +106,7 @@ if TYPE_CHECKING:
         OptimizerState,
         Options,
         PromptTemplateSpec,
+        RewardSpec,
         StrategySpec,
     )
     from sftkit.strategies.base import (

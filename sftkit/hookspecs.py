@@ -26,6 +26,7 @@ if TYPE_CHECKING:  # the annotations only: importing this module stays cheap
         ObjectiveSpec,
         OptimizerSpec,
         PromptTemplateSpec,
+        RewardSpec,
         StrategySpec,
     )
     from sftkit.training.context import RunView
@@ -80,6 +81,12 @@ def register_loss_heads(register: Callable[[LossHeadSpec], None]) -> None:
 def register_objectives(register: Callable[[ObjectiveSpec], None]) -> None:
     """Call ``register(ObjectiveSpec(...))`` once per training objective (a
     ``training.objective`` value: how a model is trained)."""
+
+
+@hookspec
+def register_rewards(register: Callable[[RewardSpec], None]) -> None:
+    """Call ``register(RewardSpec(...))`` once per reward function (a name in a reinforcement
+    objective's ``rewards`` option)."""
 
 
 @hookspec

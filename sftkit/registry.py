@@ -16,6 +16,7 @@ from sftkit.specs import (
     ObjectiveSpec,
     OptimizerSpec,
     PromptTemplateSpec,
+    RewardSpec,
     StrategySpec,
 )
 from sftkit.suggest import closest
@@ -32,6 +33,7 @@ KINDS: dict[str, tuple[str, type]] = {
     "engines": ("register_engines", EngineSpec),
     "loss_heads": ("register_loss_heads", LossHeadSpec),
     "objectives": ("register_objectives", ObjectiveSpec),
+    "rewards": ("register_rewards", RewardSpec),
 }
 
 
@@ -257,6 +259,7 @@ class Registry:
         self.engines: Catalog[EngineSpec] = Catalog("engines", EngineSpec, manager)
         self.loss_heads: Catalog[LossHeadSpec] = Catalog("loss_heads", LossHeadSpec, manager)
         self.objectives: Catalog[ObjectiveSpec] = Catalog("objectives", ObjectiveSpec, manager)
+        self.rewards: Catalog[RewardSpec] = Catalog("rewards", RewardSpec, manager)
 
     def catalog(self, kind: str) -> Catalog[Any]:
         if kind not in KINDS:

@@ -173,6 +173,11 @@ class RunPaths:
     # The during-training evaluators' scores per step.
     eval_plot = Under("eval.png")
 
+    @property
+    def rewards_plot(self) -> Path:
+        """The rewards an objective logs (grpo's per reward, dpo's per answer) per step."""
+        return self.root / "rewards.png"
+
     def export(self, *, merged: bool) -> Path:
         """`sftkit export`'s default output folder."""
         return self.root / "export" / ("merged" if merged else "adapter")

@@ -360,6 +360,35 @@ class LossHeadSpec(_Spec):
 
 
 @dataclass(frozen=True)
+class Rollout:
+    """What a reinforcement objective's generation phase holds, for the estimator: each of
+    the generation batch's sequences (``micro_batch_size x gradient_accumulation_steps``
+    completions, TRL's default) grows to `completion_tokens` after its prompt (bounded by
+    ``training.max_seq_length``), so every training row is priced at both together;
+    `group`: completions per prompt, so the generation batch is a multiple of it (what
+    ``--fit`` searches the micro-batch by); `old_log_probs`: the old policy's per-token
+    log-probabilities are kept (several
+    optimization passes per generation); `reference`: a frozen reference is kept and its
+    per-token log-probabilities computed (a KL term)."""
+
+    completion_tokens: int
+    old_log_probs: bool = False
+    reference: bool = False
+    group: int = 1  # completions per prompt: the generation batch holds whole groups
+
+
+@dataclass(frozen=True)
+class OptionSearch:
+    """An objective option ``estimate-memory --fit`` searches: the largest multiple of
+    `step` in [`lowest`, `highest`] that fits, the rest of the recipe unchanged."""
+
+    option: str
+    lowest: int
+    highest: int
+    step: int = 1
+
+
+@dataclass(frozen=True)
 class ObjectiveSpec(_Spec):
     """How a model is trained, the value of ``training.objective`` (``sft`` is built in;
     preference or RL objectives are plugins). `trainer` names the trainer class, which takes
@@ -375,7 +404,10 @@ class ObjectiveSpec(_Spec):
     example puts through the model in a step (2 for a preference pair); `reference_copy`,
     whether a frozen reference of what trains is kept beside the model (a copy of the
     adapters under LoRA/QLoRA, of the whole model under full training); `own_loss`, that its
-    trainer computes the loss itself (``training.loss`` must stay ``auto``)."""
+    trainer computes the loss itself (``training.loss`` must stay ``auto``); `rollout`, for
+    an objective that generates its own completions, a function of its validated options
+    returning the `Rollout` it holds (the estimate's rollout phase); `fit_searches`, the
+    options ``estimate-memory --fit`` searches (`OptionSearch`)."""
 
     kind: ClassVar[str] = "objective"
 
@@ -386,6 +418,8 @@ class ObjectiveSpec(_Spec):
     sequences_per_example: int = 1
     reference_copy: bool = False
     own_loss: bool = False
+    rollout: Callable[[Any], Rollout] | None = None
+    fit_searches: tuple[OptionSearch, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -400,6 +434,19 @@ class ObjectiveSpec(_Spec):
                 f"objective {self.name!r}: sequences_per_example must be at least 1, "
                 f"not {self.sequences_per_example}."
             )
+
+
+@dataclass(frozen=True)
+class RewardSpec(_Spec):
+    """A reward function, named in a reinforcement objective's ``rewards`` option (``grpo``).
+    `factory` names the function, imported only when a run uses it, with TRL's reward
+    signature: ``reward(prompts, completions, **columns) -> list[float | None]``, one score
+    per completion (None: not applicable), where `columns` are the training data's other
+    columns, among them ``reference_answer`` (the example's gold final answer, or None)."""
+
+    kind: ClassVar[str] = "reward"
+
+    factory: str
 
 
 def _check_name(spec: Any) -> None:

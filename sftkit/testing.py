@@ -178,14 +178,17 @@ def quick_run(
     from sftkit.cli import run_cli
 
     run_dir = _run_dir(Path(output_dir), resume="--resume" in cli_args)
+    # `run`'s own flags follow the command; the rest (--disable-plugin ...) precede it
+    flags = [a for a in cli_args if a in ("--resume", "--weights-only", "--force")]
     argv = [
-        *cli_args,
+        *(a for a in cli_args if a not in flags),
         "run",
         str(recipe or quickstart_recipe()),
         *FAST_OVERRIDES,
         *overrides,
         "--output-dir",
         str(run_dir),
+        *flags,
     ]
     manager = _cli_manager(argv, plugins, builtins=True, autoload=None) if plugins else None
     code = run_cli(argv, manager=manager)

@@ -1,5 +1,5 @@
-"""Built-in loss heads (``training.loss``) and the built-in training objectives (``sft``,
-``dpo``).
+"""Built-in loss heads (``training.loss``), the built-in training objectives (``sft``,
+``dpo``) and reward functions (``gsm8k-correct``, ``format``).
 
 A plugin adds either exactly like this module does: a `LossHeadSpec` whose `memory` declares
 what the head keeps (the estimator prices it from that alone) and whose factory computes it;
@@ -9,13 +9,24 @@ its data.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from sftkit.components.loss import LOSS_HEADS
+from sftkit.errors import Problem, SftkitError
 from sftkit.hookspecs import Register, hookimpl
-from sftkit.specs import LossHeadSpec, ObjectiveSpec, Options
+from sftkit.specs import (
+    LossHeadSpec,
+    ObjectiveSpec,
+    Options,
+    OptionSearch,
+    RewardSpec,
+    Rollout,
+)
+
+if TYPE_CHECKING:
+    from sftkit.recipe.load import ResolvedRecipe
 
 # The loss types TRL 1.16's DPOTrainer computes (DPOConfig.loss_type; a test checks the
 # installed TRL names each).
@@ -36,6 +47,52 @@ class DpoOptions(Options):
         default_factory=lambda: list[DpoLoss](["sigmoid"]),
         min_length=1,
         description="TRL's DPO loss (sigmoid: the DPO paper's); several are summed.",
+    )
+
+
+class WeightedReward(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="A reward component (`sftkit list rewards`).")
+    weight: float = Field(default=1.0, description="Its weight in the summed reward.")
+
+
+class GrpoOptions(Options):
+    num_generations: int = Field(
+        default=4, ge=2, description="Completions sampled per prompt (a group; at least 2)."
+    )
+    max_completion_length: int = Field(
+        default=256, ge=1, description="Most tokens generated per completion."
+    )
+    temperature: float = Field(default=1.0, gt=0, description="Sampling temperature.")
+    beta: float = Field(
+        default=0.0,
+        ge=0,
+        description="KL penalty towards the reference (0, TRL's default: no reference kept).",
+    )
+    num_iterations: int = Field(
+        default=1,
+        ge=1,
+        description="Optimization passes over each generation batch (GRPO's mu); above 1 the "
+        "old policy's log-probabilities are kept.",
+    )
+    rewards: list[WeightedReward] = Field(
+        default_factory=lambda: [WeightedReward(name="gsm8k-correct")],
+        min_length=1,
+        description="The reward components, each with a weight; their weighted sum scores a "
+        "completion.",
+    )
+
+
+def grpo_rollout(options: GrpoOptions) -> Rollout:
+    """What TRL's GRPOTrainer holds while it generates: the old policy's log-probabilities
+    only when it steps more than once on a generation (else it reuses the policy's own),
+    the reference's with a KL term."""
+    return Rollout(
+        completion_tokens=options.max_completion_length,
+        old_log_probs=options.num_iterations > 1,
+        reference=options.beta > 0,
+        group=options.num_generations,
     )
 
 
@@ -90,5 +147,88 @@ def register_objectives(register: Register[ObjectiveSpec]) -> None:
             sequences_per_example=2,  # chosen and rejected, both through the model each step
             reference_copy=True,
             own_loss=True,
+        )
+    )
+    register(
+        ObjectiveSpec(
+            "grpo",
+            "Group relative policy optimization with reward components (TRL's GRPOTrainer); "
+            "trains on the prompts of any format.",
+            trainer="sftkit.training.reinforcement:SftkitGrpoTrainer",
+            config="sftkit.training.reinforcement:SftkitGrpoConfig",
+            factory="sftkit.training.reinforcement:grpo_dataset",
+            options_model=GrpoOptions,
+            own_loss=True,
+            rollout=grpo_rollout,
+            # the completion length; the group size is bounded by the generation batch
+            # (micro_batch_size x accumulation), which --fit searches already
+            fit_searches=(OptionSearch("max_completion_length", 16, 1 << 20, 16),),
+        )
+    )
+
+
+@hookimpl(trylast=True)
+def validate_recipe(recipe: ResolvedRecipe | None) -> list[Problem] | None:
+    """grpo's rewards name registered reward components; its KL term needs a reference,
+    which sftkit gives it through adapters only (switched off, TRL's way)."""
+    if recipe is None:
+        return None
+    t = recipe.recipe.training
+    spec = recipe.registry.objectives.get(t.objective)
+    if spec.options_model is not GrpoOptions:
+        return None
+    options = GrpoOptions.model_validate(t.objective_options)
+    problems = []
+    for index, reward in enumerate(options.rewards):
+        try:  # unknown, or registered by two plugins: said now, not when training starts
+            recipe.registry.rewards.get(reward.name)
+        except SftkitError as error:
+            problems.append(
+                Problem(
+                    f"training.objective_options.rewards[{index}].name", error.message, error.hint
+                )
+            )
+    # TRL generates micro_batch x accumulation x GPUs completions at once, in whole groups
+    batch = t.micro_batch_size * t.gradient_accumulation_steps * recipe.recipe.hardware.num_gpus
+    if batch % options.num_generations:
+        problems.append(
+            Problem(
+                "training.objective_options.num_generations",
+                f"grpo generates training.micro_batch_size x gradient_accumulation_steps x GPUs "
+                f"= {batch} completions at once, which is not whole groups of "
+                f"{options.num_generations} completions per prompt.",
+                "Make that product a multiple of num_generations (micro_batch_size and "
+                "num_generations count completions, TRL's way).",
+            )
+        )
+    if options.beta > 0 and recipe.strategy_parts.trains_base:
+        problems.append(
+            Problem(
+                "training.objective_options.beta",
+                f"grpo's KL term (beta {options.beta:g}) needs a reference model, which sftkit "
+                f"gives only by switching adapters off; strategy {recipe.strategy.spec.name!r} "
+                "trains every weight.",
+                "Use beta: 0, or an adapter strategy (lora, qlora-nf4).",
+            )
+        )
+    return problems or None
+
+
+@hookimpl(trylast=True)
+def register_rewards(register: Register[RewardSpec]) -> None:
+    register(
+        RewardSpec(
+            "gsm8k-correct",
+            "1 where the final answer equals the reference answer (the gsm8k evaluator's "
+            "extraction), else 0.",
+            "sftkit.training.rewards:gsm8k_correct",
+        )
+    )
+    register(
+        RewardSpec(
+            "format",
+            "1 where the answer ends with a '#### N' line (and an R1-style model closed its "
+            "</think>), else 0.",
+            "sftkit.training.rewards:answer_format",
         )
     )

@@ -177,9 +177,16 @@ def fit_search(
     # Memory decides the row length searched; the model's position window is said beside it
     # (rows past it run on positions the model never saw unless its rope is scaled).
     max_seq = MAX_SEQ_SEARCH
+    batch_step = _micro_batch_step(resolved)
     results = {
         "training.micro_batch_size": search(
-            resolved, "training.micro_batch_size", 1, MAX_MICRO_BATCH, gpu=gpu, model=model
+            resolved,
+            "training.micro_batch_size",
+            batch_step,
+            MAX_MICRO_BATCH,
+            batch_step,
+            gpu=gpu,
+            model=model,
         ),
         "training.max_seq_length": search(
             resolved,
@@ -194,9 +201,27 @@ def fit_search(
     if shape.max_position_embeddings:
         results["training.max_seq_length"]["window"] = shape.max_position_embeddings
     r = resolved.recipe
+    objective = resolved.registry.objectives.get(r.training.objective)
+    for wanted in objective.fit_searches:  # what the objective declares (grpo: completions)
+        path = f"training.objective_options.{wanted.option}"
+        results[path] = search(
+            resolved, path, wanted.lowest, wanted.highest, wanted.step, gpu=gpu, model=model
+        )
     if engine_of(r).searches_gpu_counts(r.distributed):
         results["hardware.num_gpus"] = _gpu_search(resolved, gpu=gpu, model=model)
     return results
+
+
+def _micro_batch_step(resolved: ResolvedRecipe) -> int:
+    """The micro-batches worth trying: an objective that generates in groups (`Rollout.group`)
+    needs micro_batch x accumulation x GPUs to be whole groups."""
+    t = resolved.recipe.training
+    objective = resolved.registry.objectives.get(t.objective)
+    if objective.rollout is None:
+        return 1
+    group = objective.rollout(objective.options_model.model_validate(t.objective_options)).group
+    per_micro_batch = t.gradient_accumulation_steps * resolved.recipe.hardware.num_gpus
+    return group // math.gcd(group, per_micro_batch)
 
 
 def _gpu_search(resolved: ResolvedRecipe, *, gpu: str | None, model: str | None) -> dict[str, Any]:

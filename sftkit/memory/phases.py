@@ -207,6 +207,50 @@ def _eval_parts(setup: Setup) -> list[Part]:
     return best
 
 
+def rollout_parts(setup: Setup) -> list[Part]:
+    """What a reinforcement objective holds while it generates (`ObjectiveSpec.rollout`):
+    the generation batch's KV cache grown to prompt + completion tokens (the prompt bounded
+    by training.max_seq_length), the prefill's intermediates and the next-token logits, as
+    evaluation's generation; then the per-token log-probabilities kept for the loss."""
+    rollout = setup.rollout
+    if rollout is None:
+        return []
+    s, d = setup.shape, act.dtypes(setup)
+    # setup.seq_len is a training row: the prompt (max_seq_length) and its completion
+    batch, tokens, completion = setup.rollout_sequences, setup.seq_len, rollout.completion_tokens
+    prompt = tokens - completion
+    parts = [
+        Part(
+            f"rollout: KV cache ({batch} completions x {tokens} tokens)",
+            2 * s.num_layers * batch * tokens * s.kv_size * d.linear_out,
+            "activations",
+            "2 x layers x completions x (prompt + completion) x kv_heads x head_dim",
+        ),
+        Part(
+            "rollout: prefill activations (no grad)",
+            batch * prompt * (3 * d.linear_out * s.mlp_width + 2 * d.stream * s.hidden_size),
+            "activations",
+            "largest layer intermediates",
+        ),
+        Part("rollout: next-token logits", batch * s.vocab_size * (d.compute + 4), "logits", ""),
+    ]
+    kept = [
+        ("old policy", rollout.old_log_probs),
+        ("reference", rollout.reference),
+    ]
+    for whose, held in kept:
+        if held:
+            parts.append(
+                Part(
+                    f"rollout: {whose} log-probabilities ({batch} x {completion})",
+                    batch * completion * 4,
+                    "logits",
+                    "fp32 per completion token",
+                )
+            )
+    return parts
+
+
 def reference_bytes(setup: Setup, tensors: list[LaidTensor]) -> int:
     """The objective's frozen reference (`ObjectiveSpec.reference_copy`): with adapters, a
     copy of the adapters on the same base weights (TRL's ``ref`` adapter); without, a copy
@@ -322,6 +366,9 @@ def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
         *[e for e in extras if e.name == "DDP gradient buckets"],
     ]
     phases["later_steps"] = [*weights, *persistent, *fb, *extras]
+    # Generation after the first step: the optimizer state exists, the gradients are freed.
+    rolling = rollout_parts(setup)
+    phases["rollout"] = [*weights, *persistent, *rolling] if rolling else []
     phases["evaluation"] = [*weights, *persistent, *_eval_parts(setup)]
     for term in extra:
         if term.replaces:
@@ -332,6 +379,8 @@ def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
             )
     if setup.on_gpu:
         for phase, parts in phases.items():
+            if not parts:  # a phase this run does not go through (no rollout)
+                continue
             allocated = sum(p.bytes for p in parts if p.pool == "device")
             parts.append(
                 Part(

@@ -83,6 +83,11 @@ class Estimate:
         return max(PHASES, key=lambda p: (self.phases[p], -PHASES.index(p)))
 
     @property
+    def run_phases(self) -> list[str]:
+        """The phases this run goes through (a rollout only where the objective generates)."""
+        return [p for p in PHASES if self.phases[p] or p == "load"]
+
+    @property
     def peak_bytes(self) -> int:
         return self.phases[self.peak_phase]
 
@@ -264,6 +269,7 @@ def resident_paged(device: dict[str, int], paged: dict[str, int], budget: int) -
 
 SHORT = {
     "load": "load",
+    "rollout": "rollout",
     "forward_backward": "fwd/bwd",
     "optimizer_step": "opt step",
     "later_steps": "later",
@@ -293,20 +299,21 @@ def render_estimate(e: Estimate) -> str:
     ]
     rows = _rows(e)
     name_width = min(max([len(name) for name, _ in rows] + [20]), 78)
-    header = "term".ljust(name_width) + "".join(SHORT[p].rjust(10) for p in PHASES)
+    columns = e.run_phases
+    header = "term".ljust(name_width) + "".join(SHORT[p].rjust(10) for p in columns)
     lines.append(header)
     lines.append("-" * len(header))
     for name, cells in rows:
         shown = name if len(name) <= name_width else name[: name_width - 1] + "…"
         lines.append(
             shown.ljust(name_width)
-            + "".join((gib_number(cells[p]) if p in cells else "").rjust(10) for p in PHASES)
+            + "".join((gib_number(cells[p]) if p in cells else "").rjust(10) for p in columns)
         )
     lines.append("-" * len(header))
 
     def total(label: str, values: dict[str, int]) -> None:
         lines.append(
-            label.ljust(name_width) + "".join(gib_number(values[p]).rjust(10) for p in PHASES)
+            label.ljust(name_width) + "".join(gib_number(values[p]).rjust(10) for p in columns)
         )
 
     if e.on_gpu:

@@ -33,7 +33,7 @@ from sftkit.dtypes import DTYPE_BYTES, PRECISION_BYTES
 from sftkit.engine import Engine, Sharding, engine_of
 from sftkit.errors import SftkitError
 from sftkit.modelshape.shape import ModelShape
-from sftkit.specs import OptimizerSpec, StrategySpec
+from sftkit.specs import OptimizerSpec, Rollout, StrategySpec
 from sftkit.versions import installed, release
 
 if TYPE_CHECKING:
@@ -87,6 +87,8 @@ class Setup:
     objective: str = "sft"  # training.objective, for the estimate's setting line
     sequences_per_example: int = 1  # the objective's (a preference pair: 2)
     reference_copy: bool = False  # the objective keeps a frozen reference of what trains
+    rollout: Rollout | None = None  # what a reinforcement objective's generation holds
+    rollout_sequences: int = 0  # completions generated at once (the generation batch)
 
     @property
     def tokens(self) -> int:
@@ -149,6 +151,9 @@ def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bo
         else:
             evaluations.append(EvalWorkload(component.spec.name, "loss", batch, int(max_length)))
     objective = resolved.registry.objectives.get(t.objective)
+    rollout = None
+    if objective.rollout is not None:
+        rollout = objective.rollout(objective.options_model.model_validate(t.objective_options))
     attention = attention_for(
         r.model.attn_implementation,
         packing=r.data.packing,
@@ -164,7 +169,8 @@ def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bo
         model_dtype_bytes=DTYPE_BYTES[r.model.dtype],
         compute_bytes=PRECISION_BYTES[t.precision],
         micro_batch_size=t.micro_batch_size * objective.sequences_per_example,
-        seq_len=t.max_seq_length,
+        # a generated completion follows each prompt (bounded by max_seq_length) in training
+        seq_len=t.max_seq_length + (rollout.completion_tokens if rollout else 0),
         grad_accum=t.gradient_accumulation_steps,
         checkpointing=t.gradient_checkpointing,
         attn_implementation=attention.implementation,
@@ -183,7 +189,10 @@ def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bo
         compiled=t.compile,
         objective=objective.name,
         sequences_per_example=objective.sequences_per_example,
-        reference_copy=objective.reference_copy,
+        reference_copy=objective.reference_copy or bool(rollout and rollout.reference),
+        rollout=rollout,
+        # TRL generates gradient_accumulation_steps micro-batches of completions at once
+        rollout_sequences=t.micro_batch_size * t.gradient_accumulation_steps,
     )
 
 

@@ -16,6 +16,7 @@ from sftkit.errors import SftkitError
 # dies; the peak is the largest phase.
 PHASES: tuple[str, ...] = (
     "load",
+    "rollout",
     "forward_backward",
     "optimizer_step",
     "later_steps",
@@ -23,6 +24,7 @@ PHASES: tuple[str, ...] = (
 )
 PHASE_LABELS: dict[str, str] = {
     "load": "loading the model",
+    "rollout": "generating completions (rollout)",
     "forward_backward": "first forward/backward",
     "optimizer_step": "first optimizer step",
     "later_steps": "later training steps",

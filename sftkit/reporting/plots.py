@@ -111,3 +111,38 @@ def plot_eval_metrics(
     axes.legend()
     figure.savefig(path)
     return path
+
+
+def reward_keys(events: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """The reward series a trainer logged, legend label -> key: TRL's ``reward`` (grpo's
+    weighted sum), each ``rewards/NAME/mean`` (grpo) or ``rewards/NAME`` (dpo's chosen,
+    rejected, margins); not their standard deviations."""
+    keys: dict[str, str] = {}
+    for event in events:
+        for key in event:
+            if key == "reward" or (key.startswith("rewards/") and not key.endswith("/std")):
+                label = key.removeprefix("rewards/").removesuffix("/mean")
+                keys.setdefault(label if key != "reward" else "reward (weighted sum)", key)
+    return keys
+
+
+def plot_rewards(events: Sequence[dict[str, Any]], path: Path, *, title: str) -> Path | None:
+    """Every reward series per step (`reward_keys`); None for a run that logs none (sft)."""
+    keys = reward_keys(events)
+    figure, axes = _figure()
+    drawn = False
+    for label, key in keys.items():
+        xs, ys = _series(events, key)
+        if xs:
+            axes.plot(xs, ys, linewidth=1.4, label=label)
+            drawn = True
+    if not drawn:
+        return None
+    _whole_steps(axes)
+    axes.set_xlabel("optimizer step")
+    axes.set_ylabel("reward")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.savefig(path)
+    return path

@@ -7,7 +7,12 @@ from pathlib import Path
 
 from sftkit.extras import missing
 from sftkit.reporting.document import Code, Document, Heading, Image, Paragraph, Table
-from sftkit.reporting.plots import plot_eval_metrics, plot_learning_rate, plot_loss
+from sftkit.reporting.plots import (
+    plot_eval_metrics,
+    plot_learning_rate,
+    plot_loss,
+    plot_rewards,
+)
 from sftkit.reporting.record import RunRecord, load_run
 from sftkit.reporting.summary import (
     EVAL_HEADERS,
@@ -51,7 +56,11 @@ def write_report(run_dir: Path) -> ReportFiles:
     record = load_run(run_dir)
     paths = RunPaths(run_dir)
     if missing(["matplotlib"]):
-        kept = [p for p in (paths.loss_plot, paths.lr_plot, paths.eval_plot) if p.is_file()]
+        kept = [
+            p
+            for p in (paths.loss_plot, paths.lr_plot, paths.eval_plot, paths.rewards_plot)
+            if p.is_file()
+        ]
         return _write(record, ReportFiles(paths.report_markdown, paths.report_html, [], kept))
     evaluated = any("eval/loss" in e for e in record.events)
     primaries = record.run.get("eval_primaries")
@@ -72,6 +81,7 @@ def write_report(run_dir: Path) -> ReportFiles:
             plot_eval_metrics(
                 record.events, scores, paths.eval_plot, title="evaluators during training"
             ),
+            plot_rewards(record.train_events, paths.rewards_plot, title="rewards"),
         )
         if p is not None
     ]

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import shutil
-from pathlib import Path
 from typing import Any
 
 from trl import DPOConfig, DPOTrainer
 
 from sftkit import compat
 from sftkit.errors import DataError
+from sftkit.training.reference import ReferenceAdapterNotFinal
 from sftkit.training.trainer import RunTrainerMixin
 
 
@@ -64,7 +63,9 @@ class SftkitDpoConfig(DPOConfig):
     completion_only_loss: bool | None = None
 
 
-class SftkitDpoTrainer(RunTrainerMixin, compat.WeightsOnlyRestart, DPOTrainer):
+class SftkitDpoTrainer(
+    ReferenceAdapterNotFinal, RunTrainerMixin, compat.WeightsOnlyRestart, DPOTrainer
+):
     """TRL's DPOTrainer running a sftkit recipe (the ``dpo`` objective)."""
 
     def __init__(self, *, model: Any, **kwargs: Any) -> None:
@@ -76,11 +77,3 @@ class SftkitDpoTrainer(RunTrainerMixin, compat.WeightsOnlyRestart, DPOTrainer):
             # load it again from the model's hub id, which a local or built model lacks.)
             reference = copy.deepcopy(model).requires_grad_(False).eval()
         super().__init__(model=model, ref_model=reference, **kwargs)
-
-    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
-        super().save_model(output_dir, _internal_call)
-        # final/ is the trained adapter; TRL's frozen `ref` copy (the starting adapter) is
-        # saved beside it as a subfolder, which is not a result (checkpoints keep it).
-        final = self.parts.paths.partial_final
-        if output_dir is not None and Path(output_dir) == final and self.is_world_process_zero():
-            shutil.rmtree(final / "ref", ignore_errors=True)

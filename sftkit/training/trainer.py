@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 
     from sftkit.engine import Engine
     from sftkit.recipe.schema import Recipe
+    from sftkit.registry import Registry
 
 CHECKPOINTS_README = """\
 # Checkpoints of an sftkit run
@@ -99,6 +100,7 @@ class TrainerParts:
     weights_only: bool = False
     carried: dict[str, Any] = field(default_factory=dict)
     clock: RunClock = field(default_factory=RunClock)
+    registry: Registry | None = None  # the run's components (an objective's rewards, say)
 
 
 if TYPE_CHECKING:

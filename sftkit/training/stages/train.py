@@ -138,6 +138,7 @@ def trainer_parts(ctx: RunContext) -> Any:
         weights_only=ctx.weights_only,
         carried=ctx.carried,
         clock=ctx.clock,
+        registry=resolved.registry,
     )
 
 

@@ -1,0 +1,281 @@
+"""The ``grpo`` objective: its options validated at load, its data (the template's prompts
+with their reference answers), and a few CPU steps of TRL's GRPOTrainer on the tiny model
+with built-in and plugin rewards, whose scores are logged."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from sftkit import RewardSpec, hookimpl
+from sftkit.testing import invoke_cli, quick_run, tiny_dataset, tiny_recipe
+
+pytest.importorskip("trl")
+
+GRPO = (
+    "training.objective=grpo",
+    "training.objective_options.num_generations=4",
+    "training.objective_options.max_completion_length=12",
+)
+
+
+def longer(prompts, completions, **columns):
+    """A reward the random tiny model's samples differ on, so the groups have advantages."""
+    assert "reference_answer" in columns  # the data's columns reach every reward
+    return [len(c.strip()) / 12 for c in completions]
+
+
+class Longer:
+    @hookimpl
+    def register_rewards(self, register):
+        register(RewardSpec("longer", "Longer answers score higher.", f"{__name__}:longer"))
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("training.objective_options.num_generations=1", "num_generations"),
+        ("training.objective_options.temperature=0", "temperature"),
+        ("training.objective_options.rewards=[{name: gsm8k-corect}]", "gsm8k-correct"),
+        ("training.objective_options.rewards=[]", "rewards"),
+        ("training.objective_options.beta=0.04", "adapter strategy"),
+        ("training.objective_options.num_generations=3", "whole groups"),
+    ],
+)
+def test_bad_options_stop_at_load_naming_the_key(override, message):
+    result = invoke_cli("validate", "quickstart", *GRPO, override)
+    assert result.exit_code == 2, result.stderr
+    assert "training.objective_options" in result.stderr and message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_the_data_is_the_templates_prompts_with_their_reference_answers(tmp_path):
+    from sftkit.data.prepare import prepare_data
+    from sftkit.modeling import load_tokenizer
+    from sftkit.specs import load_factory
+    from sftkit.training.reinforcement import grpo_dataset
+
+    resolved = tiny_recipe(*GRPO, f"output_dir={tmp_path}")
+    prepare_data(resolved)
+    tokenizer = load_tokenizer(resolved.recipe)
+    template = load_factory(resolved.template.spec.factory)(resolved.template.options)
+    split = tiny_dataset(resolved)
+    data = grpo_dataset(split, template, tokenizer, resolved.recipe)
+    assert data.column_names == ["prompt", "reference_answer"]
+    assert data[0]["reference_answer"] == split[0].reference_answer is not None
+    ids = tokenizer(data[0]["prompt"])["input_ids"]
+    assert ids.count(tokenizer.bos_token_id) <= 1  # one BOS, as the SFT data has
+
+
+@pytest.mark.parametrize("strategy", ["full-sft", "lora"])
+def test_grpo_trains_on_cpu_and_logs_each_reward(tmp_path, strategy):
+    overrides = [
+        *GRPO,
+        f"strategy.name={strategy}",
+        "training.objective_options.rewards=[{name: gsm8k-correct}, {name: format}, "
+        "{name: longer, weight: 0.5}]",
+    ]
+    if strategy == "lora":  # the reference: the adapters switched off (no second model)
+        overrides.append("training.objective_options.beta=0.04")
+    run = quick_run(tmp_path, *overrides, plugins=[Longer()])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [row for row in rows if "reward" in row]
+    assert [row["step"] for row in steps] == [1, 2, 3]
+    for row in steps:
+        for name in ("gsm8k-correct", "format", "longer"):
+            assert 0.0 <= row[f"rewards/{name}/mean"] <= 1.0 + 1e-6
+        assert row["completions/max_length"] <= 12
+    assert any(row["rewards/longer/std"] > 0 for row in steps)
+    assert any(row["grad_norm"] > 0 for row in steps)  # the advantages moved the policy
+    if strategy == "lora":
+        assert "kl" in steps[0]
+    assert (Path(run) / "final" / "sftkit_complete.json").is_file()
+    assert not (Path(run) / "final" / "ref").exists()  # TRL's frozen copy is not a result
+    if importlib.util.find_spec("matplotlib"):  # the light core draws no plots
+        assert "![rewards](rewards.png)" in (run / "report.md").read_text()
+        assert (run / "rewards.png").is_file()
+
+
+# --------------------------------------------------------------------------- the estimate
+
+
+def test_the_rollout_terms_match_the_tensors_generation_holds(tmp_path):
+    """The tiny model generates the estimate's generation batch (micro-batch 2 x accumulation
+    2 completions of 8 tokens after 32-token prompts): its KV cache and each step's logits
+    against the rollout terms; the kept log-probabilities are (completions x completion
+    tokens) fp32, as TRL computes them."""
+    import torch
+    from trl.trainer.utils import selective_log_softmax
+
+    from sftkit.memory.estimator import shape_for
+    from sftkit.memory.phases import rollout_parts
+    from sftkit.memory.setup import setup_from_recipe
+    from sftkit.testing import tiny_model
+
+    prompt, completion, batch = 32, 8, 4
+    resolved = tiny_recipe(
+        *GRPO,
+        f"output_dir={tmp_path}",
+        "strategy.name=lora",
+        f"training.max_seq_length={prompt}",
+        f"training.objective_options.max_completion_length={completion}",
+        "training.objective_options.beta=0.04",
+        "training.objective_options.num_iterations=2",
+        "training.micro_batch_size=2",
+        "training.gradient_accumulation_steps=2",
+    )
+    setup = setup_from_recipe(resolved, shape_for(resolved), on_gpu=False)
+    terms = {part.name.split(" (")[0]: part.bytes for part in rollout_parts(setup)}
+    model, tokenizer = tiny_model(resolved, tmp_path / "model")
+    ids = torch.randint(3, tokenizer.vocab_size, (batch, prompt))
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=completion,
+            min_new_tokens=completion,
+            do_sample=True,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+    cache = out.past_key_values
+    cached = sum(layer.keys.nbytes + layer.values.nbytes for layer in cache.layers)
+    # The cache holds every token but the last one generated: the estimate is one token over.
+    per_token = cached // (prompt + completion - 1)
+    assert terms["rollout: KV cache"] == cached + per_token
+    assert max(step.nbytes for step in out.logits) <= terms["rollout: next-token logits"]
+    completion_ids = out.sequences[:, prompt:]
+    with torch.no_grad():
+        logits = model(out.sequences).logits[:, prompt - 1 : -1].float()
+    log_probs = selective_log_softmax(logits, completion_ids)
+    for whose in ("old policy", "reference"):
+        assert terms[f"rollout: {whose} log-probabilities"] == log_probs.nbytes
+    assert setup.reference_copy  # beta > 0 under LoRA: TRL's frozen `ref` adapter, priced
+
+
+# --------------------------------------------------------------------------- resume
+
+
+class StopAtStep3(Longer):
+    """Ctrl-C during the run, once: the run stops at a step boundary with a checkpoint."""
+
+    def __init__(self) -> None:
+        self.sent = False
+
+    @hookimpl
+    def on_log(self, run, logs):
+        if logs.get("step") == 3 and not self.sent:
+            import os
+            import signal
+
+            self.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+PER_STEP = ("loss", "grad_norm", "reward", "rewards/longer/mean", "completions/mean_length", "kl")
+
+
+def per_step(run_dir: Path) -> dict[int, dict[str, float]]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: {k: r.get(k) for k in PER_STEP} for r in rows if "reward" in r}
+
+
+@pytest.mark.parametrize(
+    ("strategy", "weights"),
+    [("full-sft", "model"), ("lora", "adapter_model")],  # lora: with TRL's `ref` adapter
+)
+def test_an_interrupted_grpo_run_resumes_exactly(tmp_path, strategy, weights):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import load_file
+
+    overrides = (
+        *GRPO,
+        "training.max_steps=6",
+        "training.save_steps=1",
+        "training.objective_options.rewards=[{name: longer}]",
+        f"strategy.name={strategy}",
+        *(["training.objective_options.beta=0.04"] if strategy == "lora" else []),
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        reference = quick_run(tmp_path / "reference", *overrides, plugins=[Longer()])
+        with pytest.raises(AssertionError, match="exited with 130"):
+            quick_run(tmp_path / "stopped", *overrides, plugins=[StopAtStep3()])
+        stopped = tmp_path / "stopped" / "run"
+        assert max(per_step(stopped)) < 6  # stopped early, with its checkpoints
+        assert any((stopped / "checkpoints").glob("checkpoint-*"))
+        resumed = quick_run(
+            tmp_path / "stopped", *overrides, cli_args=("--resume",), plugins=[Longer()]
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(per_step(reference)) == list(range(1, 7))
+    assert per_step(resumed) == per_step(reference)
+    assert any(step["grad_norm"] for step in per_step(reference).values())
+    ours = load_file(str(resumed / "final" / f"{weights}.safetensors"))
+    theirs = load_file(str(reference / "final" / f"{weights}.safetensors"))
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in theirs)
+
+
+def test_fit_searches_the_completion_length_grpo_declares():
+    from sftkit.memory.advice import fit_search, variant
+    from sftkit.memory.estimator import compute
+
+    resolved = tiny_recipe(*GRPO, "strategy.name=lora")
+    found = fit_search(resolved, gpu="1GB")["training.objective_options.max_completion_length"]
+    assert found["value"] is not None and found["value"] % 16 == 0
+    path = "training.objective_options.max_completion_length"
+    fits = compute(variant(resolved, {path: found["value"]}), gpu="1GB")
+    over = compute(variant(resolved, {path: found["next"]}), gpu="1GB")
+    assert fits.fits and not over.fits
+    assert over.phases["rollout"] > fits.phases["rollout"]
+
+
+def test_fit_searches_micro_batches_of_whole_groups():
+    from sftkit.memory.advice import fit_search
+
+    # 8 completions per prompt, accumulation 2: micro-batches of 4, 8, 12 ... are whole groups
+    resolved = tiny_recipe(
+        *GRPO,
+        "training.objective_options.num_generations=8",
+        "training.micro_batch_size=4",
+        "training.gradient_accumulation_steps=2",
+    )
+    found = fit_search(resolved, gpu="1GB")["training.micro_batch_size"]
+    assert found["value"] is not None and found["value"] % 4 == 0
+    assert found["smallest_tried"] == 4 and found["next"] == found["value"] + 4
+
+
+def test_the_report_plots_every_reward_series_but_their_spread():
+    from sftkit.reporting.plots import reward_keys
+
+    grpo = {"step": 1, "reward": 0.5, "rewards/format/mean": 1.0, "rewards/format/std": 0.1}
+    dpo = {"step": 1, "rewards/chosen": 0.2, "rewards/margins": 0.1, "loss": 0.6}
+    assert reward_keys([grpo]) == {
+        "reward (weighted sum)": "reward",
+        "format": "rewards/format/mean",
+    }
+    assert reward_keys([dpo]) == {"chosen": "rewards/chosen", "margins": "rewards/margins"}
+    assert reward_keys([{"step": 1, "loss": 1.0}]) == {}
+
+
+def test_a_reward_two_plugins_register_is_refused_at_load():
+    class Other:
+        @hookimpl
+        def register_rewards(self, register):
+            register(RewardSpec("longer", "Another longer.", f"{__name__}:longer"))
+
+    result = invoke_cli(
+        "validate",
+        "quickstart",
+        *GRPO,
+        "training.objective_options.rewards=[{name: longer}]",
+        plugins=[Longer(), Other()],
+    )
+    assert result.exit_code == 2, result.stderr
+    assert "rewards[0].name" in result.stderr and "registered by 2 plugins" in result.stderr
