@@ -201,8 +201,10 @@ def _adopt_transformers(module: Any, quiet: _Quiet) -> None:
     if not quiet.verbose:
         was = module.is_progress_bar_enabled()
         module.disable_progress_bar()
-        module.set_tqdm_hook(_bar_as_stage)
-        quiet.undo.callback(module.set_tqdm_hook, None)
+        # a public hook of later 5.x releases (5.3 lacks it): there its bars are just off
+        if hasattr(module, "set_tqdm_hook"):
+            module.set_tqdm_hook(_bar_as_stage)
+            quiet.undo.callback(module.set_tqdm_hook, None)
         if was:
             quiet.undo.callback(module.enable_progress_bar)
 
