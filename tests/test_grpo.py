@@ -264,6 +264,14 @@ def test_the_report_plots_every_reward_series_but_their_spread():
     assert reward_keys([{"step": 1, "loss": 1.0}]) == {}
 
 
+def test_the_step_line_prints_the_mean_reward_where_one_is_logged():
+    from sftkit.training.callbacks import _status
+
+    logs = {"loss": -0.0012, "reward": 0.4953, "learning_rate": 5e-5}
+    assert _status(logs) == "loss -0.0012  reward 0.495  lr 5.00e-05"
+    assert "reward" not in _status({"loss": 0.5, "learning_rate": 5e-5})
+
+
 def test_a_reward_two_plugins_register_is_refused_at_load():
     class Other:
         @hookimpl

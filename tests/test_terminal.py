@@ -32,7 +32,7 @@ SFTKIT_LINES = tuple(
         r"^model: \S+ \([\w-]+\), loaded in \d+\.\ds$",
         r"^  [\d,]+ of [\d,]+ parameters train \(\d+\.\d\d%\)$",
         r"^(before|after) training: \S+ \w+ [\d.]+%? .*\(n=\d+, \w+\)$",
-        r"^step \d+/\d+  loss \S+( {2}lr \S+)?( {2}grad \S+)?( {2}[\d,]+ tok/s)?$",
+        r"^step \d+/\d+  loss \S+( {2}reward \S+)?( {2}lr \S+)?( {2}grad \S+)?( {2}[\d,]+ tok/s)?$",
         r"^report: \S+$",
         r"^completed: \S+ in \S+( \(train loss [\d.]+\))?$",
         r"^note: .+$",

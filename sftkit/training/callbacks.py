@@ -134,6 +134,8 @@ class RichProgressCallback(TrainerCallback):
 
 def _status(logs: dict[str, Any]) -> str:
     parts = [f"loss {logs['loss']:.4f}"]
+    if "reward" in logs:  # a reinforcement objective's mean reward (TRL's key)
+        parts.append(f"reward {logs['reward']:.3f}")
     if "learning_rate" in logs:
         parts.append(f"lr {logs['learning_rate']:.2e}")
     if "grad_norm" in logs and logs["grad_norm"] is not None:
