@@ -354,6 +354,16 @@ def validate_recipe_data(
             parts = strategy.spec.compose(strategy.options)
         except SftkitError as exc:
             problems.append(Problem("strategy.name", exc.message, exc.hint))
+    if parts and recipe.model.adapter and parts.trains_base:
+        problems.append(
+            Problem(
+                "model.adapter",
+                f"strategy {recipe.strategy.name!r} trains every weight, so there is no adapter "
+                "to start from.",
+                "Use an adapter strategy (sftkit list strategies), or start from a merged "
+                "model with model.name_or_path.",
+            )
+        )
     if strategy and optimizer:
         reason = optimizer.spec.incompatibility(strategy.spec)
         if reason:

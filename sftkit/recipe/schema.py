@@ -59,6 +59,13 @@ class ModelSection(Strict):
         default=False,
         description="Build the architecture from its config with random weights (tests, benchmarks).",
     )
+    adapter: str | None = Field(
+        default=None,
+        min_length=1,
+        description="A PEFT adapter directory to start from (e.g. a LoRA/QLoRA run's final/): "
+        "its weights train instead of fresh adapters. Needs an adapter strategy; checked to "
+        "exist when a run loads the model, not by validate or estimate-memory.",
+    )
 
 
 class MixtureSource(Strict):

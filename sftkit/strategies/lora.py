@@ -38,10 +38,15 @@ class Lora(Strategy):
         return model
 
     def apply(self, model: torch.nn.Module, ctx: StrategyContext) -> torch.nn.Module:
-        from peft import get_peft_model
+        from peft import PeftModel, get_peft_model
 
         model = self.prepare_base(model, ctx)
-        peft_model: torch.nn.Module = get_peft_model(model, self.lora_config())
+        start = ctx.recipe.model.adapter
+        peft_model: torch.nn.Module
+        if start:  # the adapter a previous run trained, its own config, trainable
+            peft_model = PeftModel.from_pretrained(model, start, is_trainable=True)
+        else:
+            peft_model = get_peft_model(model, self.lora_config())
         return peft_model
 
 
