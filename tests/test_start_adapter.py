@@ -60,3 +60,28 @@ def test_a_run_starts_from_the_adapter_a_previous_run_saved(tmp_path):
     assert trained_b and any(saved[k].abs().max() > 1e-4 for k in trained_b)
     for key, tensor in saved.items():
         assert (resumed[key] - tensor).abs().max() < 1e-8, key
+
+
+def test_grpo_with_a_kl_term_starts_from_a_saved_adapter(tmp_path):
+    """The r1_gsm8k_grpo setup in small: TRL's frozen ``ref`` copy of a loaded adapter."""
+    import json
+
+    # no LoRA dropout (the adapter's config keeps it): the first step's policy is then
+    # exactly its reference
+    lora = ("strategy.name=lora", "strategy.options.dropout=0")
+    first = quick_run(tmp_path, *lora, "optimizer.options.lr=1e-2")
+    run = quick_run(
+        tmp_path,
+        *lora,
+        f"model.adapter={first / 'final'}",
+        "training.objective=grpo",
+        "training.objective_options.num_generations=4",
+        "training.objective_options.max_completion_length=12",
+        "training.objective_options.beta=0.04",
+        "training.max_steps=2",
+    )
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [row for row in rows if "kl" in row]
+    assert [row["step"] for row in steps] == [1, 2]
+    assert steps[0]["kl"] < 1e-7  # the reference is the loaded adapter, not a fresh one
+    assert not (run / "final" / "ref").exists()
