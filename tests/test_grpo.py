@@ -287,3 +287,19 @@ def test_a_reward_two_plugins_register_is_refused_at_load():
     )
     assert result.exit_code == 2, result.stderr
     assert "rewards[0].name" in result.stderr and "registered by 2 plugins" in result.stderr
+
+
+def test_the_grpo_quickstart_starts_from_a_checkpoint_the_quickstart_keeps():
+    import yaml
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    sft = yaml.safe_load((recipes / "quickstart.yaml").read_text())
+    grpo = yaml.safe_load((recipes / "quickstart_grpo.yaml").read_text())
+    path = grpo["model"]["name_or_path"]
+    assert path.startswith(f"{sft['output_dir']}/checkpoints/checkpoint-")
+    t = sft["training"]
+    saved = list(range(t["save_steps"], t["max_steps"] + 1, t["save_steps"]))
+    assert int(path.rsplit("-", 1)[1]) in saved[-t["save_total_limit"] :]
+    # the same generated problems: its test split is the quickstart's held-out one
+    for key in ("train_size", "test_size", "max_operand", "operations", "seed"):
+        assert grpo["data"]["format"]["options"][key] == sft["data"]["format"]["options"][key]
