@@ -41,3 +41,12 @@ def test_command_imports_no_training_stack(args):
     )
     assert result.returncode in (0, 3), result.stderr
     assert "HEAVY=\n" in result.stdout or result.stdout.rstrip().endswith("HEAVY="), result.stdout
+
+
+def test_python_dash_m_sftkit_runs_the_cli():
+    """`python -m sftkit` is the CLI, for an environment whose scripts are not on PATH."""
+    result = subprocess.run(
+        [sys.executable, "-m", "sftkit", "validate", QLORA], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert "r1_gsm8k_qlora" in result.stdout + result.stderr
