@@ -92,6 +92,9 @@ def _run_args(run_dir: Path, *extra: str) -> list[str]:
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
     env.pop("SFTKIT_VERBOSE", None)
+    # transformers propagates its records from import when CI is set (utils/logging.py):
+    # these probes check what a user's terminal and log file get
+    env.pop("CI", None)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     env["HF_HUB_OFFLINE"] = "1"
     return {**env, **extra}
