@@ -10,7 +10,7 @@ from sftkit.evaluation.display import delta, headline, interval
 from sftkit.reporting.document import Document, Heading, Image, Paragraph, Table
 from sftkit.reporting.plots import plot_learning_rate, plot_loss
 from sftkit.reporting.record import RunRecord
-from sftkit.reporting.summary import duration, gib, number
+from sftkit.reporting.summary import HEADLINES, duration, gib, last_logged, number
 
 # Recipe keys that never matter for a comparison.
 IGNORED_KEYS = ("output_dir", "description")
@@ -61,6 +61,10 @@ def compare(a: RunRecord, b: RunRecord) -> Comparison:
     row("runtime", ra.get("train_runtime_s"), rb.get("train_runtime_s"), duration, True)
     row("tokens/s", ra.get("tokens_per_second"), rb.get("tokens_per_second"))
     row("final loss", ra.get("final_loss"), rb.get("final_loss"), number, True)
+    for series, label in HEADLINES:  # an objective's own headline (grpo's reward), if logged
+        la, lb = last_logged(a.train_events, series), last_logged(b.train_events, series)
+        if la is not None or lb is not None:
+            row(label, la and la[series], lb and lb[series])
     ma, mb = a.memory or {}, b.memory or {}
     row("estimated peak", ma.get("peak_bytes"), mb.get("peak_bytes"), gib, True)
     row("measured peak", ra.get("peak_memory_bytes"), rb.get("peak_memory_bytes"), gib, True)
