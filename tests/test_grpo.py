@@ -71,7 +71,7 @@ def test_the_data_is_the_templates_prompts_with_their_reference_answers(tmp_path
 
 
 @pytest.mark.parametrize("strategy", ["full-sft", "lora"])
-def test_grpo_trains_on_cpu_and_logs_each_reward(tmp_path, strategy):
+def test_grpo_trains_on_cpu_and_logs_each_reward(tmp_path, strategy, capsys):
     overrides = [
         *GRPO,
         f"strategy.name={strategy}",
@@ -94,9 +94,16 @@ def test_grpo_trains_on_cpu_and_logs_each_reward(tmp_path, strategy):
         assert "kl" in steps[0]
     assert (Path(run) / "final" / "sftkit_complete.json").is_file()
     assert not (Path(run) / "final" / "ref").exists()  # TRL's frozen copy is not a result
+    report = (run / "report.md").read_text()
+    final = f"| final reward | {steps[-1]['reward']:.4g} at step 3 ("
+    assert final in report and ("| final KL |" in report) == (strategy == "lora")
+    assert f"final reward {steps[-1]['reward']:.3f})" in capsys.readouterr().out  # run's last line
     if importlib.util.find_spec("matplotlib"):  # the light core draws no plots
-        assert "![rewards](rewards.png)" in (run / "report.md").read_text()
-        assert (run / "rewards.png").is_file()
+        curves = ["rewards", "completion_lengths"] + (["kl"] if strategy == "lora" else [])
+        for name in curves:
+            assert f"![{name}]({name}.png)" in report
+            assert (run / f"{name}.png").is_file()
+        assert (run / "kl.png").is_file() == (strategy == "lora")  # logged with beta > 0 only
 
 
 # --------------------------------------------------------------------------- the estimate
@@ -249,19 +256,6 @@ def test_fit_searches_micro_batches_of_whole_groups():
     found = fit_search(resolved, gpu="1GB")["training.micro_batch_size"]
     assert found["value"] is not None and found["value"] % 4 == 0
     assert found["smallest_tried"] == 4 and found["next"] == found["value"] + 4
-
-
-def test_the_report_plots_every_reward_series_but_their_spread():
-    from sftkit.reporting.plots import reward_keys
-
-    grpo = {"step": 1, "reward": 0.5, "rewards/format/mean": 1.0, "rewards/format/std": 0.1}
-    dpo = {"step": 1, "rewards/chosen": 0.2, "rewards/margins": 0.1, "loss": 0.6}
-    assert reward_keys([grpo]) == {
-        "reward (weighted sum)": "reward",
-        "format": "rewards/format/mean",
-    }
-    assert reward_keys([dpo]) == {"chosen": "rewards/chosen", "margins": "rewards/margins"}
-    assert reward_keys([{"step": 1, "loss": 1.0}]) == {}
 
 
 def test_the_step_line_prints_the_mean_reward_where_one_is_logged():
