@@ -13,7 +13,7 @@ from test_report import assert_valid_png, make_run
 
 from sftkit.cli import run_cli
 from sftkit.reporting import load_run, write_report
-from sftkit.reporting.compare import compare
+from sftkit.reporting.compare import compare, write_comparison
 from sftkit.reporting.curves import CURVE_SETS, reward_keys
 from sftkit.reporting.summary import objective_rows
 
@@ -98,9 +98,7 @@ def test_a_grpo_report_draws_rewards_kl_and_completion_lengths(tmp_path: Path) -
         assert f"![{name}]({name}.png)" in md
     rows = training_table(md)
     # step 6: gsm8k-correct 0.5, format 1 (capped), their sum 1.5; step 1: 0 + 0.25
-    assert rows["final reward"] == (
-        "1.5 at step 6 (gsm8k-correct 0.5, format 1); first logged 0.25"
-    )
+    assert rows["final reward"] == ("1.5 at step 6 (gsm8k-correct 0.5, format 1); 0.25 at step 1")
     assert rows["final KL"] == "0.006 at step 6"
     assert rows["final completion length"] == (
         "26 tokens mean (min 16, max 32), 8% clipped at the maximum length, at step 6"
@@ -130,7 +128,7 @@ def test_a_dpo_report_draws_rewards_and_reward_accuracy(tmp_path: Path) -> None:
         assert_valid_png(plot)
     rows = training_table(files.markdown.read_text())
     assert rows["final reward accuracy"] == (
-        "1 at step 6 (chosen 0.12, rejected -0.06, margins 0.18); first logged 0.1667"
+        "1 at step 6 (chosen 0.12, rejected -0.06, margins 0.18); 0.1667 at step 1"
     )
     assert not {"final reward", "final KL", "final completion length"} & set(rows)
 
@@ -178,6 +176,20 @@ def test_compare_shows_each_runs_final_reward(tmp_path: Path) -> None:
     assert rows["final reward"] == ("final reward", "-", "1.5", "")
     plain = {row[0] for row in compare(load_run(sft), load_run(sft)).results}
     assert not {"final reward", "final reward accuracy"} & plain
+
+
+def test_compare_overlays_the_reward_of_runs_that_logged_one(tmp_path: Path) -> None:
+    a = with_events(tmp_path / "a", [grpo_event(s) for s in range(1, STEPS + 1)])
+    sft = make_run(tmp_path / "sft")
+    write_comparison(compare(load_run(sft), load_run(a)), tmp_path / "cmp")
+    assert_valid_png(tmp_path / "cmp" / "compare_reward.png")
+    assert "![compare_reward](compare_reward.png)" in (tmp_path / "cmp" / "compare.md").read_text()
+    assert not (tmp_path / "cmp" / "compare_rewards_accuracies.png").exists()
+    write_comparison(compare(load_run(sft), load_run(sft)), tmp_path / "plain")
+    assert sorted(p.name for p in (tmp_path / "plain").glob("*.png")) == [
+        "compare_loss.png",
+        "compare_lr.png",
+    ]
 
 
 def test_the_compare_command_prints_the_final_reward(

@@ -8,7 +8,7 @@ from typing import Any
 
 from sftkit.evaluation.display import delta, headline, interval
 from sftkit.reporting.document import Document, Heading, Image, Paragraph, Table
-from sftkit.reporting.plots import plot_learning_rate, plot_loss
+from sftkit.reporting.plots import plot_key, plot_learning_rate, plot_loss
 from sftkit.reporting.record import RunRecord
 from sftkit.reporting.summary import HEADLINES, duration, gib, last_logged, number
 
@@ -110,7 +110,8 @@ def comparison_document(comparison: Comparison, plots: list[Path]) -> Document:
 
 
 def write_comparison(comparison: Comparison, out_dir: Path) -> Path:
-    """compare.md, compare.html and overlaid loss / learning-rate plots in `out_dir`."""
+    """compare.md, compare.html and overlaid loss / learning-rate plots in `out_dir`, and
+    the objective's headline series (grpo's reward) where either run logged it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     series = [(comparison.a.name, comparison.a.events), (comparison.b.name, comparison.b.events)]
     if series[0][0] == series[1][0]:
@@ -120,6 +121,17 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> Path:
         for p in (
             plot_loss(series, out_dir / "compare_loss.png", title="training loss"),
             plot_learning_rate(series, out_dir / "compare_lr.png", title="learning rate"),
+            # an objective's headline series (grpo's reward, dpo's reward accuracy), if logged
+            *(
+                plot_key(
+                    series,
+                    key,
+                    out_dir / f"compare_{key.replace('/', '_')}.png",
+                    title=what.removeprefix("final "),
+                    ylabel=what.removeprefix("final "),
+                )
+                for key, what in HEADLINES
+            ),
         )
         if p is not None
     ]

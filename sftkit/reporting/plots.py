@@ -71,10 +71,24 @@ def plot_loss(
 def plot_learning_rate(
     series: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: Path, *, title: str
 ) -> Path | None:
+    return plot_key(series, "learning_rate", path, title=title, ylabel="learning rate", sci=True)
+
+
+def plot_key(
+    series: Sequence[tuple[str, Sequence[dict[str, Any]]]],
+    key: str,
+    path: Path,
+    *,
+    title: str,
+    ylabel: str,
+    sci: bool = False,
+) -> Path | None:
+    """One logged series per step for one or more runs (label, events); None if no run
+    logged it."""
     figure, axes = _figure()
     drawn = False
     for label, events in series:
-        xs, ys = _series(events, "learning_rate")
+        xs, ys = _series(events, key)
         if xs:
             axes.plot(xs, ys, linewidth=1.4, label=label or None)
             drawn = True
@@ -82,9 +96,10 @@ def plot_learning_rate(
         return None
     _whole_steps(axes)
     axes.set_xlabel("optimizer step")
-    axes.set_ylabel("learning rate")
+    axes.set_ylabel(ylabel)
     axes.set_title(title)
-    axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    if sci:
+        axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     axes.grid(alpha=0.3)
     if any(label for label, _ in series):
         axes.legend()

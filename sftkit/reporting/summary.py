@@ -186,7 +186,7 @@ def objective_rows(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
         )
         first = next(e for e in events if isinstance(e.get(key), int | float))
         text = f"{number(last[key])} at step {last.get('step')}" + (f" ({parts})" if parts else "")
-        rows.append((label, f"{text}; first logged {number(first[key])}"))
+        rows.append((label, f"{text}; {number(first[key])} at step {first.get('step')}"))
     kl = last_logged(events, "kl")
     if kl is not None:
         rows.append(("final KL", f"{number(kl['kl'])} at step {kl.get('step')}"))
