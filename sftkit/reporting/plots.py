@@ -162,7 +162,10 @@ def plot_curves(curves: CurveSet, events: Sequence[dict[str, Any]], path: Path) 
     axes.set_ylabel(curves.ylabel)
     axes.set_title(curves.title)
     axes.grid(alpha=0.3)
-    axes.legend(handles, labels)
+    if len(figure.axes) > 1:  # two y axes: a legend inside would hide one's lines
+        figure.legend(handles, labels, loc="outside lower center", ncols=len(labels))
+    else:
+        axes.legend(handles, labels)
     figure.savefig(path)
     return path
 
