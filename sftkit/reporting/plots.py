@@ -133,9 +133,12 @@ def plot_eval_metrics(
 def plot_curves(curves: CurveSet, events: Sequence[dict[str, Any]], path: Path) -> Path | None:
     """The lines `curves` selects from the events, with its band and ratio where logged;
     None when the run logged none of its lines."""
+    lines = curves.select(events)
+    if not lines:  # not logged (an sft run's rewards): no figure
+        return None
     figure, axes = _figure()
     drawn = False
-    for label, key in curves.select(events).items():
+    for label, key in lines.items():
         xs, ys = _series(events, key)
         if xs:
             axes.plot(xs, ys, linewidth=1.4, label=label)
