@@ -152,10 +152,12 @@ def _evaluate(
     with writing_to(output_dir), display.stage("load model"):
         if run_dir is not None and not base:
             stage, label = "manual", "fine-tuned"
-            model, tokenizer = load_trained(run_dir)
+            model, tokenizer = load_trained(run_dir, resolved.registry)
         else:
             stage, label = "base", "base"
-            model, tokenizer = load_base(run_dir if run_dir is not None else resolved)
+            model, tokenizer = load_base(
+                run_dir if run_dir is not None else resolved, resolved.registry
+            )
     display.say(
         f"model: the {label} model of {run_dir}"
         if run_dir is not None
