@@ -165,11 +165,7 @@ def _eval_parts(setup: Setup) -> list[Part]:
         if ev.kind == "generate":
             ctx = ev.prompt_tokens + ev.new_tokens
             cache = 2 * s.num_layers * ev.batch_size * ctx * s.kv_size * d.linear_out
-            prefill = (
-                ev.batch_size
-                * ev.prompt_tokens
-                * (3 * d.linear_out * s.mlp_width + 2 * d.stream * s.hidden_size)
-            )
+            prefill = act.no_grad_forward_bytes(setup, ev.batch_size * ev.prompt_tokens)
             logits = ev.batch_size * s.vocab_size * (d.compute + 4)
             parts = [
                 Part(
@@ -182,7 +178,7 @@ def _eval_parts(setup: Setup) -> list[Part]:
                     f"{ev.name}: prefill activations (no grad)",
                     prefill,
                     "activations",
-                    "largest layer intermediates",
+                    "largest moment of a layer",
                 ),
                 Part(f"{ev.name}: next-token logits", logits, "logits", ""),
             ]
@@ -191,9 +187,9 @@ def _eval_parts(setup: Setup) -> list[Part]:
             parts = [
                 Part(
                     f"{ev.name}: forward activations (no grad)",
-                    n * (3 * d.linear_out * s.mlp_width + 2 * d.stream * s.hidden_size),
+                    act.no_grad_forward_bytes(setup, n),
                     "activations",
-                    "",
+                    "largest moment of a layer",
                 ),
                 Part(
                     f"{ev.name}: logits, fp32 copy and log-probabilities ({ev.batch_size} x {ev.prompt_tokens})",
@@ -252,9 +248,9 @@ def generation_parts(setup: Setup) -> list[Part]:
         ),
         Part(
             "rollout: prefill activations (no grad)",
-            batch * prompt * (3 * d.linear_out * s.mlp_width + 2 * d.stream * s.hidden_size),
+            act.no_grad_forward_bytes(setup, batch * prompt),
             "activations",
-            "largest layer intermediates",
+            "largest moment of a layer",
         ),
         Part("rollout: next-token logits", batch * s.vocab_size * (d.compute + 4), "logits", ""),
     ]
