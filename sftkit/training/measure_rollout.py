@@ -1,0 +1,208 @@
+"""Measure mode's rollout phase, for an objective that generates its own completions
+(`ObjectiveSpec.rollout`): the generation batch produced the way TRL's `GRPOTrainer` does
+with its default backend (transformers' ``generate``, TRL 1.16's
+``GRPOTrainer._generate_single_turn``), then the per-token log-probabilities it keeps
+(``_generate_and_score_completions``), on random prompts of the priced prompt length.
+
+- generation: ``model.generate(input_ids, attention_mask, generation_config=...)`` under
+  ``torch.no_grad()`` with checkpointing off, the `GenerationConfig` built from the
+  objective's config as TRL builds it (sampling; temperature, top-p/k, min-p, repetition
+  penalty, ``cache_implementation``: None, transformers' dynamic cache; the config's
+  ``generation_kwargs`` last), forced to the priced completion length
+  (``min_new_tokens = max_new_tokens``: end-of-sequence suppressed). The call also returns
+  its cache (``return_dict_in_generate``), whose tensors are counted and then dropped, as
+  TRL drops them.
+- log-probabilities: the fused head's ``log_probs`` over the completion tokens, in chunks of
+  the micro-batch (``per_device_train_batch_size``), once per kept set: the old policy's,
+  and the reference's with the adapters switched off (TRL's ``use_adapter``).
+
+Imports torch: reached only from `sftkit.training.measure.measure_recipe`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from sftkit.memory.phases import rollout_parts
+from sftkit.memory.setup import Setup
+from sftkit.specs import load_factory
+from sftkit.training.measure import CHECKPOINTING, Row
+
+if TYPE_CHECKING:
+    from sftkit.recipe.load import ResolvedRecipe
+
+# TRL's GRPOConfig fields its trainer passes to GenerationConfig (transformers backend)
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+
+
+@dataclass(frozen=True)
+class RolloutTensors:
+    """What one generation batch held, in bytes."""
+
+    sequences: int  # completions generated at once
+    prompt_tokens: int
+    completion_tokens: int  # generated per sequence
+    cached_tokens: int  # per sequence in the KV cache generate returned
+    cache_bytes: int
+    log_probs: dict[str, int] = field(default_factory=dict)  # whose -> bytes kept
+
+
+def objective_config(resolved: ResolvedRecipe, on_gpu: bool) -> Any:
+    """The objective's TrainingArguments class (`ObjectiveSpec.config`, `SftkitGrpoConfig`
+    for grpo) given the recipe's objective options and ``training.trainer_args``, as a run
+    gives them: the generation settings TRL reads come from it."""
+    t = resolved.recipe.training
+    objective = resolved.registry.objectives.get(t.objective)
+    options = objective.options_model.model_validate(t.objective_options).model_dump()
+    with tempfile.TemporaryDirectory(prefix="sftkit-measure-config-") as tmp:
+        return load_factory(objective.config)(
+            output_dir=tmp,
+            use_cpu=not on_gpu,
+            per_device_train_batch_size=t.micro_batch_size,
+            gradient_accumulation_steps=t.gradient_accumulation_steps,
+            bf16=t.precision == "bf16",
+            fp16=t.precision == "fp16",
+            report_to="none",
+            **options,
+            **t.trainer_args,
+        )
+
+
+def generation_config(config: Any, model: Any, completion_tokens: int) -> Any:
+    """TRL's GenerationConfig (GRPOTrainer.__init__, transformers backend), forced to
+    `completion_tokens` new tokens. The token ids come from the model's own generation
+    config (measure mode loads no tokenizer; ids do not change memory)."""
+    from transformers import GenerationConfig
+
+    own = model.generation_config
+    eos = own.eos_token_id
+    pad = own.pad_token_id if own.pad_token_id is not None else model.config.pad_token_id
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": completion_tokens,
+        "do_sample": True,
+        "pad_token_id": pad,
+        "bos_token_id": own.bos_token_id,
+        "eos_token_id": eos,
+        **{name: getattr(config, name) for name in SAMPLING_FIELDS if hasattr(config, name)},
+        "cache_implementation": getattr(config, "cache_implementation", None),
+    }
+    kwargs.update(getattr(config, "generation_kwargs", None) or {})
+    # the priced length: every completion runs to the end (end-of-sequence suppressed)
+    kwargs["max_new_tokens"] = kwargs["min_new_tokens"] = completion_tokens
+    # ... and the cache returned, to be counted (TRL's call returns only the token ids)
+    return GenerationConfig(**kwargs, return_dict_in_generate=True, disable_compile=True)
+
+
+def cache_bytes(cache: Any) -> tuple[int, int]:
+    """(bytes of every key and value tensor, tokens each holds) of transformers' cache."""
+    tensors = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values()), int(tensors[0].shape[-2])
+
+
+def generate_rollout(
+    net: Any,
+    forward: Any,
+    resolved: ResolvedRecipe,
+    setup: Setup,
+    device: str,
+    autocast: Any,
+) -> RolloutTensors:
+    """Generate the priced generation batch and compute the log-probabilities TRL keeps;
+    the tensors' bytes, counted while they exist (the cache is freed before the
+    log-probabilities are computed, as in TRL)."""
+    import torch
+    from accelerate.utils import is_peft_model
+    from trl.models.utils import disable_gradient_checkpointing
+    from trl.trainer.utils import use_adapter
+
+    rollout = setup.rollout
+    assert rollout is not None
+    config = objective_config(resolved, on_gpu=device == "cuda")
+    sequences, completion = setup.rollout_sequences, rollout.completion_tokens
+    prompt = setup.seq_len - completion  # the priced prompt: training.max_seq_length
+    ids = torch.randint(0, setup.shape.vocab_size, (sequences, prompt), device=device)
+    mask = torch.ones_like(ids)
+    gen = generation_config(config, net, completion)
+    with torch.no_grad(), disable_gradient_checkpointing(net, CHECKPOINTING):
+        out = net.generate(input_ids=ids, attention_mask=mask, generation_config=gen)
+        cached, cached_tokens = cache_bytes(out.past_key_values)
+        full = out.sequences
+        del out  # TRL keeps only the token ids
+    generated = full.shape[1] - prompt
+    full_mask = torch.ones_like(full)
+    kept: dict[str, int] = {}
+    wanted = [("old policy", rollout.old_log_probs), ("reference", rollout.reference)]
+    batch = resolved.recipe.training.micro_batch_size  # TRL's per_device_train_batch_size
+    with torch.no_grad(), disable_gradient_checkpointing(net, CHECKPOINTING):
+        for whose, held in wanted:
+            if not held:
+                continue
+            if whose == "reference" and is_peft_model(net):
+                # TRL's reference under adapters: the copied ``ref`` adapter, else none
+                adapter = "ref" if "ref" in net.peft_config else None
+                with use_adapter(net, adapter_name=adapter):
+                    log_probs = _log_probs(forward, full, full_mask, generated, batch, autocast)
+            else:
+                log_probs = _log_probs(forward, full, full_mask, generated, batch, autocast)
+            kept[whose] = log_probs.untyped_storage().nbytes()
+            del log_probs
+    return RolloutTensors(sequences, prompt, generated, cached_tokens, cached, kept)
+
+
+def _log_probs(
+    forward: Any, ids: Any, mask: Any, completion: int, batch: int, autocast: Any
+) -> Any:
+    """TRL's ``_get_per_token_logps_and_entropies``: the fused head's per-token
+    log-probabilities of the completion tokens, a micro-batch at a time."""
+    import torch
+
+    chunks = []
+    for start in range(0, ids.size(0), batch):
+        rows, rows_mask = ids[start : start + batch], mask[start : start + batch]
+        labels = rows.masked_fill(rows_mask == 0, -100)
+        labels[:, :-completion] = -100
+        with autocast:
+            out = forward(
+                input_ids=rows, attention_mask=rows_mask, labels=labels, fused_lm_head=True
+            )
+        chunks.append(out.log_probs[:, -completion:])
+    return torch.cat(chunks, dim=0)
+
+
+def rollout_rows(setup: Setup, got: RolloutTensors) -> tuple[list[Row], list[str]]:
+    """The rollout terms against the tensors, byte for byte: the KV cache at the tokens
+    generate keeps (one fewer than the term prices: the last token sampled is never fed
+    back, so never cached), and each set of kept log-probabilities."""
+    terms = {part.name.split(" (")[0]: part.bytes for part in rollout_parts(setup)}
+    rows, notes = [], []
+    term, tokens = terms["rollout: KV cache"], setup.seq_len
+    per_token, remainder = divmod(term, tokens)
+    # a term that is not a whole number of bytes per token is compared whole (a mismatch)
+    predicted = per_token * got.cached_tokens if remainder == 0 else term
+    rows.append(
+        Row(
+            f"rollout: KV cache, {got.cached_tokens} of {tokens} tokens",
+            predicted,
+            got.cache_bytes,
+            exact=True,
+        )
+    )
+    notes.append(
+        f"rollout: the KV cache term prices all {tokens} tokens of each of the {got.sequences} "
+        f"sequences ({term:,} bytes); generate's cache holds {got.cached_tokens} (the last "
+        "token sampled is never fed back): the row compares the term's bytes per token at "
+        "that count."
+    )
+    priced = setup.rollout.completion_tokens if setup.rollout else 0
+    if got.completion_tokens != priced:
+        notes.append(
+            f"rollout: generate stopped at {got.completion_tokens} new tokens, not the priced "
+            f"{priced}."
+        )
+    for whose, measured in got.log_probs.items():
+        name = f"rollout: {whose} log-probabilities"
+        rows.append(Row(name, terms[name], measured, exact=True))
+    return rows, notes
