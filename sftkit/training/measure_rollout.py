@@ -44,7 +44,7 @@ class RolloutTensors:
     sequences: int  # completions generated at once
     prompt_tokens: int
     completion_tokens: int  # generated per sequence
-    cached_tokens: int  # per sequence in the KV cache generate returned
+    cached_tokens: tuple[int, ...]  # per sequence, each layer's, in the cache generate returned
     cache_bytes: int
     log_probs: dict[str, int] = field(default_factory=dict)  # whose -> bytes kept
 
@@ -95,11 +95,12 @@ def generation_config(config: Any, model: Any, completion_tokens: int) -> Any:
     return GenerationConfig(**kwargs, return_dict_in_generate=True, disable_compile=True)
 
 
-def cache_bytes(cache: Any) -> tuple[int, int]:
-    """(bytes of every key and value tensor, tokens each holds) of transformers' cache."""
+def cache_bytes(cache: Any) -> tuple[int, tuple[int, ...]]:
+    """(bytes of every key and value tensor, tokens each layer holds) of transformers'
+    cache (a sliding-window layer holds fewer)."""
     tensors = [t for layer in cache.layers for t in (layer.keys, layer.values)]
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
-    return sum(storages.values()), int(tensors[0].shape[-2])
+    return sum(storages.values()), tuple(int(layer.keys.shape[-2]) for layer in cache.layers)
 
 
 def generate_rollout(
@@ -179,23 +180,22 @@ def rollout_rows(setup: Setup, got: RolloutTensors) -> tuple[list[Row], list[str
     terms = {part.name.split(" (")[0]: part.bytes for part in rollout_parts(setup)}
     rows, notes = [], []
     term, tokens = terms["rollout: KV cache"], setup.seq_len
-    per_token, remainder = divmod(term, tokens)
-    # a term that is not a whole number of bytes per token is compared whole (a mismatch)
-    predicted = per_token * got.cached_tokens if remainder == 0 else term
+    # the term's bytes for one token in one layer (keys and values of every sequence); a
+    # term that is not a whole number of them is compared whole (a mismatch)
+    per_entry, remainder = divmod(term, setup.shape.num_layers * tokens)
+    predicted = per_entry * sum(got.cached_tokens) if remainder == 0 else term
+    low, high = min(got.cached_tokens), max(got.cached_tokens)
+    held = f"{low}" if low == high else f"{low} to {high} (by layer)"
     rows.append(
-        Row(
-            f"rollout: KV cache, {got.cached_tokens} of {tokens} tokens",
-            predicted,
-            got.cache_bytes,
-            exact=True,
+        Row(f"rollout: KV cache, {held} of {tokens} tokens", predicted, got.cache_bytes, True)
+    )
+    if predicted != term:
+        notes.append(
+            f"rollout: the KV cache term prices all {tokens} tokens of each of the "
+            f"{got.sequences} sequences in every layer ({term:,} bytes); generate's cache "
+            f"holds {held} (the last token sampled is never fed back): the row compares the "
+            "term's bytes per token at that count."
         )
-    )
-    notes.append(
-        f"rollout: the KV cache term prices all {tokens} tokens of each of the {got.sequences} "
-        f"sequences ({term:,} bytes); generate's cache holds {got.cached_tokens} (the last "
-        "token sampled is never fed back): the row compares the term's bytes per token at "
-        "that count."
-    )
     priced = setup.rollout.completion_tokens if setup.rollout else 0
     if got.completion_tokens != priced:
         notes.append(
