@@ -42,7 +42,6 @@ class RolloutTensors:
     """What one generation batch held, in bytes."""
 
     sequences: int  # completions generated at once
-    prompt_tokens: int
     completion_tokens: int  # generated per sequence
     cached_tokens: tuple[int, ...]  # per sequence, each layer's, in the cache generate returned
     cache_bytes: int
@@ -150,7 +149,7 @@ def generate_rollout(
                 log_probs = _log_probs(forward, full, full_mask, generated, batch, autocast)
             kept[whose] = log_probs.untyped_storage().nbytes()
             del log_probs
-    return RolloutTensors(sequences, prompt, generated, cached_tokens, cached, kept)
+    return RolloutTensors(sequences, generated, cached_tokens, cached, kept)
 
 
 def _log_probs(
@@ -190,11 +189,15 @@ def rollout_rows(setup: Setup, got: RolloutTensors) -> tuple[list[Row], list[str
         Row(f"rollout: KV cache, {held} of {tokens} tokens", predicted, got.cache_bytes, True)
     )
     if predicted != term:
+        why = (
+            "the last token sampled is never fed back"
+            if high == tokens - 1
+            else "what the model's cache layers keep, a sliding window for instance"
+        )
         notes.append(
             f"rollout: the KV cache term prices all {tokens} tokens of each of the "
             f"{got.sequences} sequences in every layer ({term:,} bytes); generate's cache "
-            f"holds {held} (the last token sampled is never fed back): the row compares the "
-            "term's bytes per token at that count."
+            f"holds {held} ({why}): the row compares the term's bytes per token at that count."
         )
     priced = setup.rollout.completion_tokens if setup.rollout else 0
     if got.completion_tokens != priced:
