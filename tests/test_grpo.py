@@ -214,6 +214,35 @@ def test_measure_mode_catches_a_wrong_kv_cache_term(tmp_path, monkeypatch, wrong
     assert rows["rollout: reference log-probabilities"].ok and not comparison.ok
 
 
+def test_measure_mode_leaves_an_engines_generation_alone(tmp_path):
+    """A rollout an engine generates (vLLM colocate, CUDA only: declared here on the CPU)
+    has no KV cache term of the model's own; measure mode starts no engine and compares the
+    kept log-probabilities, over random completions of the priced length."""
+    import contextlib
+
+    from sftkit.memory.estimator import shape_for
+    from sftkit.memory.setup import setup_from_recipe
+    from sftkit.testing import tiny_model
+    from sftkit.training.measure import install_loss_head
+    from sftkit.training.measure_rollout import generate_rollout, rollout_rows
+
+    resolved = tiny_recipe(*MEASURED, f"output_dir={tmp_path}")
+    setup = setup_from_recipe(resolved, shape_for(resolved), on_gpu=False)
+    assert setup.rollout is not None
+    engine = dataclasses.replace(setup.rollout, engine="vLLM (colocate)", engine_share=0.3)
+    setup = dataclasses.replace(setup, rollout=engine)
+    model, _ = tiny_model(resolved, tmp_path)
+    forward, _ = install_loss_head(model, setup)
+    got = generate_rollout(model, forward, resolved, setup, "cpu", contextlib.nullcontext())
+    rows, notes = rollout_rows(setup, got)
+    assert [row.what for row in rows] == [
+        "rollout: old policy log-probabilities",
+        "rollout: reference log-probabilities",
+    ]
+    assert all(row.ok for row in rows) and got.cache_bytes == 0
+    assert "vLLM (colocate) generates in its own share" in notes[0]
+
+
 @pytest.mark.gpu
 @pytest.mark.filterwarnings("ignore")
 def test_measure_mode_holds_the_rollout_peak_to_the_estimate_on_cuda(tmp_path):

@@ -350,7 +350,9 @@ def measure_recipe(
                 torch.cuda.reset_peak_memory_stats()  # the gradients are freed
             rolled = generate_rollout(net, forward, resolved, setup, device, ac)
             if on_gpu:
-                peaks["rollout"] = _cuda_peaks()
+                rolled_peaks = _cuda_peaks()
+                if not setup.rollout.engine:  # an engine's share is not started here
+                    peaks["rollout"] = rolled_peaks
             rolled_rows, rolled_notes = rollout_rows(setup, rolled)
         with ac:
             out = net(**batch)
