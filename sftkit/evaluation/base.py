@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import shutil
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from sftkit.atomic import replace_dir
 from sftkit.data.tokenize import Reasoning
 from sftkit.runpaths import EvalPaths, RunPaths
 
@@ -192,12 +192,7 @@ def write_result(
         **(extra or {}),
     }
     paths.metrics.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    replaced = out_dir.with_name(f".{out_dir.name}.replaced")
-    if out_dir.exists():
-        shutil.rmtree(replaced, ignore_errors=True)
-        os.replace(out_dir, replaced)
-    os.replace(partial, out_dir)
-    shutil.rmtree(replaced, ignore_errors=True)
+    replace_dir(partial, out_dir, aside=out_dir.with_name(f".{out_dir.name}.replaced"))
     return out_dir
 
 
