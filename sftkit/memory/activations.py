@@ -61,6 +61,20 @@ def dtypes(setup: Setup) -> Dtypes:
     return Dtypes(stream, linear_out, p.matmul_bytes, lora, mask)
 
 
+def no_grad_forward_bytes(setup: Setup, tokens: int) -> int:
+    """The largest moment of a no-grad forward over `tokens` tokens (evaluation; a rollout's
+    prefill), its KV cache and logits apart: inside an MLP, the gate's activation, the up
+    projection and their product (an adapted input layer's base output and its sum with
+    the adapter's are both alive: one more), while the stream holds four hidden-wide
+    tensors (the embedding output the model keeps for the whole forward, the layer's input,
+    the attention's residual sum and the normed MLP input). A live-tensor census of the
+    tiny model on CPU peaks there (tests/test_no_grad_forward.py)."""
+    s, d = setup.shape, dtypes(setup)
+    adapted = set(_lora_by_module(setup)) & set(s.mlp_input_modules)
+    mlp = 3 + (1 if adapted else 0)
+    return tokens * (mlp * d.linear_out * s.mlp_width + 4 * d.stream * s.hidden_size)
+
+
 def _lora_by_module(setup: Setup) -> dict[str, LowRankLayer]:
     return setup.composition.low_rank_layers(setup.shape)
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sftkit.errors import DoesNotFitError, PluginError
 from sftkit.memory import activations as act
+from sftkit.memory import colocated
 from sftkit.memory.budget import resolve_budget
 from sftkit.memory.evalcopy import merged_copy_term
 from sftkit.memory.phases import breakdown
@@ -137,6 +138,9 @@ def compute(
     budget = resolve_budget(gpu or resolved.recipe.hardware.gpu, manager_of(resolved))
     setup = setup_from_recipe(resolved, shape, on_gpu=budget.is_gpu)
     terms = extra_terms(resolved, shape)
+    engine = colocated.engine_term(setup, budget)  # a generation engine's share of the GPU
+    if engine is not None:
+        terms.append(engine)
     b = breakdown(setup, terms)
     device, paged = pool_totals(b, "device"), pool_totals(b, "paged")
     # On a GPU, paged state stays on the device while there is room and spills to host RAM
@@ -163,12 +167,17 @@ def compute(
         budget=budget,
         setting=setting_line(setup),
         recipe_source=resolved.source,
-        notes=[*generic_notes(shape), *notes_for(setup, budget.is_gpu), *term_notes(terms)],
+        notes=[
+            *generic_notes(shape),
+            *notes_for(setup, budget.is_gpu),
+            *colocated.notes(setup, budget),
+            *term_notes(terms),
+        ],
         generic=list(shape.generic),
         cannot_run=(
             f"training.loss={setup.loss.name}: {setup.loss.cpu_problem}"
             if setup.loss.cpu_problem and not budget.is_gpu
-            else ""
+            else colocated.shortfall(setup, budget)
         ),
     )
     return result

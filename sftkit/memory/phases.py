@@ -165,11 +165,7 @@ def _eval_parts(setup: Setup) -> list[Part]:
         if ev.kind == "generate":
             ctx = ev.prompt_tokens + ev.new_tokens
             cache = 2 * s.num_layers * ev.batch_size * ctx * s.kv_size * d.linear_out
-            prefill = (
-                ev.batch_size
-                * ev.prompt_tokens
-                * (3 * d.linear_out * s.mlp_width + 2 * d.stream * s.hidden_size)
-            )
+            prefill = act.no_grad_forward_bytes(setup, ev.batch_size * ev.prompt_tokens)
             logits = ev.batch_size * s.vocab_size * (d.compute + 4)
             parts = [
                 Part(
@@ -182,7 +178,7 @@ def _eval_parts(setup: Setup) -> list[Part]:
                     f"{ev.name}: prefill activations (no grad)",
                     prefill,
                     "activations",
-                    "largest layer intermediates",
+                    "largest moment of a layer",
                 ),
                 Part(f"{ev.name}: next-token logits", logits, "logits", ""),
             ]
@@ -191,9 +187,9 @@ def _eval_parts(setup: Setup) -> list[Part]:
             parts = [
                 Part(
                     f"{ev.name}: forward activations (no grad)",
-                    n * (3 * d.linear_out * s.mlp_width + 2 * d.stream * s.hidden_size),
+                    act.no_grad_forward_bytes(setup, n),
                     "activations",
-                    "",
+                    "largest moment of a layer",
                 ),
                 Part(
                     f"{ev.name}: logits, fp32 copy and log-probabilities ({ev.batch_size} x {ev.prompt_tokens})",
@@ -215,25 +211,9 @@ def rollout_parts(setup: Setup) -> list[Part]:
     rollout = setup.rollout
     if rollout is None:
         return []
-    s, d = setup.shape, act.dtypes(setup)
-    # setup.seq_len is a training row: the prompt (max_seq_length) and its completion
-    batch, tokens, completion = setup.rollout_sequences, setup.seq_len, rollout.completion_tokens
-    prompt = tokens - completion
-    parts = [
-        Part(
-            f"rollout: KV cache ({batch} completions x {tokens} tokens)",
-            2 * s.num_layers * batch * tokens * s.kv_size * d.linear_out,
-            "activations",
-            "2 x layers x completions x (prompt + completion) x kv_heads x head_dim",
-        ),
-        Part(
-            "rollout: prefill activations (no grad)",
-            batch * prompt * (3 * d.linear_out * s.mlp_width + 2 * d.stream * s.hidden_size),
-            "activations",
-            "largest layer intermediates",
-        ),
-        Part("rollout: next-token logits", batch * s.vocab_size * (d.compute + 4), "logits", ""),
-    ]
+    batch, completion = setup.rollout_sequences, rollout.completion_tokens
+    # a generation engine's KV cache and activations are in its own share (`engine_share`)
+    parts = [] if rollout.engine else generation_parts(setup)
     kept = [
         ("old policy", rollout.old_log_probs),
         ("reference", rollout.reference),
@@ -249,6 +229,31 @@ def rollout_parts(setup: Setup) -> list[Part]:
                 )
             )
     return parts
+
+
+def generation_parts(setup: Setup) -> list[Part]:
+    """The model's own generation of the rollout batch (transformers' ``generate``)."""
+    rollout = setup.rollout
+    assert rollout is not None
+    s, d = setup.shape, act.dtypes(setup)
+    # setup.seq_len is a training row: the prompt (max_seq_length) and its completion
+    batch, tokens, completion = setup.rollout_sequences, setup.seq_len, rollout.completion_tokens
+    prompt = tokens - completion
+    return [
+        Part(
+            f"rollout: KV cache ({batch} completions x {tokens} tokens)",
+            2 * s.num_layers * batch * tokens * s.kv_size * d.linear_out,
+            "activations",
+            "2 x layers x completions x (prompt + completion) x kv_heads x head_dim",
+        ),
+        Part(
+            "rollout: prefill activations (no grad)",
+            act.no_grad_forward_bytes(setup, batch * prompt),
+            "activations",
+            "largest moment of a layer",
+        ),
+        Part("rollout: next-token logits", batch * s.vocab_size * (d.compute + 4), "logits", ""),
+    ]
 
 
 def reference_bytes(setup: Setup, tensors: list[LaidTensor]) -> int:
@@ -367,8 +372,7 @@ def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
     ]
     phases["later_steps"] = [*weights, *persistent, *fb, *extras]
     # Generation after the first step: the optimizer state exists, the gradients are freed.
-    rolling = rollout_parts(setup)
-    phases["rollout"] = [*weights, *persistent, *rolling] if rolling else []
+    phases["rollout"] = [*weights, *persistent, *rollout_parts(setup)] if setup.rollout else []
     phases["evaluation"] = [*weights, *persistent, *_eval_parts(setup)]
     for term in extra:
         if term.replaces:
