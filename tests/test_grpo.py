@@ -102,33 +102,40 @@ def test_grpo_trains_on_cpu_and_logs_each_reward(tmp_path, strategy):
 # --------------------------------------------------------------------------- the estimate
 
 
-def test_the_rollout_terms_match_the_tensors_generation_holds(tmp_path):
-    """The tiny model generates the estimate's generation batch (micro-batch 2 x accumulation
-    2 completions of 8 tokens after 32-token prompts): its KV cache and each step's logits
-    against the rollout terms; the kept log-probabilities are (completions x completion
-    tokens) fp32, as TRL computes them."""
-    import torch
-    from trl.trainer.utils import selective_log_softmax
-
+def _rollout_setup(tmp_path, *overrides):
     from sftkit.memory.estimator import shape_for
-    from sftkit.memory.phases import rollout_parts
     from sftkit.memory.setup import setup_from_recipe
-    from sftkit.testing import tiny_model
 
-    prompt, completion, batch = 32, 8, 4
     resolved = tiny_recipe(
         *GRPO,
         f"output_dir={tmp_path}",
         "strategy.name=lora",
-        f"training.max_seq_length={prompt}",
-        f"training.objective_options.max_completion_length={completion}",
+        "training.max_seq_length=32",  # the prompt
+        "training.objective_options.max_completion_length=8",
         "training.objective_options.beta=0.04",
-        "training.objective_options.num_iterations=2",
         "training.micro_batch_size=2",
         "training.gradient_accumulation_steps=2",
+        *overrides,
     )
-    setup = setup_from_recipe(resolved, shape_for(resolved), on_gpu=False)
-    terms = {part.name.split(" (")[0]: part.bytes for part in rollout_parts(setup)}
+    return resolved, setup_from_recipe(resolved, shape_for(resolved), on_gpu=False)
+
+
+def test_the_rollout_terms_match_the_tensors_generation_holds(tmp_path):
+    """The tiny model generates the estimate's generation batch (micro-batch 2 x accumulation
+    2 completions of 8 tokens after 32-token prompts): its KV cache and each step's logits
+    against the generating terms; the old policy's log-probabilities, kept while the
+    reference's are computed, are (completions x completion tokens) fp32, as TRL returns
+    them."""
+    import torch
+    from trl.trainer.utils import selective_log_softmax
+
+    from sftkit.memory.phases import rollout_stages
+    from sftkit.testing import tiny_model
+
+    prompt, completion, batch = 32, 8, 4
+    resolved, setup = _rollout_setup(tmp_path, "training.objective_options.num_iterations=2")
+    generating, scoring = rollout_stages(setup)
+    terms = {part.name.split(" (")[0]: part.bytes for part in [*generating, *scoring]}
     model, tokenizer = tiny_model(resolved, tmp_path / "model")
     ids = torch.randint(3, tokenizer.vocab_size, (batch, prompt))
     with torch.no_grad():
@@ -151,9 +158,55 @@ def test_the_rollout_terms_match_the_tensors_generation_holds(tmp_path):
     with torch.no_grad():
         logits = model(out.sequences).logits[:, prompt - 1 : -1].float()
     log_probs = selective_log_softmax(logits, completion_ids)
-    for whose in ("old policy", "reference"):
-        assert terms[f"rollout: {whose} log-probabilities"] == log_probs.nbytes
+    assert terms["rollout: old policy log-probabilities"] == log_probs.nbytes
     assert setup.reference_copy  # beta > 0 under LoRA: TRL's frozen `ref` adapter, priced
+
+
+def test_the_log_prob_forward_terms_match_the_live_tensors_of_trls_forwards(tmp_path):
+    """TRL's own no-grad log-probability forwards (`_get_per_token_logps_and_entropies`, its
+    batches of per_device_train_batch_size rows through the fused head TRL installs) over
+    the generation batch, left-padded as TRL pads prompts: every tensor alive at any moment
+    (the weights excluded) peaks where the scoring terms say, within 1%; the decoder
+    layers' part alone against a forward of the decoder."""
+    import contextlib
+    import types
+
+    import torch
+    from live_tensors import LiveTensors
+    from trl import GRPOTrainer
+    from trl.trainer.utils import add_fused_lm_head
+
+    from sftkit.memory import activations as act
+    from sftkit.memory.phases import rollout_parts, rollout_stages
+    from sftkit.testing import tiny_model
+
+    prompt, completion, rows, batch = 32, 8, 2, 4
+    resolved, setup = _rollout_setup(tmp_path)
+    _, scoring = rollout_stages(setup)
+    assert rollout_parts(setup) == scoring  # the 4096 x 32768 tile buffer outweighs generation
+    model, tokenizer = tiny_model(resolved, tmp_path / "model")
+    model.train()  # as during a training step: the LoRA dropout runs
+    add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy"))  # as TRL does
+    torch.manual_seed(0)
+    ids = torch.randint(3, tokenizer.vocab_size, (batch, prompt + completion))
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0  # a shorter prompt, left-padded
+    weights = [*model.parameters(), *model.buffers()]
+    trainer = types.SimpleNamespace(
+        accelerator=types.SimpleNamespace(autocast=contextlib.nullcontext, is_main_process=True)
+    )
+    with torch.no_grad(), LiveTensors(weights) as live:
+        log_probs, _, _ = GRPOTrainer._get_per_token_logps_and_entropies(
+            trainer, model, ids, mask, completion, batch_size=rows
+        )
+    assert log_probs.shape == (batch, completion)
+    assert live.peak == pytest.approx(sum(part.bytes for part in scoring), rel=0.01)
+    with torch.no_grad(), LiveTensors(weights) as live:
+        model.get_base_model().model(
+            input_ids=ids[:rows], attention_mask=mask[:rows], use_cache=False
+        )
+    layers = act.no_grad_layer_bytes(setup, rows, prompt + completion)
+    assert live.peak == pytest.approx(layers, rel=0.01)
 
 
 # --------------------------------------------------------------------------- resume

@@ -258,8 +258,9 @@ def head_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
     return total
 
 
-def loss_query(setup: Setup, batch: int, seq: int) -> LossQuery:
-    """What the recipe's loss head is priced from."""
+def loss_query(setup: Setup, batch: int, seq: int, labelled: int | None = None) -> LossQuery:
+    """What the recipe's loss head is priced from; `labelled`: the positions with a label,
+    when not all of them."""
     s, d = setup.shape, dtypes(setup)
     return LossQuery(
         batch=batch,
@@ -272,6 +273,7 @@ def loss_query(setup: Setup, batch: int, seq: int) -> LossQuery:
         head_trains=setup.trains("lm_head"),
         on_gpu=setup.on_gpu,
         softcapping=bool(s.final_logit_softcapping),
+        labelled=labelled,
     )
 
 
@@ -338,3 +340,20 @@ def dequantized_weight_bytes(setup: Setup) -> int:
     """bitsandbytes dequantizes one quantized weight at a time to the compute dtype for the
     matmul (forward and the input gradient in backward): the largest one is transient."""
     return setup.storage.dequantized_bytes(setup.shape, setup.precision)
+
+
+def no_grad_layer_bytes(setup: Setup, batch: int, seq: int) -> int:
+    """The most a decoder forward without autograd holds inside a layer (a rollout's
+    log-probability forward; counted on CPU against live tensors, tests/test_grpo.py): per
+    token the embedding output, the layer's input, its residual and its normalized input
+    (stream dtype), and in the MLP the activated gate, up_proj's output and the product (a
+    LoRA branch on up_proj adds its output beside the base's); the cos/sin tables, an s x s
+    bool mask per row for SDPA/eager over padded rows (rollout rows always are), and the
+    weight bitsandbytes dequantizes for the matmul."""
+    s, d = setup.shape, dtypes(setup)
+    mlp = 3 + ("up_proj" in _lora_by_module(setup))
+    total = batch * seq * (4 * d.stream * s.hidden_size + mlp * d.linear_out * s.mlp_width)
+    total += 2 * seq * s.head_dim * d.stream
+    if setup.attn_implementation in ("sdpa", "eager"):
+        total += batch * seq * seq
+    return total + dequantized_weight_bytes(setup)

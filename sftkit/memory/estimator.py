@@ -14,7 +14,7 @@ from sftkit.errors import DoesNotFitError, PluginError
 from sftkit.memory import activations as act
 from sftkit.memory.budget import resolve_budget
 from sftkit.memory.evalcopy import merged_copy_term
-from sftkit.memory.phases import breakdown
+from sftkit.memory.phases import breakdown, rollout_stages
 from sftkit.memory.result import (
     Estimate,
     figure_totals,
@@ -23,7 +23,7 @@ from sftkit.memory.result import (
     resident_paged,
 )
 from sftkit.memory.setup import Setup, describe, setup_from_recipe
-from sftkit.memory.terms import MemoryTerm
+from sftkit.memory.terms import MemoryTerm, gib
 from sftkit.modelshape import ModelShape, resolve_model_shape
 
 if TYPE_CHECKING:
@@ -103,10 +103,29 @@ def notes_for(setup: Setup, on_gpu: bool) -> list[str]:
             "keep the same or fewer tensors for backward); compiling takes host memory once."
         )
     notes.append(setup.loss.note())
+    notes.extend(rollout_notes(setup))
     notes.extend(setup.storage.notes(setup.composition.has_adapters))
     for adapter in setup.adapters:
         notes.extend(adapter.notes())
     return notes
+
+
+def rollout_notes(setup: Setup) -> list[str]:
+    """The rollout's two stages, of which the phase shows the larger: what the other one
+    needs, so neither goes unseen."""
+    generating, scoring = rollout_stages(setup)
+    if not scoring:
+        return []
+    sizes = {
+        "generating": sum(p.bytes for p in generating),
+        "scoring": sum(p.bytes for p in scoring),
+    }
+    shown = max(sizes, key=lambda stage: sizes[stage])
+    return [
+        f"rollout: generating holds {gib(sizes['generating'])} above the weights and "
+        f"optimizer state, the no-grad log-probability forwards after it "
+        f"{gib(sizes['scoring'])}; the phase shows the larger ({shown})."
+    ]
 
 
 def generic_notes(shape: ModelShape) -> list[str]:
