@@ -380,12 +380,19 @@ class Rollout:
 @dataclass(frozen=True)
 class OptionSearch:
     """An objective option ``estimate-memory --fit`` searches: the largest multiple of
-    `step` in [`lowest`, `highest`] that fits, the rest of the recipe unchanged."""
+    `step` in [`lowest`, `highest`] that fits, the rest of the recipe unchanged.
+
+    `per_prompt`: the option counts sequences per prompt (a group) in the batch of
+    ``micro_batch_size x gradient_accumulation_steps x GPUs`` sequences generated at once.
+    It is searched at the recipe's prompts per batch, so the batch grows with it through
+    ``gradient_accumulation_steps`` (the micro-batch a training step runs is unchanged),
+    among the values that keep that a whole number of steps."""
 
     option: str
     lowest: int
     highest: int
     step: int = 1
+    per_prompt: bool = False
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from sftkit import RewardSpec, hookimpl
 from sftkit.testing import invoke_cli, quick_run, tiny_dataset, tiny_recipe
@@ -356,3 +358,69 @@ def test_the_grpo_quickstart_starts_from_a_checkpoint_the_quickstart_keeps():
     # the same generated problems: its test split is the quickstart's held-out one
     for key in ("train_size", "test_size", "max_operand", "operations", "seed"):
         assert grpo["data"]["format"]["options"][key] == sft["data"]["format"]["options"][key]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    micro=st.integers(1, 8),
+    accumulation=st.integers(1, 6),
+    group=st.sampled_from([2, 3, 4, 6, 8]),
+    budget=st.sampled_from(["560MB", "600MB", "700MB", "1GB", "8GB"]),
+)
+def test_fit_finds_the_largest_group_that_fits_at_the_recipes_prompts(
+    micro, accumulation, group, budget
+):
+    """The num_generations --fit reports fits with the accumulation it reports, which keeps
+    the recipe's prompts per generation batch and the micro-batch, in whole groups; the next
+    value that would keep them whole does not fit."""
+    from sftkit.memory.advice import fit_search, variant
+    from sftkit.memory.estimator import compute
+
+    assume(micro * accumulation % group == 0)
+    resolved = tiny_recipe(
+        *GRPO,
+        "strategy.name=lora",
+        f"training.objective_options.num_generations={group}",
+        f"training.micro_batch_size={micro}",
+        f"training.gradient_accumulation_steps={accumulation}",
+    )
+    path = "training.objective_options.num_generations"
+    found = fit_search(resolved, gpu=budget)[path]
+    prompts = micro * accumulation // group
+    assert found["prompts"] == prompts
+
+    def admissible(value):  # whole accumulation steps at the recipe's prompts per batch
+        return value >= 2 and prompts * value % micro == 0
+
+    def at(value):
+        changes = {path: value, "training.gradient_accumulation_steps": prompts * value // micro}
+        return compute(variant(resolved, changes), gpu=budget)
+
+    if found["value"] is None:
+        smallest = next(v for v in range(2, 2 * micro + 2) if admissible(v))
+        assert found["smallest_tried"] == smallest and not at(smallest).fits
+        return
+    value, accumulated = found["value"], found["with"]["training.gradient_accumulation_steps"]
+    assert admissible(value) and micro * accumulated == prompts * value  # whole groups
+    changed = variant(resolved, {path: value, "training.gradient_accumulation_steps": accumulated})
+    assert changed.recipe.training.micro_batch_size == micro
+    assert compute(changed, gpu=budget).fits
+    if "next" in found:
+        assert found["next"] == next(
+            v for v in range(value + 1, found["next"] + 1) if admissible(v)
+        )
+        assert not at(found["next"]).fits
+
+
+def test_estimate_memory_fit_prints_the_group_size_and_the_accumulation_it_takes():
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "r1_gsm8k_grpo.yaml"
+    result = invoke_cli("estimate-memory", str(recipe), "--fit")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    (at,) = [i for i, line in enumerate(lines) if "objective_options.num_generations =" in line]
+    value = int(lines[at].split("= ")[1].split()[0])
+    # 8 completions x 4 accumulation = 4 prompts per generation batch of micro-batches of 8
+    assert (
+        f"(and training.gradient_accumulation_steps={4 * value // 8}: the same 4 prompts"
+        in (lines[at + 1])
+    )

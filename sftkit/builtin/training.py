@@ -160,9 +160,12 @@ def register_objectives(register: Register[ObjectiveSpec]) -> None:
             options_model=GrpoOptions,
             own_loss=True,
             rollout=grpo_rollout,
-            # the completion length; the group size is bounded by the generation batch
-            # (micro_batch_size x accumulation), which --fit searches already
-            fit_searches=(OptionSearch("max_completion_length", 16, 1 << 20, 16),),
+            # the completion length, and the group size at the recipe's prompts per
+            # generation batch (that batch, micro_batch_size x accumulation x GPUs, grows)
+            fit_searches=(
+                OptionSearch("max_completion_length", 16, 1 << 20, 16),
+                OptionSearch("num_generations", 2, 1024, per_prompt=True),
+            ),
         )
     )
 
