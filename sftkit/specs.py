@@ -238,6 +238,10 @@ class StrategySpec(_FactorySpec):
     storage: Callable[[Any], BaseStorage] = dense_storage
     adapters: Callable[[Any], Sequence[Adapter]] = full_training
     tags: frozenset[str] = field(default_factory=frozenset)
+    # For a strategy that starts from a saved PEFT adapter (``model.adapter``), which PEFT
+    # loads with the adapter's own adapter_config.json: the options that config contradicts,
+    # ``saved_differences(options, config) -> [(option, recipe's value, saved value)]``.
+    saved_differences: Callable[[Any, dict[str, Any]], list[tuple[str, Any, Any]]] | None = None
 
     def compose(self, options: Any) -> Composition:
         """The strategy's parts for `options` (an instance of `options_model`). Raises

@@ -25,6 +25,8 @@ from sftkit.memory.result import (
 from sftkit.memory.setup import Setup, describe, setup_from_recipe
 from sftkit.memory.terms import MemoryTerm, gib
 from sftkit.modelshape import ModelShape, resolve_model_shape
+from sftkit.recipe.adapter import saved_adapter_config
+from sftkit.runpaths import ADAPTER_CONFIG
 
 if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe
@@ -110,6 +112,30 @@ def notes_for(setup: Setup, on_gpu: bool) -> list[str]:
     return notes
 
 
+def start_adapter_notes(resolved: ResolvedRecipe) -> list[str]:
+    """What the estimate priced for a starting adapter (``model.adapter``): PEFT loads it
+    with its own config, which validation holds the strategy's options to where it exists."""
+    path = resolved.recipe.model.adapter
+    if not path:
+        return []
+    if saved_adapter_config(path) is None:
+        return [
+            f"model.adapter {path!r} does not exist yet: priced with strategy.options; PEFT "
+            f"loads it with its own {ADAPTER_CONFIG}, which must agree with them once it exists "
+            "(checked at load)."
+        ]
+    if resolved.strategy.spec.saved_differences is None:
+        return [
+            f"model.adapter {path!r}: priced with strategy.options; strategy "
+            f"{resolved.strategy.spec.name!r} declares no comparison with the adapter's "
+            f"{ADAPTER_CONFIG}, whose settings PEFT loads."
+        ]
+    return [
+        f"model.adapter {path!r}: its {ADAPTER_CONFIG} agrees with strategy.options, which "
+        "the estimate prices."
+    ]
+
+
 def rollout_notes(setup: Setup) -> list[str]:
     """The rollout's two stages, of which the phase shows the larger: what the other one
     needs, so neither goes unseen."""
@@ -182,7 +208,12 @@ def compute(
         budget=budget,
         setting=setting_line(setup),
         recipe_source=resolved.source,
-        notes=[*generic_notes(shape), *notes_for(setup, budget.is_gpu), *term_notes(terms)],
+        notes=[
+            *generic_notes(shape),
+            *notes_for(setup, budget.is_gpu),
+            *start_adapter_notes(resolved),
+            *term_notes(terms),
+        ],
         generic=list(shape.generic),
         cannot_run=(
             f"training.loss={setup.loss.name}: {setup.loss.cpu_problem}"
