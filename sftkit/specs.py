@@ -390,7 +390,8 @@ class OptionSearch:
     ``micro_batch_size x gradient_accumulation_steps x GPUs`` sequences generated at once.
     It is searched at the recipe's prompts per batch, so the batch grows with it through
     ``gradient_accumulation_steps`` (the micro-batch a training step runs is unchanged),
-    among the values that keep that a whole number of steps."""
+    among the values that keep that a whole number of steps. The objective's validation
+    must hold the recipe's batch to whole groups (grpo's does)."""
 
     option: str
     lowest: int
