@@ -351,7 +351,8 @@ def no_grad_layer_bytes(setup: Setup, batch: int, seq: int) -> int:
     bool mask per row for SDPA/eager over padded rows (rollout rows always are), and the
     weight bitsandbytes dequantizes for the matmul."""
     s, d = setup.shape, dtypes(setup)
-    mlp = 3 + ("up_proj" in _lora_by_module(setup))
+    inputs = s.mlp_input_modules  # (gate_proj, up_proj): up_proj runs while the gate is held
+    mlp = 3 + (len(inputs) > 1 and inputs[-1] in _lora_by_module(setup))
     total = batch * seq * (4 * d.stream * s.hidden_size + mlp * d.linear_out * s.mlp_width)
     total += 2 * seq * s.head_dim * d.stream
     if setup.attn_implementation in ("sdpa", "eager"):
