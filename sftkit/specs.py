@@ -373,12 +373,23 @@ class Rollout:
     ``--fit`` searches the micro-batch by); `old_log_probs`: the old policy's per-token
     log-probabilities are kept (several
     optimization passes per generation); `reference`: a frozen reference is kept and its
-    per-token log-probabilities computed (a KL term)."""
+    per-token log-probabilities computed (a KL term).
+
+    An objective that generates with an engine of its own beside the training model (vLLM
+    colocated on the same GPU) names it in `engine` and declares `engine_share`, the
+    fraction of each GPU's memory the engine reserves for its weights, activations and KV
+    cache; the generation's KV cache, prefill and logits are then in that share, not priced
+    apart. `engine_sleeps`: the engine gives its memory back between generations (vLLM's
+    sleep mode), so the share is held only while it generates."""
 
     completion_tokens: int
     old_log_probs: bool = False
     reference: bool = False
     group: int = 1  # completions per prompt: the generation batch holds whole groups
+    engine: str = ""  # a generation engine beside the model ("": the model's own generate)
+    engine_share: float = 0.0  # of each GPU's memory, reserved by `engine`
+    engine_sleeps: bool = False
+    engine_option: str = ""  # the objective option that sets `engine_share`, for advice
 
 
 @dataclass(frozen=True)

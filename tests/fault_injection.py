@@ -17,6 +17,7 @@ no fault hook of its own. KIND is one of
     pause             wait during step STEP until the file $SFTKIT_TEST_GO exists
     stall-export      (`sftkit export --merge`) create $SFTKIT_TEST_READY when the merge
                       starts, then wait there (for a signal) up to 120 s
+    stall-eval        (`sftkit eval`) the same as the first evaluator starts scoring
     stall-prepare     (`sftkit prepare-data`) the same while test.jsonl, the last split, is
                       being written
 
@@ -145,6 +146,17 @@ def install_stall(kind: str) -> None:
                 _stall()
 
         prepare._write_jsonl = write_jsonl  # type: ignore[assignment]
+
+    if kind == "stall-eval":
+        from sftkit.evaluation import runner
+
+        original_score = runner.score
+
+        def score(*args: Any, **kwargs: Any) -> Any:
+            _stall()
+            return original_score(*args, **kwargs)
+
+        runner.score = score  # type: ignore[assignment]
 
 
 def main() -> None:

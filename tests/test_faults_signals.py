@@ -131,3 +131,55 @@ def test_commands_own_the_signals_only_while_they_run():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # given back
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_an_evaluation_and_keeps_the_earlier_result(tmp_path):
+    """`sftkit eval` owns SIGINT too (issue 21's leftover): stopped while scoring, exit 130,
+    and the result an earlier evaluation wrote in the same folder is whole."""
+    from sftkit.evaluation.base import read_result
+
+    out = tmp_path / "eval"
+    args = ["eval", str(quickstart_recipe()), "--limit", "4", "--output-dir", str(out)]
+    first = subprocess.run(
+        [sys.executable, str(TESTS / "fault_injection.py"), *args],
+        env=env(), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    [folder] = [p for p in out.glob("*/") if (p / "metrics.json").is_file()]
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    process = stalled("stall-eval", args, tmp_path / "ready")
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "the evaluation interrupted by SIGINT" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert read_result(folder) is not None
+
+
+def test_a_result_is_replaced_only_once_it_is_written_whole(tmp_path, monkeypatch):
+    from sftkit.evaluation import base
+    from sftkit.evaluation.base import EvalResult, read_result, write_result
+
+    def result(n: int) -> EvalResult:
+        rows = [{"correct": True}] * n
+        return EvalResult("gsm8k", "test", n, {"accuracy": 1.0}, "accuracy", predictions=rows)
+
+    folder = tmp_path / "after-gsm8k"
+    write_result(result(2), folder, stage="after", model="m")
+    real = base.json.dumps
+
+    def fail_on_metrics(document, *args, **kwargs):
+        if isinstance(document, dict) and "stage" in document:
+            raise KeyboardInterrupt  # stopped between the predictions and the metrics
+        return real(document, *args, **kwargs)
+
+    monkeypatch.setattr(base.json, "dumps", fail_on_metrics)
+    with pytest.raises(KeyboardInterrupt):
+        write_result(result(5), folder, stage="after", model="m")
+    monkeypatch.undo()
+    kept = read_result(folder)
+    assert kept is not None and kept.n == 2
+    assert len((folder / "predictions.jsonl").read_text().splitlines()) == 2
+    write_result(result(3), folder, stage="after", model="m")  # the next one goes in whole
+    assert read_result(folder).n == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["after-gsm8k"]

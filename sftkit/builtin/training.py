@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from sftkit.components.loss import LOSS_HEADS
+from sftkit.devices import is_cpu
 from sftkit.errors import Problem, SftkitError
 from sftkit.hookspecs import Register, hookimpl
 from sftkit.specs import (
@@ -82,17 +83,43 @@ class GrpoOptions(Options):
         description="The reward components, each with a weight; their weighted sum scores a "
         "completion.",
     )
+    use_vllm: bool = Field(
+        default=False,
+        description="Generate with vLLM colocated on each training GPU (TRL's colocate "
+        "mode; needs the vllm package and a CUDA GPU) instead of transformers' generate.",
+    )
+    vllm_gpu_memory_utilization: float = Field(
+        default=0.3,
+        gt=0,
+        lt=1,
+        description="The fraction of each GPU's memory vLLM reserves for its weights and KV "
+        "cache (use_vllm); training has the rest.",
+    )
+    vllm_enable_sleep_mode: bool = Field(
+        default=False,
+        description="vLLM gives its memory back between generations (its weights dropped, "
+        "its KV cache freed; use_vllm): training gets the whole GPU, each generation waits "
+        "for vLLM to wake.",
+    )
+
+
+VLLM = "vLLM (colocate)"
 
 
 def grpo_rollout(options: GrpoOptions) -> Rollout:
     """What TRL's GRPOTrainer holds while it generates: the old policy's log-probabilities
-    only when it steps more than once on a generation (else it reuses the policy's own),
-    the reference's with a KL term."""
+    when it steps more than once on a generation (else it reuses the policy's own) or
+    generates with vLLM (TRL's importance-sampling correction, on by default, compares them
+    with vLLM's), the reference's with a KL term."""
     return Rollout(
         completion_tokens=options.max_completion_length,
-        old_log_probs=options.num_iterations > 1,
+        old_log_probs=options.num_iterations > 1 or options.use_vllm,
         reference=options.beta > 0,
         group=options.num_generations,
+        engine=VLLM if options.use_vllm else "",
+        engine_share=options.vllm_gpu_memory_utilization if options.use_vllm else 0.0,
+        engine_sleeps=options.use_vllm and options.vllm_enable_sleep_mode,
+        engine_option="vllm_gpu_memory_utilization",
     )
 
 
@@ -214,7 +241,34 @@ def validate_recipe(recipe: ResolvedRecipe | None) -> list[Problem] | None:
                 "Use beta: 0, or an adapter strategy (lora, qlora-nf4).",
             )
         )
+    problems += _vllm_problems(recipe, options)
     return problems or None
+
+
+def _vllm_problems(recipe: ResolvedRecipe, options: GrpoOptions) -> list[Problem]:
+    """What stops vLLM colocate before anything loads: no GPU, or a base it cannot load."""
+    if not options.use_vllm:
+        return []
+    key = "training.objective_options.use_vllm"
+    problems = []
+    if is_cpu(recipe.recipe.hardware.gpu):
+        problems.append(
+            Problem(
+                key,
+                "vLLM generates on a CUDA GPU; hardware.gpu is cpu.",
+                "Set use_vllm: false on the CPU (transformers' generate), or run on a GPU.",
+            )
+        )
+    if not recipe.strategy_parts.storage.served_by_vllm:
+        problems.append(
+            Problem(
+                key,
+                f"vLLM cannot load the base of strategy {recipe.strategy.spec.name!r} (it has "
+                "no in-flight 8-bit quantization; TRL refuses it).",
+                "Use a 4-bit or unquantized base (qlora-nf4, lora), or use_vllm: false.",
+            )
+        )
+    return problems
 
 
 @hookimpl(trylast=True)

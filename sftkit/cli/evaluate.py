@@ -98,7 +98,11 @@ def eval_command(
 
     components = select_evaluators(resolved, evaluators, split=split, limit=limit)
     check_evaluators(components)  # a missing optional package: exit 2 before loading a model
-    with _run_lock(run_dir, output_dir):
+    from sftkit.signals import stop_on_signals
+
+    # Ctrl-C stops it even where SIGINT came inherited ignored (started with `&` by a script)
+    kept = "evaluations finished before it are kept; the one running wrote nothing"
+    with stop_on_signals("the evaluation", kept=kept), _run_lock(run_dir, output_dir):
         _evaluate(resolved, run_dir, target, base, output_dir, components)
 
 
@@ -148,10 +152,12 @@ def _evaluate(
     with writing_to(output_dir), display.stage("load model"):
         if run_dir is not None and not base:
             stage, label = "manual", "fine-tuned"
-            model, tokenizer = load_trained(run_dir)
+            model, tokenizer = load_trained(run_dir, resolved.registry)
         else:
             stage, label = "base", "base"
-            model, tokenizer = load_base(run_dir if run_dir is not None else resolved)
+            model, tokenizer = load_base(
+                run_dir if run_dir is not None else resolved, resolved.registry
+            )
     display.say(
         f"model: the {label} model of {run_dir}"
         if run_dir is not None

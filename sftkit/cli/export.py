@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from sftkit.cli.app import AppContext, pass_app
 from sftkit.dtypes import DTYPES
 
 
@@ -40,7 +41,9 @@ from sftkit.dtypes import DTYPES
 @click.option(
     "--public", is_flag=True, help="With --push-to-hub: create a public repo (default private)."
 )
+@pass_app
 def export_command(
+    app: AppContext,
     run_dir: Path,
     merge: bool,
     output_dir: Path | None,
@@ -82,6 +85,7 @@ def export_command(
             max_shard_size=max_shard_size,
             push_to_hub=push_to_hub,
             private=not public,
+            registry=app.registry,
         )
     kind = "merged model" if result.merged and result.adapter else "adapter"
     if not result.adapter:

@@ -22,7 +22,7 @@ plain parameter, which ``peft.prepare_model_for_kbit_training`` casts from bf16/
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from sftkit.components.tensors import LaidTensor, Precision
@@ -84,6 +84,10 @@ class BaseStorage:
     #: the frozen input embedding table lives in host memory (a lookup on the CPU)
     embeddings_on_host: bool = False
 
+    #: a generation engine beside the model (vLLM colocate) can load the base this way:
+    #: TRL hands vLLM a 4-bit base as bitsandbytes, and vLLM has no in-flight 8-bit
+    served_by_vllm: bool = True
+
     def host_label(self, p: Precision) -> tuple[str, str]:
         """(term name, formula) for the tensors kept in host memory."""
         dtype = DTYPE_NAMES.get(self.plain_bytes(p), "?")
@@ -110,6 +114,16 @@ class BaseStorage:
         """Element size of the weights that stay plain parameters (embeddings, norms,
         lm_head), and so of trained copies of them."""
         return p.model_bytes
+
+    def served_bytes(self, shape: ModelShape, p: Precision) -> int:
+        """The base as an inference engine beside the model loads it from the checkpoint
+        (vLLM colocate): the same quantization, every plain weight in ``model.dtype``, none
+        in host memory."""
+        served = self.as_served()
+        return sum(t.total_bytes for group in shape.census() for t in served.lay(group, p))
+
+    def as_served(self) -> BaseStorage:
+        return self  # a dense base lays every weight on the device, in model.dtype
 
     def stream_bytes(self, p: Precision) -> int:
         """The residual stream's dtype: the embedding's output."""
@@ -181,6 +195,10 @@ class _KbitStorage(BaseStorage):
     embeddings_on_host: bool = False
 
     quantized = True
+
+    def as_served(self) -> BaseStorage:
+        # no k-bit training preparation: the plain weights stay in the checkpoint's dtype
+        return replace(self, embeddings_on_host=False, upcast_non_quantized=False)
 
     def plain_bytes(self, p: Precision) -> int:
         if not self.upcast_non_quantized:
@@ -353,6 +371,8 @@ class Bnb4bit(_KbitStorage):
 @dataclass(frozen=True)
 class LlmInt8(_KbitStorage):
     """bitsandbytes LLM.int8: int8 weights with fp32 row scales; fp16 matmuls."""
+
+    served_by_vllm = False
 
     threshold: float = 6.0
 

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from sftkit import progress
+from sftkit import atomic, progress
 from sftkit._version import __version__
 from sftkit.data.example import Example
 from sftkit.data.readers import ReadLimits, read_limits, sha256_file
@@ -397,14 +397,10 @@ def read_examples(path: Path) -> list[Example]:
 
 
 def _write_jsonl(path: Path, rows: list[Example]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
+    with atomic.writing(path) as handle:
         for row in rows:
             handle.write(json.dumps(row.to_dict(), ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")

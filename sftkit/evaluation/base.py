@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import math
 import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from sftkit.atomic import replace_dir
 from sftkit.data.tokenize import Reasoning
 from sftkit.runpaths import EvalPaths, RunPaths
 
@@ -166,9 +168,13 @@ def write_result(
     model: str,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write metrics.json and predictions.jsonl into `out_dir` (created; files replaced)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = EvalPaths(out_dir)
+    """Write metrics.json and predictions.jsonl into `out_dir`, replacing an earlier result
+    there only once both are written: they are assembled in a hidden folder beside it,
+    renamed in whole, so an interrupted evaluation leaves the earlier one as it was."""
+    partial = out_dir.with_name(f".{out_dir.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    paths = EvalPaths(partial)
     with paths.predictions.open("w", encoding="utf-8") as handle:
         for row in result.predictions:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -186,6 +192,7 @@ def write_result(
         **(extra or {}),
     }
     paths.metrics.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+    replace_dir(partial, out_dir, aside=out_dir.with_name(f".{out_dir.name}.replaced"))
     return out_dir
 
 

@@ -13,6 +13,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sftkit import progress
 from sftkit.dtypes import DTYPES, torch_dtype
@@ -21,6 +22,9 @@ from sftkit.export.card import model_card
 from sftkit.oserrors import open_to_umask
 from sftkit.reporting.record import load_run
 from sftkit.runpaths import RunPaths
+
+if TYPE_CHECKING:
+    from sftkit.registry import Registry
 
 # Left behind: the trainer's pickled arguments, and PEFT's own stub card (we write ours).
 SKIPPED_FILES = frozenset({"training_args.bin", "README.md"})
@@ -51,7 +55,10 @@ def export_run(
     max_shard_size: str = "5GB",
     push_to_hub: str | None = None,
     private: bool = True,
+    registry: Registry | None = None,
 ) -> ExportResult:
+    """Write `run_dir`'s model to `output_dir` (see `sftkit export`); the run's recipe is
+    read with `registry` (the command's plugins; default: built-ins and installed ones)."""
     record = load_run(run_dir)
     paths = RunPaths(run_dir)
     final = paths.final
@@ -79,14 +86,15 @@ def export_run(
         if merge:
             recipe_dtype = str((record.section("model") or {}).get("dtype", "bfloat16"))
             dtype, quantized = _write_merged(
-                run_dir, partial, dtype, max_shard_size, recipe_dtype=recipe_dtype
-            )
+                run_dir, partial, dtype, max_shard_size, recipe_dtype=recipe_dtype,
+                registry=registry,
+            )  # fmt: skip
         else:
             _copy_final(final, partial)
             quantized = None
             if not adapter:
                 dtype = dtype or str((record.section("model") or {}).get("dtype", ""))
-        _write_chat_template(run_dir, partial)
+        _write_chat_template(run_dir, partial, registry)
         card = model_card(
             record,
             merged=merge,
@@ -119,7 +127,7 @@ def export_run(
     return result
 
 
-def _write_chat_template(run_dir: Path, out: Path) -> None:
+def _write_chat_template(run_dir: Path, out: Path, registry: Registry | None) -> None:
     """Save the exported tokenizer with a chat template that renders what training saw (the
     run's prompt template as Jinja), so `apply_chat_template` prompts the model as sftkit's
     evaluation does. A plugin's template that cannot write one leaves the tokenizer's."""
@@ -128,7 +136,7 @@ def _write_chat_template(run_dir: Path, out: Path) -> None:
     from sftkit.modeling.trained import run_recipe
     from sftkit.specs import load_factory
 
-    resolved = run_recipe(run_dir)
+    resolved = run_recipe(run_dir, registry)
     template = load_factory(resolved.template.spec.factory)(resolved.template.options)
     export = getattr(template, "export_chat_template", None)
     if export is None:
@@ -171,14 +179,20 @@ def _copy_final(final: Path, out: Path) -> None:
 
 
 def _write_merged(
-    run_dir: Path, out: Path, dtype: str | None, max_shard_size: str, *, recipe_dtype: str
+    run_dir: Path,
+    out: Path,
+    dtype: str | None,
+    max_shard_size: str,
+    *,
+    recipe_dtype: str,
+    registry: Registry | None,
 ) -> tuple[str, str | None]:
     from sftkit.export.merge import describe_quantization, merge_adapters
     from sftkit.modeling import load_trained
 
     display = progress.current()
     with display.stage("load model"):
-        model, tokenizer = load_trained(run_dir)
+        model, tokenizer = load_trained(run_dir, registry)
     quantized = describe_quantization(model)
     if dtype is None:
         # A quantized base has no dtype of its own: it is dequantized to bf16. A dense base

@@ -39,10 +39,12 @@ def model_card(
     model = record.section("model") or {}
     base = str(model.get("name_or_path", "?"))
     strategy = (record.section("strategy") or {}).get("name", "?")
+    training = record.section("training") or {}
+    objective = str(training.get("objective") or "sft")
     front: dict[str, Any] = {
         "library_name": "peft" if adapter and not merged else "transformers",
         "pipeline_tag": "text-generation",
-        "tags": ["sftkit", str(strategy), *(["lora"] if adapter else [])],
+        "tags": ["sftkit", objective, str(strategy), *(["lora"] if adapter else [])],
     }
     if hub_id(base):
         front["base_model"] = base
@@ -57,7 +59,11 @@ def model_card(
         what = f"a LoRA adapter (PEFT format) for `{base}`; load the base, then the adapter."
     else:
         what = f"`{base}` fully fine-tuned, in {dtype or 'its training dtype'}."
-    lines += [f"Fine-tuned with sftkit {__version__} (strategy `{strategy}`). This is {what}", ""]
+    how = f"objective `{objective}`, strategy `{strategy}`"
+    start = model.get("adapter")
+    if start:  # continued from a saved adapter (e.g. GRPO after an SFT run)
+        how += f", starting from the adapter `{start}`"
+    lines += [f"Fine-tuned with sftkit {__version__} ({how}). This is {what}", ""]
     if merged and quantized_base:
         lines += [
             f"**Merged into a dequantized base.** The adapters were trained on a {quantized_base} "

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sftkit.errors import DoesNotFitError, PluginError
 from sftkit.memory import activations as act
+from sftkit.memory import colocated
 from sftkit.memory.budget import resolve_budget
 from sftkit.memory.evalcopy import merged_copy_term
 from sftkit.memory.phases import breakdown, rollout_stages
@@ -146,11 +147,17 @@ def rollout_notes(setup: Setup) -> list[str]:
         "generating": sum(p.bytes for p in generating),
         "scoring": sum(p.bytes for p in scoring),
     }
+    scoring_line = (
+        f"the no-grad log-probability forwards after it hold {gib(sizes['scoring'])} above "
+        "the weights and optimizer state"
+    )
+    engine = setup.rollout.engine if setup.rollout else ""
+    if engine:
+        return [f"rollout: generating is in {engine}'s share; {scoring_line}."]
     shown = max(sizes, key=lambda stage: sizes[stage])
     return [
-        f"rollout: generating holds {gib(sizes['generating'])} above the weights and "
-        f"optimizer state, the no-grad log-probability forwards after it "
-        f"{gib(sizes['scoring'])}; the phase shows the larger ({shown})."
+        f"rollout: generating holds {gib(sizes['generating'])}, {scoring_line}; the phase "
+        f"shows the larger ({shown})."
     ]
 
 
@@ -182,6 +189,9 @@ def compute(
     budget = resolve_budget(gpu or resolved.recipe.hardware.gpu, manager_of(resolved))
     setup = setup_from_recipe(resolved, shape, on_gpu=budget.is_gpu)
     terms = extra_terms(resolved, shape)
+    engine = colocated.engine_term(setup, budget)  # a generation engine's share of the GPU
+    if engine is not None:
+        terms.append(engine)
     b = breakdown(setup, terms)
     device, paged = pool_totals(b, "device"), pool_totals(b, "paged")
     # On a GPU, paged state stays on the device while there is room and spills to host RAM
@@ -211,6 +221,7 @@ def compute(
         notes=[
             *generic_notes(shape),
             *notes_for(setup, budget.is_gpu),
+            *colocated.notes(setup, budget),
             *start_adapter_notes(resolved),
             *term_notes(terms),
         ],
@@ -218,7 +229,7 @@ def compute(
         cannot_run=(
             f"training.loss={setup.loss.name}: {setup.loss.cpu_problem}"
             if setup.loss.cpu_problem and not budget.is_gpu
-            else ""
+            else colocated.shortfall(setup, budget)
         ),
     )
     return result

@@ -224,29 +224,15 @@ def rollout_stages(setup: Setup) -> tuple[list[Part], list[Part]]:
     per generation) or the reference's (a KL term) per-token log-probabilities: TRL's
     no-grad forwards over prompt + completion, one micro-batch at a time, each peaking at
     its decoder layers or at its chunked log-prob head, beside the log-probabilities
-    already computed."""
+    already computed. With a generation engine (`Rollout.engine`) generating is in the
+    engine's share, priced apart (`sftkit.memory.colocated`)."""
     rollout = setup.rollout
     if rollout is None:
         return [], []
     s, d = setup.shape, act.dtypes(setup)
-    # setup.seq_len is a training row: the prompt (max_seq_length) and its completion
     batch, tokens, completion = setup.rollout_sequences, setup.seq_len, rollout.completion_tokens
-    prompt = tokens - completion
-    generating = [
-        Part(
-            f"rollout: KV cache ({batch} completions x {tokens} tokens)",
-            2 * s.num_layers * batch * tokens * s.kv_size * d.linear_out,
-            "activations",
-            "2 x layers x completions x (prompt + completion) x kv_heads x head_dim",
-        ),
-        Part(
-            "rollout: prefill activations (no grad)",
-            batch * prompt * (3 * d.linear_out * s.mlp_width + 2 * d.stream * s.hidden_size),
-            "activations",
-            "largest layer intermediates",
-        ),
-        Part("rollout: next-token logits", batch * s.vocab_size * (d.compute + 4), "logits", ""),
-    ]
+    # a generation engine's KV cache and activations are in its own share (`engine_share`)
+    generating = [] if rollout.engine else generation_parts(setup)
     if not (rollout.old_log_probs or rollout.reference):
         return generating, []
     # TRL's forward batch: per_device_train_batch_size rows (the training micro-batch)
@@ -293,6 +279,31 @@ def rollout_stages(setup: Setup) -> tuple[list[Part], list[Part]]:
         )
     )
     return generating, scoring
+
+
+def generation_parts(setup: Setup) -> list[Part]:
+    """The model's own generation of the rollout batch (transformers' ``generate``)."""
+    rollout = setup.rollout
+    assert rollout is not None
+    s, d = setup.shape, act.dtypes(setup)
+    # setup.seq_len is a training row: the prompt (max_seq_length) and its completion
+    batch, tokens, completion = setup.rollout_sequences, setup.seq_len, rollout.completion_tokens
+    prompt = tokens - completion
+    return [
+        Part(
+            f"rollout: KV cache ({batch} completions x {tokens} tokens)",
+            2 * s.num_layers * batch * tokens * s.kv_size * d.linear_out,
+            "activations",
+            "2 x layers x completions x (prompt + completion) x kv_heads x head_dim",
+        ),
+        Part(
+            "rollout: prefill activations (no grad)",
+            batch * prompt * (3 * d.linear_out * s.mlp_width + 2 * d.stream * s.hidden_size),
+            "activations",
+            "largest layer intermediates",
+        ),
+        Part("rollout: next-token logits", batch * s.vocab_size * (d.compute + 4), "logits", ""),
+    ]
 
 
 def reference_bytes(setup: Setup, tensors: list[LaidTensor]) -> int:
@@ -411,8 +422,7 @@ def breakdown(setup: Setup, extra: Sequence[MemoryTerm] = ()) -> Breakdown:
     ]
     phases["later_steps"] = [*weights, *persistent, *fb, *extras]
     # Generation after the first step: the optimizer state exists, the gradients are freed.
-    rolling = rollout_parts(setup)
-    phases["rollout"] = [*weights, *persistent, *rolling] if rolling else []
+    phases["rollout"] = [*weights, *persistent, *rollout_parts(setup)] if setup.rollout else []
     phases["evaluation"] = [*weights, *persistent, *_eval_parts(setup)]
     for term in extra:
         if term.replaces:

@@ -25,10 +25,12 @@ from sftkit.runpaths import RunPaths
 if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe
     from sftkit.recipe.schema import Recipe
+    from sftkit.registry import Registry
 
 
-def run_recipe(run_dir: Path) -> ResolvedRecipe:
-    """The resolved recipe a run directory was trained with."""
+def run_recipe(run_dir: Path, registry: Registry | None = None) -> ResolvedRecipe:
+    """The resolved recipe a run directory was trained with, its components looked up in
+    `registry` (the command's: its plugins; default: built-ins and installed plugins)."""
     from sftkit.recipe.load import load_recipe
     from sftkit.registry import default_registry
 
@@ -38,16 +40,18 @@ def run_recipe(run_dir: Path) -> ResolvedRecipe:
             f"{run_dir} is not a run directory: it has no {path.name}.",
             hint="Pass the directory `sftkit run` wrote (its output_dir).",
         )
-    return load_recipe(str(path), registry=default_registry())
+    return load_recipe(str(path), registry=registry or default_registry())
 
 
-def load_base(run_dir_or_resolved: Path | str | ResolvedRecipe) -> tuple[Any, Any]:
+def load_base(
+    run_dir_or_resolved: Path | str | ResolvedRecipe, registry: Registry | None = None
+) -> tuple[Any, Any]:
     """The untrained base exactly as the run started from it (quantized per its strategy),
     with the tokenizer, in eval mode."""
     run_dir: Path | None = None
     if isinstance(run_dir_or_resolved, (str, Path)):
         run_dir = Path(run_dir_or_resolved)
-        resolved = run_recipe(run_dir)
+        resolved = run_recipe(run_dir, registry)
     else:
         resolved = run_dir_or_resolved
     recipe = resolved.recipe
@@ -66,7 +70,7 @@ def load_base(run_dir_or_resolved: Path | str | ResolvedRecipe) -> tuple[Any, An
     return model, tokenizer
 
 
-def load_trained(run_dir: Path | str) -> tuple[Any, Any]:
+def load_trained(run_dir: Path | str, registry: Registry | None = None) -> tuple[Any, Any]:
     """A finished run's model: the base plus its final adapter, or its full final model; with
     the tokenizer saved next to it; in eval mode."""
     run_dir = Path(run_dir)
@@ -77,14 +81,14 @@ def load_trained(run_dir: Path | str) -> tuple[Any, Any]:
             f"{run_dir} has no {final.name}/ directory: the run has not finished.",
             hint="Resume it with `sftkit run RECIPE --output-dir DIR --resume`.",
         )
-    resolved = run_recipe(run_dir)
+    resolved = run_recipe(run_dir, registry)
     recipe = resolved.recipe
     tokenizer = with_pad_token(_tokenizer_from(final, recipe))
     model: Any
     if paths.final_is_adapter:
         from peft import PeftModel
 
-        base, _ = load_base(run_dir)
+        base, _ = load_base(run_dir, resolved.registry)
         model = PeftModel.from_pretrained(base, str(final))
     else:
         from transformers import AutoModelForCausalLM

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sftkit import atomic
 from sftkit._version import __version__
 from sftkit.errors import RunDirectoryError
 from sftkit.oserrors import open_to_umask
@@ -138,19 +139,6 @@ def _files(directory: Path) -> Iterator[tuple[str, Path]]:
             yield path.relative_to(directory).as_posix(), path
 
 
-def _fsync(path: Path, *, directory: bool = False) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if directory else 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems cannot sync a directory
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_marker(directory: Path, *, kind: str, step: int, **extra: Any) -> dict[str, Any]:
     """Sync every file of `directory` to disk, then write its marker (synced too): each
     file's size, and its checksum."""
@@ -158,7 +146,7 @@ def write_marker(directory: Path, *, kind: str, step: int, **extra: Any) -> dict
     sums: dict[str, str] = {}
     algorithm = "blake2b"
     for rel, path in _files(directory):
-        _fsync(path)
+        atomic.fsync(path)
         files[rel] = path.stat().st_size
         algorithm, hasher = _hasher() or ("blake2b", hashlib.blake2b(digest_size=16))
         sums[rel] = _digest(path, hasher)
@@ -171,14 +159,9 @@ def write_marker(directory: Path, *, kind: str, step: int, **extra: Any) -> dict
         "files": files,
         "checksums": {"algorithm": algorithm, "files": sums},
     }
-    target = complete_marker(directory)
-    tmp = target.with_name(target.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
-        handle.write(json.dumps(marker, indent=2, allow_nan=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, target)
-    _fsync(directory, directory=True)
+    text = json.dumps(marker, indent=2, allow_nan=False) + "\n"
+    atomic.write_text(complete_marker(directory), text, sync=True)
+    atomic.fsync(directory, directory=True)
     return marker
 
 
@@ -188,13 +171,8 @@ def publish(partial: Path, target: Path, *, kind: str, step: int, **extra: Any) 
     open_to_umask(partial)  # safetensors writes 0600
     write_marker(partial, kind=kind, step=step, **extra)
     target.parent.mkdir(parents=True, exist_ok=True)
-    old = partial.with_name(f"{partial.name}.replaced")
-    if target.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-    os.replace(partial, target)
-    _fsync(target.parent, directory=True)
-    shutil.rmtree(old, ignore_errors=True)
+    # `discard_partial` finishes a swap a stop cut between its renames
+    atomic.replace_dir(partial, target, aside=partial.with_name(f"{partial.name}.replaced"))
     with contextlib.suppress(OSError):  # .partial/ itself, once nothing is in the making
         partial.parent.rmdir()
 

@@ -11,6 +11,8 @@
   the trainer's default backend (transformers' ``generate``). With adapters and ``beta > 0``
   TRL keeps the reference as a frozen copy of the adapters (``ref``) on the same base
   weights, so no second model (full training with ``beta > 0`` is refused at load).
+  With ``use_vllm`` TRL's vLLM colocate mode generates instead, in the share of the GPU
+  ``vllm_gpu_memory_utilization`` reserves, its context bounded to prompt + completion.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 from trl import GRPOConfig, GRPOTrainer
 
 from sftkit import compat
+from sftkit.errors import MissingDependencyError
 from sftkit.specs import load_factory
 from sftkit.training.reference import ReferenceAdapterNotFinal
 from sftkit.training.trainer import RunTrainerMixin
@@ -66,7 +69,27 @@ class SftkitGrpoConfig(GRPOConfig):
     def __post_init__(self) -> None:
         if self.rewards:
             self.reward_weights = [float(reward["weight"]) for reward in self.rewards]
+        if self.use_vllm:
+            _require_vllm()
+            self.vllm_mode = "colocate"  # the mode the estimate prices (a share of each GPU)
+            if self.vllm_max_model_length is None and self.max_length is not None:
+                # vLLM's default is the model's whole context, whose KV cache it must hold
+                # for one sequence at start (16 GiB at 128K for Llama-3.1-8B): a rollout
+                # never grows past the prompt bound and the completion
+                self.vllm_max_model_length = self.max_length + (self.max_completion_length or 0)
         super().__post_init__()
+
+
+def _require_vllm() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise MissingDependencyError(
+            "vllm",
+            "training.objective_options.use_vllm",
+            hint="Install the vllm release TRL supports (pip install vllm), or set "
+            "use_vllm: false (transformers' generate).",
+        )
 
 
 class SftkitGrpoTrainer(

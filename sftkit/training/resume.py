@@ -25,13 +25,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from sftkit import atomic
 from sftkit.errors import TrainingDivergedError
 from sftkit.runpaths import CHECKPOINT_PREFIX, RunPaths
 from sftkit.training.checkpoints import ResumePoint, choose_checkpoint, final_marker, inspect
@@ -249,7 +249,5 @@ def trim_metrics(paths: RunPaths, step: int) -> int:
             continue
         kept.append(line)
     if dropped:
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic.write_text(path, "".join(f"{line}\n" for line in kept))
     return dropped

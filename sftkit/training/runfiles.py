@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from sftkit import atomic
 from sftkit._version import __version__
 from sftkit.errors import DiskFullError, RunDirectoryError
 from sftkit.oserrors import check_can_create
@@ -229,17 +230,8 @@ def finite(data: Any) -> Any:
 def write_json(path: Path, data: Any) -> None:
     """Write `data` as JSON atomically: readers see the old file or the new one, whole.
     A write that fails (a full disk) leaves the old file and no temporary behind."""
-    tmp = path.with_name(path.name + ".tmp")
     text = json.dumps(finite(data), indent=2, default=str, allow_nan=False) + "\n"
-    try:
-        with tmp.open("w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic.write_text(path, text, sync=True)
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -257,9 +249,7 @@ def write_recipe(paths: RunPaths, resolved: ResolvedRecipe) -> None:
         + "\n"
     )
     body = yaml.safe_dump(resolved_recipe_data(resolved), sort_keys=False, allow_unicode=True)
-    tmp = paths.recipe.with_name(paths.recipe.name + ".tmp")
-    tmp.write_text(header + body, encoding="utf-8")
-    os.replace(tmp, paths.recipe)  # recipe.yaml makes a directory a run: whole or absent
+    atomic.write_text(paths.recipe, header + body)  # it makes a directory a run: whole or absent
 
 
 def environment(device: str) -> dict[str, Any]:
