@@ -163,3 +163,19 @@ def test_an_adapter_saved_with_the_recipes_options_is_priced_with_them(tmp_path)
     )
     assert missing.exit_code == 0, missing.stderr
     assert "does not exist yet: priced with strategy.options" in missing.stdout
+
+
+def test_an_all_linear_recipe_over_an_adapter_of_fewer_modules_is_refused_by_the_estimate(
+    tmp_path,
+):
+    """all-linear against the list PEFT saved needs the model: validation passes it, the
+    estimate (which has the model's layers) refuses it naming both sets and the fix."""
+    adapter = _save_adapter(tmp_path / "adapter", rank=8, target_modules=["q_proj", "v_proj"])
+    overrides = ("strategy.name=lora", "strategy.options.rank=8", f"model.adapter={adapter}")
+    assert invoke_cli("validate", "quickstart", *overrides).exit_code == 0
+    result = invoke_cli("estimate-memory", "quickstart", *overrides)
+    out = result.stdout + result.stderr
+    assert result.exit_code == 2, out
+    assert "the adapter adapts q_proj, v_proj" in out and "down_proj" in out
+    assert "strategy.options.target_modules=[q_proj, v_proj]" in out
+    assert "Traceback" not in out

@@ -99,8 +99,8 @@ def lora_saved_differences(
 ) -> list[tuple[str, Any, Any]]:
     """The LoRA options a saved adapter's adapter_config.json contradicts. Module lists are
     compared as sets; ``all-linear`` against a list (PEFT saves the modules all-linear
-    resolved to) or a saved regular expression cannot be told apart without the model, and
-    pass."""
+    resolved to) needs the model, so the estimate compares them (`LoRA.saved_mismatch`); a
+    saved regular expression passes."""
     out = []
     for option, key in PEFT_KEYS:
         if key not in config or config[key] is None:
