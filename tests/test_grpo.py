@@ -4,6 +4,7 @@ with built-in and plugin rewards, whose scores are logged."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -209,6 +210,124 @@ def test_the_log_prob_forward_terms_match_the_live_tensors_of_trls_forwards(tmp_
         )
     layers = act.no_grad_layer_bytes(setup, rows, prompt + completion)
     assert live.peak == pytest.approx(layers, rel=0.01)
+
+
+MEASURED = (
+    *GRPO,
+    "strategy.name=lora",
+    "training.max_seq_length=32",
+    "training.objective_options.max_completion_length=8",
+    "training.objective_options.beta=0.04",  # the reference's log-probabilities
+    "training.objective_options.num_iterations=2",  # ... and the old policy's
+    "training.micro_batch_size=2",
+    "training.gradient_accumulation_steps=2",
+)
+
+
+def test_measure_mode_generates_the_rollout_and_prints_it(tmp_path):
+    """`estimate-memory --measure` generates the priced batch as TRL does (4 completions of
+    8 tokens after 32-token prompts) and compares its KV cache and kept log-probabilities
+    with their terms, byte for byte, in its table."""
+    pytest.importorskip("peft")
+    result = invoke_cli("estimate-memory", "quickstart", *MEASURED, "--measure")
+    assert result.exit_code == 0, result.stderr
+    measured = result.stdout.split("measured on cpu", 1)[1]
+    rows = {line.split("  ")[0]: line for line in measured.splitlines()[2:] if "bytes)" in line}
+    # 4 x 39 cached tokens x 2 (keys, values) x 4 layers x 64 (2 kv heads x 32) x 4 bytes
+    assert rows["rollout: KV cache, 39 of 40 tokens"].endswith("ok  (319,488 vs 319,488 bytes)")
+    for whose in ("old policy", "reference"):  # 4 completions x 8 tokens x fp32
+        assert rows[f"rollout: {whose} log-probabilities"].endswith("ok  (128 vs 128 bytes)")
+    assert "MISMATCH" not in measured
+    assert "generate's cache holds 39" in measured  # the one token the term prices over
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [lambda n, tokens: 2 * n, lambda n, tokens: n + n // tokens],
+    ids=["twice-the-bytes-per-token", "one-token-more"],
+)
+def test_measure_mode_catches_a_wrong_kv_cache_term(tmp_path, monkeypatch, wrong):
+    pytest.importorskip("peft")
+    from sftkit.memory import estimate
+    from sftkit.memory.phases import rollout_stages
+    from sftkit.training import measure_rollout
+    from sftkit.training.measure import measure_recipe
+
+    def mispriced(setup):
+        generating, scoring = rollout_stages(setup)
+        return [
+            dataclasses.replace(p, bytes=wrong(p.bytes, setup.seq_len))
+            if p.name.startswith("rollout: KV cache")
+            else p
+            for p in generating
+        ], scoring
+
+    monkeypatch.setattr(measure_rollout, "rollout_stages", mispriced)
+    resolved = tiny_recipe(*MEASURED, f"output_dir={tmp_path}")
+    comparison = measure_recipe(resolved, estimate(resolved, advise=False))
+    rows = {row.what: row for row in comparison.rows}
+    assert not rows["rollout: KV cache, 39 of 40 tokens"].ok
+    assert rows["rollout: reference log-probabilities"].ok and not comparison.ok
+
+
+def test_measure_mode_leaves_an_engines_generation_alone(tmp_path):
+    """A rollout an engine generates (vLLM colocate, CUDA only: declared here on the CPU)
+    has no KV cache term of the model's own; measure mode starts no engine and compares the
+    kept log-probabilities, over random completions of the priced length."""
+    import contextlib
+
+    from sftkit.memory.estimator import shape_for
+    from sftkit.memory.setup import setup_from_recipe
+    from sftkit.testing import tiny_model
+    from sftkit.training.measure import install_loss_head
+    from sftkit.training.measure_rollout import generate_rollout, rollout_rows
+
+    resolved = tiny_recipe(*MEASURED, f"output_dir={tmp_path}")
+    setup = setup_from_recipe(resolved, shape_for(resolved), on_gpu=False)
+    assert setup.rollout is not None
+    engine = dataclasses.replace(setup.rollout, engine="vLLM (colocate)", engine_share=0.3)
+    setup = dataclasses.replace(setup, rollout=engine)
+    model, _ = tiny_model(resolved, tmp_path)
+    forward, _ = install_loss_head(model, setup)
+    got = generate_rollout(model, forward, resolved, setup, "cpu", contextlib.nullcontext())
+    rows, notes = rollout_rows(setup, got)
+    assert [row.what for row in rows] == [
+        "rollout: old policy log-probabilities",
+        "rollout: reference log-probabilities",
+    ]
+    assert all(row.ok for row in rows) and got.cache_bytes == 0
+    assert "vLLM (colocate) generates in its own share" in notes[0]
+
+
+@pytest.mark.gpu
+@pytest.mark.filterwarnings("ignore")
+def test_measure_mode_holds_the_rollout_peak_to_the_estimate_on_cuda(tmp_path):
+    """On CUDA the rollout phase's peak allocated (generation, then the log-probability
+    forwards) against the phase's predicted figure, within GPU_TOLERANCE, at a size where
+    the rollout's tensors outweigh the fixed workspaces (32 completions of 512 tokens after
+    256-token prompts: a 48 MiB cache). Not yet run: there was no GPU where it was written."""
+    pytest.importorskip("peft")
+    from sftkit.memory import estimate
+    from sftkit.memory.terms import PHASE_LABELS
+    from sftkit.training.measure import measure_recipe
+
+    resolved = tiny_recipe(
+        *MEASURED,
+        f"output_dir={tmp_path}",
+        "hardware.gpu=auto",
+        "training.max_seq_length=256",
+        "training.objective_options.max_completion_length=512",
+        "training.micro_batch_size=8",
+        "training.gradient_accumulation_steps=4",
+    )
+    comparison = measure_recipe(resolved, estimate(resolved, advise=False))
+    assert comparison.device != "cpu"
+    rows = {row.what: row for row in comparison.rows}
+    label = PHASE_LABELS["rollout"]
+    for figure in ("allocated", "reserved", "device used"):
+        assert f"{label}: {figure}" in rows, comparison.render()
+    assert rows[f"{label}: allocated"].ok, comparison.render()
+    assert all(row.ok for row in comparison.rows if row.exact), comparison.render()
 
 
 # --------------------------------------------------------------------------- resume

@@ -1,15 +1,19 @@
 """``model.adapter``: a run starts from the adapter a previous LoRA run saved (PEFT's
 ``PeftModel.from_pretrained``), checked in validation (an adapter strategy) and before the
-base loads (an adapter directory)."""
+base loads (an adapter directory); SFT, GRPO and DPO from it, the preference objectives'
+reference a frozen copy of the loaded adapter."""
 
 from __future__ import annotations
 
 import json
+import math
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sftkit import hookimpl
 from sftkit.testing import invoke_cli, quick_run
 
 pytest.importorskip("peft")
@@ -179,3 +183,96 @@ def test_an_all_linear_recipe_over_an_adapter_of_fewer_modules_is_refused_by_the
     assert "the adapter adapts q_proj, v_proj" in out and "down_proj" in out
     assert "strategy.options.target_modules=[q_proj, v_proj]" in out
     assert "Traceback" not in out
+
+
+class AdapterAtStartAndEnd:
+    """The policy's adapter and TRL's frozen ``ref`` copy as the trainer holds them at the
+    first step and after the last, keyed as the saved adapter file keys them."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, dict[str, dict[str, Any]]] = {}
+
+    def take(self, when: str, model: Any) -> None:
+        for adapter in ("default", "ref"):
+            self.seen.setdefault(when, {})[adapter] = {
+                name.replace(f".{adapter}.", "."): param.detach().clone()
+                for name, param in model.named_parameters()
+                if f".{adapter}." in name
+            }
+
+    @hookimpl
+    def on_train_start(self, run):
+        self.take("start", run.model)
+
+    @hookimpl
+    def on_train_end(self, run, metrics):
+        self.take("end", run.model)
+
+
+def test_dpo_starts_from_a_saved_adapter_its_reference_a_frozen_copy_of_it(tmp_path):
+    """A LoRA SFT run's adapter, then DPO from it (the r1 recipes' path with preference
+    pairs): the policy starts as the loaded adapter, not a fresh one (B = 0), TRL's reference
+    is a frozen copy of it (so the first step's rewards, beta x the policy's log-ratio to the
+    reference, are 0), and the adapter trains."""
+    import json
+
+    from safetensors.torch import load_file
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "prompt": f"Sam has {i} pens. Sam gets 2 more. How many pens?",
+                    "chosen": f"{i} + 2 = {i + 2}\n#### {i + 2}",
+                    "rejected": f"{i} + 2 = {i + 3}\n#### {i + 3}",
+                }
+            )
+            + "\n"
+            for i in range(1, 17)
+        )
+    )
+    sft = quick_run(tmp_path, "strategy.name=lora", "optimizer.options.lr=1e-2")
+    saved = load_file(sft / "final" / "adapter_model.safetensors")
+    assert any(saved[k].abs().max() > 1e-4 for k in saved if "lora_B" in k)  # not B = 0
+    seen = AdapterAtStartAndEnd()
+    run = tmp_path / "dpo"
+    result = invoke_cli(
+        "run",
+        "quickstart_dpo",
+        "strategy.name=lora",
+        f"model.adapter={sft / 'final'}",
+        f"data.format.options.train_file={pairs}",
+        "~data.format.options.test_file",
+        "data.format.options.dev_size=0",
+        "training.micro_batch_size=4",
+        "training.max_steps=3",
+        "training.logging_steps=1",
+        "~training.save_steps",
+        "--output-dir",
+        str(run),
+        plugins=[seen],
+    )
+    assert result.exit_code == 0, result.stdout + result.stderr
+    start, end = seen.seen["start"], seen.seen["end"]
+    for adapter in ("default", "ref"):  # both the loaded adapter when training starts
+        assert start[adapter].keys() == saved.keys()
+        for key, tensor in saved.items():
+            assert torch_equal(start[adapter][key], tensor), (adapter, key)
+    assert all(torch_equal(end["ref"][key], saved[key]) for key in saved)  # frozen
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = {row["step"]: row for row in rows if "loss" in row}
+    assert sorted(steps) == [1, 2, 3]
+    for key in ("rewards/chosen", "rewards/rejected", "rewards/margins"):
+        assert steps[1][key] == 0.0, steps[1]  # the policy is its reference at the start
+    assert all(math.isfinite(row["loss"]) for row in steps.values())
+    trained = load_file(run / "final" / "adapter_model.safetensors")
+    assert trained.keys() == saved.keys()
+    assert any(not torch_equal(trained[k], saved[k]) for k in saved)  # it trained
+    assert not (run / "final" / "ref").exists()
+
+
+def torch_equal(a: Any, b: Any) -> bool:
+    import torch
+
+    return torch.equal(a.cpu(), b.cpu())

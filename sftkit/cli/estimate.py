@@ -38,8 +38,9 @@ from sftkit.recipe.load import load_recipe
 @click.option(
     "--measure",
     is_flag=True,
-    help="Run one real forward, backward and optimizer step on the present device (random "
-    "tokens) and print predicted against measured. Needs the training stack.",
+    help="Run one real forward, backward and optimizer step (and a generating objective's "
+    "rollout) on the present device (random tokens) and print predicted against measured. "
+    "Needs the training stack.",
 )
 @pass_app
 def estimate_memory(

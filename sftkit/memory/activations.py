@@ -61,6 +61,20 @@ def dtypes(setup: Setup) -> Dtypes:
     return Dtypes(stream, linear_out, p.matmul_bytes, lora, mask)
 
 
+def no_grad_forward_bytes(setup: Setup, tokens: int) -> int:
+    """The largest moment of a no-grad forward over `tokens` tokens (evaluation; a rollout's
+    prefill), its KV cache and logits apart: inside an MLP, the gate's activation, the up
+    projection and their product (an adapted input layer's base output and its sum with
+    the adapter's are both alive: one more), while the stream holds four hidden-wide
+    tensors (the embedding output the model keeps for the whole forward, the layer's input,
+    the attention's residual sum and the normed MLP input). A live-tensor census of the
+    tiny model on CPU peaks there (tests/test_no_grad_forward.py)."""
+    s, d = setup.shape, dtypes(setup)
+    adapted = set(_lora_by_module(setup)) & set(s.mlp_input_modules)
+    mlp = 3 + (1 if adapted else 0)
+    return tokens * (mlp * d.linear_out * s.mlp_width + 4 * d.stream * s.hidden_size)
+
+
 def _lora_by_module(setup: Setup) -> dict[str, LowRankLayer]:
     return setup.composition.low_rank_layers(setup.shape)
 
@@ -343,18 +357,13 @@ def dequantized_weight_bytes(setup: Setup) -> int:
 
 
 def no_grad_layer_bytes(setup: Setup, batch: int, seq: int) -> int:
-    """The most a decoder forward without autograd holds inside a layer (a rollout's
-    log-probability forward; counted on CPU against live tensors, tests/test_grpo.py): per
-    token the embedding output, the layer's input, its residual and its normalized input
-    (stream dtype), and in the MLP the activated gate, up_proj's output and the product (a
-    LoRA branch on up_proj adds its output beside the base's); the cos/sin tables, an s x s
-    bool mask per row for SDPA/eager over padded rows (rollout rows always are), and the
-    weight bitsandbytes dequantizes for the matmul."""
+    """The most a decoder forward of whole rows without autograd holds inside a layer (a
+    rollout's log-probability forward; counted on CPU against live tensors,
+    tests/test_grpo.py): `no_grad_forward_bytes`, the cos/sin tables, an s x s bool mask
+    per row for SDPA/eager over padded rows (rollout rows always are), and the weight
+    bitsandbytes dequantizes for the matmul."""
     s, d = setup.shape, dtypes(setup)
-    inputs = s.mlp_input_modules  # (gate_proj, up_proj): up_proj runs while the gate is held
-    mlp = 3 + (len(inputs) > 1 and inputs[-1] in _lora_by_module(setup))
-    total = batch * seq * (4 * d.stream * s.hidden_size + mlp * d.linear_out * s.mlp_width)
-    total += 2 * seq * s.head_dim * d.stream
+    total = no_grad_forward_bytes(setup, batch * seq) + 2 * seq * s.head_dim * d.stream
     if setup.attn_implementation in ("sdpa", "eager"):
         total += batch * seq * seq
     return total + dequantized_weight_bytes(setup)

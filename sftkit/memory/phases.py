@@ -165,11 +165,7 @@ def _eval_parts(setup: Setup) -> list[Part]:
         if ev.kind == "generate":
             ctx = ev.prompt_tokens + ev.new_tokens
             cache = 2 * s.num_layers * ev.batch_size * ctx * s.kv_size * d.linear_out
-            prefill = (
-                ev.batch_size
-                * ev.prompt_tokens
-                * (3 * d.linear_out * s.mlp_width + 2 * d.stream * s.hidden_size)
-            )
+            prefill = act.no_grad_forward_bytes(setup, ev.batch_size * ev.prompt_tokens)
             logits = ev.batch_size * s.vocab_size * (d.compute + 4)
             parts = [
                 Part(
@@ -182,7 +178,7 @@ def _eval_parts(setup: Setup) -> list[Part]:
                     f"{ev.name}: prefill activations (no grad)",
                     prefill,
                     "activations",
-                    "largest layer intermediates",
+                    "largest moment of a layer",
                 ),
                 Part(f"{ev.name}: next-token logits", logits, "logits", ""),
             ]
@@ -191,9 +187,9 @@ def _eval_parts(setup: Setup) -> list[Part]:
             parts = [
                 Part(
                     f"{ev.name}: forward activations (no grad)",
-                    n * (3 * d.linear_out * s.mlp_width + 2 * d.stream * s.hidden_size),
+                    act.no_grad_forward_bytes(setup, n),
                     "activations",
-                    "",
+                    "largest moment of a layer",
                 ),
                 Part(
                     f"{ev.name}: logits, fp32 copy and log-probabilities ({ev.batch_size} x {ev.prompt_tokens})",
@@ -242,7 +238,7 @@ def rollout_stages(setup: Setup) -> tuple[list[Part], list[Part]]:
         scoring.append(
             Part(
                 f"rollout: old policy log-probabilities ({batch} x {completion})",
-                batch * completion * 4,
+                kept_log_probs(setup)["old policy"],
                 "logits",
                 "fp32 per completion token",
             )
@@ -261,7 +257,7 @@ def rollout_stages(setup: Setup) -> tuple[list[Part], list[Part]]:
     if layers >= head:
         what, formula = (
             "decoder layer",
-            "per token 4 x stream x hidden + (3, 4 with LoRA on up_proj) x MLP width; "
+            "per token 4 x stream x hidden + (3, 4 under adapted MLP inputs) x MLP width; "
             "cos/sin, s x s bool mask per row, dequantized weight",
         )
     else:
@@ -281,6 +277,17 @@ def rollout_stages(setup: Setup) -> tuple[list[Part], list[Part]]:
     return generating, scoring
 
 
+def kept_log_probs(setup: Setup) -> dict[str, int]:
+    """Each set of per-token log-probabilities a rollout computes and keeps for its training
+    steps (whose -> bytes): fp32 per completion token of the generation batch."""
+    rollout = setup.rollout
+    if rollout is None:
+        return {}
+    size = setup.rollout_sequences * rollout.completion_tokens * 4
+    wanted = (("old policy", rollout.old_log_probs), ("reference", rollout.reference))
+    return {whose: size for whose, held in wanted if held}
+
+
 def generation_parts(setup: Setup) -> list[Part]:
     """The model's own generation of the rollout batch (transformers' ``generate``)."""
     rollout = setup.rollout
@@ -298,9 +305,9 @@ def generation_parts(setup: Setup) -> list[Part]:
         ),
         Part(
             "rollout: prefill activations (no grad)",
-            batch * prompt * (3 * d.linear_out * s.mlp_width + 2 * d.stream * s.hidden_size),
+            act.no_grad_forward_bytes(setup, batch * prompt),
             "activations",
-            "largest layer intermediates",
+            "largest moment of a layer",
         ),
         Part("rollout: next-token logits", batch * s.vocab_size * (d.compute + 4), "logits", ""),
     ]

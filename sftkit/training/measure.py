@@ -1,11 +1,13 @@
 """Measure mode: build the recipe's model and optimizer on the present device, run one real
-forward, backward and optimizer step (and a second forward/backward) on random tokens, and
+forward, backward and optimizer step (then, for an objective that generates, its rollout:
+`sftkit.training.measure_rollout`; then a second forward/backward) on random tokens, and
 compare with the prediction. It lives next to training, not in `sftkit.memory`, because it
 builds the model and optimizer the way a run does; the estimator itself stays torch-free.
 
 On CUDA it compares per-phase peaks (allocated, reserved, device used); everywhere it compares
-the static terms byte for byte (weights, trainable parameters, gradients, optimizer state)
-and, without checkpointing, the bytes autograd saved for backward. Imports torch: call it
+the static terms byte for byte (weights, trainable parameters, gradients, optimizer state),
+the rollout's KV cache and kept log-probabilities, and, without checkpointing, the bytes
+autograd saved for backward. Imports torch: call it
 only from `estimate-memory --measure`.
 """
 
@@ -33,6 +35,7 @@ if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe
 
 GPU_TOLERANCE = 0.10  # the estimator's target on measured peaks
+CHECKPOINTING = {"use_reentrant": False}  # the run's checkpointing kwargs (stages/train.py)
 
 
 # --------------------------------------------------------------------------- tensor census
@@ -272,7 +275,7 @@ def prepare_for_training(model: Any, setup: Setup) -> None:
 
         install(model)
     if setup.checkpointing:
-        kwargs = {"use_reentrant": False}
+        kwargs = CHECKPOINTING
         if hasattr(model, "activation_checkpointing_enable"):  # its name from transformers 5.2x
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
         else:
@@ -340,6 +343,17 @@ def measure_recipe(
             peaks["optimizer_step"] = _cuda_peaks()
         measured = measured_static(net, optimizer)
         optimizer.zero_grad(set_to_none=True)
+        if setup.rollout is not None:  # an objective that generates: after the first step
+            from sftkit.training.measure_rollout import generate_rollout, rollout_rows
+
+            if on_gpu:
+                torch.cuda.reset_peak_memory_stats()  # the gradients are freed
+            rolled = generate_rollout(net, forward, resolved, setup, device, ac)
+            if on_gpu:
+                rolled_peaks = _cuda_peaks()
+                if not setup.rollout.engine:  # an engine's share is not started here
+                    peaks["rollout"] = rolled_peaks
+            rolled_rows, rolled_notes = rollout_rows(setup, rolled)
         with ac:
             out = net(**batch)
         out.loss.backward()
@@ -355,6 +369,9 @@ def measure_recipe(
                 exact=True,
             )
         )
+    if setup.rollout is not None:
+        cmp.rows.extend(rolled_rows)
+        cmp.notes.extend(rolled_notes)
     if on_gpu:
         total = torch.cuda.get_device_properties(0).total_memory
         predicted = predicted_figures(setup, plugin_terms, total)
