@@ -101,6 +101,11 @@ def test_ddp_two_processes_match_one(workspace, single):
     run_dir = workspace / "runs" / "ddp"
     assert f"completed: {run_dir}" in done.stdout and "on 2 processes" in done.stdout
     assert_same_training(run_dir, single)
+    # tokenized once, by the launcher: one build of the train split, no rank's partial
+    assert "tokenized: train" in done.stdout + done.stderr
+    built = sorted(p.name for p in (run_dir / "data" / "tokenized").iterdir())
+    assert len([name for name in built if name.startswith("train-")]) == 1, built
+    assert not [name for name in built if name.startswith(".")], built
     # Rank 0 alone wrote the logs: one event per step, no copies from rank 1.
     steps = [e["step"] for e in events(run_dir) if "loss" in e]
     assert steps == sorted(set(steps))

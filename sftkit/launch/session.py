@@ -349,12 +349,10 @@ def _check_engine_installed(plan: LaunchPlan) -> None:
 def _prepare_run(plan: LaunchPlan, *, echo: Callable[[str], None]) -> Any:
     """What `sftkit run` does before training, once, in this process: claim the directory,
     pre-flight memory, write the run's metadata, prepare the data (no two ranks may write the
-    same file; a random base is written by rank 0 of the workers, who import transformers
-    anyway)."""
+    same file) and tokenize it (a random base is written by rank 0 of the workers)."""
     try:
         from rich.console import Console
 
-        from sftkit.data.prepare import prepare_data
         from sftkit.modeling import training_device
         from sftkit.training.runfiles import resolved_recipe_data
         from sftkit.training.runner import start_run
@@ -374,8 +372,14 @@ def _prepare_run(plan: LaunchPlan, *, echo: Callable[[str], None]) -> Any:
         + yaml.safe_dump(resolved_recipe_data(plan.resolved), sort_keys=False),
         encoding="utf-8",
     )
-    prepared = prepare_data(plan.resolved)
-    echo(f"data: {prepared.directory}")
+    # prepared and tokenized here, once: the ranks then read the tokenized cache instead of
+    # each tokenizing the same rows (the first rename would win, the work done N times)
+    from rich.text import Text
+
+    from sftkit.training.stages.data import prepare
+
+    data = prepare(plan.resolved, lambda line, *_, **__: echo(Text.from_markup(line).plain))
+    echo(f"tokenized: train {len(data.train)} rows, for every rank")
     return ctx
 
 
