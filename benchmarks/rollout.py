@@ -16,10 +16,11 @@ from typing import Any
 from sftkit.memory.terms import PHASE_LABELS
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "r1_gsm8k_grpo.yaml"
-# The recipe's 1,024-token completions would have the 8B model (NF4, transformers' generate,
-# 32 sequences) decode for several minutes, most of the session's budget; 256 tokens finish
-# the whole measurement (load, a step, the rollout, a step) in about a minute and price the
-# same terms, the KV cache a quarter as large. The rest of the recipe is kept.
+# Decoding is the slow part: 32 sequences through the NF4 8B model with transformers'
+# generate, one token at a time. The recipe's 1,024-token completions would take several
+# minutes of the session's budget; 256 should keep the whole measurement (load, a step, the
+# rollout, a step) near a minute on an H100 (not yet timed on a GPU) and price the same
+# terms, the KV cache a quarter as large. The rest of the recipe is kept.
 COMPLETION_TOKENS = 256
 # The tiny model's stand-ins: the 512-token prompt as 64 (as `session.TINY_SEQ`), 32 new tokens.
 TINY_PROMPT_TOKENS, TINY_COMPLETION_TOKENS = 64, 32

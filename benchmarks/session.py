@@ -414,6 +414,7 @@ class Session:
         the estimator fits under the cap is asked of `estimate-memory --fit` first."""
         from benchmarks.grid import FAST_CAP_GIB, LOWMEM_RECIPE, RECIPES, fast_points
 
+        max_context: int | None
         if self.config.tiny:
             max_context = TINY_MAX_CONTEXT  # no cap on a CPU: a row the tiny model times
         else:
