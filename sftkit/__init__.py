@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         LoraOptions,
         QLoraOptions,
         lora_adapters,
+        lora_saved_differences,
         nf4_storage,
     )
     from sftkit.cli.app import AppContext

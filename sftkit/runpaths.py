@@ -19,7 +19,8 @@
 <run>/eval/<stage>-<evaluator>/metrics.json, predictions.jsonl
 <run>/distributed/         what `sftkit launch` generated (accelerate/DeepSpeed configs,
                            launch.sh, worker_recipe.yaml)
-<run>/report.md, report.html, loss.png, lr.png, eval.png
+<run>/report.md, report.html, loss.png, lr.png, eval.png, and the objective's curves
+                           (rewards.png, kl.png, ...: sftkit.reporting.curves)
 <run>/export/adapter/, export/merged/   `sftkit export` without / with --merge
 ```
 
@@ -173,10 +174,10 @@ class RunPaths:
     # The during-training evaluators' scores per step.
     eval_plot = Under("eval.png")
 
-    @property
-    def rewards_plot(self) -> Path:
-        """The rewards an objective logs (grpo's per reward, dpo's per answer) per step."""
-        return self.root / "rewards.png"
+    def curve_plot(self, name: str) -> Path:
+        """A plot of series an objective logs (``rewards``: grpo's per reward, dpo's per
+        answer; ``kl``; ...: the curve sets of `sftkit.reporting.curves`)."""
+        return self.root / f"{name}.png"
 
     def export(self, *, merged: bool) -> Path:
         """`sftkit export`'s default output folder."""

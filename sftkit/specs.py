@@ -238,6 +238,10 @@ class StrategySpec(_FactorySpec):
     storage: Callable[[Any], BaseStorage] = dense_storage
     adapters: Callable[[Any], Sequence[Adapter]] = full_training
     tags: frozenset[str] = field(default_factory=frozenset)
+    # For a strategy that starts from a saved PEFT adapter (``model.adapter``), which PEFT
+    # loads with the adapter's own adapter_config.json: the options that config contradicts,
+    # ``saved_differences(options, config) -> [(option, recipe's value, saved value)]``.
+    saved_differences: Callable[[Any, dict[str, Any]], list[tuple[str, Any, Any]]] | None = None
 
     def compose(self, options: Any) -> Composition:
         """The strategy's parts for `options` (an instance of `options_model`). Raises
@@ -391,12 +395,20 @@ class Rollout:
 @dataclass(frozen=True)
 class OptionSearch:
     """An objective option ``estimate-memory --fit`` searches: the largest multiple of
-    `step` in [`lowest`, `highest`] that fits, the rest of the recipe unchanged."""
+    `step` in [`lowest`, `highest`] that fits, the rest of the recipe unchanged.
+
+    `per_prompt`: the option counts sequences per prompt (a group) in the batch of
+    ``micro_batch_size x gradient_accumulation_steps x GPUs`` sequences generated at once.
+    It is searched at the recipe's prompts per batch, so the batch grows with it through
+    ``gradient_accumulation_steps`` (the micro-batch a training step runs is unchanged),
+    among the values that keep that a whole number of steps. The objective's validation
+    must hold the recipe's batch to whole groups (grpo's does)."""
 
     option: str
     lowest: int
     highest: int
     step: int = 1
+    per_prompt: bool = False
 
 
 @dataclass(frozen=True)

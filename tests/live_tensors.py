@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import weakref
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,12 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 
 class LiveTensors(TorchDispatchMode):
-    def __init__(self) -> None:
+    """`ignore`: tensors that exist already (the model's weights): a view of one that an op
+    returns is not a new tensor."""
+
+    def __init__(self, ignore: Iterable[torch.Tensor] = ()) -> None:
         super().__init__()
-        self.sizes: dict[int, int] = {}
+        self.sizes: dict[int, int] = {t.untyped_storage().data_ptr(): 0 for t in ignore}
         self.now = self.peak = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]

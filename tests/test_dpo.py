@@ -5,6 +5,7 @@ CPU run end to end, and an interrupted run resuming exactly."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -311,6 +312,20 @@ def test_dpo_trains_end_to_end_on_cpu(reference_run):
     assert all(s["rewards/chosen"] is not None for s in steps.values())
     final = reference_run / "final"
     assert (final / "model.safetensors").is_file() and (final / "tokenizer.json").is_file()
+
+
+@pytest.mark.slow
+def test_the_dpo_report_shows_the_reward_accuracy_and_rewards(reference_run):
+    events = [
+        json.loads(line) for line in (reference_run / "metrics.jsonl").read_text().splitlines()
+    ]
+    last = [e for e in events if "rewards/accuracies" in e][-1]
+    report = (reference_run / "report.md").read_text()
+    assert f"| final reward accuracy | {last['rewards/accuracies']:.4g} at step 6 (" in report
+    assert "| final reward |" not in report and "| final KL |" not in report
+    if importlib.util.find_spec("matplotlib"):  # the light core draws no plots
+        for name in ("rewards", "reward_accuracy"):
+            assert f"![{name}]({name}.png)" in report and (reference_run / f"{name}.png").is_file()
 
 
 @pytest.mark.slow

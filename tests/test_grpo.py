@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 from sftkit import RewardSpec, hookimpl
 from sftkit.testing import invoke_cli, quick_run, tiny_dataset, tiny_recipe
@@ -72,7 +74,7 @@ def test_the_data_is_the_templates_prompts_with_their_reference_answers(tmp_path
 
 
 @pytest.mark.parametrize("strategy", ["full-sft", "lora"])
-def test_grpo_trains_on_cpu_and_logs_each_reward(tmp_path, strategy):
+def test_grpo_trains_on_cpu_and_logs_each_reward(tmp_path, strategy, capsys):
     overrides = [
         *GRPO,
         f"strategy.name={strategy}",
@@ -95,41 +97,55 @@ def test_grpo_trains_on_cpu_and_logs_each_reward(tmp_path, strategy):
         assert "kl" in steps[0]
     assert (Path(run) / "final" / "sftkit_complete.json").is_file()
     assert not (Path(run) / "final" / "ref").exists()  # TRL's frozen copy is not a result
+    report = (run / "report.md").read_text()
+    final = f"| final reward | {steps[-1]['reward']:.4g} at step 3 ("
+    assert final in report and ("| final KL |" in report) == (strategy == "lora")
+    assert f"final reward {steps[-1]['reward']:.3f})" in capsys.readouterr().out  # run's last line
     if importlib.util.find_spec("matplotlib"):  # the light core draws no plots
-        assert "![rewards](rewards.png)" in (run / "report.md").read_text()
-        assert (run / "rewards.png").is_file()
+        curves = ["rewards", "completion_lengths"] + (["kl"] if strategy == "lora" else [])
+        for name in curves:
+            assert f"![{name}]({name}.png)" in report
+            assert (run / f"{name}.png").is_file()
+        assert (run / "kl.png").is_file() == (strategy == "lora")  # logged with beta > 0 only
 
 
 # --------------------------------------------------------------------------- the estimate
 
 
-def test_the_rollout_terms_match_the_tensors_generation_holds(tmp_path):
-    """The tiny model generates the estimate's generation batch (micro-batch 2 x accumulation
-    2 completions of 8 tokens after 32-token prompts): its KV cache and each step's logits
-    against the rollout terms; the kept log-probabilities are (completions x completion
-    tokens) fp32, as TRL computes them."""
-    import torch
-    from trl.trainer.utils import selective_log_softmax
-
+def _rollout_setup(tmp_path, *overrides):
     from sftkit.memory.estimator import shape_for
-    from sftkit.memory.phases import rollout_parts
     from sftkit.memory.setup import setup_from_recipe
-    from sftkit.testing import tiny_model
 
-    prompt, completion, batch = 32, 8, 4
     resolved = tiny_recipe(
         *GRPO,
         f"output_dir={tmp_path}",
         "strategy.name=lora",
-        f"training.max_seq_length={prompt}",
-        f"training.objective_options.max_completion_length={completion}",
+        "training.max_seq_length=32",  # the prompt
+        "training.objective_options.max_completion_length=8",
         "training.objective_options.beta=0.04",
-        "training.objective_options.num_iterations=2",
         "training.micro_batch_size=2",
         "training.gradient_accumulation_steps=2",
+        *overrides,
     )
-    setup = setup_from_recipe(resolved, shape_for(resolved), on_gpu=False)
-    terms = {part.name.split(" (")[0]: part.bytes for part in rollout_parts(setup)}
+    return resolved, setup_from_recipe(resolved, shape_for(resolved), on_gpu=False)
+
+
+def test_the_rollout_terms_match_the_tensors_generation_holds(tmp_path):
+    """The tiny model generates the estimate's generation batch (micro-batch 2 x accumulation
+    2 completions of 8 tokens after 32-token prompts): its KV cache and each step's logits
+    against the generating terms; the old policy's log-probabilities, kept while the
+    reference's are computed, are (completions x completion tokens) fp32, as TRL returns
+    them."""
+    import torch
+    from trl.trainer.utils import selective_log_softmax
+
+    from sftkit.memory.phases import rollout_stages
+    from sftkit.testing import tiny_model
+
+    prompt, completion, batch = 32, 8, 4
+    resolved, setup = _rollout_setup(tmp_path, "training.objective_options.num_iterations=2")
+    generating, scoring = rollout_stages(setup)
+    terms = {part.name.split(" (")[0]: part.bytes for part in [*generating, *scoring]}
     model, tokenizer = tiny_model(resolved, tmp_path / "model")
     ids = torch.randint(3, tokenizer.vocab_size, (batch, prompt))
     with torch.no_grad():
@@ -152,9 +168,55 @@ def test_the_rollout_terms_match_the_tensors_generation_holds(tmp_path):
     with torch.no_grad():
         logits = model(out.sequences).logits[:, prompt - 1 : -1].float()
     log_probs = selective_log_softmax(logits, completion_ids)
-    for whose in ("old policy", "reference"):
-        assert terms[f"rollout: {whose} log-probabilities"] == log_probs.nbytes
+    assert terms["rollout: old policy log-probabilities"] == log_probs.nbytes
     assert setup.reference_copy  # beta > 0 under LoRA: TRL's frozen `ref` adapter, priced
+
+
+def test_the_log_prob_forward_terms_match_the_live_tensors_of_trls_forwards(tmp_path):
+    """TRL's own no-grad log-probability forwards (`_get_per_token_logps_and_entropies`, its
+    batches of per_device_train_batch_size rows through the fused head TRL installs) over
+    the generation batch, left-padded as TRL pads prompts: every tensor alive at any moment
+    (the weights excluded) peaks where the scoring terms say, within 1%; the decoder
+    layers' part alone against a forward of the decoder."""
+    import contextlib
+    import types
+
+    import torch
+    from live_tensors import LiveTensors
+    from trl import GRPOTrainer
+    from trl.trainer.utils import add_fused_lm_head
+
+    from sftkit.memory import activations as act
+    from sftkit.memory.phases import rollout_parts, rollout_stages
+    from sftkit.testing import tiny_model
+
+    prompt, completion, rows, batch = 32, 8, 2, 4
+    resolved, setup = _rollout_setup(tmp_path)
+    _, scoring = rollout_stages(setup)
+    assert rollout_parts(setup) == scoring  # the 4096 x 32768 tile buffer outweighs generation
+    model, tokenizer = tiny_model(resolved, tmp_path / "model")
+    model.train()  # as during a training step: the LoRA dropout runs
+    add_fused_lm_head(model.get_base_model(), outputs=("log_probs", "entropy"))  # as TRL does
+    torch.manual_seed(0)
+    ids = torch.randint(3, tokenizer.vocab_size, (batch, prompt + completion))
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0  # a shorter prompt, left-padded
+    weights = [*model.parameters(), *model.buffers()]
+    trainer = types.SimpleNamespace(
+        accelerator=types.SimpleNamespace(autocast=contextlib.nullcontext, is_main_process=True)
+    )
+    with torch.no_grad(), LiveTensors(weights) as live:
+        log_probs, _, _ = GRPOTrainer._get_per_token_logps_and_entropies(
+            trainer, model, ids, mask, completion, batch_size=rows
+        )
+    assert log_probs.shape == (batch, completion)
+    assert live.peak == pytest.approx(sum(part.bytes for part in scoring), rel=0.01)
+    with torch.no_grad(), LiveTensors(weights) as live:
+        model.get_base_model().model(
+            input_ids=ids[:rows], attention_mask=mask[:rows], use_cache=False
+        )
+    layers = act.no_grad_layer_bytes(setup, rows, prompt + completion)
+    assert live.peak == pytest.approx(layers, rel=0.01)
 
 
 MEASURED = (
@@ -194,19 +256,20 @@ def test_measure_mode_generates_the_rollout_and_prints_it(tmp_path):
 def test_measure_mode_catches_a_wrong_kv_cache_term(tmp_path, monkeypatch, wrong):
     pytest.importorskip("peft")
     from sftkit.memory import estimate
-    from sftkit.memory.phases import rollout_parts
+    from sftkit.memory.phases import rollout_stages
     from sftkit.training import measure_rollout
     from sftkit.training.measure import measure_recipe
 
     def mispriced(setup):
+        generating, scoring = rollout_stages(setup)
         return [
             dataclasses.replace(p, bytes=wrong(p.bytes, setup.seq_len))
             if p.name.startswith("rollout: KV cache")
             else p
-            for p in rollout_parts(setup)
-        ]
+            for p in generating
+        ], scoring
 
-    monkeypatch.setattr(measure_rollout, "rollout_parts", mispriced)
+    monkeypatch.setattr(measure_rollout, "rollout_stages", mispriced)
     resolved = tiny_recipe(*MEASURED, f"output_dir={tmp_path}")
     comparison = measure_recipe(resolved, estimate(resolved, advise=False))
     rows = {row.what: row for row in comparison.rows}
@@ -369,19 +432,6 @@ def test_fit_searches_micro_batches_of_whole_groups():
     assert found["smallest_tried"] == 4 and found["next"] == found["value"] + 4
 
 
-def test_the_report_plots_every_reward_series_but_their_spread():
-    from sftkit.reporting.plots import reward_keys
-
-    grpo = {"step": 1, "reward": 0.5, "rewards/format/mean": 1.0, "rewards/format/std": 0.1}
-    dpo = {"step": 1, "rewards/chosen": 0.2, "rewards/margins": 0.1, "loss": 0.6}
-    assert reward_keys([grpo]) == {
-        "reward (weighted sum)": "reward",
-        "format": "rewards/format/mean",
-    }
-    assert reward_keys([dpo]) == {"chosen": "rewards/chosen", "margins": "rewards/margins"}
-    assert reward_keys([{"step": 1, "loss": 1.0}]) == {}
-
-
 def test_the_step_line_prints_the_mean_reward_where_one_is_logged():
     from sftkit.training.callbacks import _status
 
@@ -421,3 +471,69 @@ def test_the_grpo_quickstart_starts_from_a_checkpoint_the_quickstart_keeps():
     # the same generated problems: its test split is the quickstart's held-out one
     for key in ("train_size", "test_size", "max_operand", "operations", "seed"):
         assert grpo["data"]["format"]["options"][key] == sft["data"]["format"]["options"][key]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    micro=st.integers(1, 8),
+    accumulation=st.integers(1, 6),
+    group=st.sampled_from([2, 3, 4, 6, 8]),
+    budget=st.sampled_from(["560MB", "600MB", "700MB", "1GB", "8GB"]),
+)
+def test_fit_finds_the_largest_group_that_fits_at_the_recipes_prompts(
+    micro, accumulation, group, budget
+):
+    """The num_generations --fit reports fits with the accumulation it reports, which keeps
+    the recipe's prompts per generation batch and the micro-batch, in whole groups; the next
+    value that would keep them whole does not fit."""
+    from sftkit.memory.advice import fit_search, variant
+    from sftkit.memory.estimator import compute
+
+    assume(micro * accumulation % group == 0)
+    resolved = tiny_recipe(
+        *GRPO,
+        "strategy.name=lora",
+        f"training.objective_options.num_generations={group}",
+        f"training.micro_batch_size={micro}",
+        f"training.gradient_accumulation_steps={accumulation}",
+    )
+    path = "training.objective_options.num_generations"
+    found = fit_search(resolved, gpu=budget)[path]
+    prompts = micro * accumulation // group
+    assert found["prompts"] == prompts
+
+    def admissible(value):  # whole accumulation steps at the recipe's prompts per batch
+        return value >= 2 and prompts * value % micro == 0
+
+    def at(value):
+        changes = {path: value, "training.gradient_accumulation_steps": prompts * value // micro}
+        return compute(variant(resolved, changes), gpu=budget)
+
+    if found["value"] is None:
+        smallest = next(v for v in range(2, 2 * micro + 2) if admissible(v))
+        assert found["smallest_tried"] == smallest and not at(smallest).fits
+        return
+    value, accumulated = found["value"], found["with"]["training.gradient_accumulation_steps"]
+    assert admissible(value) and micro * accumulated == prompts * value  # whole groups
+    changed = variant(resolved, {path: value, "training.gradient_accumulation_steps": accumulated})
+    assert changed.recipe.training.micro_batch_size == micro
+    assert compute(changed, gpu=budget).fits
+    if "next" in found:
+        assert found["next"] == next(
+            v for v in range(value + 1, found["next"] + 1) if admissible(v)
+        )
+        assert not at(found["next"]).fits
+
+
+def test_estimate_memory_fit_prints_the_group_size_and_the_accumulation_it_takes():
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "r1_gsm8k_grpo.yaml"
+    result = invoke_cli("estimate-memory", str(recipe), "--fit")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    (at,) = [i for i, line in enumerate(lines) if "objective_options.num_generations =" in line]
+    value = int(lines[at].split("= ")[1].split()[0])
+    # 8 completions x 4 accumulation = 4 prompts per generation batch of micro-batches of 8
+    assert (
+        f"(and training.gradient_accumulation_steps={4 * value // 8}: the same 4 prompts"
+        in (lines[at + 1])
+    )

@@ -5,10 +5,13 @@ reference a frozen copy of the loaded adapter."""
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from sftkit import hookimpl
 from sftkit.testing import invoke_cli, quick_run
@@ -90,6 +93,96 @@ def test_grpo_with_a_kl_term_starts_from_a_saved_adapter(tmp_path):
     assert [row["step"] for row in steps] == [1, 2]
     assert steps[0]["kl"] < 1e-7  # the reference is the loaded adapter, not a fresh one
     assert not (run / "final" / "ref").exists()
+
+
+# --------------------------------------------------------------------------- its config
+
+
+def _save_adapter(directory, **options):
+    """An adapter_config.json as PEFT writes it for sftkit's LoRA options."""
+    from sftkit.builtin.strategies import LoraOptions
+    from sftkit.strategies.lora import Lora
+
+    Lora(LoraOptions(**options)).lora_config().save_pretrained(str(directory))
+    return directory
+
+
+@settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rank=st.integers(1, 64),
+    alpha=st.sampled_from([8.0, 16.0, 32.0]),
+    dropout=st.sampled_from([0.0, 0.05, 0.1]),
+    targets=st.sampled_from([["q_proj", "v_proj"], ["q_proj", "k_proj", "v_proj", "o_proj"]]),
+    changed=st.sampled_from(["rank", "alpha", "dropout", "target_modules", "use_dora", None]),
+)
+def test_the_options_a_saved_config_contradicts_are_exactly_those_changed(
+    tmp_path_factory, rank, alpha, dropout, targets, changed
+):
+    from sftkit.builtin.strategies import LoraOptions, lora_saved_differences
+    from sftkit.recipe.adapter import saved_adapter_config
+
+    saved = {"rank": rank, "alpha": alpha, "dropout": dropout, "target_modules": targets}
+    directory = _save_adapter(tmp_path_factory.mktemp("adapter"), **saved)
+    other = {
+        "rank": rank + 1,
+        "alpha": alpha * 2,
+        "dropout": 0.2,
+        "target_modules": [*targets, "down_proj"],
+        "use_dora": True,
+    }
+    options = LoraOptions(**{**saved, **({changed: other[changed]} if changed else {})})
+    differences = lora_saved_differences(options, saved_adapter_config(str(directory)))
+    assert [option for option, _, _ in differences] == ([changed] if changed else [])
+
+
+def test_an_adapter_saved_with_other_options_is_refused_naming_both_and_the_fix(tmp_path):
+    adapter = _save_adapter(tmp_path / "adapter", rank=8, alpha=16, dropout=0.0)
+    for command in ("validate", "estimate-memory"):
+        result = invoke_cli(
+            command, "quickstart", "strategy.name=lora", "strategy.options.rank=16",
+            "strategy.options.alpha=16", "strategy.options.dropout=0", f"model.adapter={adapter}",
+        )  # fmt: skip
+        out = result.stdout + result.stderr
+        assert result.exit_code == 2, out
+        assert "model.adapter" in out and "adapter_config.json" in out
+        assert "rank=8" in out and "rank=16" in out and "alpha" not in out.split("Set")[0]
+        assert "strategy.options.rank=8" in out
+        assert "Traceback" not in out
+
+
+def test_an_adapter_saved_with_the_recipes_options_is_priced_with_them(tmp_path):
+    # a run saves the module names all-linear resolved to: a list against all-linear passes
+    linear = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    adapter = _save_adapter(tmp_path / "adapter", rank=8, target_modules=linear)
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["r"] == 8 and sorted(config["target_modules"]) == sorted(linear)
+    overrides = ("strategy.name=lora", "strategy.options.rank=8", f"model.adapter={adapter}")
+    result = invoke_cli("estimate-memory", "quickstart", *overrides)
+    assert result.exit_code == 0, result.stderr
+    assert "its adapter_config.json agrees with strategy.options" in result.stdout
+    missing = invoke_cli(
+        "estimate-memory", "quickstart", "strategy.name=lora", f"model.adapter={tmp_path / 'no'}"
+    )
+    assert missing.exit_code == 0, missing.stderr
+    assert "does not exist yet: priced with strategy.options" in missing.stdout
+
+
+def test_an_all_linear_recipe_over_an_adapter_of_fewer_modules_is_refused_by_the_estimate(
+    tmp_path,
+):
+    """all-linear against the list PEFT saved needs the model: validation passes it, the
+    estimate (which has the model's layers) refuses it naming both sets and the fix."""
+    adapter = _save_adapter(tmp_path / "adapter", rank=8, target_modules=["q_proj", "v_proj"])
+    overrides = ("strategy.name=lora", "strategy.options.rank=8", f"model.adapter={adapter}")
+    assert invoke_cli("validate", "quickstart", *overrides).exit_code == 0
+    result = invoke_cli("estimate-memory", "quickstart", *overrides)
+    out = result.stdout + result.stderr
+    assert result.exit_code == 2, out
+    assert "the adapter adapts q_proj, v_proj" in out and "down_proj" in out
+    assert "strategy.options.target_modules=[q_proj, v_proj]" in out
+    assert "Traceback" not in out
 
 
 class AdapterAtStartAndEnd:

@@ -34,7 +34,8 @@ SFTKIT_LINES = tuple(
         r"^(before|after) training: \S+ \w+ [\d.]+%? .*\(n=\d+, \w+\)$",
         r"^step \d+/\d+  loss \S+( {2}reward \S+)?( {2}lr \S+)?( {2}grad \S+)?( {2}[\d,]+ tok/s)?$",
         r"^report: \S+$",
-        r"^completed: \S+ in \S+( \(train loss -?[\d.]+\))?$",  # GRPO's can be < 0
+        # GRPO's loss can be < 0; an objective's headline (grpo's final reward) may follow
+        r"^completed: \S+ in \S+( \(train loss -?[\d.]+(, final [\w ]+ -?[\d.]+)*\))?$",
         r"^note: .+$",
         r"^warning: .+$",
         rf"^{STAGES}: .+$",  # plain progress lines of a long stage

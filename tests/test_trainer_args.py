@@ -150,6 +150,24 @@ def test_a_quickstart_run_trains_with_trls_dft_loss(tmp_path):
     assert "loss_type: dft" in saved
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["auto", "chunked", "full"])
+def test_trls_loss_type_applies_under_every_loss_head(tmp_path, head):
+    """A sftkit loss head hands TRL per-token log-probabilities (its fused-head interface),
+    and TRL's compute_loss applies loss_type to them: DFT weighs each token's NLL by its
+    probability, far below the plain NLL of the random model's first step."""
+    pytest.importorskip("trl")
+    from sftkit.testing import quick_run
+
+    def first_loss(*overrides: str) -> float:
+        run = quick_run(tmp_path, f"training.loss={head}", *overrides)
+        rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        return next(row["loss"] for row in rows if "loss" in row)
+
+    nll, dft = first_loss(), first_loss("training.trainer_args.loss_type=dft")
+    assert dft < 0.1 * nll, (nll, dft)
+
+
 def test_another_objectives_config_checks_its_own_names(tmp_path):
     from sftkit import ObjectiveSpec, hookimpl
     from sftkit.testing import registered

@@ -3,7 +3,7 @@ base), lora-8bit."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -83,6 +83,37 @@ def lora_adapters(options: LoraOptions) -> tuple[LoRA]:
     return (LoRA.from_options(options),)
 
 
+# LoraOptions' fields as PEFT's LoraConfig saves them (`sftkit.strategies.lora`'s mapping)
+PEFT_KEYS = (
+    ("rank", "r"),
+    ("alpha", "lora_alpha"),
+    ("dropout", "lora_dropout"),
+    ("target_modules", "target_modules"),
+    ("use_rslora", "use_rslora"),
+    ("use_dora", "use_dora"),
+)
+
+
+def lora_saved_differences(
+    options: LoraOptions, config: dict[str, Any]
+) -> list[tuple[str, Any, Any]]:
+    """The LoRA options a saved adapter's adapter_config.json contradicts. Module lists are
+    compared as sets; ``all-linear`` against a list (PEFT saves the modules all-linear
+    resolved to) needs the model, so the estimate compares them (`LoRA.saved_mismatch`); a
+    saved regular expression passes."""
+    out = []
+    for option, key in PEFT_KEYS:
+        if key not in config or config[key] is None:
+            continue
+        ours, saved = getattr(options, option), config[key]
+        if option == "target_modules":
+            if isinstance(ours, list) and isinstance(saved, list) and set(ours) != set(saved):
+                out.append((option, ours, sorted(saved)))
+        elif ours != saved:
+            out.append((option, ours, saved))
+    return out
+
+
 def nf4_storage(options: QLoraOptions) -> Bnb4bit:
     """The 4-bit base QLoRA options describe (public: plugins over NF4 reuse it)."""
     return Bnb4bit(
@@ -118,6 +149,7 @@ STRATEGIES = (
         factory="sftkit.strategies.lora:Lora",
         options_model=LoraOptions,
         adapters=lora_adapters,
+        saved_differences=lora_saved_differences,
         tags=frozenset({"lora"}),
     ),
     StrategySpec(
@@ -126,6 +158,7 @@ STRATEGIES = (
         factory="sftkit.strategies.lora_plus:LoraPlus",
         options_model=LoraPlusOptions,
         adapters=lora_adapters,  # its memory is LoRA's; only the learning rates differ
+        saved_differences=lora_saved_differences,
         tags=frozenset({"lora"}),
     ),
     StrategySpec(
@@ -135,6 +168,7 @@ STRATEGIES = (
         options_model=QLoraOptions,
         storage=nf4_storage,
         adapters=lora_adapters,
+        saved_differences=lora_saved_differences,
         tags=frozenset({"lora", "quantized", "4bit"}),
     ),
     StrategySpec(
@@ -144,6 +178,7 @@ STRATEGIES = (
         options_model=Lora8bitOptions,
         storage=int8_storage,
         adapters=lora_adapters,
+        saved_differences=lora_saved_differences,
         tags=frozenset({"lora", "quantized", "8bit"}),
     ),
 )

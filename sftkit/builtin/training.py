@@ -108,11 +108,12 @@ VLLM = "vLLM (colocate)"
 
 def grpo_rollout(options: GrpoOptions) -> Rollout:
     """What TRL's GRPOTrainer holds while it generates: the old policy's log-probabilities
-    only when it steps more than once on a generation (else it reuses the policy's own),
-    the reference's with a KL term."""
+    when it steps more than once on a generation (else it reuses the policy's own) or
+    generates with vLLM (TRL's importance-sampling correction, on by default, compares them
+    with vLLM's), the reference's with a KL term."""
     return Rollout(
         completion_tokens=options.max_completion_length,
-        old_log_probs=options.num_iterations > 1,
+        old_log_probs=options.num_iterations > 1 or options.use_vllm,
         reference=options.beta > 0,
         group=options.num_generations,
         engine=VLLM if options.use_vllm else "",
@@ -186,9 +187,12 @@ def register_objectives(register: Register[ObjectiveSpec]) -> None:
             options_model=GrpoOptions,
             own_loss=True,
             rollout=grpo_rollout,
-            # the completion length; the group size is bounded by the generation batch
-            # (micro_batch_size x accumulation), which --fit searches already
-            fit_searches=(OptionSearch("max_completion_length", 16, 1 << 20, 16),),
+            # the completion length, and the group size at the recipe's prompts per
+            # generation batch (that batch, micro_batch_size x accumulation x GPUs, grows)
+            fit_searches=(
+                OptionSearch("max_completion_length", 16, 1 << 20, 16),
+                OptionSearch("num_generations", 2, 1024, per_prompt=True),
+            ),
         )
     )
 

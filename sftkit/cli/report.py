@@ -17,7 +17,9 @@ def report_command(run_dir: Path) -> None:
     \b
     The report shows the recipe, the memory estimate against the measured peak (on CUDA),
     training loss and learning-rate curves, throughput and every evaluation under
-    RUN_DIR/eval/. `sftkit run` writes it at the end of a run; rebuild it after `sftkit eval`.
+    RUN_DIR/eval/; for an objective that logs them, its rewards, KL and completion lengths
+    (grpo) or reward accuracy (dpo). `sftkit run` writes it at the end of a run; rebuild it
+    after `sftkit eval`.
     """
     from sftkit.extras import missing
     from sftkit.reporting import write_report

@@ -105,10 +105,19 @@ def run_command(
         exc.hint = f"Resume with: {resume_command(recipe, overrides, resolved, force=force)}"
         raise
     elapsed = time.perf_counter() - started
+    from sftkit.reporting.summary import HEADLINES
+
     loss = result.metrics.get("train_loss")
+    shown = [f"train loss {loss:.4f}"] if isinstance(loss, float) else []
+    # the last logged value of an objective's headline series (grpo's reward), if it logs one
+    shown += [
+        f"{label} {result.metrics[key]:.3f}"
+        for key, label in HEADLINES
+        if isinstance(result.metrics.get(key), int | float)
+    ]
     click.echo(
         f"{result.status}: {result.run_dir} in {_took(elapsed, result.run_dir)}"
-        + (f" (train loss {loss:.4f})" if isinstance(loss, float) else "")
+        + (f" ({', '.join(shown)})" if shown else "")
     )
 
 

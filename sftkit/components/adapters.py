@@ -59,6 +59,12 @@ class Adapter:
     def notes(self) -> list[str]:
         return []
 
+    def saved_mismatch(self, config: dict[str, Any], shape: ModelShape) -> str | None:
+        """Why a saved PEFT adapter's config (``model.adapter``; PEFT loads it as saved)
+        would put other tensors on `shape` than this adapter declares, for what recipe
+        validation cannot tell without the model; None when it agrees or says nothing."""
+        return None
+
     def describe(self) -> str:
         return type(self).__name__
 
@@ -113,6 +119,30 @@ class LoRA(Adapter):
                 f"{', '.join(names)}."
             )
         return [g for g in candidates if any(matches(g, t) for t in self.target_modules)]
+
+    def saved_mismatch(self, config: dict[str, Any], shape: ModelShape) -> str | None:
+        """``all-linear`` against the module list PEFT saved (or the reverse): compared by
+        the linear layers each adapts on this model."""
+        saved = config.get("target_modules")
+        if isinstance(saved, list):
+            saved = tuple(map(str, saved))
+        elif saved != "all-linear":
+            return None  # a regular expression, or nothing said
+        if (self.target_modules == "all-linear") == (saved == "all-linear"):
+            return None  # the same form: recipe validation compares them
+        ours = sorted({g.module for g in self.targets(shape)})
+        try:
+            theirs = sorted({g.module for g in LoRA(target_modules=saved).targets(shape)})
+        except SftkitError:
+            theirs = sorted(saved)
+        if ours == theirs:
+            return None
+        said = saved if isinstance(saved, str) else f"[{', '.join(saved)}]"
+        return (
+            f"the adapter adapts {', '.join(theirs)} (target_modules {said} in its config) "
+            f"where strategy.options.target_modules adapt {', '.join(ours)}: set "
+            f"strategy.options.target_modules=[{', '.join(theirs)}]."
+        )
 
     def tensors(self, shape: ModelShape, storage: BaseStorage, p: Precision) -> list[LaidTensor]:
         r, item = self.rank, storage.adapter_weight_bytes(p)

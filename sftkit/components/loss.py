@@ -48,6 +48,7 @@ class LossQuery:
     head_trains: bool
     on_gpu: bool
     softcapping: bool = False
+    labelled: int | None = None  # positions with a label (a rollout's completion); None: all
 
     @property
     def tokens(self) -> int:
@@ -79,6 +80,12 @@ class LossHead:
 
     def transient_bytes(self, q: LossQuery) -> int:
         return 0
+
+    def no_grad_bytes(self, q: LossQuery) -> int:
+        """The peak of the head's forward without autograd (a rollout's per-token
+        log-probabilities), the final hidden states it reads excluded. Unless a head declares
+        it: what its training forward and backward hold, an upper bound."""
+        return self.saved_bytes(q) + self.transient_bytes(q)
 
     def labels(self, q: LossQuery) -> tuple[tuple[str, str], tuple[str, str]]:
         """(name, formula) of the saved part and of the transient part."""
@@ -161,6 +168,31 @@ class TrlChunkedLogProb(LossHead):
             total += q.vocab * h * (FP32 + q.head_bytes)
         if not q.on_gpu:
             total += 4 * rows * cols * FP32  # the CPU fold works on fp32 copies of the tile
+        return total
+
+    def no_grad_bytes(self, q: LossQuery) -> int:
+        # TRL's helper masks the labels (int64, every token); the head scores on the GPU only
+        # the labelled positions (hidden_states[mask], labels[mask]), elsewhere every one
+        # (labels.clamp, and hidden[:, :-1].reshape copies the rows of a batch). Then seven
+        # fp32 running statistics per scored position, the whole 4096 x 32768 tile buffer in
+        # the compute dtype, the casts of the hidden chunk and of the weight chunk, and on
+        # the CPU the fold's fp32 copies of one vocabulary chunk (z, exp(z - max), e * z).
+        every = q.positions
+        scored = q.labelled if q.on_gpu and q.labelled is not None else every
+        h, c = q.hidden, q.compute_bytes
+        rows, cols = min(scored, FUSED_TOKEN_CHUNK), min(q.vocab, FUSED_VOCAB_CHUNK)
+        total = INDEX * q.tokens + every  # the masked labels, the bool mask
+        if q.on_gpu:
+            total += scored * (q.stream_bytes * h + INDEX)
+        else:
+            total += INDEX * every + (q.stream_bytes * h * every if q.batch > 1 else 0)
+        total += 7 * FP32 * scored + rows * FUSED_VOCAB_CHUNK * c
+        if q.stream_bytes != c:
+            total += rows * h * c
+        if q.head_bytes != c:
+            total += cols * h * c
+        if not q.on_gpu:
+            total += rows * cols * FP32 * (3 if c == FP32 else 4)
         return total
 
     def labels(self, q: LossQuery) -> tuple[tuple[str, str], tuple[str, str]]:

@@ -272,8 +272,9 @@ def head_saved_bytes(setup: Setup, batch: int, seq: int) -> int:
     return total
 
 
-def loss_query(setup: Setup, batch: int, seq: int) -> LossQuery:
-    """What the recipe's loss head is priced from."""
+def loss_query(setup: Setup, batch: int, seq: int, labelled: int | None = None) -> LossQuery:
+    """What the recipe's loss head is priced from; `labelled`: the positions with a label,
+    when not all of them."""
     s, d = setup.shape, dtypes(setup)
     return LossQuery(
         batch=batch,
@@ -286,6 +287,7 @@ def loss_query(setup: Setup, batch: int, seq: int) -> LossQuery:
         head_trains=setup.trains("lm_head"),
         on_gpu=setup.on_gpu,
         softcapping=bool(s.final_logit_softcapping),
+        labelled=labelled,
     )
 
 
@@ -352,3 +354,16 @@ def dequantized_weight_bytes(setup: Setup) -> int:
     """bitsandbytes dequantizes one quantized weight at a time to the compute dtype for the
     matmul (forward and the input gradient in backward): the largest one is transient."""
     return setup.storage.dequantized_bytes(setup.shape, setup.precision)
+
+
+def no_grad_layer_bytes(setup: Setup, batch: int, seq: int) -> int:
+    """The most a decoder forward of whole rows without autograd holds inside a layer (a
+    rollout's log-probability forward; counted on CPU against live tensors,
+    tests/test_grpo.py): `no_grad_forward_bytes`, the cos/sin tables, an s x s bool mask
+    per row for SDPA/eager over padded rows (rollout rows always are), and the weight
+    bitsandbytes dequantizes for the matmul."""
+    s, d = setup.shape, dtypes(setup)
+    total = no_grad_forward_bytes(setup, batch * seq) + 2 * seq * s.head_dim * d.stream
+    if setup.attn_implementation in ("sdpa", "eager"):
+        total += batch * seq * seq
+    return total + dequantized_weight_bytes(setup)

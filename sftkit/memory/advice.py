@@ -31,6 +31,7 @@ from sftkit.memory.result import Suggestion
 if TYPE_CHECKING:
     from sftkit.memory.result import Estimate
     from sftkit.recipe.load import ResolvedRecipe
+    from sftkit.specs import OptionSearch
 
 
 DELETE = object()
@@ -204,12 +205,56 @@ def fit_search(
     objective = resolved.registry.objectives.get(r.training.objective)
     for wanted in objective.fit_searches:  # what the objective declares (grpo: completions)
         path = f"training.objective_options.{wanted.option}"
-        results[path] = search(
-            resolved, path, wanted.lowest, wanted.highest, wanted.step, gpu=gpu, model=model
-        )
+        if wanted.per_prompt:
+            results[path] = per_prompt_search(resolved, wanted, gpu=gpu, model=model)
+        else:
+            results[path] = search(
+                resolved, path, wanted.lowest, wanted.highest, wanted.step, gpu=gpu, model=model
+            )
     if engine_of(r).searches_gpu_counts(r.distributed):
         results["hardware.num_gpus"] = _gpu_search(resolved, gpu=gpu, model=model)
     return results
+
+
+ACCUMULATION = "training.gradient_accumulation_steps"
+
+
+def per_prompt_search(
+    resolved: ResolvedRecipe,
+    wanted: OptionSearch,
+    *,
+    gpu: str | None = None,
+    model: str | None = None,
+) -> dict[str, Any]:
+    """The largest value of a per-prompt option (`OptionSearch.per_prompt`: sequences per
+    prompt in the batch of micro_batch x accumulation x GPUs) that fits at the recipe's
+    prompts per batch: each value v is tried with accumulation prompts x v / (micro_batch x
+    GPUs), so only the v that make that whole (multiples of `step`, below) are tried. Memory
+    grows with v (a larger batch generated at once, the training micro-batch unchanged)."""
+    r = resolved.recipe
+    t = r.training
+    path = f"training.objective_options.{wanted.option}"
+    objective = resolved.registry.objectives.get(t.objective)
+    current = int(
+        getattr(objective.options_model.model_validate(t.objective_options), wanted.option)
+    )
+    per_step = t.micro_batch_size * r.hardware.num_gpus  # sequences per accumulation step
+    prompts = per_step * t.gradient_accumulation_steps // current
+    step = math.lcm(per_step // math.gcd(prompts, per_step), wanted.step)
+
+    def accumulation(value: int) -> int:
+        return prompts * value // per_step
+
+    def probe(value: int) -> Estimate | None:
+        changed = variant(resolved, {path: value, ACCUMULATION: accumulation(value)})
+        return None if changed is None else compute(changed, gpu=gpu, model=model)
+
+    lowest = -(-wanted.lowest // step) * step
+    out = _result(path, largest(probe, lowest, wanted.highest, step), wanted.highest, lowest)
+    out["prompts"] = prompts
+    if out["value"] is not None:
+        out["with"] = {ACCUMULATION: accumulation(out["value"])}
+    return out
 
 
 def _micro_batch_step(resolved: ResolvedRecipe) -> int:

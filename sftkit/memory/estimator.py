@@ -15,7 +15,7 @@ from sftkit.memory import activations as act
 from sftkit.memory import colocated
 from sftkit.memory.budget import resolve_budget
 from sftkit.memory.evalcopy import merged_copy_term
-from sftkit.memory.phases import breakdown
+from sftkit.memory.phases import breakdown, rollout_stages
 from sftkit.memory.result import (
     Estimate,
     figure_totals,
@@ -24,8 +24,10 @@ from sftkit.memory.result import (
     resident_paged,
 )
 from sftkit.memory.setup import Setup, describe, setup_from_recipe
-from sftkit.memory.terms import MemoryTerm
+from sftkit.memory.terms import MemoryTerm, gib
 from sftkit.modelshape import ModelShape, resolve_model_shape
+from sftkit.recipe.adapter import saved_adapter_config
+from sftkit.runpaths import ADAPTER_CONFIG
 
 if TYPE_CHECKING:
     from sftkit.recipe.load import ResolvedRecipe
@@ -104,10 +106,59 @@ def notes_for(setup: Setup, on_gpu: bool) -> list[str]:
             "keep the same or fewer tensors for backward); compiling takes host memory once."
         )
     notes.append(setup.loss.note())
+    notes.extend(rollout_notes(setup))
     notes.extend(setup.storage.notes(setup.composition.has_adapters))
     for adapter in setup.adapters:
         notes.extend(adapter.notes())
     return notes
+
+
+def start_adapter_notes(resolved: ResolvedRecipe) -> list[str]:
+    """What the estimate priced for a starting adapter (``model.adapter``): PEFT loads it
+    with its own config, which validation holds the strategy's options to where it exists."""
+    path = resolved.recipe.model.adapter
+    if not path:
+        return []
+    if saved_adapter_config(path) is None:
+        return [
+            f"model.adapter {path!r} does not exist yet: priced with strategy.options; PEFT "
+            f"loads it with its own {ADAPTER_CONFIG}, which must agree with them once it exists "
+            "(checked at load)."
+        ]
+    if resolved.strategy.spec.saved_differences is None:
+        return [
+            f"model.adapter {path!r}: priced with strategy.options; strategy "
+            f"{resolved.strategy.spec.name!r} declares no comparison with the adapter's "
+            f"{ADAPTER_CONFIG}, whose settings PEFT loads."
+        ]
+    return [
+        f"model.adapter {path!r}: its {ADAPTER_CONFIG} agrees with strategy.options, which "
+        "the estimate prices."
+    ]
+
+
+def rollout_notes(setup: Setup) -> list[str]:
+    """The rollout's two stages, of which the phase shows the larger: what the other one
+    needs, so neither goes unseen."""
+    generating, scoring = rollout_stages(setup)
+    if not scoring:
+        return []
+    sizes = {
+        "generating": sum(p.bytes for p in generating),
+        "scoring": sum(p.bytes for p in scoring),
+    }
+    scoring_line = (
+        f"the no-grad log-probability forwards after it hold {gib(sizes['scoring'])} above "
+        "the weights and optimizer state"
+    )
+    engine = setup.rollout.engine if setup.rollout else ""
+    if engine:
+        return [f"rollout: generating is in {engine}'s share; {scoring_line}."]
+    shown = max(sizes, key=lambda stage: sizes[stage])
+    return [
+        f"rollout: generating holds {gib(sizes['generating'])}, {scoring_line}; the phase "
+        f"shows the larger ({shown})."
+    ]
 
 
 def generic_notes(shape: ModelShape) -> list[str]:
@@ -171,6 +222,7 @@ def compute(
             *generic_notes(shape),
             *notes_for(setup, budget.is_gpu),
             *colocated.notes(setup, budget),
+            *start_adapter_notes(resolved),
             *term_notes(terms),
         ],
         generic=list(shape.generic),

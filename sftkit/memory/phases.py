@@ -204,31 +204,88 @@ def _eval_parts(setup: Setup) -> list[Part]:
 
 
 def rollout_parts(setup: Setup) -> list[Part]:
-    """What a reinforcement objective holds while it generates (`ObjectiveSpec.rollout`):
-    the generation batch's KV cache grown to prompt + completion tokens (the prompt bounded
-    by training.max_seq_length), the prefill's intermediates and the next-token logits, as
-    evaluation's generation; then the per-token log-probabilities kept for the loss."""
+    """What a reinforcement objective holds on top of the weights and optimizer state while
+    it generates and scores a generation batch (`ObjectiveSpec.rollout`): generating, then
+    the no-grad log-probability forwards, one after the other, so the phase peaks at the
+    larger (`rollout_stages`)."""
+    generating, scoring = rollout_stages(setup)
+    return max(generating, scoring, key=lambda parts: sum(p.bytes for p in parts))
+
+
+def rollout_stages(setup: Setup) -> tuple[list[Part], list[Part]]:
+    """(generating, scoring). Generating: the generation batch's KV cache grown to prompt +
+    completion tokens (the prompt bounded by training.max_seq_length), the prefill's
+    intermediates and the next-token logits, as evaluation's generation. Scoring, once
+    generate has returned and freed its cache, only for the old policy's (several passes
+    per generation) or the reference's (a KL term) per-token log-probabilities: TRL's
+    no-grad forwards over prompt + completion, one micro-batch at a time, each peaking at
+    its decoder layers or at its chunked log-prob head, beside the log-probabilities
+    already computed. With a generation engine (`Rollout.engine`) generating is in the
+    engine's share, priced apart (`sftkit.memory.colocated`)."""
     rollout = setup.rollout
     if rollout is None:
-        return []
-    batch, completion = setup.rollout_sequences, rollout.completion_tokens
+        return [], []
+    s, d = setup.shape, act.dtypes(setup)
+    batch, tokens, completion = setup.rollout_sequences, setup.seq_len, rollout.completion_tokens
     # a generation engine's KV cache and activations are in its own share (`engine_share`)
-    parts = [] if rollout.engine else generation_parts(setup)
-    kept = [
-        ("old policy", rollout.old_log_probs),
-        ("reference", rollout.reference),
-    ]
-    for whose, held in kept:
-        if held:
-            parts.append(
-                Part(
-                    f"rollout: {whose} log-probabilities ({batch} x {completion})",
-                    batch * completion * 4,
-                    "logits",
-                    "fp32 per completion token",
-                )
+    generating = [] if rollout.engine else generation_parts(setup)
+    if not (rollout.old_log_probs or rollout.reference):
+        return generating, []
+    # TRL's forward batch: per_device_train_batch_size rows (the training micro-batch)
+    rows = min(setup.micro_batch_size, batch)
+    scoring = []
+    if rollout.old_log_probs and rollout.reference:  # the old policy's first, then kept
+        scoring.append(
+            Part(
+                f"rollout: old policy log-probabilities ({batch} x {completion})",
+                kept_log_probs(setup)["old policy"],
+                "logits",
+                "fp32 per completion token",
             )
-    return parts
+        )
+    scoring.append(
+        Part(
+            f"rollout: log-probabilities of the earlier forward batches ({batch - rows} x {tokens - 1})",
+            (batch - rows) * (tokens - 1) * 4,
+            "logits",
+            "fp32 per position: TRL keeps each batch's completion slice, a view of its whole rows",
+        )
+    )
+    layers = act.no_grad_layer_bytes(setup, rows, tokens)
+    query = act.loss_query(setup, rows, tokens, labelled=rows * completion)
+    head = rows * tokens * s.hidden_size * d.stream + setup.loss.no_grad_bytes(query)
+    if layers >= head:
+        what, formula = (
+            "decoder layer",
+            "per token 4 x stream x hidden + (3, 4 under adapted MLP inputs) x MLP width; "
+            "cos/sin, s x s bool mask per row, dequantized weight",
+        )
+    else:
+        what, formula = (
+            "log-prob head",
+            "final hidden states + the head's no-grad forward (TRL: 4096 x 32768 tile buffer, "
+            "fp32 statistics per scored position)",
+        )
+    scoring.append(
+        Part(
+            f"rollout: log-prob forward, {rows} x {tokens} tokens (no grad, peak in the {what})",
+            max(layers, head),
+            "activations",
+            formula,
+        )
+    )
+    return generating, scoring
+
+
+def kept_log_probs(setup: Setup) -> dict[str, int]:
+    """Each set of per-token log-probabilities a rollout computes and keeps for its training
+    steps (whose -> bytes): fp32 per completion token of the generation batch."""
+    rollout = setup.rollout
+    if rollout is None:
+        return {}
+    size = setup.rollout_sequences * rollout.completion_tokens * 4
+    wanted = (("old policy", rollout.old_log_probs), ("reference", rollout.reference))
+    return {whose: size for whose, held in wanted if held}
 
 
 def generation_parts(setup: Setup) -> list[Part]:

@@ -402,6 +402,12 @@ def render_fit(e: Estimate) -> list[str]:
                 if found.get("next") is not None
                 else f"  {key} = {found['value']}  (peak {gib(found['peak_bytes'])}; search limit {found['limit']})"
             )
+            if found.get("with"):
+                changed = ", ".join(f"{k}={v}" for k, v in found["with"].items())
+                lines.append(
+                    f"    (and {changed}: the same {found['prompts']} prompts per generation "
+                    "batch, each with more completions; the micro-batch unchanged)"
+                )
             window = found.get("window")
             if window and found["value"] > window:
                 lines.append(

@@ -33,6 +33,7 @@ from sftkit.dtypes import DTYPE_BYTES, PRECISION_BYTES
 from sftkit.engine import Engine, Sharding, engine_of
 from sftkit.errors import SftkitError
 from sftkit.modelshape.shape import ModelShape
+from sftkit.recipe.adapter import saved_adapter_config
 from sftkit.specs import OptimizerSpec, Rollout, StrategySpec
 from sftkit.versions import installed, release
 
@@ -132,6 +133,15 @@ def setup_from_recipe(resolved: ResolvedRecipe, shape: ModelShape, *, on_gpu: bo
             f"{shape.name} cannot stay in host memory: {why} (only a frozen lookup table can).",
             hint="Set strategy.options.embeddings_on_host=false.",
         )
+    saved = saved_adapter_config(r.model.adapter) or {}
+    for adapter in parts.adapters if saved else ():
+        mismatch = adapter.saved_mismatch(saved, shape)
+        if mismatch:
+            raise SftkitError(
+                f"model.adapter {r.model.adapter!r}: {mismatch}",
+                hint="PEFT loads the adapter with its own config and the estimate prices "
+                "strategy.options: make them agree.",
+            )
     evaluations = []
     # evaluators after training and those run while training (optimizer state resident)
     for component in (*resolved.evaluators, *resolved.during_training):

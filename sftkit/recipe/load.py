@@ -27,6 +27,7 @@ from sftkit.errors import (
     SftkitError,
     UnknownComponentError,
 )
+from sftkit.recipe.adapter import adapter_problems
 from sftkit.recipe.overrides import Override, apply_overrides, parse_override
 from sftkit.recipe.schema import ComponentRef, DistributedSection, Recipe
 from sftkit.recipe.trainer_args import trainer_args_problems
@@ -364,6 +365,8 @@ def validate_recipe_data(
                 "model with model.name_or_path.",
             )
         )
+    elif parts and strategy and recipe.model.adapter:
+        problems.extend(adapter_problems(recipe.model.adapter, strategy.spec, strategy.options))
     if strategy and optimizer:
         reason = optimizer.spec.incompatibility(strategy.spec)
         if reason:

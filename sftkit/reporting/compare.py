@@ -8,9 +8,9 @@ from typing import Any
 
 from sftkit.evaluation.display import delta, headline, interval
 from sftkit.reporting.document import Document, Heading, Image, Paragraph, Table
-from sftkit.reporting.plots import plot_learning_rate, plot_loss
+from sftkit.reporting.plots import plot_key, plot_learning_rate, plot_loss
 from sftkit.reporting.record import RunRecord
-from sftkit.reporting.summary import duration, gib, number
+from sftkit.reporting.summary import HEADLINES, duration, gib, last_logged, number
 
 # Recipe keys that never matter for a comparison.
 IGNORED_KEYS = ("output_dir", "description")
@@ -61,6 +61,10 @@ def compare(a: RunRecord, b: RunRecord) -> Comparison:
     row("runtime", ra.get("train_runtime_s"), rb.get("train_runtime_s"), duration, True)
     row("tokens/s", ra.get("tokens_per_second"), rb.get("tokens_per_second"))
     row("final loss", ra.get("final_loss"), rb.get("final_loss"), number, True)
+    for series, label in HEADLINES:  # an objective's own headline (grpo's reward), if logged
+        la, lb = last_logged(a.train_events, series), last_logged(b.train_events, series)
+        if la is not None or lb is not None:
+            row(label, la and la[series], lb and lb[series])
     ma, mb = a.memory or {}, b.memory or {}
     row("estimated peak", ma.get("peak_bytes"), mb.get("peak_bytes"), gib, True)
     row("measured peak", ra.get("peak_memory_bytes"), rb.get("peak_memory_bytes"), gib, True)
@@ -106,7 +110,8 @@ def comparison_document(comparison: Comparison, plots: list[Path]) -> Document:
 
 
 def write_comparison(comparison: Comparison, out_dir: Path) -> Path:
-    """compare.md, compare.html and overlaid loss / learning-rate plots in `out_dir`."""
+    """compare.md, compare.html and overlaid loss / learning-rate plots in `out_dir`, and
+    the objective's headline series (grpo's reward) where either run logged it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     series = [(comparison.a.name, comparison.a.events), (comparison.b.name, comparison.b.events)]
     if series[0][0] == series[1][0]:
@@ -116,6 +121,17 @@ def write_comparison(comparison: Comparison, out_dir: Path) -> Path:
         for p in (
             plot_loss(series, out_dir / "compare_loss.png", title="training loss"),
             plot_learning_rate(series, out_dir / "compare_lr.png", title="learning rate"),
+            # an objective's headline series (grpo's reward, dpo's reward accuracy), if logged
+            *(
+                plot_key(
+                    series,
+                    key,
+                    out_dir / f"compare_{key.replace('/', '_')}.png",
+                    title=what.removeprefix("final "),
+                    ylabel=what.removeprefix("final "),
+                )
+                for key, what in HEADLINES
+            ),
         )
         if p is not None
     ]

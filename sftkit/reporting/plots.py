@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from sftkit.reporting.curves import CurveSet
+
 
 def _figure() -> tuple[Any, Any]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -69,10 +71,24 @@ def plot_loss(
 def plot_learning_rate(
     series: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: Path, *, title: str
 ) -> Path | None:
+    return plot_key(series, "learning_rate", path, title=title, ylabel="learning rate", sci=True)
+
+
+def plot_key(
+    series: Sequence[tuple[str, Sequence[dict[str, Any]]]],
+    key: str,
+    path: Path,
+    *,
+    title: str,
+    ylabel: str,
+    sci: bool = False,
+) -> Path | None:
+    """One logged series per step for one or more runs (label, events); None if no run
+    logged it."""
     figure, axes = _figure()
     drawn = False
     for label, events in series:
-        xs, ys = _series(events, "learning_rate")
+        xs, ys = _series(events, key)
         if xs:
             axes.plot(xs, ys, linewidth=1.4, label=label or None)
             drawn = True
@@ -80,9 +96,10 @@ def plot_learning_rate(
         return None
     _whole_steps(axes)
     axes.set_xlabel("optimizer step")
-    axes.set_ylabel("learning rate")
+    axes.set_ylabel(ylabel)
     axes.set_title(title)
-    axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    if sci:
+        axes.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
     axes.grid(alpha=0.3)
     if any(label for label, _ in series):
         axes.legend()
@@ -113,36 +130,62 @@ def plot_eval_metrics(
     return path
 
 
-def reward_keys(events: Sequence[dict[str, Any]]) -> dict[str, str]:
-    """The reward series a trainer logged, legend label -> key: TRL's ``reward`` (grpo's
-    weighted sum), each ``rewards/NAME/mean`` (grpo) or ``rewards/NAME`` (dpo's chosen,
-    rejected, margins); not their standard deviations."""
-    keys: dict[str, str] = {}
-    for event in events:
-        for key in event:
-            if key == "reward" or (key.startswith("rewards/") and not key.endswith("/std")):
-                label = key.removeprefix("rewards/").removesuffix("/mean")
-                keys.setdefault(label if key != "reward" else "reward (weighted sum)", key)
-    return keys
-
-
-def plot_rewards(events: Sequence[dict[str, Any]], path: Path, *, title: str) -> Path | None:
-    """Every reward series per step (`reward_keys`); None for a run that logs none (sft)."""
-    keys = reward_keys(events)
+def plot_curves(curves: CurveSet, events: Sequence[dict[str, Any]], path: Path) -> Path | None:
+    """The lines `curves` selects from the events, with its band and ratio where logged;
+    None when the run logged none of its lines."""
+    lines = curves.select(events)
+    if not lines:  # not logged (an sft run's rewards): no figure
+        return None
     figure, axes = _figure()
     drawn = False
-    for label, key in keys.items():
+    for label, key in lines.items():
         xs, ys = _series(events, key)
         if xs:
             axes.plot(xs, ys, linewidth=1.4, label=label)
             drawn = True
     if not drawn:
         return None
+    if curves.band is not None:
+        steps, lows, highs = _band(events, curves.band.low, curves.band.high)
+        if steps:
+            color = axes.get_lines()[0].get_color()  # the band of the (first) line it spans
+            axes.fill_between(steps, lows, highs, alpha=0.2, color=color, label=curves.band.label)
+    handles, labels = axes.get_legend_handles_labels()
+    if curves.ratio is not None:
+        xs, ys = _series(events, curves.ratio.key)
+        if xs:
+            right = axes.twinx()
+            right.plot(xs, ys, "--", linewidth=1.2, color="tab:red", label=curves.ratio.label)
+            right.set_ylim(-0.02, 1.02)
+            right.set_ylabel(curves.ratio.label)
+            more, more_labels = right.get_legend_handles_labels()
+            handles, labels = handles + more, labels + more_labels
     _whole_steps(axes)
     axes.set_xlabel("optimizer step")
-    axes.set_ylabel("reward")
-    axes.set_title(title)
+    axes.set_ylabel(curves.ylabel)
+    axes.set_title(curves.title)
     axes.grid(alpha=0.3)
-    axes.legend()
+    if len(figure.axes) > 1:  # two y axes: a legend inside would hide one's lines
+        figure.legend(handles, labels, loc="outside lower center", ncols=len(labels))
+    else:
+        axes.legend(handles, labels)
     figure.savefig(path)
     return path
+
+
+def _band(
+    events: Sequence[dict[str, Any]], low: str, high: str
+) -> tuple[list[float], list[float], list[float]]:
+    """Steps, lows and highs of the events that logged both ends of a band."""
+    steps, lows, highs = [], [], []
+    for event in events:
+        a, b, step = event.get(low), event.get(high), event.get("step")
+        if (
+            isinstance(a, int | float)
+            and isinstance(b, int | float)
+            and isinstance(step, int | float)
+        ):
+            steps.append(float(step))
+            lows.append(float(a))
+            highs.append(float(b))
+    return steps, lows, highs

@@ -6,13 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sftkit.extras import missing
+from sftkit.reporting.curves import CURVE_SETS
 from sftkit.reporting.document import Code, Document, Heading, Image, Paragraph, Table
-from sftkit.reporting.plots import (
-    plot_eval_metrics,
-    plot_learning_rate,
-    plot_loss,
-    plot_rewards,
-)
+from sftkit.reporting.plots import plot_curves, plot_eval_metrics, plot_learning_rate, plot_loss
 from sftkit.reporting.record import RunRecord, load_run
 from sftkit.reporting.summary import (
     EVAL_HEADERS,
@@ -56,11 +52,9 @@ def write_report(run_dir: Path) -> ReportFiles:
     record = load_run(run_dir)
     paths = RunPaths(run_dir)
     if missing(["matplotlib"]):
-        kept = [
-            p
-            for p in (paths.loss_plot, paths.lr_plot, paths.eval_plot, paths.rewards_plot)
-            if p.is_file()
-        ]
+        drawn_before = (paths.loss_plot, paths.lr_plot, paths.eval_plot)
+        curves = tuple(paths.curve_plot(c.name) for c in CURVE_SETS)
+        kept = [p for p in (*drawn_before, *curves) if p.is_file()]
         return _write(record, ReportFiles(paths.report_markdown, paths.report_html, [], kept))
     evaluated = any("eval/loss" in e for e in record.events)
     primaries = record.run.get("eval_primaries")
@@ -69,22 +63,20 @@ def write_report(run_dir: Path) -> ReportFiles:
         if isinstance(primaries, dict)
         else {}
     )
-    plots = [
-        p
-        for p in (
-            plot_loss(
-                [("", record.events)],
-                paths.loss_plot,
-                title="training and eval loss" if evaluated else "training loss",
-            ),
-            plot_learning_rate([("", record.events)], paths.lr_plot, title="learning rate"),
-            plot_eval_metrics(
-                record.events, scores, paths.eval_plot, title="evaluators during training"
-            ),
-            plot_rewards(record.train_events, paths.rewards_plot, title="rewards"),
-        )
-        if p is not None
-    ]
+    drawn = (
+        plot_loss(
+            [("", record.events)],
+            paths.loss_plot,
+            title="training and eval loss" if evaluated else "training loss",
+        ),
+        plot_learning_rate([("", record.events)], paths.lr_plot, title="learning rate"),
+        plot_eval_metrics(
+            record.events, scores, paths.eval_plot, title="evaluators during training"
+        ),
+        # the objective's own series (rewards, KL, ...), each where the run logged it
+        *(plot_curves(c, record.train_events, paths.curve_plot(c.name)) for c in CURVE_SETS),
+    )
+    plots = [p for p in drawn if p is not None]
     return _write(record, ReportFiles(paths.report_markdown, paths.report_html, plots))
 
 

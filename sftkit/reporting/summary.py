@@ -8,6 +8,7 @@ from typing import Any
 from sftkit.devices import is_cpu
 from sftkit.evaluation.base import StoredEval
 from sftkit.evaluation.display import delta, details, headline, interval
+from sftkit.reporting.curves import REWARD_ACCURACY, reward_keys
 from sftkit.reporting.record import RunRecord
 
 GiB = 1024**3
@@ -148,12 +149,57 @@ def training_rows(record: RunRecord) -> list[tuple[str, str]]:
     if events:
         best = min(events, key=lambda e: float(e["loss"]))
         rows.append(("lowest logged loss", f"{number(best['loss'])} at step {best['step']}"))
+    rows.extend(objective_rows(events))
     rows.extend(evaluation_rows(record))
     for key in ("started", "finished"):
         if run.get(key):
             rows.append((key, str(run[key])))
     if run.get("error"):
         rows.append(("error", str(run["error"])))
+    return rows
+
+
+# An objective's headline series, by TRL's key: the mean reward (grpo) and the fraction of
+# pairs whose chosen answer out-rewards the rejected one (dpo). The report's training table,
+# `sftkit compare` and `sftkit run`'s last line show the final value of those a run logged.
+HEADLINES = (("reward", "final reward"), (REWARD_ACCURACY, "final reward accuracy"))
+
+
+def last_logged(events: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    """The last event that logged a number under `key`."""
+    for event in reversed(events):
+        if isinstance(event.get(key), int | float):
+            return event
+    return None
+
+
+def objective_rows(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Final values of the series an objective logs beyond the loss (grpo's reward, KL and
+    completion lengths; dpo's reward accuracy and rewards), each where the run logged it."""
+    rows = []
+    for key, label in HEADLINES:
+        last = last_logged(events, key)
+        if last is None:
+            continue
+        parts = ", ".join(
+            f"{name} {number(last[k])}" for name, k in reward_keys([last]).items() if k != key
+        )
+        first = next(e for e in events if isinstance(e.get(key), int | float))
+        text = f"{number(last[key])} at step {last.get('step')}" + (f" ({parts})" if parts else "")
+        rows.append((label, f"{text}; {number(first[key])} at step {first.get('step')}"))
+    kl = last_logged(events, "kl")
+    if kl is not None:
+        rows.append(("final KL", f"{number(kl['kl'])} at step {kl.get('step')}"))
+    lengths = last_logged(events, "completions/mean_length")
+    if lengths is not None:
+        text = f"{number(lengths['completions/mean_length'])} tokens mean"
+        low, high = lengths.get("completions/min_length"), lengths.get("completions/max_length")
+        if low is not None and high is not None:
+            text += f" (min {number(low)}, max {number(high)})"
+        clipped = lengths.get("completions/clipped_ratio")
+        if isinstance(clipped, int | float):
+            text += f", {100 * clipped:.0f}% clipped at the maximum length"
+        rows.append(("final completion length", f"{text}, at step {lengths.get('step')}"))
     return rows
 
 
