@@ -13,6 +13,11 @@ device and mode), ``started_s`` (seconds into the call when the work started) an
   ``sftkit estimate-memory --json``, the measurement per phase, out of memory and where,
   tokens per second, MFU, versions, device, the resolved recipe and the model config;
 * ``speed``: one run of the speed comparison (`benchmarks.compare_speed`);
+* ``fast``: one fast or long-context point, as ``grid`` plus the ``kernels`` it ran with;
+* ``eval``: the GSM8K test evaluation, per variant (`benchmarks.eval_point`);
+* ``rollout``: GRPO's rollout phase (`benchmarks.rollout`): ``predicted`` (the estimate),
+  ``measured`` (measure mode's comparison, every row), ``rollout`` (the rollout phase's
+  predicted and measured figures and the rows of its terms), ``returncode``;
 * ``tests``: ``pytest -m gpu``;
 * ``end``: what the budget left unstarted (absent when the call was killed).
 
@@ -26,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 LINE_SCHEMA = "sftkit-benchmark-line/1"
-STAGES = ("setup", "model", "cap", "speed", "fast", "eval", "grid", "tests")
+STAGES = ("setup", "model", "cap", "speed", "fast", "eval", "rollout", "grid", "tests")
 KINDS = (*STAGES, "end")
 POINTS_FILE, LOG_FILE, REPORT_FILE = "points.jsonl", "run.log", "report.md"
 OUT_FILES = (POINTS_FILE, LOG_FILE, REPORT_FILE)
@@ -51,6 +56,7 @@ _BY_KIND: dict[str, dict[str, Any]] = {
     "fast": {**_POINT, "kernels": dict},
     "speed": {"role": str, "device": dict, "versions": dict},
     "eval": {"eval_schema": str, "device": dict},
+    "rollout": {"device": dict, "returncode": int, "predicted": dict, "measured": dict},
     "tests": {"returncode": int, "summary": str},
     "end": {"not_started": list, "budget_s": _NUMBER},
 }
@@ -80,6 +86,8 @@ def validate_line(line: Any) -> list[str]:
     problems += _typed(line, _BY_KIND[kind], name)
     if kind in ("cap", "grid", "fast") and not line.get("failed") and not problems:
         problems += _point_problems(line, name)
+    if kind == "rollout" and not line.get("failed") and not isinstance(line.get("rollout"), dict):
+        problems.append(f"{name}: no 'rollout' (a line that measured summarizes it)")
     return problems
 
 

@@ -35,6 +35,7 @@ SESSION_SECTIONS = (
     "## The seed's case under a 40 GiB cap",
     "## Speed: the seed's script against sftkit",
     "## Fast and long-context points",
+    "## GRPO's rollout phase",
     "## Estimator grid",
     "## pytest -m gpu",
     "## Not started",
@@ -468,6 +469,8 @@ def render_session(lines: list[dict], *, not_started: list[str] | None = None) -
     else:
         out.append("_Not run._\n")
 
+    out.append(render_rollout(by_kind.get("rollout") or []))
+
     out.append("\n## Estimator grid\n\n")
     grid = by_kind.get("grid") or []
     if grid:
@@ -543,4 +546,76 @@ def render_eval(lines: list[dict]) -> str:
             )
         if line.get("failed"):
             out.append(f"\n- failed: {line['failed']}\n")
+    return "".join(out)
+
+
+def render_rollout(lines: list[dict]) -> str:
+    """GRPO's rollout phase (`benchmarks.rollout`): its predicted peak against the measured
+    one (CUDA only), and the KV cache and log-probability tensors against their terms, byte
+    for byte (any device)."""
+    from benchmarks.rollout import PEAK_ROW
+
+    out = ["\n## GRPO's rollout phase: predicted against measured\n\n"]
+    if not lines:
+        return out[0] + "_Not run._\n"
+    for line in lines:
+        summary = line.get("rollout")
+        if line.get("failed") or not isinstance(summary, dict):
+            out.append(
+                f"- {line.get('recipe_file')}: failed ({line.get('failed')}); measure mode "
+                "printed no result (run.log has its output).\n"
+            )
+            continue
+        cuda = (line.get("device") or {}).get("type") == "cuda"
+        verdict = "ok" if summary.get("ok") else "MISMATCH"
+        out.append(
+            f"`{line.get('recipe_file')}` ({' '.join(line.get('overrides') or [])}): "
+            f"{summary.get('setting')}. Measure mode on {summary.get('device')}: **{verdict}** "
+            f"(exit code {line.get('returncode')}).\n\n"
+        )
+        predicted, measured = summary.get("predicted") or {}, summary.get("measured")
+        if measured and cuda:
+            out.append("| rollout peak | predicted GiB | measured GiB | error % | |\n"
+                       "|---|---:|---:|---:|---|\n")  # fmt: skip
+            for figure, ok in (summary.get("peak_ok") or {}).items():
+                want, got = predicted.get(figure), measured.get(figure)
+                error = f"{100 * (want - got) / got:+.1f}" if want is not None and got else "–"
+                out.append(
+                    f"| {figure} | {_gib(want)} | {_gib(got)} | {error} | "
+                    f"{'ok' if ok else 'OFF'} |\n"
+                )
+        else:
+            out.append(
+                f"Rollout peak: {_gib(predicted.get('device used'))} GiB predicted, not measured "
+                + (
+                    "(a generation engine generates: measure mode does not start it).\n"
+                    if cuda
+                    else "(CPU smoke: no CUDA counters, and no figure here is a GPU figure).\n"
+                )
+            )
+        rows = summary.get("rows") or []
+        if rows:
+            out.append("\n| rollout term | predicted bytes | measured bytes | |\n"
+                       "|---|---:|---:|---|\n")  # fmt: skip
+            for row in rows:
+                mark = "ok" if row.get("ok") else "MISMATCH" if row.get("exact") else "OFF"
+                out.append(
+                    f"| {row.get('what')} | {row.get('predicted_bytes'):,} | "
+                    f"{row.get('measured_bytes'):,} | {mark} |\n"
+                )
+        others = [
+            r
+            for r in (line.get("measured") or {}).get("rows") or []
+            if r not in rows and not str(r.get("what")).startswith(PEAK_ROW)
+        ]
+        if others:
+            off = [r["what"] for r in others if not r.get("ok")]
+            out.append(
+                f"\nMeasure mode's other rows (the static terms; on CUDA each phase's peaks): "
+                f"{len(others) - len(off)} of {len(others)} ok"
+                + (f"; off: {', '.join(off)}" if off else "")
+                + ".\n"
+            )
+        for note in summary.get("notes") or []:
+            out.append(f"\n- {note}\n")
     return "".join(out)

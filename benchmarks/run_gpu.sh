@@ -13,7 +13,8 @@
 #
 # Settings (environment): DEVICE (cuda; cpu for the rehearsal), TINY=1 (the tiny model),
 # BUDGET_S (420: start nothing after), DEADLINE_S (525: kill what still runs), STAGES
-# (setup,model,cap,speed,fast,grid,tests), LIMIT (points per cap/fast/grid stage), BENCH_DIR (.bench:
+# (setup,model,cap,speed,fast,eval,rollout,grid,tests; rollout: GRPO's rollout phase by
+# estimate-memory --measure), LIMIT (points per cap/fast/grid stage), BENCH_DIR (.bench:
 # scratch, the model), SHARED_DIR (.gpu-shared). The rehearsal on a CPU, under 3 minutes:
 #   DEVICE=cpu TINY=1 OUT=/tmp/rehearsal bash benchmarks/run_gpu.sh
 set -euo pipefail
@@ -24,7 +25,7 @@ PYTHON=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
 args=(--out "$OUT" --device "${DEVICE:-cuda}" --budget-s "${BUDGET_S:-420}"
-      --deadline-s "${DEADLINE_S:-525}" --stages "${STAGES:-setup,model,cap,speed,fast,eval,grid,tests}"
+      --deadline-s "${DEADLINE_S:-525}" --stages "${STAGES:-setup,model,cap,speed,fast,eval,rollout,grid,tests}"
       --bench-dir "${BENCH_DIR:-$ROOT/.bench}" --shared-dir "${SHARED_DIR:-$ROOT/.gpu-shared}")
 [ "${TINY:-0}" = 1 ] && args+=(--tiny)
 [ -n "${LIMIT:-}" ] && args+=(--limit "$LIMIT")

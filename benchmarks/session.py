@@ -15,9 +15,12 @@ the first optimizer step, QLoRA must train), ``speed`` (the seed's plain TRL scr
 long-context points, `benchmarks.grid.fast_points`: the low-memory recipe at 1 x 2048, at
 the largest row ``estimate-memory --fit`` predicts under a 10 GiB cap and 5% above it, dense
 against mask-free packing, compiled against eager; each line says its attention kernel,
-loss head and layer kernels), ``grid`` (estimator
-points, most informative first, as many as the budget leaves), ``tests`` (``pytest -m
-gpu``). No new work starts after ``--budget-s`` seconds; whatever runs is killed at
+loss head and layer kernels), ``eval`` (the gsm8k evaluator on GSM8K's test problems, today's
+settings against the new path), ``rollout`` (GRPO's rollout phase, `benchmarks.rollout`:
+``estimate-memory recipes/r1_gsm8k_grpo.yaml --measure --json`` at 256-token completions, the
+rollout peak and the KV cache and log-probability tensors against the estimate), ``grid``
+(estimator points, most informative first, as many as the budget leaves), ``tests``
+(``pytest -m gpu``). No new work starts after ``--budget-s`` seconds; whatever runs is killed at
 ``--deadline-s``. Every point runs in a process of its own, so an out-of-memory error or a
 crash loses only that point.
 
@@ -103,6 +106,7 @@ class Config:
     point_timeout_s: float = 200.0
     speed_timeout_s: float = 240.0
     eval_timeout_s: float = 150.0
+    rollout_timeout_s: float = 180.0
     model_timeout_s: float = 300.0
     min_start_s: float = 45.0  # a point needs at least this long before the deadline
     grid_steps: int = 3
@@ -180,16 +184,21 @@ class Session:
             self._last_refusal = reason
         return False
 
-    def run(self, command: list[str], timeout_s: float, *, what: str) -> ProcessOutcome:
-        """Run `command` with its output appended to run.log; kill its process group at
-        `timeout_s` or at the deadline, whichever comes first."""
+    def run(
+        self, command: list[str], timeout_s: float, *, what: str, stdout: Path | None = None
+    ) -> ProcessOutcome:
+        """Run `command` with its output appended to run.log (its standard output written to
+        `stdout` instead, when given: a JSON result); kill its process group at `timeout_s` or
+        at the deadline, whichever comes first."""
         limit = max(1.0, min(timeout_s, self.config.deadline_s - self.elapsed()))
         self.say(f"{what}: {' '.join(command[2:])[:300]}")
         self.log.flush()
         offset = self.log_path.stat().st_size
         started = time.monotonic()
+        result = stdout.open("w", encoding="utf-8") if stdout else None
         proc = subprocess.Popen(
-            command, cwd=REPO, stdout=self.log, stderr=subprocess.STDOUT,
+            command, cwd=REPO, stdout=result or self.log,
+            stderr=self.log if result else subprocess.STDOUT,
             stdin=subprocess.DEVNULL, start_new_session=True,
         )  # fmt: skip
         try:
@@ -201,6 +210,9 @@ class Session:
             code = -9
             at_deadline = limit < timeout_s
             reason = "killed at the deadline" if at_deadline else f"timed out after {limit:.0f} s"
+        finally:
+            if result:
+                result.close()
         seconds = round(time.monotonic() - started, 1)
         with self.log_path.open("rb") as handle:
             handle.seek(offset)
@@ -237,6 +249,11 @@ class Session:
         tmp = self.report_path.with_name(REPORT_FILE + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, self.report_path)
+
+    def hardware_gpu(self) -> str:
+        """``hardware.gpu`` for an estimate on this machine: the card's size (nvidia-smi's
+        total; an H100's when it gave none), or the host on a CPU."""
+        return "cpu" if not self.config.cuda else f"{self.device.get('total_mib', 81559)}MiB"
 
     def results_dir_name(self) -> str:
         """``benchmarks/results/<device>-<date>``: where this call's files are committed."""
@@ -397,6 +414,7 @@ class Session:
         the estimator fits under the cap is asked of `estimate-memory --fit` first."""
         from benchmarks.grid import FAST_CAP_GIB, LOWMEM_RECIPE, RECIPES, fast_points
 
+        max_context: int | None
         if self.config.tiny:
             max_context = TINY_MAX_CONTEXT  # no cap on a CPU: a row the tiny model times
         else:
@@ -562,13 +580,12 @@ class Session:
             gsm8k = out / "data"
             write_jsonl(rows[:400], gsm8k / "train.jsonl")
             write_jsonl(rows[400:], gsm8k / "test.jsonl")
-        gpu = "cpu" if not self.config.cuda else f"{self.device.get('total_mib', 81559)}MiB"
         spec = {
             "recipe": str(REPO / "recipes" / "r1_gsm8k_qlora.yaml"),
             "overrides": [
                 f"model.name_or_path={self.model_dir}",
                 f"data.format.options.source={gsm8k}",
-                f"hardware.gpu={gpu}",
+                f"hardware.gpu={self.hardware_gpu()}",
                 f"output_dir={out / 'run'}",
                 *(TINY_OVERRIDES if self.config.tiny else ()),
             ],
@@ -593,6 +610,57 @@ class Session:
             payload["failed"] = outcome.reason
             payload["log_tail"] = outcome.log_tail
         self.record("eval", "gsm8k-test", started, payload)
+
+    def stage_rollout(self) -> None:
+        """GRPO's rollout phase against its prediction (`benchmarks.rollout`): one
+        ``estimate-memory --measure --json`` process on the session's model. A JSON object
+        is a result whatever the exit code (1: measure mode found a row off, 3: the estimate
+        does not fit); without one (a crash, out of memory, a timeout) the line says why."""
+        from benchmarks import rollout
+
+        if not self.may_start("rollout", need_s=90.0 if self.config.cuda else 10.0):
+            return
+        started = self.elapsed()
+        out = self.scratch / "rollout"
+        out.mkdir(parents=True, exist_ok=True)
+        overrides = [
+            *rollout.overrides(self.model_dir or "", self.hardware_gpu(), tiny=self.config.tiny),
+            *(TINY_OVERRIDES if self.config.tiny else ()),
+        ]
+        result_path = out / "estimate.json"
+        outcome = self.run(
+            rollout.command(overrides), self.config.rollout_timeout_s, what="rollout",
+            stdout=result_path,
+        )  # fmt: skip
+        payload: dict[str, Any] = {
+            "recipe_file": rollout.RECIPE.name,
+            "overrides": overrides,
+            "device": self.device,
+            "versions": self.versions,
+            "returncode": outcome.code,
+            "predicted": {},
+            "measured": {},
+        }
+        try:
+            estimate = json.loads(result_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            estimate = None
+        if isinstance(estimate, dict) and isinstance(estimate.get("measured"), dict):
+            payload["rollout"] = rollout.summarize(estimate)
+            payload["measured"] = estimate.pop("measured")
+            payload["predicted"] = estimate  # the whole estimate, as a point records it
+            summary = payload["rollout"]
+            self.say(
+                f"rollout: {'ok' if summary['ok'] else 'MISMATCH'} on {summary['device']}; "
+                + "; ".join(
+                    f"{r['what']}: {r['predicted_bytes']:,} predicted, "
+                    f"{r['measured_bytes']:,} measured" for r in summary["rows"]
+                )
+            )  # fmt: skip
+        else:
+            payload["failed"] = outcome.reason
+            payload["log_tail"] = outcome.log_tail
+        self.record("rollout", rollout.RECIPE.stem, started, payload)
 
     def stage_tests(self) -> None:
         if not self.may_start("pytest -m gpu", need_s=60.0 if self.config.cuda else 10.0):
@@ -638,13 +706,14 @@ class Session:
             "speed": self.stage_speed,
             "fast": self.stage_fast,
             "eval": self.stage_eval,
+            "rollout": self.stage_rollout,
             "grid": lambda: self.stage_points("grid"),
             "tests": self.stage_tests,
         }
         for stage in self.config.stages:
             self.say(f"=== {stage} ===")
             if (
-                stage in ("cap", "speed", "fast", "eval", "grid")
+                stage in ("cap", "speed", "fast", "eval", "rollout", "grid")
                 and self.model_dir is None
                 and not self.stopped
             ):
@@ -719,6 +788,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.tiny:
         config.point_timeout_s = config.speed_timeout_s = config.model_timeout_s = 120.0
+        config.rollout_timeout_s = 120.0
         config.min_start_s = 10.0
         config.grid_steps = config.speed_steps = 2
         config.grid_warmup_steps = config.speed_warmup_steps = 1

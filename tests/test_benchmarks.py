@@ -488,6 +488,107 @@ def test_session_eval_stage_on_cpu(tmp_path):
     assert "## Evaluation: the GSM8K test" in (out / "report.md").read_text()
 
 
+def test_session_rollout_stage_on_cpu(tmp_path):
+    """The rollout stage: `estimate-memory recipes/r1_gsm8k_grpo.yaml --measure --json` on
+    the session's model, the KV cache and the kept log-probabilities byte for byte (a CPU
+    measures no peak), one line and its report section."""
+    out = tmp_path / "out"
+    lines, stdout = _rehearse(out, tmp_path / "bench", STAGES="model,rollout")
+    from benchmarks.lines import validate_line
+
+    (line,) = [line for line in lines if line["kind"] == "rollout"]
+    assert validate_line(line) == [] and "failed" not in line, line.get("log_tail")
+    assert line["returncode"] == 0 and line["recipe_file"] == "r1_gsm8k_grpo.yaml"
+    assert "~model.adapter" in line["overrides"] and "hardware.gpu=cpu" in line["overrides"]
+    assert line["predicted"]["phases"]["rollout"] > 0 and line["measured"]["device"] == "cpu"
+    summary = line["rollout"]
+    # 8 x 4 completions of 32 tokens after the 64-token prompt (the tiny sizes)
+    assert "micro-batch 8 x 96 tokens" in summary["setting"] and summary["ok"] is True
+    assert summary["measured"] is None and summary["predicted"]["device used"] > 0
+    rows = {row["what"]: row for row in summary["rows"]}
+    assert set(rows) == {
+        "rollout: KV cache, 95 of 96 tokens",
+        "rollout: reference log-probabilities",
+    }
+    assert all(r["exact"] and r["predicted_bytes"] == r["measured_bytes"] for r in rows.values())
+    # 2 layers x keys and values x 32 sequences x 95 tokens x 2 KV heads x 16 x fp32
+    assert (
+        rows["rollout: KV cache, 95 of 96 tokens"]["measured_bytes"] == 2 * 2 * 32 * 95 * 2 * 16 * 4
+    )
+    assert "rollout: ok on cpu; rollout: KV cache, 95 of 96 tokens: 1,556,480 predicted" in stdout
+    report = (out / "report.md").read_text()
+    section = report[report.index("## GRPO's rollout phase") : report.index("## Estimator grid")]
+    assert "Measure mode on cpu: **ok** (exit code 0)" in section
+    assert "not measured (CPU smoke: no CUDA counters" in section
+    assert "| rollout: KV cache, 95 of 96 tokens | 1,556,480 | 1,556,480 | ok |" in section
+
+
+def test_session_records_a_failed_rollout_and_goes_on(tmp_path):
+    """A rollout process that exits without a result (here estimate-memory's bad input: no
+    model) keeps its line, saying why; the session goes on to its end."""
+    session = _session(tmp_path)
+    session.model_dir = tmp_path / "no-model"
+    session.stage_rollout()
+    assert session.may_start("grid")  # nothing stopped
+    session.finish()
+    from benchmarks.lines import read_lines, validate_line
+
+    rollout, end = read_lines(tmp_path / "out" / "points.jsonl")
+    assert validate_line(rollout) == [] and rollout["kind"] == "rollout"
+    assert rollout["failed"] == "exit code 2" and rollout["returncode"] == 2
+    assert "no-model" in rollout["log_tail"] and "rollout" not in rollout
+    assert end["kind"] == "end" and end["not_started"] == []
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "- r1_gsm8k_grpo.yaml: failed (exit code 2); measure mode printed no result" in report
+
+
+def test_rollout_report_on_cuda_says_predicted_against_measured_peak():
+    """The rollout section of a CUDA line: the rollout phase's three peaks with their error,
+    the term rows, a mismatch named (byte counts made up: no GPU figure)."""
+    from benchmarks.report import render_rollout
+    from benchmarks.rollout import PEAK_ROW, summarize
+
+    def row(what, predicted, measured, exact):
+        ok = predicted == measured if exact else abs(predicted - measured) <= 0.1 * measured
+        return {"what": what, "predicted_bytes": predicted, "measured_bytes": measured,
+                "exact": exact, "ok": ok}  # fmt: skip
+
+    rows = [
+        row("weights", 100, 100, True),
+        row("rollout: KV cache, 767 of 768 tokens", 2000, 2000, True),
+        row("rollout: reference log-probabilities", 64, 32, True),
+        row(f"{PEAK_ROW}: allocated", 900, 1000, False),
+        row(f"{PEAK_ROW}: reserved", 1000, 1000, False),
+        row(f"{PEAK_ROW}: device used", 1500, 1200, False),
+        row("first forward/backward: device used", 1000, 1000, False),
+    ]
+    estimate = {
+        "setting": "s",
+        "phase_figures": {"rollout": {"allocated": 900, "reserved": 1000, "device_used": 1500}},
+        "measured": {"device": "a card", "ok": False, "rows": rows, "notes": ["rollout: n"]},
+    }
+    summary = summarize(estimate)
+    assert summary["measured"] == {"allocated": 1000, "reserved": 1000, "device used": 1200}
+    assert summary["peak_ok"] == {"allocated": True, "reserved": True, "device used": False}
+    assert [r["what"] for r in summary["rows"]] == [r["what"] for r in rows[1:3]]
+    line = {"recipe_file": "r.yaml", "overrides": ["a=b"], "device": {"type": "cuda"},
+            "returncode": 1, "rollout": summary, "measured": estimate["measured"]}  # fmt: skip
+    text = render_rollout([line])
+    assert "Measure mode on a card: **MISMATCH** (exit code 1)" in text
+    assert "| allocated | 0.00 | 0.00 | -10.0 | ok |" in text
+    assert "| device used | 0.00 | 0.00 | +25.0 | OFF |" in text
+    assert "| rollout: reference log-probabilities | 64 | 32 | MISMATCH |" in text
+    assert "other rows (the static terms; on CUDA each phase's peaks): 2 of 2 ok." in text
+    assert "- rollout: n" in text and "_Not run._" in render_rollout([])
+
+
+def test_run_gpu_runs_every_stage_by_default():
+    from benchmarks.lines import STAGES
+
+    script = (REPO / "benchmarks" / "run_gpu.sh").read_text()
+    assert f"${{STAGES:-{','.join(STAGES)}}}" in script
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     __import__("os").environ.get("SFTKIT_REHEARSAL") != "1",
@@ -577,7 +678,13 @@ def test_line_schema_names_what_is_missing():
         "end 'x': 'budget_s' is bool"
     ]
     assert validate_line(_line("nope")) == ["nope 'x': unknown kind (one of setup, model, "
-                                            "cap, speed, fast, eval, grid, tests, end)"]  # fmt: skip
+                                            "cap, speed, fast, eval, rollout, grid, tests, "
+                                            "end)"]  # fmt: skip
+    rollout = _line("rollout", device={}, returncode=0, predicted={}, measured={})
+    assert validate_line(rollout) == [
+        "rollout 'x': no 'rollout' (a line that measured summarizes it)"
+    ]
+    assert validate_line({**rollout, "failed": "exit code 2", "returncode": 2}) == []
     point = _line(
         point={}, device={}, versions={}, predicted={"phases": {}},
         measured={"completed": True, "phases": {"load": {"seconds": 1}}},
