@@ -65,6 +65,8 @@ class SftkitGrpoConfig(GRPOConfig):
     completion_only_loss: bool | None = None
     max_length: int | None = None
     dataset_num_proc: int | None = None
+    # GRPOConfig's, with its default, typed here: set in __post_init__ when use_vllm
+    vllm_max_model_length: int | None = None
 
     def __post_init__(self) -> None:
         if self.rewards:
@@ -72,11 +74,12 @@ class SftkitGrpoConfig(GRPOConfig):
         if self.use_vllm:
             _require_vllm()
             self.vllm_mode = "colocate"  # the mode the estimate prices (a share of each GPU)
+            # vLLM's default is the model's whole context, whose KV cache it must hold for
+            # one sequence at start (16 GiB at 128K for Llama-3.1-8B): a rollout never
+            # grows past the prompt bound and the completion
             if self.vllm_max_model_length is None and self.max_length is not None:
-                # vLLM's default is the model's whole context, whose KV cache it must hold
-                # for one sequence at start (16 GiB at 128K for Llama-3.1-8B): a rollout
-                # never grows past the prompt bound and the completion
-                self.vllm_max_model_length = self.max_length + (self.max_completion_length or 0)
+                completion = self.max_completion_length or 0
+                self.vllm_max_model_length = self.max_length + completion
         super().__post_init__()
 
 
