@@ -158,7 +158,9 @@ class TrlChunkedLogProb(LossHead):
         # lm_head when it trains) with their casts back.
         p, h, c = q.positions, q.hidden, q.compute_bytes
         rows, cols = min(p, FUSED_TOKEN_CHUNK), min(q.vocab, FUSED_VOCAB_CHUNK)
-        total = rows * cols * c
+        # TRL allocates the tile buffer 32768 wide whatever the vocabulary (kernels/
+        # chunked_logprob.py: torch.empty((min(N, 4096), chunk_size)))
+        total = rows * FUSED_VOCAB_CHUNK * c
         if q.stream_bytes != c:
             total += rows * h * c
         if q.head_bytes != c:
